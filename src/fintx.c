@@ -1,0 +1,60 @@
+/*-------------------------------------------------------------------------
+ * fintx.c
+ *	  Module entry: GUCs, background worker registration and helpers shared
+ *	  by every module.
+ *-------------------------------------------------------------------------
+ */
+#include "fintx.h"
+
+#include "miscadmin.h"
+#include "utils/guc.h"
+
+PG_MODULE_MAGIC;
+
+char	   *fintx_database = NULL;
+int			fintx_expire_interval_ms = 1000;
+
+void		_PG_init(void);
+
+/* Registers GUCs; when preloaded, also the background worker. */
+void
+_PG_init(void)
+{
+	DefineCustomStringVariable("fintx.database",
+							   "Database in which the fintx background worker runs.",
+							   "The worker releases expired holds there when fintx is installed in it.",
+							   &fintx_database,
+							   "postgres",
+							   PGC_POSTMASTER,
+							   0,
+							   NULL, NULL, NULL);
+	DefineCustomIntVariable("fintx.expire_interval",
+							"Interval between two passes of the hold expiry worker.",
+							NULL,
+							&fintx_expire_interval_ms,
+							1000, 10, 3600 * 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	MarkGUCPrefixReserved("fintx");
+
+	if (process_shared_preload_libraries_in_progress)
+		fintx_register_worker();
+}
+
+/* Prepares an SPI plan on first use and keeps it for the life of the backend. */
+SPIPlanPtr
+fintx_keep_plan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *types)
+{
+	if (*slot == NULL)
+	{
+		SPIPlanPtr	plan = SPI_prepare(sql, nargs, types);
+
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		if (SPI_keepplan(plan) != 0)
+			elog(ERROR, "SPI_keepplan failed");
+		*slot = plan;
+	}
+	return *slot;
+}

@@ -1,0 +1,125 @@
+/*-------------------------------------------------------------------------
+ * fintx.h
+ *	  Shared declarations of the fintx extension: error codes, GUCs, the
+ *	  ledger request that every money-moving function is reduced to, and the
+ *	  entry points each module offers the others.
+ *-------------------------------------------------------------------------
+ */
+#ifndef FINTX_H
+#define FINTX_H
+
+#include "postgres.h"
+
+#include "datatype/timestamp.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "utils/jsonb.h"
+
+/* Implementation-defined SQLSTATEs (class "FX"), documented in docs/errors.md. */
+#define ERRCODE_FINTX_INSUFFICIENT_FUNDS	MAKE_SQLSTATE('F','X','0','0','1')
+#define ERRCODE_FINTX_CREDIT_LIMIT			MAKE_SQLSTATE('F','X','0','0','2')
+
+/* Input limits, documented in docs/ledger.md. */
+#define FINTX_MAX_KEY_LEN		255
+#define FINTX_MAX_CODE_LEN		64
+#define FINTX_MAX_METADATA		65536
+#define FINTX_MAX_BATCH			10000
+
+#define FINTX_FINGERPRINT_LEN	32
+#define FINTX_SYSTEM_PRINCIPAL	"pg_fintx"
+
+/* GUCs (fintx.c) */
+extern char *fintx_database;
+extern int	fintx_expire_interval_ms;
+
+/* What a request asks for. */
+typedef enum LedgerOp
+{
+	LEDGER_TRANSFER,			/* direct or pending transfer */
+	LEDGER_POST,				/* post_pending */
+	LEDGER_VOID,				/* void_pending */
+	LEDGER_EXPIRE				/* release an expired hold (system) */
+} LedgerOp;
+
+/* One account as locked for the duration of a request batch. */
+typedef struct LedgerAccount
+{
+	int64		id;
+	char	   *code;
+	char		currency[4];
+	bool		allow_negative;
+	bool		allow_positive;
+	bool		closed;
+	bool		dirty;
+	int64		debits_posted;
+	int64		credits_posted;
+	int64		debits_pending;
+	int64		credits_pending;
+} LedgerAccount;
+
+/* One hold referenced by a post/void/expire request. */
+typedef struct LedgerHold
+{
+	int64		id;
+	int64		from_id;
+	int64		to_id;
+	int64		amount;
+	bool		has_timeout;
+	TimestampTz timeout_at;
+	bool		claimed;		/* row in fintx.pending_holds deleted by us */
+	bool		used;			/* resolved earlier in this batch */
+} LedgerHold;
+
+/* A request, its idempotency state and, once executed, its result. */
+typedef struct LedgerRequest
+{
+	LedgerOp	op;
+	int			index;			/* position in the caller's batch */
+	char	   *key;			/* idempotency key (NUL-terminated) */
+	char	   *from_code;		/* LEDGER_TRANSFER */
+	char	   *to_code;
+	int64		amount;
+	bool		amount_given;	/* false: post the full held amount */
+	Jsonb	   *metadata;
+	bool		pending;
+	Interval   *timeout;		/* NULL: no expiry */
+	int64		hold_id;		/* LEDGER_POST/VOID/EXPIRE */
+	uint8		fingerprint[FINTX_FINGERPRINT_LEN];
+
+	/* filled in by the journal */
+	struct LedgerRequest *dup_of;	/* same key earlier in this batch */
+	bool		claimed;		/* key newly claimed by this call */
+	bool		replayed;
+	int64		transfer_id;
+
+	/* filled in by execution */
+	LedgerAccount *from;
+	LedgerAccount *to;
+	LedgerHold *hold;
+	const char *status;
+	int64		from_balance;
+	int64		to_balance;
+	bytea	   *entry_hash;
+	TimestampTz created_at;
+} LedgerRequest;
+
+/* fintx.c */
+extern SPIPlanPtr fintx_keep_plan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *types);
+
+/* crypto.c */
+extern void fintx_sha256(const unsigned char *data, size_t len, uint8 *out);
+
+/* idempotency.c */
+extern void fintx_fingerprint(LedgerRequest *req);
+extern void fintx_journal_claim(const char *principal, LedgerRequest **reqs, int nreqs);
+extern bool fintx_journal_dedup(LedgerRequest **reqs, int nreqs);
+
+/* ledger.c */
+extern void fintx_execute(const char *principal, LedgerRequest **reqs, int nreqs);
+extern int	fintx_expire_holds(int max_holds);
+extern char *fintx_principal(void);
+
+/* worker.c */
+extern void fintx_register_worker(void);
+
+#endif							/* FINTX_H */

@@ -1,0 +1,22 @@
+/*
+ * src/idempotency.sql — the idempotency journal: one row per transfer, keyed by
+ * (principal, idempotency_key), kept for the life of the transfer.
+ * See src/idempotency.c and docs/idempotency.md.
+ */
+CREATE TABLE fintx.idempotency_keys (
+    principal       text        NOT NULL,
+    idempotency_key text        NOT NULL,
+    fingerprint     bytea       NOT NULL CHECK (pg_catalog.length(fingerprint) OPERATOR(pg_catalog.=) 32),
+    transfer_id     bigint      NOT NULL UNIQUE,
+    created_at      timestamptz NOT NULL,
+    PRIMARY KEY (principal, idempotency_key)
+);
+COMMENT ON TABLE fintx.idempotency_keys IS 'idempotency journal: (principal, key) -> request fingerprint and transfer';
+
+-- SHA-256 fingerprint of a transfer request in the canonical encoding of docs/idempotency.md.
+CREATE FUNCTION fintx.request_fingerprint(from_account text, to_account text, amount bigint,
+                                          metadata jsonb DEFAULT '{}', pending boolean DEFAULT false,
+                                          timeout interval DEFAULT NULL)
+RETURNS bytea
+AS 'MODULE_PATHNAME', 'fintx_request_fingerprint'
+LANGUAGE C IMMUTABLE;

@@ -1,0 +1,1324 @@
+/*-------------------------------------------------------------------------
+ * ledger.c
+ *	  Accounts, transfers and two-phase holds.
+ *
+ * Every money-moving function is reduced to an array of LedgerRequest and
+ * run by fintx_execute(), in the caller's transaction:
+ *	 1. fingerprint each request and claim its idempotency key (idempotency.c);
+ *		keys already in the journal are replayed, not applied again;
+ *	 2. claim the holds that post/void/expire requests resolve, by deleting
+ *		their row from fintx.pending_holds (a second resolver finds nothing);
+ *	 3. lock every account involved in one statement, in ascending id order,
+ *		so that concurrent calls cannot deadlock;
+ *	 4. apply the requests in order in memory, with overflow-checked counters
+ *		and the balance rules, and write accounts and transfers back with one
+ *		statement each.
+ * Lock order is always: idempotency keys (bytewise), holds, accounts (by id).
+ *-------------------------------------------------------------------------
+ */
+#include "fintx.h"
+
+#include "access/htup_details.h"
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "common/int.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/numeric.h"
+#include "utils/timestamp.h"
+
+PG_FUNCTION_INFO_V1(fintx_open_account);
+PG_FUNCTION_INFO_V1(fintx_close_account);
+PG_FUNCTION_INFO_V1(fintx_transfer);
+PG_FUNCTION_INFO_V1(fintx_post_pending);
+PG_FUNCTION_INFO_V1(fintx_void_pending);
+PG_FUNCTION_INFO_V1(fintx_transfer_batch);
+PG_FUNCTION_INFO_V1(fintx_expire_pending);
+
+static SPIPlanPtr currency_plan = NULL;
+static SPIPlanPtr open_plan = NULL;
+static SPIPlanPtr close_lock_plan = NULL;
+static SPIPlanPtr close_plan = NULL;
+static SPIPlanPtr hold_claim_plan = NULL;
+static SPIPlanPtr hold_load_plan = NULL;
+static SPIPlanPtr hold_status_plan = NULL;
+static SPIPlanPtr lock_by_code_plan = NULL;
+static SPIPlanPtr lock_by_id_plan = NULL;
+static SPIPlanPtr update_plan = NULL;
+static SPIPlanPtr insert_plan = NULL;
+static SPIPlanPtr hold_insert_plan = NULL;
+static SPIPlanPtr expired_plan = NULL;
+
+/* Position in a batch of the request being parsed or applied; -1 outside. */
+static int	batch_position = -1;
+
+/* ------------------------------------------------------------------------
+ * Input validation
+ * ------------------------------------------------------------------------
+ */
+
+/* Emits 22023 naming a required argument that is NULL. */
+static void
+NullArgument(const char *name)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("%s must not be null", name)));
+}
+
+/* Returns the idempotency key as a C string; emits 22023 if it is invalid. */
+static char *
+CheckKey(const char *key)
+{
+	size_t		len = strlen(key);
+
+	if (len == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("idempotency key must not be empty")));
+	if (len > FINTX_MAX_KEY_LEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("idempotency key is too long"),
+				 errdetail("The key is %zu bytes long; the limit is %d bytes.", len, FINTX_MAX_KEY_LEN)));
+	for (size_t i = 0; i < len; i++)
+		if ((unsigned char) key[i] < 0x20 || key[i] == 0x7f)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("idempotency key must not contain control characters")));
+	return (char *) key;
+}
+
+/* Checks an account code (1-64 of A-Z a-z 0-9 _ . : / @ -); emits 22023 otherwise. */
+static char *
+CheckCode(const char *what, const char *code)
+{
+	size_t		len = strlen(code);
+	bool		ok = len > 0 && len <= FINTX_MAX_CODE_LEN;
+
+	for (size_t i = 0; ok && i < len; i++)
+	{
+		char		c = code[i];
+
+		ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+			c == '_' || c == '.' || c == ':' || c == '/' || c == '@' || c == '-';
+	}
+	if (!ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid account code in %s", what),
+				 errdetail("Account codes are 1 to %d characters from A-Z, a-z, 0-9 and _ . : / @ -.",
+						   FINTX_MAX_CODE_LEN)));
+	return (char *) code;
+}
+
+/* Emits 22003 unless amount > 0. */
+static int64
+CheckAmount(int64 amount)
+{
+	if (amount <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("amount must be greater than zero"),
+				 errdetail("The amount given was %lld.", (long long) amount)));
+	return amount;
+}
+
+/* Returns an empty JSON object. */
+static Jsonb *
+EmptyObject(void)
+{
+	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")));
+}
+
+/* Checks metadata is a JSON object within the size limit (NULL means {}). */
+static Jsonb *
+CheckMetadata(Jsonb *md)
+{
+	if (md == NULL)
+		return EmptyObject();
+	if (!JB_ROOT_IS_OBJECT(md) || JB_ROOT_IS_SCALAR(md))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("metadata must be a JSON object")));
+	if (VARSIZE(md) > FINTX_MAX_METADATA)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("metadata is too large"),
+				 errdetail("The metadata takes %u bytes; the limit is %d bytes.",
+						   (unsigned) VARSIZE(md), FINTX_MAX_METADATA)));
+	return md;
+}
+
+/* Checks a hold timeout is a positive interval (NULL: no expiry). */
+static Interval *
+CheckTimeout(Interval *timeout, bool pending)
+{
+	Interval	zero;
+
+	if (timeout == NULL)
+		return NULL;
+	if (!pending)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("timeout is only valid for a pending transfer"),
+				 errhint("Pass pending => true to place a hold that expires.")));
+	memset(&zero, 0, sizeof(zero));
+	if (!DatumGetBool(DirectFunctionCall2(interval_gt, IntervalPGetDatum(timeout),
+										  IntervalPGetDatum(&zero))))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("timeout must be a positive interval")));
+	return timeout;
+}
+
+/* Returns the calling role (as set by SET ROLE), the principal of its requests. */
+char *
+fintx_principal(void)
+{
+	return GetUserNameFromId(GetOuterUserId(), false);
+}
+
+/* ------------------------------------------------------------------------
+ * Arrays and results
+ * ------------------------------------------------------------------------
+ */
+
+/* Builds a one-dimensional array of the given element type (nulls may be NULL). */
+static Datum
+MakeArray(Datum *elems, bool *nulls, int n, Oid type)
+{
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+
+	switch (type)
+	{
+		case INT8OID:
+		case TIMESTAMPTZOID:
+			return PointerGetDatum(construct_md_array(elems, nulls, 1, dims, lbs, type,
+													  8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+		default:
+			return PointerGetDatum(construct_md_array(elems, nulls, 1, dims, lbs, type,
+													  -1, false, TYPALIGN_INT));
+	}
+}
+
+/* Forms a fintx.transfer_result tuple for a finished request. */
+static Datum *
+ResultValues(LedgerRequest *req, Datum *values, bool *nulls)
+{
+	values[0] = Int64GetDatum(req->transfer_id);
+	values[1] = CStringGetTextDatum(req->status);
+	values[2] = BoolGetDatum(req->replayed);
+	values[3] = Int64GetDatum(req->from_balance);
+	values[4] = Int64GetDatum(req->to_balance);
+	values[5] = req->entry_hash ? PointerGetDatum(req->entry_hash) : (Datum) 0;
+	values[6] = TimestampTzGetDatum(req->created_at);
+	memset(nulls, 0, sizeof(bool) * 7);
+	nulls[5] = req->entry_hash == NULL;
+	return values;
+}
+
+/* Returns the composite result of a single-request function. */
+static Datum
+ReturnResult(FunctionCallInfo fcinfo, LedgerRequest *req)
+{
+	TupleDesc	tupdesc;
+	Datum		values[7];
+	bool		nulls[7];
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	tupdesc = BlessTupleDesc(tupdesc);
+	ResultValues(req, values, nulls);
+	return HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls));
+}
+
+/* Error context: names the batch element being processed. */
+static void
+BatchErrorContext(void *arg)
+{
+	if (batch_position >= 0)
+		errcontext("transfer request at index %d of the batch", batch_position);
+}
+
+/* ------------------------------------------------------------------------
+ * Execution
+ * ------------------------------------------------------------------------
+ */
+
+static int
+CompareAccountId(const void *a, const void *b)
+{
+	int64		x = ((const LedgerAccount *) a)->id;
+	int64		y = ((const LedgerAccount *) b)->id;
+
+	return (x > y) - (x < y);
+}
+
+static int
+CompareAccountCode(const void *a, const void *b)
+{
+	return strcmp((*(LedgerAccount *const *) a)->code, (*(LedgerAccount *const *) b)->code);
+}
+
+static int
+CompareHoldId(const void *a, const void *b)
+{
+	int64		x = ((const LedgerHold *) a)->id;
+	int64		y = ((const LedgerHold *) b)->id;
+
+	return (x > y) - (x < y);
+}
+
+/* Finds an account by code in an array sorted by code; emits 22023 if absent. */
+static LedgerAccount *
+AccountByCode(LedgerAccount **bycode, int n, const char *code)
+{
+	LedgerAccount key;
+	LedgerAccount *keyp = &key;
+	LedgerAccount **found;
+
+	key.code = (char *) code;
+	found = bsearch(&keyp, bycode, n, sizeof(LedgerAccount *), CompareAccountCode);
+	if (found == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("account \"%s\" does not exist", code)));
+	return *found;
+}
+
+/* Finds a locked account by id (it must have been locked). */
+static LedgerAccount *
+AccountById(LedgerAccount *accts, int n, int64 id)
+{
+	LedgerAccount key;
+	LedgerAccount *found;
+
+	key.id = id;
+	found = bsearch(&key, accts, n, sizeof(LedgerAccount), CompareAccountId);
+	if (found == NULL)
+		elog(ERROR, "account %lld referenced by a hold does not exist", (long long) id);
+	return found;
+}
+
+/* Reads a bigint column of the current SPI row. */
+static int64
+GetInt64(HeapTuple tup, TupleDesc desc, int col)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(tup, desc, col, &isnull);
+
+	return isnull ? 0 : DatumGetInt64(d);
+}
+
+/*
+ * Locks the accounts named by the requests (codes for transfers, ids for
+ * holds) in ascending id order and returns them sorted by id.
+ */
+static LedgerAccount *
+LockAccounts(LedgerRequest **reqs, int n, LedgerHold *holds, int nholds, int *naccts)
+{
+	Datum	   *keys = palloc(sizeof(Datum) * (2 * n + 2 * nholds + 1));
+	int			nkeys = 0;
+	Datum		arg;
+	int			ret;
+	LedgerAccount *accts;
+
+	if (nholds > 0)
+	{
+		Oid			types[1] = {INT8ARRAYOID};
+
+		for (int i = 0; i < nholds; i++)
+		{
+			keys[nkeys++] = Int64GetDatum(holds[i].from_id);
+			keys[nkeys++] = Int64GetDatum(holds[i].to_id);
+		}
+		arg = MakeArray(keys, NULL, nkeys, INT8OID);
+		fintx_keep_plan(&lock_by_id_plan,
+						"SELECT id, code, currency, allow_negative, allow_positive, closed_at IS NOT NULL,"
+						"       debits_posted, credits_posted, debits_pending, credits_pending"
+						"  FROM fintx.accounts WHERE id = ANY ($1) ORDER BY id FOR UPDATE",
+						1, types);
+		ret = SPI_execute_plan(lock_by_id_plan, &arg, NULL, false, 0);
+	}
+	else
+	{
+		Oid			types[1] = {TEXTARRAYOID};
+
+		for (int i = 0; i < n; i++)
+		{
+			keys[nkeys++] = CStringGetTextDatum(reqs[i]->from_code);
+			keys[nkeys++] = CStringGetTextDatum(reqs[i]->to_code);
+		}
+		arg = MakeArray(keys, NULL, nkeys, TEXTOID);
+		fintx_keep_plan(&lock_by_code_plan,
+						"SELECT id, code, currency, allow_negative, allow_positive, closed_at IS NOT NULL,"
+						"       debits_posted, credits_posted, debits_pending, credits_pending"
+						"  FROM fintx.accounts WHERE code = ANY ($1) ORDER BY id FOR UPDATE",
+						1, types);
+		ret = SPI_execute_plan(lock_by_code_plan, &arg, NULL, false, 0);
+	}
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "locking accounts failed: %s", SPI_result_code_string(ret));
+
+	*naccts = (int) SPI_processed;
+	accts = palloc0(sizeof(LedgerAccount) * (*naccts + 1));
+	for (int i = 0; i < *naccts; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		LedgerAccount *a = &accts[i];
+		bool		isnull;
+		char	   *cur;
+
+		a->id = GetInt64(tup, desc, 1);
+		a->code = SPI_getvalue(tup, desc, 2);
+		cur = SPI_getvalue(tup, desc, 3);
+		strlcpy(a->currency, cur, sizeof(a->currency));
+		a->allow_negative = DatumGetBool(SPI_getbinval(tup, desc, 4, &isnull));
+		a->allow_positive = DatumGetBool(SPI_getbinval(tup, desc, 5, &isnull));
+		a->closed = DatumGetBool(SPI_getbinval(tup, desc, 6, &isnull));
+		a->debits_posted = GetInt64(tup, desc, 7);
+		a->credits_posted = GetInt64(tup, desc, 8);
+		a->debits_pending = GetInt64(tup, desc, 9);
+		a->credits_pending = GetInt64(tup, desc, 10);
+	}
+	/* Already ordered by id; sort again in case the plan changes. */
+	qsort(accts, *naccts, sizeof(LedgerAccount), CompareAccountId);
+	return accts;
+}
+
+/* Emits 55000 naming how a hold was already resolved. */
+static void
+HoldAlreadyResolved(int64 hold_id)
+{
+	Datum		arg = Int64GetDatum(hold_id);
+	Oid			types[1] = {INT8OID};
+	const char *how = "resolved";
+
+	fintx_keep_plan(&hold_status_plan,
+					"SELECT status FROM fintx.transfers WHERE pending_id = $1", 1, types);
+	if (SPI_execute_plan(hold_status_plan, &arg, NULL, true, 1) == SPI_OK_SELECT &&
+		SPI_processed == 1)
+		how = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("pending transfer %lld is already resolved", (long long) hold_id),
+			 errdetail("The hold was already %s; a hold is posted, voided or expired at most once.", how)));
+}
+
+/*
+ * Claims the holds of post/void/expire requests: deletes their open-hold row
+ * (waiting for a concurrent resolver; after it commits the row is gone) and
+ * loads the held transfer. Emits 22023 for an unknown or non-pending
+ * transfer and 55000 for one already resolved.
+ */
+static LedgerHold *
+ClaimHolds(LedgerRequest **reqs, int n, int *nholds)
+{
+	Datum	   *ids = palloc(sizeof(Datum) * n);
+	Oid			types[1] = {INT8ARRAYOID};
+	Datum		arg;
+	LedgerHold *holds;
+	int			ret;
+
+	for (int i = 0; i < n; i++)
+		ids[i] = Int64GetDatum(reqs[i]->hold_id);
+	arg = MakeArray(ids, NULL, n, INT8OID);
+
+	fintx_keep_plan(&hold_load_plan,
+					"SELECT id, status, pending_id IS NOT NULL, from_account, to_account, amount, timeout_at"
+					"  FROM fintx.transfers WHERE id = ANY ($1) ORDER BY id",
+					1, types);
+	ret = SPI_execute_plan(hold_load_plan, &arg, NULL, false, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "loading holds failed: %s", SPI_result_code_string(ret));
+	*nholds = (int) SPI_processed;
+	holds = palloc0(sizeof(LedgerHold) * (*nholds + 1));
+	for (int i = 0; i < *nholds; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		LedgerHold *h = &holds[i];
+		bool		isnull;
+		Datum		d;
+
+		h->id = GetInt64(tup, desc, 1);
+		if (strcmp(SPI_getvalue(tup, desc, 2), "pending") != 0 ||
+			DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull)))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("transfer %lld is not a pending transfer", (long long) h->id),
+					 errhint("Only a transfer made with pending => true can be posted or voided.")));
+		h->from_id = GetInt64(tup, desc, 4);
+		h->to_id = GetInt64(tup, desc, 5);
+		h->amount = GetInt64(tup, desc, 6);
+		d = SPI_getbinval(tup, desc, 7, &isnull);
+		h->has_timeout = !isnull;
+		h->timeout_at = isnull ? 0 : DatumGetTimestampTz(d);
+	}
+
+	for (int i = 0; i < n; i++)
+	{
+		LedgerHold	key;
+
+		key.id = reqs[i]->hold_id;
+		reqs[i]->hold = bsearch(&key, holds, *nholds, sizeof(LedgerHold), CompareHoldId);
+		if (reqs[i]->hold == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("transfer %lld does not exist", (long long) reqs[i]->hold_id)));
+	}
+
+	/* Claim: the open-hold row is deleted by exactly one resolver. */
+	fintx_keep_plan(&hold_claim_plan,
+					"DELETE FROM fintx.pending_holds WHERE transfer_id = ANY ($1) RETURNING transfer_id",
+					1, types);
+	ret = SPI_execute_plan(hold_claim_plan, &arg, NULL, false, 0);
+	if (ret != SPI_OK_DELETE_RETURNING)
+		elog(ERROR, "claiming holds failed: %s", SPI_result_code_string(ret));
+	for (uint64 r = 0; r < SPI_processed; r++)
+	{
+		LedgerHold	key;
+		LedgerHold *h;
+
+		key.id = GetInt64(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1);
+		h = bsearch(&key, holds, *nholds, sizeof(LedgerHold), CompareHoldId);
+		if (h)
+			h->claimed = true;
+	}
+	for (int i = 0; i < *nholds; i++)
+		if (!holds[i].claimed)
+			HoldAlreadyResolved(holds[i].id);
+	return holds;
+}
+
+/* Posted balance (credits - debits); both counters are >= 0, so it cannot overflow. */
+static int64
+PostedBalance(LedgerAccount *a)
+{
+	return a->credits_posted - a->debits_posted;
+}
+
+/* Checks the account's available balance is representable; emits 22003 otherwise. */
+static void
+CheckRepresentable(LedgerAccount *a)
+{
+	int64		avail;
+
+	if (pg_sub_s64_overflow(PostedBalance(a), a->debits_pending, &avail))
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("balance of account \"%s\" would be out of range", a->code)));
+}
+
+/* Adds amount to a counter; emits 22003 on overflow. */
+static void
+AddCounter(LedgerAccount *a, int64 *counter, int64 amount)
+{
+	if (pg_add_s64_overflow(*counter, amount, counter))
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("balance of account \"%s\" would be out of range", a->code),
+				 errdetail("Adding %lld overflows a 64-bit counter of the account.", (long long) amount)));
+	a->dirty = true;
+}
+
+/* Releases a held amount from a pending counter (never below zero). */
+static void
+ReleaseCounter(LedgerAccount *a, int64 *counter, int64 amount)
+{
+	if (*counter < amount)
+		elog(ERROR, "pending counter of account \"%s\" is smaller than a hold on it", a->code);
+	*counter -= amount;
+	a->dirty = true;
+}
+
+/* Debits amount (posted or pending) and enforces "debits must not exceed credits". */
+static void
+Debit(LedgerAccount *a, int64 amount, bool pending)
+{
+	int64		before;
+	int64		total;
+
+	if (pg_sub_s64_overflow(PostedBalance(a), a->debits_pending, &before))
+		before = PG_INT64_MIN;
+	AddCounter(a, pending ? &a->debits_pending : &a->debits_posted, amount);
+	if (!a->allow_negative &&
+		(pg_add_s64_overflow(a->debits_posted, a->debits_pending, &total) ||
+		 total > a->credits_posted))
+		ereport(ERROR,
+				(errcode(ERRCODE_FINTX_INSUFFICIENT_FUNDS),
+				 errmsg("insufficient funds in account \"%s\"", a->code),
+				 errdetail("The available balance is %lld; the transfer needs %lld.",
+						   (long long) before, (long long) amount)));
+	CheckRepresentable(a);
+}
+
+/* Credits amount (posted or pending) and enforces "credits must not exceed debits". */
+static void
+Credit(LedgerAccount *a, int64 amount, bool pending)
+{
+	int64		total;
+
+	AddCounter(a, pending ? &a->credits_pending : &a->credits_posted, amount);
+	if (!a->allow_positive &&
+		(pg_add_s64_overflow(a->credits_posted, a->credits_pending, &total) ||
+		 total > a->debits_posted))
+		ereport(ERROR,
+				(errcode(ERRCODE_FINTX_CREDIT_LIMIT),
+				 errmsg("credit would give account \"%s\" a positive balance", a->code),
+				 errdetail("The account was opened with allow_positive = false; its debits are %lld and its credits would be %lld.",
+						   (long long) a->debits_posted,
+						   (long long) (a->credits_posted + (pending ? a->credits_pending : 0)))));
+	CheckRepresentable(a);
+}
+
+/* Applies one transfer request to the locked accounts. */
+static void
+ApplyTransfer(LedgerRequest *req, LedgerAccount **bycode, int naccts, TimestampTz clock,
+			  Datum *timeout_at, bool *timeout_null)
+{
+	LedgerAccount *from = AccountByCode(bycode, naccts, req->from_code);
+	LedgerAccount *to = AccountByCode(bycode, naccts, req->to_code);
+
+	if (from->closed)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("account \"%s\" is closed", from->code)));
+	if (to->closed)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("account \"%s\" is closed", to->code)));
+	if (strcmp(from->currency, to->currency) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("currency mismatch between accounts \"%s\" and \"%s\"", from->code, to->code),
+				 errdetail("Account \"%s\" holds %s; account \"%s\" holds %s.",
+						   from->code, from->currency, to->code, to->currency)));
+	Debit(from, req->amount, req->pending);
+	Credit(to, req->amount, req->pending);
+	req->from = from;
+	req->to = to;
+	req->status = req->pending ? "pending" : "posted";
+	*timeout_null = true;
+	if (req->pending && req->timeout)
+	{
+		*timeout_at = DirectFunctionCall2(timestamptz_pl_interval, TimestampTzGetDatum(clock),
+										  IntervalPGetDatum(req->timeout));
+		*timeout_null = false;
+	}
+}
+
+/* Applies one post/void/expire request to its hold and the locked accounts. */
+static void
+ApplyResolution(LedgerRequest *req, LedgerAccount *accts, int naccts, TimestampTz clock)
+{
+	LedgerHold *h = req->hold;
+	LedgerAccount *from = AccountById(accts, naccts, h->from_id);
+	LedgerAccount *to = AccountById(accts, naccts, h->to_id);
+	bool		expired = h->has_timeout && h->timeout_at <= clock;
+
+	if (h->used)
+		HoldAlreadyResolved(h->id);
+	h->used = true;
+	if (req->op == LEDGER_POST && expired)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("pending transfer %lld has expired", (long long) h->id),
+				 errdetail("The hold expired at %s.", timestamptz_to_str(h->timeout_at))));
+	if (req->op == LEDGER_EXPIRE && !expired)
+		elog(ERROR, "hold %lld has not expired", (long long) h->id);
+	if (req->op == LEDGER_POST && req->amount_given && req->amount > h->amount)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("amount exceeds the pending amount"),
+				 errdetail("Transfer %lld holds %lld; %lld cannot be posted.",
+						   (long long) h->id, (long long) h->amount, (long long) req->amount)));
+
+	ReleaseCounter(from, &from->debits_pending, h->amount);
+	ReleaseCounter(to, &to->credits_pending, h->amount);
+	if (req->op == LEDGER_POST)
+	{
+		if (!req->amount_given)
+			req->amount = h->amount;
+		Debit(from, req->amount, false);
+		Credit(to, req->amount, false);
+		req->status = "posted";
+	}
+	else
+	{
+		req->amount = h->amount;
+		req->status = req->op == LEDGER_VOID ? "voided" : "expired";
+	}
+	req->from = from;
+	req->to = to;
+}
+
+/* Writes back changed accounts, inserts the transfer rows and any new holds. */
+static void
+WriteBack(const char *principal, LedgerRequest **reqs, int n, LedgerAccount *accts, int naccts,
+		  Datum *timeout_at, bool *timeout_null, Jsonb *empty)
+{
+	Datum	   *cols[10];
+	bool	   *pnulls = palloc(sizeof(bool) * n);
+	Datum		args[11];
+	int			nd = 0;
+	int			nh = 0;
+	int			ret;
+
+	/* accounts */
+	for (int c = 0; c < 5; c++)
+		cols[c] = palloc(sizeof(Datum) * (naccts + 1));
+	for (int i = 0; i < naccts; i++)
+	{
+		if (!accts[i].dirty)
+			continue;
+		cols[0][nd] = Int64GetDatum(accts[i].id);
+		cols[1][nd] = Int64GetDatum(accts[i].debits_posted);
+		cols[2][nd] = Int64GetDatum(accts[i].credits_posted);
+		cols[3][nd] = Int64GetDatum(accts[i].debits_pending);
+		cols[4][nd] = Int64GetDatum(accts[i].credits_pending);
+		nd++;
+	}
+	if (nd > 0)
+	{
+		Oid			types[5] = {INT8ARRAYOID, INT8ARRAYOID, INT8ARRAYOID, INT8ARRAYOID, INT8ARRAYOID};
+
+		for (int c = 0; c < 5; c++)
+			args[c] = MakeArray(cols[c], NULL, nd, INT8OID);
+		fintx_keep_plan(&update_plan,
+						"UPDATE fintx.accounts AS a"
+						"   SET debits_posted = u.dp, credits_posted = u.cp,"
+						"       debits_pending = u.dpe, credits_pending = u.cpe"
+						"  FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5)) AS u(id, dp, cp, dpe, cpe)"
+						" WHERE a.id = u.id",
+						5, types);
+		ret = SPI_execute_plan(update_plan, args, NULL, false, 0);
+		if (ret != SPI_OK_UPDATE || SPI_processed != (uint64) nd)
+			elog(ERROR, "updating accounts failed: %s", SPI_result_code_string(ret));
+	}
+
+	/* transfers */
+	for (int c = 0; c < 10; c++)
+		cols[c] = palloc(sizeof(Datum) * n);
+	for (int i = 0; i < n; i++)
+	{
+		LedgerRequest *r = reqs[i];
+
+		cols[0][i] = Int64GetDatum(r->transfer_id);
+		cols[1][i] = CStringGetTextDatum(r->status);
+		cols[2][i] = Int64GetDatum(r->from->id);
+		cols[3][i] = Int64GetDatum(r->to->id);
+		cols[4][i] = Int64GetDatum(r->amount);
+		cols[5][i] = Int64GetDatum(r->hold ? r->hold->id : 0);
+		pnulls[i] = r->hold == NULL;
+		cols[6][i] = timeout_at[i];
+		cols[7][i] = PointerGetDatum(r->op == LEDGER_TRANSFER ? r->metadata : empty);
+		cols[8][i] = Int64GetDatum(r->from_balance);
+		cols[9][i] = Int64GetDatum(r->to_balance);
+	}
+	{
+		Oid			types[11] = {TEXTOID, INT8ARRAYOID, TEXTARRAYOID, INT8ARRAYOID, INT8ARRAYOID,
+			INT8ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID, JSONBARRAYOID, INT8ARRAYOID, INT8ARRAYOID};
+
+		args[0] = CStringGetTextDatum(principal);
+		args[1] = MakeArray(cols[0], NULL, n, INT8OID);
+		args[2] = MakeArray(cols[1], NULL, n, TEXTOID);
+		args[3] = MakeArray(cols[2], NULL, n, INT8OID);
+		args[4] = MakeArray(cols[3], NULL, n, INT8OID);
+		args[5] = MakeArray(cols[4], NULL, n, INT8OID);
+		args[6] = MakeArray(cols[5], pnulls, n, INT8OID);
+		args[7] = MakeArray(cols[6], timeout_null, n, TIMESTAMPTZOID);
+		args[8] = MakeArray(cols[7], NULL, n, JSONBOID);
+		args[9] = MakeArray(cols[8], NULL, n, INT8OID);
+		args[10] = MakeArray(cols[9], NULL, n, INT8OID);
+		fintx_keep_plan(&insert_plan,
+						"INSERT INTO fintx.transfers (id, status, from_account, to_account, amount,"
+						"       pending_id, timeout_at, metadata, from_balance, to_balance, principal, created_at)"
+						" SELECT u.id, u.st, u.fa, u.ta, u.am, u.pid, u.tmo, u.md, u.fb, u.tb, $1, pg_catalog.now()"
+						"   FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9), pg_catalog.unnest($10), pg_catalog.unnest($11))"
+						"        AS u(id, st, fa, ta, am, pid, tmo, md, fb, tb)",
+						11, types);
+		ret = SPI_execute_plan(insert_plan, args, NULL, false, 0);
+		if (ret != SPI_OK_INSERT || SPI_processed != (uint64) n)
+			elog(ERROR, "inserting transfers failed: %s", SPI_result_code_string(ret));
+	}
+
+	/* open holds */
+	for (int i = 0; i < n; i++)
+	{
+		if (reqs[i]->op != LEDGER_TRANSFER || !reqs[i]->pending)
+			continue;
+		cols[0][nh] = Int64GetDatum(reqs[i]->transfer_id);
+		cols[1][nh] = timeout_at[i];
+		pnulls[nh] = timeout_null[i];
+		nh++;
+	}
+	if (nh > 0)
+	{
+		Oid			types[2] = {INT8ARRAYOID, TIMESTAMPTZARRAYOID};
+
+		args[0] = MakeArray(cols[0], NULL, nh, INT8OID);
+		args[1] = MakeArray(cols[1], pnulls, nh, TIMESTAMPTZOID);
+		fintx_keep_plan(&hold_insert_plan,
+						"INSERT INTO fintx.pending_holds (transfer_id, timeout_at)"
+						" SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2))",
+						2, types);
+		ret = SPI_execute_plan(hold_insert_plan, args, NULL, false, 0);
+		if (ret != SPI_OK_INSERT)
+			elog(ERROR, "recording holds failed: %s", SPI_result_code_string(ret));
+	}
+}
+
+/* Applies requests whose keys were newly claimed (SPI connected). */
+static void
+ApplyNew(const char *principal, LedgerRequest **reqs, int n)
+{
+	TimestampTz now_ts = GetCurrentTransactionStartTimestamp();
+	TimestampTz clock = GetCurrentTimestamp();
+	LedgerHold *holds = NULL;
+	int			nholds = 0;
+	LedgerAccount *accts;
+	LedgerAccount **bycode;
+	int			naccts;
+	Datum	   *timeout_at = palloc0(sizeof(Datum) * n);
+	bool	   *timeout_null = palloc(sizeof(bool) * n);
+	Jsonb	   *empty = EmptyObject();
+
+	if (reqs[0]->op != LEDGER_TRANSFER)
+		holds = ClaimHolds(reqs, n, &nholds);
+	accts = LockAccounts(reqs, n, holds, nholds, &naccts);
+	bycode = palloc(sizeof(LedgerAccount *) * (naccts + 1));
+	for (int i = 0; i < naccts; i++)
+		bycode[i] = &accts[i];
+	qsort(bycode, naccts, sizeof(LedgerAccount *), CompareAccountCode);
+
+	for (int i = 0; i < n; i++)
+	{
+		LedgerRequest *req = reqs[i];
+
+		CHECK_FOR_INTERRUPTS();
+		batch_position = req->index;
+		timeout_null[i] = true;
+		if (req->op == LEDGER_TRANSFER)
+			ApplyTransfer(req, bycode, naccts, clock, &timeout_at[i], &timeout_null[i]);
+		else
+			ApplyResolution(req, accts, naccts, clock);
+		req->from_balance = PostedBalance(req->from);
+		req->to_balance = PostedBalance(req->to);
+		req->created_at = now_ts;
+		req->replayed = false;
+	}
+	batch_position = -1;
+	WriteBack(principal, reqs, n, accts, naccts, timeout_at, timeout_null, empty);
+}
+
+/*
+ * Runs requests exactly once in the caller's transaction: replays those whose
+ * key is in the journal, applies the others atomically. Results are left in
+ * the requests. All requests must be transfers, or all hold resolutions.
+ */
+void
+fintx_execute(const char *principal, LedgerRequest **reqs, int n)
+{
+	LedgerRequest **sorted = palloc(sizeof(LedgerRequest *) * n);
+	LedgerRequest **fresh = palloc(sizeof(LedgerRequest *) * n);
+	int			nfresh = 0;
+
+	for (int i = 0; i < n; i++)
+	{
+		fintx_fingerprint(reqs[i]);
+		sorted[i] = reqs[i];
+	}
+	fintx_journal_dedup(sorted, n);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	fintx_journal_claim(principal, sorted, n);
+	for (int i = 0; i < n; i++)
+		if (reqs[i]->claimed)
+			fresh[nfresh++] = reqs[i];
+	if (nfresh > 0)
+		ApplyNew(principal, fresh, nfresh);
+	SPI_finish();
+
+	for (int i = 0; i < n; i++)
+	{
+		LedgerRequest *r = reqs[i];
+		LedgerRequest *o = r->dup_of;
+
+		if (o == NULL)
+			continue;
+		r->transfer_id = o->transfer_id;
+		r->status = o->status;
+		r->from_balance = o->from_balance;
+		r->to_balance = o->to_balance;
+		r->entry_hash = o->entry_hash;
+		r->created_at = o->created_at;
+		r->replayed = true;
+	}
+}
+
+/* ------------------------------------------------------------------------
+ * SQL-callable functions
+ * ------------------------------------------------------------------------
+ */
+
+/*
+ * fintx.open_account(code, currency, allow_negative, allow_positive, metadata) → bigint
+ * Opens an account; emits 22023 for an invalid code or unknown currency and
+ * 23505 if the code is taken.
+ */
+Datum
+fintx_open_account(PG_FUNCTION_ARGS)
+{
+	char	   *code;
+	char	   *currency;
+	Jsonb	   *md;
+	Datum		args[6];
+	Oid			types[6] = {TEXTOID, TEXTOID, BOOLOID, BOOLOID, JSONBOID, TEXTOID};
+	int64		id;
+	bool		isnull;
+	int			ret;
+
+	if (PG_ARGISNULL(0))
+		NullArgument("code");
+	if (PG_ARGISNULL(1))
+		NullArgument("currency");
+	if (PG_ARGISNULL(2))
+		NullArgument("allow_negative");
+	if (PG_ARGISNULL(3))
+		NullArgument("allow_positive");
+	code = CheckCode("code", text_to_cstring(PG_GETARG_TEXT_PP(0)));
+	currency = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	md = CheckMetadata(PG_ARGISNULL(4) ? NULL : PG_GETARG_JSONB_P(4));
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	args[0] = CStringGetTextDatum(code);
+	args[1] = CStringGetTextDatum(currency);
+	fintx_keep_plan(&currency_plan, "SELECT 1 FROM fintx.currencies WHERE code = $1", 1, &types[1]);
+	ret = SPI_execute_plan(currency_plan, &args[1], NULL, true, 1);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("unknown currency \"%.16s\"", currency),
+				 errhint("Use an ISO 4217 alphabetic code listed in fintx.currencies, such as \"EUR\".")));
+
+	args[2] = PG_GETARG_DATUM(2);
+	args[3] = PG_GETARG_DATUM(3);
+	args[4] = PointerGetDatum(md);
+	args[5] = CStringGetTextDatum(fintx_principal());
+	fintx_keep_plan(&open_plan,
+					"INSERT INTO fintx.accounts (code, currency, allow_negative, allow_positive, metadata, created_by)"
+					" VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (code) DO NOTHING RETURNING id",
+					6, types);
+	ret = SPI_execute_plan(open_plan, args, NULL, false, 0);
+	if (ret != SPI_OK_INSERT_RETURNING)
+		elog(ERROR, "inserting account failed: %s", SPI_result_code_string(ret));
+	if (SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNIQUE_VIOLATION),
+				 errmsg("account \"%s\" already exists", code)));
+	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	SPI_finish();
+	PG_RETURN_INT64(id);
+}
+
+/*
+ * fintx.close_account(code) → void
+ * Closes an account with a zero balance and no open holds; emits 22023 for an
+ * unknown account and 55000 otherwise.
+ */
+Datum
+fintx_close_account(PG_FUNCTION_ARGS)
+{
+	char	   *code;
+	Datum		arg;
+	Oid			types[1] = {TEXTOID};
+	HeapTuple	tup;
+	TupleDesc	desc;
+	bool		isnull;
+	Datum		id;
+	int64		dp, cp, dpe, cpe;
+
+	if (PG_ARGISNULL(0))
+		NullArgument("code");
+	code = CheckCode("code", text_to_cstring(PG_GETARG_TEXT_PP(0)));
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	arg = CStringGetTextDatum(code);
+	fintx_keep_plan(&close_lock_plan,
+					"SELECT id, closed_at IS NOT NULL, debits_posted, credits_posted,"
+					"       debits_pending, credits_pending"
+					"  FROM fintx.accounts WHERE code = $1 FOR UPDATE",
+					1, types);
+	if (SPI_execute_plan(close_lock_plan, &arg, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "locking account failed");
+	if (SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("account \"%s\" does not exist", code)));
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	id = SPI_getbinval(tup, desc, 1, &isnull);
+	dp = GetInt64(tup, desc, 3);
+	cp = GetInt64(tup, desc, 4);
+	dpe = GetInt64(tup, desc, 5);
+	cpe = GetInt64(tup, desc, 6);
+	if (DatumGetBool(SPI_getbinval(tup, desc, 2, &isnull)))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("account \"%s\" is already closed", code)));
+	if (dpe != 0 || cpe != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("account \"%s\" has open holds", code),
+				 errhint("Post or void its pending transfers first.")));
+	if (dp != cp)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("account \"%s\" has a nonzero balance", code),
+				 errdetail("The posted balance is %lld.", (long long) (cp - dp)),
+				 errhint("Transfer the balance to another account first.")));
+	types[0] = INT8OID;
+	fintx_keep_plan(&close_plan,
+					"UPDATE fintx.accounts SET closed_at = pg_catalog.now() WHERE id = $1", 1, types);
+	if (SPI_execute_plan(close_plan, &id, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "closing account failed");
+	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+/*
+ * fintx.transfer(idempotency_key, from_account, to_account, amount, metadata,
+ *				  pending, timeout) → transfer_result
+ */
+Datum
+fintx_transfer(PG_FUNCTION_ARGS)
+{
+	LedgerRequest *req = palloc0(sizeof(LedgerRequest));
+
+	if (PG_ARGISNULL(0))
+		NullArgument("idempotency_key");
+	if (PG_ARGISNULL(1))
+		NullArgument("from_account");
+	if (PG_ARGISNULL(2))
+		NullArgument("to_account");
+	if (PG_ARGISNULL(3))
+		NullArgument("amount");
+	if (PG_ARGISNULL(5))
+		NullArgument("pending");
+	req->op = LEDGER_TRANSFER;
+	req->key = CheckKey(text_to_cstring(PG_GETARG_TEXT_PP(0)));
+	req->from_code = CheckCode("from_account", text_to_cstring(PG_GETARG_TEXT_PP(1)));
+	req->to_code = CheckCode("to_account", text_to_cstring(PG_GETARG_TEXT_PP(2)));
+	req->amount = CheckAmount(PG_GETARG_INT64(3));
+	req->metadata = CheckMetadata(PG_ARGISNULL(4) ? NULL : PG_GETARG_JSONB_P(4));
+	req->pending = PG_GETARG_BOOL(5);
+	req->timeout = CheckTimeout(PG_ARGISNULL(6) ? NULL : PG_GETARG_INTERVAL_P(6), req->pending);
+	if (strcmp(req->from_code, req->to_code) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("cannot transfer from account \"%s\" to itself", req->from_code)));
+
+	fintx_execute(fintx_principal(), &req, 1);
+	PG_RETURN_DATUM(ReturnResult(fcinfo, req));
+}
+
+/* Shared body of post_pending and void_pending. */
+static Datum
+ResolveHold(FunctionCallInfo fcinfo, LedgerOp op)
+{
+	LedgerRequest *req = palloc0(sizeof(LedgerRequest));
+
+	if (PG_ARGISNULL(0))
+		NullArgument("idempotency_key");
+	if (PG_ARGISNULL(1))
+		NullArgument("transfer_id");
+	req->op = op;
+	req->key = CheckKey(text_to_cstring(PG_GETARG_TEXT_PP(0)));
+	req->hold_id = PG_GETARG_INT64(1);
+	if (op == LEDGER_POST && PG_NARGS() > 2 && !PG_ARGISNULL(2))
+	{
+		req->amount = CheckAmount(PG_GETARG_INT64(2));
+		req->amount_given = true;
+	}
+	fintx_execute(fintx_principal(), &req, 1);
+	PG_RETURN_DATUM(ReturnResult(fcinfo, req));
+}
+
+/* fintx.post_pending(idempotency_key, transfer_id, amount) → transfer_result */
+Datum
+fintx_post_pending(PG_FUNCTION_ARGS)
+{
+	return ResolveHold(fcinfo, LEDGER_POST);
+}
+
+/* fintx.void_pending(idempotency_key, transfer_id) → transfer_result */
+Datum
+fintx_void_pending(PG_FUNCTION_ARGS)
+{
+	return ResolveHold(fcinfo, LEDGER_VOID);
+}
+
+/* Emits 22023 for an invalid field of a batch request. */
+static void
+BadField(const char *field, const char *expected)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("field \"%s\" must be %s", field, expected)));
+}
+
+/* Returns a JSON string value as a C string, or emits 22023. */
+static char *
+JsonString(JsonbValue *v, const char *field)
+{
+	if (v->type != jbvString)
+		BadField(field, "a string");
+	return pnstrdup(v->val.string.val, v->val.string.len);
+}
+
+/* Converts a JSON amount (integral number, or string of digits) to int64. */
+static int64
+JsonAmount(JsonbValue *v)
+{
+	if (v->type == jbvNumeric)
+	{
+		Datum		num = NumericGetDatum(v->val.numeric);
+		Datum		trunc = DirectFunctionCall2(numeric_trunc, num, Int32GetDatum(0));
+
+		if (!DatumGetBool(DirectFunctionCall2(numeric_eq, num, trunc)))
+			BadField("amount", "an integer number of minor units");
+		return DatumGetInt64(DirectFunctionCall1(numeric_int8, num));
+	}
+	if (v->type == jbvString)
+	{
+		char	   *s = pnstrdup(v->val.string.val, v->val.string.len);
+		int			i = (s[0] == '-') ? 1 : 0;
+
+		if (s[i] == '\0')
+			BadField("amount", "an integer number of minor units");
+		for (; s[i]; i++)
+			if (s[i] < '0' || s[i] > '9')
+				BadField("amount", "an integer number of minor units");
+		return pg_strtoint64(s);
+	}
+	BadField("amount", "an integer number of minor units");
+	return 0;					/* keep compiler quiet */
+}
+
+/* Parses one element of a transfer_batch array into a request. */
+static LedgerRequest *
+ParseBatchRequest(JsonbValue *elem, int index)
+{
+	LedgerRequest *req = palloc0(sizeof(LedgerRequest));
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	bool		have_amount = false;
+
+	if (elem->type != jbvBinary || !JsonContainerIsObject(elem->val.binary.data))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("each transfer request must be a JSON object")));
+	req->op = LEDGER_TRANSFER;
+	req->index = index;
+	it = JsonbIteratorInit(elem->val.binary.data);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		char	   *field;
+
+		if (tok != WJB_KEY)
+			continue;
+		field = pnstrdup(v.val.string.val, v.val.string.len);
+		tok = JsonbIteratorNext(&it, &v, true);
+		if (strcmp(field, "idempotency_key") == 0)
+			req->key = CheckKey(JsonString(&v, field));
+		else if (strcmp(field, "from_account") == 0)
+			req->from_code = CheckCode("from_account", JsonString(&v, field));
+		else if (strcmp(field, "to_account") == 0)
+			req->to_code = CheckCode("to_account", JsonString(&v, field));
+		else if (strcmp(field, "amount") == 0)
+		{
+			req->amount = CheckAmount(JsonAmount(&v));
+			have_amount = true;
+		}
+		else if (strcmp(field, "metadata") == 0)
+		{
+			if (v.type == jbvNull)
+				req->metadata = NULL;
+			else if (v.type == jbvBinary && JsonContainerIsObject(v.val.binary.data))
+				req->metadata = CheckMetadata(JsonbValueToJsonb(&v));
+			else
+				BadField("metadata", "a JSON object");
+		}
+		else if (strcmp(field, "pending") == 0)
+		{
+			if (v.type != jbvBool)
+				BadField("pending", "a boolean");
+			req->pending = v.val.boolean;
+		}
+		else if (strcmp(field, "timeout") == 0)
+		{
+			if (v.type != jbvNull)
+				req->timeout = DatumGetIntervalP(DirectFunctionCall3(interval_in,
+																	 CStringGetDatum(JsonString(&v, field)),
+																	 ObjectIdGetDatum(InvalidOid),
+																	 Int32GetDatum(-1)));
+		}
+		else
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("unknown field \"%.64s\" in transfer request", field),
+					 errhint("Valid fields are idempotency_key, from_account, to_account, amount, metadata, pending and timeout.")));
+	}
+	if (req->key == NULL)
+		NullArgument("idempotency_key");
+	if (req->from_code == NULL)
+		NullArgument("from_account");
+	if (req->to_code == NULL)
+		NullArgument("to_account");
+	if (!have_amount)
+		NullArgument("amount");
+	if (req->metadata == NULL)
+		req->metadata = EmptyObject();
+	req->timeout = CheckTimeout(req->timeout, req->pending);
+	if (strcmp(req->from_code, req->to_code) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("cannot transfer from account \"%s\" to itself", req->from_code)));
+	return req;
+}
+
+/*
+ * fintx.transfer_batch(requests jsonb) → SETOF transfer_result
+ * Applies an array of transfer requests atomically, each with its own key;
+ * results come back in request order.
+ */
+Datum
+fintx_transfer_batch(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	Jsonb	   *jb;
+	int			n;
+	LedgerRequest **volatile reqs = NULL;
+	ErrorContextCallback errcb;
+
+	if (PG_ARGISNULL(0))
+		NullArgument("requests");
+	jb = PG_GETARG_JSONB_P(0);
+	if (!JB_ROOT_IS_ARRAY(jb) || JB_ROOT_IS_SCALAR(jb))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("requests must be a JSON array of transfer requests")));
+	n = JB_ROOT_COUNT(jb);
+	if (n > FINTX_MAX_BATCH)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("too many transfer requests in one batch"),
+				 errdetail("The batch has %d requests; the limit is %d.", n, FINTX_MAX_BATCH)));
+	InitMaterializedSRF(fcinfo, 0);
+	if (n == 0)
+		PG_RETURN_NULL();
+
+	errcb.callback = BatchErrorContext;
+	errcb.arg = NULL;
+	errcb.previous = error_context_stack;
+	error_context_stack = &errcb;
+	PG_TRY();
+	{
+		LedgerRequest **parsed = palloc(sizeof(LedgerRequest *) * n);
+
+		for (int i = 0; i < n; i++)
+		{
+			CHECK_FOR_INTERRUPTS();
+			batch_position = i;
+			parsed[i] = ParseBatchRequest(getIthJsonbValueFromContainer(&jb->root, i), i);
+		}
+		batch_position = -1;
+		fintx_execute(fintx_principal(), parsed, n);
+		reqs = parsed;
+	}
+	PG_FINALLY();
+	{
+		batch_position = -1;
+		error_context_stack = errcb.previous;
+	}
+	PG_END_TRY();
+
+	for (int i = 0; i < n; i++)
+	{
+		Datum		values[7];
+		bool		nulls[7];
+
+		ResultValues(reqs[i], values, nulls);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	PG_RETURN_NULL();
+}
+
+/*
+ * Releases up to max_holds holds whose timeout has passed, each as an
+ * 'expired' transfer under the system principal. Holds locked by a
+ * concurrent resolver are skipped. Returns the number released.
+ */
+int
+fintx_expire_holds(int max_holds)
+{
+	Datum		args[2];
+	Oid			types[2] = {TIMESTAMPTZOID, INT4OID};
+	LedgerRequest **reqs;
+	int			n;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	args[0] = TimestampTzGetDatum(GetCurrentTimestamp());
+	args[1] = Int32GetDatum(max_holds);
+	fintx_keep_plan(&expired_plan,
+					"SELECT transfer_id FROM fintx.pending_holds"
+					" WHERE timeout_at <= $1 ORDER BY transfer_id LIMIT $2"
+					" FOR UPDATE SKIP LOCKED",
+					2, types);
+	if (SPI_execute_plan(expired_plan, args, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "finding expired holds failed");
+	n = (int) SPI_processed;
+	reqs = SPI_palloc(sizeof(LedgerRequest *) * (n + 1));
+	for (int i = 0; i < n; i++)
+	{
+		LedgerRequest *r = SPI_palloc(sizeof(LedgerRequest));
+
+		memset(r, 0, sizeof(LedgerRequest));
+		r->op = LEDGER_EXPIRE;
+		r->index = i;
+		r->hold_id = GetInt64(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+		r->key = SPI_palloc(32);
+		snprintf(r->key, 32, "expire:%lld", (long long) r->hold_id);
+		reqs[i] = r;
+	}
+	SPI_finish();
+	if (n > 0)
+		fintx_execute(FINTX_SYSTEM_PRINCIPAL, reqs, n);
+	return n;
+}
+
+/* fintx.expire_pending(max_holds) → integer: releases expired holds now. */
+Datum
+fintx_expire_pending(PG_FUNCTION_ARGS)
+{
+	int32		max_holds;
+
+	if (PG_ARGISNULL(0))
+		NullArgument("max_holds");
+	max_holds = PG_GETARG_INT32(0);
+	if (max_holds <= 0 || max_holds > FINTX_MAX_BATCH)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max_holds must be between 1 and %d", FINTX_MAX_BATCH)));
+	PG_RETURN_INT32(fintx_expire_holds(max_holds));
+}

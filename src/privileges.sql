@@ -1,0 +1,27 @@
+/*
+ * src/privileges.sql — assembled last: nothing is granted to PUBLIC; fintx's roles get
+ * exactly what they need; user data is registered for pg_dump.
+ */
+REVOKE ALL ON ALL TABLES IN SCHEMA fintx FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA fintx FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA fintx FROM PUBLIC;
+
+GRANT SELECT ON ALL TABLES IN SCHEMA fintx TO fintx_admin;
+GRANT SELECT ON fintx.account_balances, fintx.open_holds, fintx.transfer_history TO fintx_service, fintx_auditor;
+
+GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA fintx TO fintx_admin;
+GRANT EXECUTE ON FUNCTION
+    fintx.transfer(text, text, text, bigint, jsonb, boolean, interval),
+    fintx.post_pending(text, bigint, bigint),
+    fintx.void_pending(text, bigint),
+    fintx.transfer_batch(jsonb),
+    fintx.request_fingerprint(text, text, bigint, jsonb, boolean, interval)
+  TO fintx_service;
+GRANT EXECUTE ON FUNCTION fintx.reconcile() TO fintx_auditor;
+
+SELECT pg_catalog.pg_extension_config_dump('fintx.accounts', '');
+SELECT pg_catalog.pg_extension_config_dump('fintx.accounts_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('fintx.transfers', '');
+SELECT pg_catalog.pg_extension_config_dump('fintx.transfer_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('fintx.pending_holds', '');
+SELECT pg_catalog.pg_extension_config_dump('fintx.idempotency_keys', '');

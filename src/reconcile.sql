@@ -1,0 +1,122 @@
+/*
+ * src/reconcile.sql — fintx.reconcile(): recompute the ledger from its immutable transfers
+ * and report every discrepancy. No rows means the ledger is consistent.
+ */
+CREATE FUNCTION fintx.reconcile()
+RETURNS TABLE (check_name text, object text, expected text, actual text)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $reconcile$
+WITH effects AS (
+    -- posted effect and pending effect of every transfer row, per side
+    SELECT t.from_account AS account_id,
+           CASE WHEN t.status OPERATOR(pg_catalog.=) 'posted' THEN t.amount ELSE 0 END AS debit_posted,
+           0::numeric AS credit_posted,
+           CASE WHEN t.status OPERATOR(pg_catalog.=) 'pending' THEN t.amount::numeric
+                WHEN t.pending_id IS NOT NULL THEN (0 OPERATOR(pg_catalog.-) p.amount)::numeric
+                ELSE 0 END AS debit_pending,
+           0::numeric AS credit_pending
+      FROM fintx.transfers t
+      LEFT JOIN fintx.transfers p ON p.id OPERATOR(pg_catalog.=) t.pending_id
+    UNION ALL
+    SELECT t.to_account,
+           0,
+           CASE WHEN t.status OPERATOR(pg_catalog.=) 'posted' THEN t.amount ELSE 0 END,
+           0,
+           CASE WHEN t.status OPERATOR(pg_catalog.=) 'pending' THEN t.amount::numeric
+                WHEN t.pending_id IS NOT NULL THEN (0 OPERATOR(pg_catalog.-) p.amount)::numeric
+                ELSE 0 END
+      FROM fintx.transfers t
+      LEFT JOIN fintx.transfers p ON p.id OPERATOR(pg_catalog.=) t.pending_id
+),
+sums AS (
+    SELECT account_id,
+           pg_catalog.sum(debit_posted) AS dp, pg_catalog.sum(credit_posted) AS cp,
+           pg_catalog.sum(debit_pending) AS dpe, pg_catalog.sum(credit_pending) AS cpe
+      FROM effects GROUP BY account_id
+),
+acct AS (
+    SELECT a.id, a.code, a.currency, a.allow_negative, a.allow_positive,
+           a.debits_posted, a.credits_posted, a.debits_pending, a.credits_pending,
+           COALESCE(s.dp, 0) AS dp, COALESCE(s.cp, 0) AS cp,
+           COALESCE(s.dpe, 0) AS dpe, COALESCE(s.cpe, 0) AS cpe
+      FROM fintx.accounts a LEFT JOIN sums s ON s.account_id OPERATOR(pg_catalog.=) a.id
+)
+SELECT 'account_debits_posted', code, dp::text, debits_posted::text
+  FROM acct WHERE dp OPERATOR(pg_catalog.<>) debits_posted
+UNION ALL
+SELECT 'account_credits_posted', code, cp::text, credits_posted::text
+  FROM acct WHERE cp OPERATOR(pg_catalog.<>) credits_posted
+UNION ALL
+SELECT 'account_debits_pending', code, dpe::text, debits_pending::text
+  FROM acct WHERE dpe OPERATOR(pg_catalog.<>) debits_pending
+UNION ALL
+SELECT 'account_credits_pending', code, cpe::text, credits_pending::text
+  FROM acct WHERE cpe OPERATOR(pg_catalog.<>) credits_pending
+UNION ALL
+SELECT 'account_balance_rule', code,
+       CASE WHEN NOT allow_negative THEN 'debits_posted + debits_pending <= credits_posted'
+            ELSE 'credits_posted + credits_pending <= debits_posted' END,
+       pg_catalog.format('debits_posted=%s credits_posted=%s debits_pending=%s credits_pending=%s',
+                         debits_posted, credits_posted, debits_pending, credits_pending)
+  FROM acct
+ WHERE (NOT allow_negative AND debits_posted::numeric OPERATOR(pg_catalog.+) debits_pending OPERATOR(pg_catalog.>) credits_posted)
+    OR (NOT allow_positive AND credits_posted::numeric OPERATOR(pg_catalog.+) credits_pending OPERATOR(pg_catalog.>) debits_posted)
+UNION ALL
+SELECT 'currency_debits_equal_credits', currency,
+       pg_catalog.sum(debits_posted::numeric)::text, pg_catalog.sum(credits_posted::numeric)::text
+  FROM acct GROUP BY currency
+HAVING pg_catalog.sum(debits_posted::numeric) OPERATOR(pg_catalog.<>) pg_catalog.sum(credits_posted::numeric)
+UNION ALL
+SELECT 'currency_pending_debits_equal_credits', currency,
+       pg_catalog.sum(debits_pending::numeric)::text, pg_catalog.sum(credits_pending::numeric)::text
+  FROM acct GROUP BY currency
+HAVING pg_catalog.sum(debits_pending::numeric) OPERATOR(pg_catalog.<>) pg_catalog.sum(credits_pending::numeric)
+UNION ALL
+SELECT 'transfer_without_journal', 'transfer ' OPERATOR(pg_catalog.||) t.id::text, '1 journal record', '0'
+  FROM fintx.transfers t
+ WHERE NOT EXISTS (SELECT FROM fintx.idempotency_keys j WHERE j.transfer_id OPERATOR(pg_catalog.=) t.id)
+UNION ALL
+SELECT 'journal_without_transfer',
+       pg_catalog.format('key %L of %L', j.idempotency_key, j.principal),
+       'transfer ' OPERATOR(pg_catalog.||) j.transfer_id::text, 'missing'
+  FROM fintx.idempotency_keys j
+ WHERE NOT EXISTS (SELECT FROM fintx.transfers t WHERE t.id OPERATOR(pg_catalog.=) j.transfer_id)
+UNION ALL
+SELECT 'transfer_unknown_account', 'transfer ' OPERATOR(pg_catalog.||) t.id::text,
+       'existing accounts', pg_catalog.format('from %s to %s', t.from_account, t.to_account)
+  FROM fintx.transfers t
+ WHERE NOT EXISTS (SELECT FROM fintx.accounts a WHERE a.id OPERATOR(pg_catalog.=) t.from_account)
+    OR NOT EXISTS (SELECT FROM fintx.accounts a WHERE a.id OPERATOR(pg_catalog.=) t.to_account)
+UNION ALL
+SELECT 'transfer_currency_mismatch', 'transfer ' OPERATOR(pg_catalog.||) t.id::text, fa.currency, ta.currency
+  FROM fintx.transfers t
+  JOIN fintx.accounts fa ON fa.id OPERATOR(pg_catalog.=) t.from_account
+  JOIN fintx.accounts ta ON ta.id OPERATOR(pg_catalog.=) t.to_account
+ WHERE fa.currency OPERATOR(pg_catalog.<>) ta.currency
+UNION ALL
+SELECT 'resolution_mismatch', 'transfer ' OPERATOR(pg_catalog.||) r.id::text,
+       'same accounts as hold ' OPERATOR(pg_catalog.||) r.pending_id::text,
+       CASE WHEN p.id IS NULL THEN 'hold missing' WHEN p.status OPERATOR(pg_catalog.<>) 'pending' THEN 'not a hold'
+            WHEN r.amount OPERATOR(pg_catalog.>) p.amount THEN 'posted more than held'
+            ELSE 'different accounts' END
+  FROM fintx.transfers r
+  LEFT JOIN fintx.transfers p ON p.id OPERATOR(pg_catalog.=) r.pending_id
+ WHERE r.pending_id IS NOT NULL
+   AND (p.id IS NULL OR p.status OPERATOR(pg_catalog.<>) 'pending' OR p.pending_id IS NOT NULL
+        OR p.from_account OPERATOR(pg_catalog.<>) r.from_account OR p.to_account OPERATOR(pg_catalog.<>) r.to_account
+        OR r.amount OPERATOR(pg_catalog.>) p.amount)
+UNION ALL
+SELECT 'open_hold_tracking', 'transfer ' OPERATOR(pg_catalog.||) p.id::text,
+       CASE WHEN h.transfer_id IS NULL THEN 'tracked as open' ELSE 'not tracked (resolved)' END,
+       CASE WHEN h.transfer_id IS NULL THEN 'not tracked' ELSE 'tracked as open' END
+  FROM fintx.transfers p
+  LEFT JOIN fintx.pending_holds h ON h.transfer_id OPERATOR(pg_catalog.=) p.id
+ WHERE p.status OPERATOR(pg_catalog.=) 'pending'
+   AND (h.transfer_id IS NULL) OPERATOR(pg_catalog.=)
+       (NOT EXISTS (SELECT FROM fintx.transfers r WHERE r.pending_id OPERATOR(pg_catalog.=) p.id))
+UNION ALL
+SELECT 'open_hold_tracking', 'transfer ' OPERATOR(pg_catalog.||) h.transfer_id::text, 'a pending transfer', 'missing'
+  FROM fintx.pending_holds h
+ WHERE NOT EXISTS (SELECT FROM fintx.transfers p WHERE p.id OPERATOR(pg_catalog.=) h.transfer_id
+                      AND p.status OPERATOR(pg_catalog.=) 'pending')
+$reconcile$;

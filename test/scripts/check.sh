@@ -1,0 +1,89 @@
+#!/bin/bash
+# make check: runs every suite against throwaway clusters and writes test_results.json.
+#   1. pg_regress   sql/*.sql -> expected/*.out
+#   2. pgTAP        test/pgtap/*.sql through pg_prove
+#   3. TAP          test/t/*.pl with PostgreSQL::Test::Cluster (crash, concurrency)
+# Exit status is non-zero if any test failed. Set FINTX_SUITES="regress pgtap tap" to choose.
+set -u
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$ROOT"
+source test/scripts/cluster.sh
+
+SUITES=${FINTX_SUITES:-regress pgtap tap}
+OUT=$ROOT/results
+rm -rf "$OUT"; mkdir -p "$OUT"
+WORK=$(mktemp -d /tmp/fintx-check.XXXXXX)
+chmod 755 "$WORK"
+trap 'cluster_stop; rm -rf "$WORK"' EXIT
+INDEX=$OUT/index.tsv          # suite <TAB> name <TAB> rc <TAB> ms <TAB> log
+: > "$INDEX"
+now_ms() { date +%s%3N; }
+
+REGRESS_TESTS=$(sed -n 's/^REGRESS *= *//p' Makefile)
+
+cluster_start "$WORK/pg" "fintx.database = 'fintx_regress'" "fintx.expire_interval = '1h'" || exit 1
+echo "== throwaway cluster on port $PGPORT (shared_preload_libraries = 'fintx')"
+
+if [[ " $SUITES " == *" regress "* ]]; then
+    echo "== pg_regress"
+    "$PGBIN/createdb" fintx_regress
+    start=$(now_ms)
+    "$PGXS_LIB/src/test/regress/pg_regress" --inputdir="$ROOT" --outputdir="$OUT/regress" \
+        --bindir="$PGBIN" --host="$PGHOST" --port="$PGPORT" --user=postgres \
+        --use-existing --dbname=fintx_regress $REGRESS_TESTS 2>&1 | tee "$OUT/regress.log"
+    rc=${PIPESTATUS[0]}
+    printf 'regress\tpg_regress\t%s\t%s\t%s\n' "$rc" "$(( $(now_ms) - start ))" "$OUT/regress.log" >> "$INDEX"
+    [ -f "$OUT/regress/regression.diffs" ] && cat "$OUT/regress/regression.diffs"
+fi
+
+if [[ " $SUITES " == *" pgtap "* ]]; then
+    echo "== pgTAP (pg_prove)"
+    "$PGBIN/createdb" fintx_tap
+    for f in test/pgtap/*.sql; do
+        [ -e "$f" ] || continue
+        log=$OUT/pgtap-$(basename "$f" .sql).log
+        start=$(now_ms)
+        pg_prove -v -h "$PGHOST" -p "$PGPORT" -U postgres -d fintx_tap "$f" > "$log" 2>&1
+        rc=$?
+        printf 'pgtap\t%s\t%s\t%s\t%s\n' "$f" "$rc" "$(( $(now_ms) - start ))" "$log" >> "$INDEX"
+        if [ $rc -eq 0 ]; then echo "ok     $f"; else echo "FAILED $f"; cat "$log"; fi
+    done
+fi
+cluster_stop
+
+if [[ " $SUITES " == *" tap "* ]]; then
+    echo "== TAP (PostgreSQL::Test::Cluster)"
+    TAPWORK=$WORK/tap
+    mkdir -p "$TAPWORK"
+    cp -r test/t "$TAPWORK/t"
+    [ -d test/perl ] && cp -r test/perl "$TAPWORK/perl"
+    [ "$(id -u)" -eq 0 ] && chown -R postgres: "$TAPWORK"
+    for f in test/t/*.pl; do
+        [ -e "$f" ] || continue
+        name=$(basename "$f")
+        log=$OUT/tap-${name%.pl}.log
+        start=$(now_ms)
+        ( cd "$TAPWORK" && as_pg env PATH="$PGBIN:$PATH" \
+            PERL5LIB="$PGXS_LIB/src/test/perl:$TAPWORK/perl" \
+            PG_REGRESS="$PGXS_LIB/src/test/regress/pg_regress" \
+            TESTDIR="$TAPWORK/run-${name%.pl}" FINTX_ROOT="$ROOT" \
+            prove -v "t/$name" ) > "$log" 2>&1
+        rc=$?
+        printf 'tap\t%s\t%s\t%s\t%s\n' "$f" "$rc" "$(( $(now_ms) - start ))" "$log" >> "$INDEX"
+        if [ $rc -eq 0 ]; then echo "ok     $f"; else
+            echo "FAILED $f"; cat "$log"
+            for l in "$TAPWORK/run-${name%.pl}"/tmp_check/log/*; do
+                [ -f "$l" ] && { echo "--- $l"; tail -n 40 "$l"; }
+            done
+        fi
+    done
+fi
+
+perl test/scripts/results_json.pl "$INDEX" > "$ROOT/test_results.json"
+perl -MJSON::PP -e 'local $/; my $j = decode_json(<STDIN>); my $s = $j->{summary};
+    printf "== %d tests: %d passed, %d failed\n", $s->{total}, $s->{passed}, $s->{failed} // 0;
+    exit($s->{failed} ? 1 : 0)' < "$ROOT/test_results.json"
+status=$?
+# any runner that failed without a failing test line (crash, bad plan) also fails the run
+if awk -F'\t' '$3 != 0 { bad = 1 } END { exit !bad }' "$INDEX"; then status=1; fi
+exit $status

@@ -108,7 +108,7 @@ CheckCode(const char *what, const char *code)
 	if (!ok)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid account code in %s", what),
+				 what ? errmsg("invalid account code in %s", what) : errmsg("invalid account code"),
 				 errdetail("Account codes are 1 to %d characters from A-Z, a-z, 0-9 and _ . : / @ -.",
 						   FINTX_MAX_CODE_LEN)));
 	return (char *) code;
@@ -893,7 +893,7 @@ fintx_open_account(PG_FUNCTION_ARGS)
 		NullArgument("allow_negative");
 	if (PG_ARGISNULL(3))
 		NullArgument("allow_positive");
-	code = CheckCode("code", text_to_cstring(PG_GETARG_TEXT_PP(0)));
+	code = CheckCode(NULL, text_to_cstring(PG_GETARG_TEXT_PP(0)));
 	currency = text_to_cstring(PG_GETARG_TEXT_PP(1));
 	md = CheckMetadata(PG_ARGISNULL(4) ? NULL : PG_GETARG_JSONB_P(4));
 
@@ -948,7 +948,7 @@ fintx_close_account(PG_FUNCTION_ARGS)
 
 	if (PG_ARGISNULL(0))
 		NullArgument("code");
-	code = CheckCode("code", text_to_cstring(PG_GETARG_TEXT_PP(0)));
+	code = CheckCode(NULL, text_to_cstring(PG_GETARG_TEXT_PP(0)));
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	arg = CStringGetTextDatum(code);

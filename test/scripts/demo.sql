@@ -1,0 +1,60 @@
+\pset footer off
+\set VERBOSITY default
+\set SHOW_CONTEXT never
+\echo '== 1. Install the extension'
+CREATE EXTENSION fintx;
+
+\echo '== 2. Open accounts (amounts are integers in minor units: cents for EUR)'
+SELECT fintx.open_account('bank:settlement', 'EUR', allow_negative => true) AS settlement_id,
+       fintx.open_account('customer:alice',  'EUR') AS alice_id,
+       fintx.open_account('customer:bob',    'EUR') AS bob_id,
+       fintx.open_account('merchant:shop',   'EUR') AS shop_id;
+
+\echo '== 3. Fund Alice with EUR 500.00 and pay Bob EUR 120.00'
+SELECT transfer_id, status, replayed, from_balance, to_balance
+  FROM fintx.transfer('deposit-0001', 'bank:settlement', 'customer:alice', 50000,
+                      '{"channel": "SEPA", "reference": "top-up"}');
+SELECT transfer_id, status, replayed, from_balance, to_balance
+  FROM fintx.transfer('payment-0001', 'customer:alice', 'customer:bob', 12000);
+
+\echo '== 4. The client times out and retries payment-0001: the ORIGINAL result comes back, replayed = true'
+SELECT transfer_id, status, replayed, from_balance, to_balance
+  FROM fintx.transfer('payment-0001', 'customer:alice', 'customer:bob', 12000);
+
+\echo '== 5. The same key with a different amount is refused (SQLSTATE 23505)'
+SELECT fintx.transfer('payment-0001', 'customer:alice', 'customer:bob', 99999);
+\echo '   -> SQLSTATE' :LAST_ERROR_SQLSTATE
+
+\echo '== 6. An overdraft is refused (SQLSTATE FX001) and changes nothing'
+SELECT fintx.transfer('payment-0002', 'customer:bob', 'customer:alice', 1000000);
+\echo '   -> SQLSTATE' :LAST_ERROR_SQLSTATE
+
+\echo '== 7. Two-phase: hold EUR 80.00 for the shop (expires in 7 days), then capture EUR 75.00'
+SELECT transfer_id AS hold_id, status, from_balance, to_balance
+  FROM fintx.transfer('card-auth-77', 'customer:alice', 'merchant:shop', 8000,
+                      pending => true, timeout => '7 days') \gset
+\echo 'hold' :hold_id 'placed, status' :status
+\echo 'while the hold is open, Alice''s available balance is reduced:'
+SELECT code, posted, pending_debits, pending_credits, available
+  FROM fintx.account_balances ORDER BY code;
+SELECT transfer_id, status, replayed, from_balance, to_balance
+  FROM fintx.post_pending('card-capture-77', :hold_id, 7500);
+\echo 'a second capture of the same hold is refused (SQLSTATE 55000):'
+SELECT fintx.post_pending('card-capture-78', :hold_id);
+\echo '   -> SQLSTATE' :LAST_ERROR_SQLSTATE
+
+\echo '== 8. A batch of transfers, applied atomically'
+SELECT transfer_id, status, replayed, from_balance, to_balance
+  FROM fintx.transfer_batch('[
+    {"idempotency_key": "payroll-1", "from_account": "bank:settlement", "to_account": "customer:bob",   "amount": 250000},
+    {"idempotency_key": "payroll-2", "from_account": "bank:settlement", "to_account": "customer:alice", "amount": 180000}
+  ]');
+
+\echo '== 9. Balances'
+SELECT code, currency, posted, pending_debits, pending_credits, available
+  FROM fintx.account_balances ORDER BY code;
+
+\echo '== 10. Reconciliation: no rows means every balance equals the sum of its transfers'
+SELECT * FROM fintx.reconcile();
+SELECT CASE WHEN count(*) = 0 THEN 'ledger is consistent' ELSE count(*) || ' discrepancies' END AS reconcile
+  FROM fintx.reconcile();

@@ -25,6 +25,7 @@
 PG_FUNCTION_INFO_V1(fintx_request_fingerprint);
 
 static SPIPlanPtr claim_plan = NULL;
+static SPIPlanPtr claim_one_plan = NULL;
 static SPIPlanPtr replay_plan = NULL;
 
 /* Appends one tagged, length-prefixed field (len < 0: SQL NULL). */
@@ -236,20 +237,39 @@ fintx_journal_claim(const char *principal, LedgerRequest **reqs, int nreqs)
 	}
 
 	args[0] = CStringGetTextDatum(principal);
-	args[1] = PointerGetDatum(construct_array(keys, nkeys, TEXTOID, -1, false, TYPALIGN_INT));
-	args[2] = PointerGetDatum(construct_array(fps, nkeys, BYTEAOID, -1, false, TYPALIGN_INT));
+	if (nkeys == 1)
+	{
+		/* single request: a plain VALUES insert is cheaper than unnesting arrays */
+		Oid			types1[3] = {TEXTOID, TEXTOID, BYTEAOID};
 
-	fintx_keep_plan(&claim_plan,
-			 "INSERT INTO fintx.idempotency_keys AS j"
-			 " (principal, idempotency_key, fingerprint, transfer_id, created_at)"
-			 " SELECT $1, u.k, u.f, pg_catalog.nextval('fintx.transfer_id_seq'::pg_catalog.regclass),"
-			 "        pg_catalog.now()"
-			 "   FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3)) AS u(k, f)"
-			 "  ORDER BY u.k COLLATE \"C\""
-			 " ON CONFLICT (principal, idempotency_key) DO NOTHING"
-			 " RETURNING j.idempotency_key, j.transfer_id",
-			 3, types);
-	ret = SPI_execute_plan(claim_plan, args, NULL, false, 0);
+		args[1] = keys[0];
+		args[2] = fps[0];
+		fintx_keep_plan(&claim_one_plan,
+						"INSERT INTO fintx.idempotency_keys AS j"
+						" (principal, idempotency_key, fingerprint, transfer_id, created_at)"
+						" VALUES ($1, $2, $3, pg_catalog.nextval('fintx.transfer_id_seq'::pg_catalog.regclass),"
+						"         pg_catalog.now())"
+						" ON CONFLICT (principal, idempotency_key) DO NOTHING"
+						" RETURNING j.idempotency_key, j.transfer_id",
+						3, types1);
+		ret = SPI_execute_plan(claim_one_plan, args, NULL, false, 0);
+	}
+	else
+	{
+		args[1] = PointerGetDatum(construct_array(keys, nkeys, TEXTOID, -1, false, TYPALIGN_INT));
+		args[2] = PointerGetDatum(construct_array(fps, nkeys, BYTEAOID, -1, false, TYPALIGN_INT));
+		fintx_keep_plan(&claim_plan,
+						"INSERT INTO fintx.idempotency_keys AS j"
+						" (principal, idempotency_key, fingerprint, transfer_id, created_at)"
+						" SELECT $1, u.k, u.f, pg_catalog.nextval('fintx.transfer_id_seq'::pg_catalog.regclass),"
+						"        pg_catalog.now()"
+						"   FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3)) AS u(k, f)"
+						"  ORDER BY u.k COLLATE \"C\""
+						" ON CONFLICT (principal, idempotency_key) DO NOTHING"
+						" RETURNING j.idempotency_key, j.transfer_id",
+						3, types);
+		ret = SPI_execute_plan(claim_plan, args, NULL, false, 0);
+	}
 	if (ret != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "claiming idempotency keys failed: %s", SPI_result_code_string(ret));
 

@@ -4,9 +4,9 @@
  * See src/idempotency.c and docs/idempotency.md.
  */
 CREATE TABLE fintx.idempotency_keys (
-    principal       text        NOT NULL,
-    idempotency_key text        NOT NULL,
-    fingerprint     bytea       NOT NULL CHECK (pg_catalog.length(fingerprint) OPERATOR(pg_catalog.=) 32),
+    principal       text        COLLATE "C" NOT NULL,
+    idempotency_key text        COLLATE "C" NOT NULL,
+    fingerprint     bytea       NOT NULL,
     transfer_id     bigint      NOT NULL UNIQUE,
     created_at      timestamptz NOT NULL,
     PRIMARY KEY (principal, idempotency_key)

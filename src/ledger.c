@@ -47,6 +47,8 @@ static SPIPlanPtr hold_status_plan = NULL;
 static SPIPlanPtr lock_by_code_plan = NULL;
 static SPIPlanPtr lock_by_id_plan = NULL;
 static SPIPlanPtr update_plan = NULL;
+static SPIPlanPtr update_one_plan = NULL;
+static SPIPlanPtr insert_one_plan = NULL;
 static SPIPlanPtr insert_plan = NULL;
 static SPIPlanPtr hold_insert_plan = NULL;
 static SPIPlanPtr expired_plan = NULL;
@@ -684,7 +686,27 @@ WriteBack(const char *principal, LedgerRequest **reqs, int n, LedgerAccount *acc
 		cols[4][nd] = Int64GetDatum(accts[i].credits_pending);
 		nd++;
 	}
-	if (nd > 0)
+	if (nd > 0 && nd <= 2)
+	{
+		/* one or two accounts: a primary-key update each beats a join with unnest */
+		Oid			types[5] = {INT8OID, INT8OID, INT8OID, INT8OID, INT8OID};
+
+		fintx_keep_plan(&update_one_plan,
+						"UPDATE fintx.accounts"
+						"   SET debits_posted = $2, credits_posted = $3,"
+						"       debits_pending = $4, credits_pending = $5"
+						" WHERE id = $1",
+						5, types);
+		for (int i = 0; i < nd; i++)
+		{
+			for (int c = 0; c < 5; c++)
+				args[c] = cols[c][i];
+			ret = SPI_execute_plan(update_one_plan, args, NULL, false, 0);
+			if (ret != SPI_OK_UPDATE || SPI_processed != 1)
+				elog(ERROR, "updating account failed: %s", SPI_result_code_string(ret));
+		}
+	}
+	else if (nd > 2)
 	{
 		Oid			types[5] = {INT8ARRAYOID, INT8ARRAYOID, INT8ARRAYOID, INT8ARRAYOID, INT8ARRAYOID};
 
@@ -695,7 +717,7 @@ WriteBack(const char *principal, LedgerRequest **reqs, int n, LedgerAccount *acc
 						"   SET debits_posted = u.dp, credits_posted = u.cp,"
 						"       debits_pending = u.dpe, credits_pending = u.cpe"
 						"  FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5)) AS u(id, dp, cp, dpe, cpe)"
-						" WHERE a.id = u.id",
+						" WHERE a.id = u.id AND a.id = ANY ($1)",
 						5, types);
 		ret = SPI_execute_plan(update_plan, args, NULL, false, 0);
 		if (ret != SPI_OK_UPDATE || SPI_processed != (uint64) nd)
@@ -721,6 +743,30 @@ WriteBack(const char *principal, LedgerRequest **reqs, int n, LedgerAccount *acc
 		cols[8][i] = Int64GetDatum(r->from_balance);
 		cols[9][i] = Int64GetDatum(r->to_balance);
 	}
+	if (n == 1)
+	{
+		Oid			types[11] = {TEXTOID, INT8OID, TEXTOID, INT8OID, INT8OID, INT8OID, INT8OID,
+			TIMESTAMPTZOID, JSONBOID, INT8OID, INT8OID};
+		char		nulls[11];
+
+		memset(nulls, ' ', sizeof(nulls));
+		args[0] = CStringGetTextDatum(principal);
+		for (int c = 0; c < 10; c++)
+			args[c + 1] = cols[c][0];
+		if (pnulls[0])
+			nulls[6] = 'n';
+		if (timeout_null[0])
+			nulls[7] = 'n';
+		fintx_keep_plan(&insert_one_plan,
+						"INSERT INTO fintx.transfers (id, status, from_account, to_account, amount,"
+						"       pending_id, timeout_at, metadata, from_balance, to_balance, principal, created_at)"
+						" VALUES ($2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $1, pg_catalog.now())",
+						11, types);
+		ret = SPI_execute_plan(insert_one_plan, args, nulls, false, 0);
+		if (ret != SPI_OK_INSERT || SPI_processed != 1)
+			elog(ERROR, "inserting transfer failed: %s", SPI_result_code_string(ret));
+	}
+	else
 	{
 		Oid			types[11] = {TEXTOID, INT8ARRAYOID, TEXTARRAYOID, INT8ARRAYOID, INT8ARRAYOID,
 			INT8ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID, JSONBARRAYOID, INT8ARRAYOID, INT8ARRAYOID};

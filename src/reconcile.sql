@@ -72,6 +72,31 @@ SELECT 'currency_pending_debits_equal_credits', currency,
   FROM acct GROUP BY currency
 HAVING pg_catalog.sum(debits_pending::numeric) OPERATOR(pg_catalog.<>) pg_catalog.sum(credits_pending::numeric)
 UNION ALL
+SELECT 'account_counter_negative', code, 'all counters >= 0',
+       pg_catalog.format('debits_posted=%s credits_posted=%s debits_pending=%s credits_pending=%s',
+                         debits_posted, credits_posted, debits_pending, credits_pending)
+  FROM acct
+ WHERE debits_posted OPERATOR(pg_catalog.<) 0 OR credits_posted OPERATOR(pg_catalog.<) 0
+    OR debits_pending OPERATOR(pg_catalog.<) 0 OR credits_pending OPERATOR(pg_catalog.<) 0
+UNION ALL
+SELECT 'transfer_invalid', 'transfer ' OPERATOR(pg_catalog.||) t.id::text,
+       'valid status, amount > 0, distinct accounts',
+       pg_catalog.format('status=%s amount=%s from=%s to=%s pending_id=%s',
+                         t.status, t.amount, t.from_account, t.to_account, t.pending_id)
+  FROM fintx.transfers t
+ WHERE t.status IS DISTINCT FROM 'posted' AND t.status IS DISTINCT FROM 'pending'
+   AND t.status IS DISTINCT FROM 'voided' AND t.status IS DISTINCT FROM 'expired'
+    OR t.amount OPERATOR(pg_catalog.<=) 0
+    OR t.from_account OPERATOR(pg_catalog.=) t.to_account
+    OR (t.status OPERATOR(pg_catalog.=) 'pending' AND t.pending_id IS NOT NULL)
+    OR (t.status OPERATOR(pg_catalog.<>) 'pending' AND t.status OPERATOR(pg_catalog.<>) 'posted' AND t.pending_id IS NULL)
+UNION ALL
+SELECT 'journal_invalid_fingerprint',
+       pg_catalog.format('key %L of %L', j.idempotency_key, j.principal), '32 bytes',
+       pg_catalog.length(j.fingerprint)::text OPERATOR(pg_catalog.||) ' bytes'
+  FROM fintx.idempotency_keys j
+ WHERE pg_catalog.length(j.fingerprint) OPERATOR(pg_catalog.<>) 32
+UNION ALL
 SELECT 'transfer_without_journal', 'transfer ' OPERATOR(pg_catalog.||) t.id::text, '1 journal record', '0'
   FROM fintx.transfers t
  WHERE NOT EXISTS (SELECT FROM fintx.idempotency_keys j WHERE j.transfer_id OPERATOR(pg_catalog.=) t.id)

@@ -1,0 +1,104 @@
+#!/bin/bash
+# fintx benchmark (make bench): one throwaway cluster with fsync=on and synchronous_commit=on,
+# interleaved runs of
+#   tpcb      pgbench's built-in TPC-B-like script (the baseline)
+#   transfer  single-call fintx.transfer with unique keys over 1,000 accounts
+#   batch     fintx.transfer_batch with 100 transfers per call
+# each at $CLIENTS clients for $DURATION seconds, $ROUNDS rounds. Prints TPS, P99 latency
+# and the ratios against the baseline of the same run.
+# Env: CLIENTS (32) DURATION (30) ROUNDS (2) SCALE (32) BENCH_OUT (results/bench)
+set -eu
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+source "$ROOT/test/scripts/cluster.sh"
+CLIENTS=${CLIENTS:-32}
+DURATION=${DURATION:-30}
+ROUNDS=${ROUNDS:-2}
+SCALE=${SCALE:-32}
+THREADS=${THREADS:-2}
+OUT=${BENCH_OUT:-$ROOT/results/bench}
+mkdir -p "$OUT"
+WORK=$(mktemp -d /tmp/fintx-bench.XXXXXX)
+chmod 755 "$WORK"
+trap 'cluster_stop; rm -rf "$WORK"' EXIT
+
+cluster_start "$WORK/pg" "fsync = on" "synchronous_commit = on" "full_page_writes = on" \
+    "shared_buffers = '1GB'" "wal_buffers = '16MB'" "max_wal_size = '8GB'" \
+    "checkpoint_timeout = '30min'" "fintx.database = 'bench'" >/dev/null
+PSQL="$PGBIN/psql -X -q -v ON_ERROR_STOP=1 -d bench"
+"$PGBIN/createdb" bench
+echo "fintx bench: $CLIENTS clients, ${DURATION}s x $ROUNDS rounds, fsync=on, synchronous_commit=on, TPC-B scale $SCALE"
+"$PGBIN/pgbench" -i -q -s "$SCALE" bench >"$OUT/init.log" 2>&1
+$PSQL <<'SQL'
+CREATE EXTENSION fintx;
+SELECT fintx.open_account('bench:funding', 'EUR', allow_negative => true);
+SELECT count(fintx.open_account('acct:' || i, 'EUR')) FROM generate_series(1, 1000) i;
+SELECT count(*) FROM fintx.transfer_batch(
+  (SELECT jsonb_agg(jsonb_build_object('idempotency_key', 'fund-' || i, 'from_account', 'bench:funding',
+                                       'to_account', 'acct:' || i, 'amount', 1000000000000))
+     FROM generate_series(1, 1000) i));
+VACUUM ANALYZE;
+CHECKPOINT;
+SQL
+
+cat > "$WORK/transfer.sql" <<'SQL'
+\set a random(1, 1000)
+\set b 1 + (:a + random(0, 998)) % 1000
+\set r random(1, 9000000000000000000)
+SELECT transfer_id FROM fintx.transfer('t' || :client_id || '-' || :r, 'acct:' || :a, 'acct:' || :b, 1);
+SQL
+cat > "$WORK/batch.sql" <<'SQL'
+\set a random(1, 1000)
+\set r random(1, 9000000000000000000)
+SELECT count(*) FROM fintx.transfer_batch((SELECT jsonb_agg(jsonb_build_object(
+    'idempotency_key', 'b' || :client_id || '-' || :r || '-' || i,
+    'from_account', 'acct:' || (1 + (:a + i * 7) % 1000),
+    'to_account',   'acct:' || (1 + (:a + i * 7 + 1 + i % 997) % 1000),
+    'amount', 1)) FROM generate_series(1, 100) i));
+SQL
+
+# the same batch, but each client moves money among its own 31 accounts (no lock contention
+# between clients, as when each service owns its accounts)
+cat > "$WORK/batch-local.sql" <<'SQL'
+\set r random(1, 9000000000000000000)
+\set base ((:client_id % 32) * 31)
+SELECT count(*) FROM fintx.transfer_batch((SELECT jsonb_agg(jsonb_build_object(
+    'idempotency_key', 'l' || :client_id || '-' || :r || '-' || i,
+    'from_account', 'acct:' || (1 + :base + (i * 7) % 31),
+    'to_account',   'acct:' || (1 + :base + (i * 7 + 1 + i % 29) % 31),
+    'amount', 1)) FROM generate_series(1, 100) i));
+SQL
+
+# run NAME ROUND ARGS... -> appends "name round tps p99_ms" to $OUT/runs.tsv
+run() {
+    local name=$1 round=$2; shift 2
+    local dir=$WORK/log-$name-$round
+    mkdir -p "$dir"; [ "$(id -u)" -eq 0 ] && chmod 777 "$dir"
+    ( cd "$dir" && "$PGBIN/pgbench" -n -M prepared -c "$CLIENTS" -j "$THREADS" -T "$DURATION" -l "$@" bench ) \
+        > "$OUT/$name-$round.log" 2>&1
+    local tps p99
+    tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$OUT/$name-$round.log" | head -1)
+    p99=$(cat "$dir"/pgbench_log.* | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END {i=int(NR*0.99); if (i<1) i=1; printf "%.2f", a[i]/1000}')
+    printf '%s\t%s\t%s\t%s\n' "$name" "$round" "$tps" "$p99" >> "$OUT/runs.tsv"
+    printf '  %-11s round %d: %10.1f tx/s   P99 %8s ms\n' "$name" "$round" "$tps" "$p99"
+}
+: > "$OUT/runs.tsv"
+for round in $(seq 1 "$ROUNDS"); do
+    run tpcb "$round" -b tpcb-like
+    run transfer "$round" -f "$WORK/transfer.sql"
+    run batch "$round" -f "$WORK/batch.sql"
+    run batch-local "$round" -f "$WORK/batch-local.sql"
+done
+
+echo
+$PSQL -c "SELECT count(*) AS transfers, (SELECT count(*) FROM fintx.reconcile()) AS reconcile_rows FROM fintx.transfers"
+awk -F'\t' '
+  { tps[$1] += $3; n[$1]++; if ($4 > p99[$1]) p99[$1] = $4 }
+  END {
+    t = tps["tpcb"] / n["tpcb"]; s = tps["transfer"] / n["transfer"]; b = tps["batch"] / n["batch"]
+    l = tps["batch-local"] / n["batch-local"]
+    printf "\nsummary (mean of rounds; P99 = worst round)\n"
+    printf "  TPC-B-like            %10.1f tx/s          P99 %s ms\n", t, p99["tpcb"]
+    printf "  fintx.transfer        %10.1f transfers/s   P99 %s ms   ratio vs TPC-B %.2f (target >= 1.5)\n", s, p99["transfer"], s / t
+    printf "  fintx.transfer_batch  %10.1f transfers/s   P99 %s ms   (%.1f calls/s x 100, random accounts: every batch contends)\n", b * 100, p99["batch"], b
+    printf "  batch, own accounts   %10.1f transfers/s   P99 %s ms   (%.1f calls/s x 100; target >= 10,000, aim 50,000)\n", l * 100, p99["batch-local"], l
+  }' "$OUT/runs.tsv" | tee "$OUT/summary.txt"

@@ -19,6 +19,13 @@ INDEX=$OUT/index.tsv          # suite <TAB> name <TAB> rc <TAB> ms <TAB> log
 : > "$INDEX"
 now_ms() { date +%s%3N; }
 
+# coverage builds: server processes (another OS user when run as root) write .gcda files
+# under GCOV_PREFIX; test/scripts/coverage.sh collects them
+if [ -n "${FINTX_COVERAGE:-}" ]; then
+    export GCOV_PREFIX=/tmp/fintx-gcov GCOV_PREFIX_STRIP=0
+    rm -rf "$GCOV_PREFIX"; mkdir -p "$GCOV_PREFIX"; chmod 777 "$GCOV_PREFIX"
+fi
+
 REGRESS_TESTS=$(sed -n 's/^REGRESS *= *//p' Makefile)
 
 cluster_start "$WORK/pg" "fintx.database = 'fintx_regress'" "fintx.expire_interval = '1h'" || exit 1

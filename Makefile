@@ -25,7 +25,7 @@ override with_llvm = no
 PG_CONFIG ?= $(firstword $(wildcard /usr/lib/postgresql/15/bin/pg_config) pg_config)
 
 # Targets that drive the whole run; they must work before pg_config exists.
-DRIVER_GOALS = check demo coverage bootstrap bench
+DRIVER_GOALS = check demo coverage bootstrap bench valgrind
 ifneq ($(filter $(DRIVER_GOALS),$(MAKECMDGOALS)),)
 
 .PHONY: $(DRIVER_GOALS)
@@ -46,6 +46,9 @@ coverage: bootstrap
 bench: bootstrap
 	@$(MAKE) --no-print-directory all install
 	@test/bench/run.sh
+valgrind: bootstrap
+	@$(MAKE) --no-print-directory all install
+	@test/scripts/valgrind.sh
 
 else
 

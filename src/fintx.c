@@ -23,10 +23,11 @@ _PG_init(void)
 {
 	DefineCustomStringVariable("fintx.database",
 							   "Database in which the fintx background worker runs.",
-							   "The worker releases expired holds there when fintx is installed in it.",
+							   "The worker releases expired holds there when fintx is installed in it. "
+							   "On reload with a new value the worker restarts in the new database.",
 							   &fintx_database,
 							   "postgres",
-							   PGC_POSTMASTER,
+							   PGC_SIGHUP,
 							   0,
 							   NULL, NULL, NULL);
 	DefineCustomIntVariable("fintx.expire_interval",

@@ -86,10 +86,13 @@ WorkerPass(void)
 void
 fintx_worker_main(Datum arg)
 {
+	char	   *dbname;
+
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
 	BackgroundWorkerUnblockSignals();
-	BackgroundWorkerInitializeConnection(fintx_database, NULL, 0);
+	dbname = pstrdup(fintx_database);
+	BackgroundWorkerInitializeConnection(dbname, NULL, 0);
 
 	while (!ShutdownRequestPending)
 	{
@@ -105,6 +108,13 @@ fintx_worker_main(Datum arg)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
+			if (strcmp(dbname, fintx_database) != 0)
+			{
+				ereport(LOG,
+						(errmsg("fintx worker restarting to move from database \"%s\" to \"%s\"",
+								dbname, fintx_database)));
+				proc_exit(1);	/* the postmaster restarts us */
+			}
 		}
 		(void) rc;
 		WorkerPass();

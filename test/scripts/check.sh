@@ -69,6 +69,8 @@ if [[ " $SUITES " == *" tap "* ]]; then
         [ -e "$f" ] || continue
         name=$(basename "$f")
         log=$OUT/tap-${name%.pl}.log
+        mkdir -p "$TAPWORK/run-${name%.pl}"
+        [ "$(id -u)" -eq 0 ] && chown postgres: "$TAPWORK/run-${name%.pl}"
         start=$(now_ms)
         ( cd "$TAPWORK" && as_pg env PATH="$PGBIN:$PATH" \
             PERL5LIB="$PGXS_LIB/src/test/perl:$TAPWORK/perl" \

@@ -25,11 +25,10 @@ else
     SUDO=
 fi
 export DEBIAN_FRONTEND=noninteractive
-# Do not let the postgresql package start (and keep) a system cluster for us.
-if [ ! -e /etc/postgresql-common/createcluster.conf ]; then
-    $SUDO mkdir -p /etc/postgresql-common
-    echo "create_main_cluster = false" | $SUDO tee /etc/postgresql-common/createcluster.conf >/dev/null
-fi
+# Do not let the postgresql package create and start a system cluster we do not use
+# (a drop-in, so dpkg sees no conffile conflict).
+$SUDO mkdir -p /etc/postgresql-common/createcluster.d
+echo "create_main_cluster = false" | $SUDO tee /etc/postgresql-common/createcluster.d/fintx-no-main.conf >/dev/null
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 echo "bootstrap: done"

@@ -11,7 +11,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION fintx;
-SELECT plan(103);
+SELECT plan(109);
 
 -- ---------------------------------------------------------------------------
 -- extension, schema, roles
@@ -306,6 +306,42 @@ SELECT isnt(fintx.request_fingerprint('a', 'b', 1, pending => true),
             'request_fingerprint depends on the timeout');
 SELECT isnt(fintx.request_fingerprint('a', 'b', 1, '{"x": 1}'), fintx.request_fingerprint('a', 'b', 1),
             'request_fingerprint depends on the metadata');
+
+-- the canonical request encoding of docs/idempotency.md, recomputed independently in SQL:
+-- prefix, then tagged fields: tag byte, 32-bit big-endian length (0xFFFFFFFF for NULL), bytes
+CREATE FUNCTION pg_temp.fp_field(tag text, v bytea) RETURNS bytea LANGUAGE sql AS $$
+    SELECT convert_to(tag, 'UTF8') || CASE WHEN v IS NULL THEN '\xffffffff'::bytea ELSE int4send(length(v)) || v END
+$$;
+CREATE FUNCTION pg_temp.fp_journal(k text) RETURNS bytea LANGUAGE sql AS $$
+    SELECT fingerprint FROM fintx.idempotency_keys WHERE idempotency_key = k AND principal = current_user
+$$;
+SELECT is(encode(fintx.request_fingerprint('customer:alice', 'merchant:shop', 4000,
+                                           metadata => '{"channel": "web", "order": "2001"}',
+                                           pending => true, timeout => '15 minutes'), 'hex'),
+          'c70ac2bbce4b328431ac09e0411fcb123af590d7c7bf5abee43aef8aff1cffc1',
+          'request_fingerprint reproduces the worked example of docs/idempotency.md');
+SELECT is(pg_temp.fp_journal('c001-h1'),
+          fintx.request_fingerprint('c001.alice', 'c001.bob', 300, '{"order": 17}', true, NULL),
+          'the journal stores request_fingerprint() of the request');
+SELECT is(pg_temp.fp_journal('c001-k1'),
+          sha256('fintx.request.v1'::bytea
+                 || pg_temp.fp_field('o', 'transfer'::bytea) || pg_temp.fp_field('f', 'c001.world'::bytea)
+                 || pg_temp.fp_field('t', 'c001.alice'::bytea) || pg_temp.fp_field('a', int8send(1000))
+                 || pg_temp.fp_field('m', '{}'::bytea) || pg_temp.fp_field('p', '\x00'::bytea)
+                 || pg_temp.fp_field('x', NULL)),
+          'transfer fingerprint = SHA-256 of the documented encoding (recomputed in SQL)');
+SELECT is(pg_temp.fp_journal('c001-p1'),
+          sha256('fintx.request.v1'::bytea || pg_temp.fp_field('o', 'post'::bytea)
+                 || pg_temp.fp_field('h', int8send(:h1_transfer_id)) || pg_temp.fp_field('a', NULL)),
+          'post_pending fingerprint without amount = SHA-256 of the documented encoding');
+SELECT is(pg_temp.fp_journal('c001-p2'),
+          sha256('fintx.request.v1'::bytea || pg_temp.fp_field('o', 'post'::bytea)
+                 || pg_temp.fp_field('h', int8send(:h2)) || pg_temp.fp_field('a', int8send(20))),
+          'post_pending fingerprint with amount = SHA-256 of the documented encoding');
+SELECT is(pg_temp.fp_journal('c001-v3'),
+          sha256('fintx.request.v1'::bytea || pg_temp.fp_field('o', 'void'::bytea)
+                 || pg_temp.fp_field('h', int8send(:h3))),
+          'void_pending fingerprint = SHA-256 of the documented encoding');
 
 -- reconcile with defaults: consistent ledger -> no rows
 SELECT is_empty('SELECT * FROM fintx.reconcile()', 'reconcile() reports nothing on a consistent ledger');

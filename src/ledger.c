@@ -23,6 +23,7 @@
 #include "catalog/pg_type.h"
 #include "common/int.h"
 #include "funcapi.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -68,6 +69,17 @@ NullArgument(const char *name)
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 			 errmsg("%s must not be null", name)));
+}
+
+/* Returns at most maxbytes of s for an error message, never cutting a character. */
+static char *
+ClipForMessage(const char *s, int maxbytes)
+{
+	int			len = strlen(s);
+
+	if (len <= maxbytes)
+		return (char *) s;
+	return psprintf("%s...", pnstrdup(s, pg_mbcliplen(s, len, maxbytes)));
 }
 
 /* Returns the idempotency key as a C string; emits 22023 if it is invalid. */
@@ -403,7 +415,8 @@ HoldAlreadyResolved(int64 hold_id)
 
 	fintx_keep_plan(&hold_status_plan,
 					"SELECT status FROM fintx.transfers WHERE pending_id = $1", 1, types);
-	if (SPI_execute_plan(hold_status_plan, &arg, NULL, true, 1) == SPI_OK_SELECT &&
+	/* read-write mode: a fresh snapshot sees the resolver we may have waited for */
+	if (SPI_execute_plan(hold_status_plan, &arg, NULL, false, 1) == SPI_OK_SELECT &&
 		SPI_processed == 1)
 		how = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 	ereport(ERROR,
@@ -539,6 +552,24 @@ ReleaseCounter(LedgerAccount *a, int64 *counter, int64 amount)
 	a->dirty = true;
 }
 
+/*
+ * Emits 22003 unless posted + pending of one side fits in 64 bits: then every
+ * hold can later be posted in full without overflowing the posted counter.
+ */
+static int64
+SideTotal(LedgerAccount *a, int64 posted, int64 pending)
+{
+	int64		total;
+
+	if (pg_add_s64_overflow(posted, pending, &total))
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("balance of account \"%s\" would be out of range", a->code),
+				 errdetail("Posted and pending amounts on one side of an account must not exceed %lld together.",
+						   (long long) PG_INT64_MAX)));
+	return total;
+}
+
 /* Debits amount (posted or pending) and enforces "debits must not exceed credits". */
 static void
 Debit(LedgerAccount *a, int64 amount, bool pending)
@@ -549,9 +580,8 @@ Debit(LedgerAccount *a, int64 amount, bool pending)
 	if (pg_sub_s64_overflow(PostedBalance(a), a->debits_pending, &before))
 		before = PG_INT64_MIN;
 	AddCounter(a, pending ? &a->debits_pending : &a->debits_posted, amount);
-	if (!a->allow_negative &&
-		(pg_add_s64_overflow(a->debits_posted, a->debits_pending, &total) ||
-		 total > a->credits_posted))
+	total = SideTotal(a, a->debits_posted, a->debits_pending);
+	if (!a->allow_negative && total > a->credits_posted)
 		ereport(ERROR,
 				(errcode(ERRCODE_FINTX_INSUFFICIENT_FUNDS),
 				 errmsg("insufficient funds in account \"%s\"", a->code),
@@ -567,9 +597,8 @@ Credit(LedgerAccount *a, int64 amount, bool pending)
 	int64		total;
 
 	AddCounter(a, pending ? &a->credits_pending : &a->credits_posted, amount);
-	if (!a->allow_positive &&
-		(pg_add_s64_overflow(a->credits_posted, a->credits_pending, &total) ||
-		 total > a->debits_posted))
+	total = SideTotal(a, a->credits_posted, a->credits_pending);
+	if (!a->allow_positive && total > a->debits_posted)
 		ereport(ERROR,
 				(errcode(ERRCODE_FINTX_CREDIT_LIMIT),
 				 errmsg("credit would give account \"%s\" a positive balance", a->code),
@@ -825,7 +854,7 @@ static void
 ApplyNew(const char *principal, LedgerRequest **reqs, int n)
 {
 	TimestampTz now_ts = GetCurrentTransactionStartTimestamp();
-	TimestampTz clock = GetCurrentTimestamp();
+	TimestampTz clock;
 	LedgerHold *holds = NULL;
 	int			nholds = 0;
 	LedgerAccount *accts;
@@ -838,6 +867,8 @@ ApplyNew(const char *principal, LedgerRequest **reqs, int n)
 	if (reqs[0]->op != LEDGER_TRANSFER)
 		holds = ClaimHolds(reqs, n, &nholds);
 	accts = LockAccounts(reqs, n, holds, nholds, &naccts);
+	/* read the clock only now: taking the locks may have waited past a timeout */
+	clock = GetCurrentTimestamp();
 	bycode = palloc(sizeof(LedgerAccount *) * (naccts + 1));
 	for (int i = 0; i < naccts; i++)
 		bycode[i] = &accts[i];
@@ -952,7 +983,7 @@ fintx_open_account(PG_FUNCTION_ARGS)
 	if (ret != SPI_OK_SELECT || SPI_processed != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("unknown currency \"%.16s\"", currency),
+				 errmsg("unknown currency \"%s\"", ClipForMessage(currency, 16)),
 				 errhint("Use an ISO 4217 alphabetic code listed in fintx.currencies, such as \"EUR\".")));
 
 	args[2] = PG_GETARG_DATUM(2);
@@ -1221,7 +1252,7 @@ ParseBatchRequest(JsonbValue *elem, int index)
 		else
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("unknown field \"%.64s\" in transfer request", field),
+					 errmsg("unknown field \"%s\" in transfer request", ClipForMessage(field, 64)),
 					 errhint("Valid fields are idempotency_key, from_account, to_account, amount, metadata, pending and timeout.")));
 	}
 	if (req->key == NULL)

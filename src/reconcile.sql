@@ -53,14 +53,19 @@ UNION ALL
 SELECT 'account_credits_pending', code, cpe::text, credits_pending::text
   FROM acct WHERE cpe OPERATOR(pg_catalog.<>) credits_pending
 UNION ALL
-SELECT 'account_balance_rule', code,
-       CASE WHEN NOT allow_negative THEN 'debits_posted + debits_pending <= credits_posted'
-            ELSE 'credits_posted + credits_pending <= debits_posted' END,
+SELECT 'account_balance_rule', code, 'debits_posted + debits_pending <= credits_posted',
        pg_catalog.format('debits_posted=%s credits_posted=%s debits_pending=%s credits_pending=%s',
                          debits_posted, credits_posted, debits_pending, credits_pending)
   FROM acct
- WHERE (NOT allow_negative AND debits_posted::numeric OPERATOR(pg_catalog.+) debits_pending OPERATOR(pg_catalog.>) credits_posted)
-    OR (NOT allow_positive AND credits_posted::numeric OPERATOR(pg_catalog.+) credits_pending OPERATOR(pg_catalog.>) debits_posted)
+ WHERE NOT allow_negative
+   AND debits_posted::numeric OPERATOR(pg_catalog.+) debits_pending OPERATOR(pg_catalog.>) credits_posted
+UNION ALL
+SELECT 'account_balance_rule', code, 'credits_posted + credits_pending <= debits_posted',
+       pg_catalog.format('debits_posted=%s credits_posted=%s debits_pending=%s credits_pending=%s',
+                         debits_posted, credits_posted, debits_pending, credits_pending)
+  FROM acct
+ WHERE NOT allow_positive
+   AND credits_posted::numeric OPERATOR(pg_catalog.+) credits_pending OPERATOR(pg_catalog.>) debits_posted
 UNION ALL
 SELECT 'currency_debits_equal_credits', currency,
        pg_catalog.sum(debits_posted::numeric)::text, pg_catalog.sum(credits_posted::numeric)::text

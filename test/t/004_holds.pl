@@ -17,8 +17,8 @@
 #  3. A hold past its timeout that the worker has not released yet (its row is
 #     locked, the worker skips it) cannot be posted either: 55000 "has expired".
 #     A post_pending that claimed a hold before its timeout but could only
-#     apply it after the timeout (it waited for an account lock) is a TODO:
-#     the extension posts it (see the TODO block for the reason).
+#     apply it after the timeout (it waited for an account lock) is refused
+#     too, and the worker expires the hold afterwards.
 #  4. Posters race the worker on 40 holds expiring over one second: each hold
 #     is resolved exactly once, either posted or expired, and every failed
 #     post is 55000.
@@ -198,10 +198,8 @@ my $slow_err = $poster->finish;
 ($ok) = poll_until($mon, "SELECT count(*) FROM fintx.pending_holds WHERE transfer_id = $h3b", '0', 10);
 is(q1("SELECT count(*) FROM fintx.transfers WHERE pending_id = $h3b"), '1',
 	'slow post: the hold is resolved exactly once');
-TODO:
 {
-	local $TODO = 'post_pending compares timeout_at with a clock read before it waits for locks, '
-	  . 'so a hold can be posted after its timeout';
+	# regression: the clock used to be read before waiting for the account locks
 	is(first_sqlstate($slow_err) // 'ok', '55000',
 		'slow post: a post applied 0.6 s after the timeout is refused with 55000');
 	is(q1("SELECT status FROM fintx.transfers WHERE pending_id = $h3b"), 'expired',

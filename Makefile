@@ -41,8 +41,10 @@ coverage: bootstrap
 	@$(MAKE) --no-print-directory clean
 	@$(MAKE) --no-print-directory all install PG_CFLAGS="-O0 -fprofile-arcs -ftest-coverage" \
 	    SHLIB_LINK="-lcrypto -lgcov"
-	@FINTX_COVERAGE=1 test/scripts/check.sh
-	@test/scripts/coverage.sh
+	@FINTX_COVERAGE=1 test/scripts/check.sh; status=$$?; \
+	  test/scripts/coverage.sh; \
+	  $(MAKE) --no-print-directory clean >/dev/null; \
+	  $(MAKE) --no-print-directory all install >/dev/null; exit $$status
 bench: bootstrap
 	@$(MAKE) --no-print-directory all install
 	@test/bench/run.sh

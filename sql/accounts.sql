@@ -1,5 +1,7 @@
 -- accounts: open_account and close_account, happy paths and every bad input
 \set VERBOSITY terse
+-- transfer ids in messages below start from a known value
+SELECT setval('fintx.transfer_id_seq', 1000) AS first_id_base;
 SELECT fintx.open_account('bank:cash', 'EUR', allow_negative => true) > 0 AS opened;
 SELECT fintx.open_account('acct:alice', 'EUR') > 0 AS opened;
 SELECT fintx.open_account('acct:bob', 'EUR', metadata => '{"owner": "Bob", "kyc": true}') > 0 AS opened;

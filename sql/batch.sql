@@ -1,5 +1,7 @@
 -- batch: transfer_batch applies an array of requests atomically, results in request order
 \set VERBOSITY terse
+-- transfer ids in messages below start from a known value
+SELECT setval('fintx.transfer_id_seq', 5000) AS first_id_base;
 SELECT fintx.open_account('b:bank', 'EUR', allow_negative => true) > 0 AS ok;
 SELECT fintx.open_account('b:a', 'EUR') > 0 AS ok;
 SELECT fintx.open_account('b:b', 'EUR') > 0 AS ok;

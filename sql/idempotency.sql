@@ -1,5 +1,7 @@
 -- idempotency: replays return the original result, reuse with another request is refused
 \set VERBOSITY terse
+-- transfer ids in messages below start from a known value
+SELECT setval('fintx.transfer_id_seq', 3000) AS first_id_base;
 SELECT fintx.open_account('i:bank', 'GBP', allow_negative => true) > 0 AS ok;
 SELECT fintx.open_account('i:a', 'GBP') > 0 AS ok;
 SELECT fintx.open_account('i:b', 'GBP') > 0 AS ok;
@@ -66,3 +68,12 @@ SELECT fintx.request_fingerprint(NULL, 'i:b', 1);
 -- every transfer has exactly one journal record
 SELECT count(*) = (SELECT count(*) FROM fintx.transfers) AS one_to_one FROM fintx.idempotency_keys;
 SELECT * FROM fintx.reconcile();
+-- NULL metadata is the same request as {}
+SELECT fintx.request_fingerprint('i:a', 'i:b', 1, NULL) = fintx.request_fingerprint('i:a', 'i:b', 1, '{}') AS null_is_empty;
+-- in a batch, a reused key is reported with its position
+\set VERBOSITY default
+\set SHOW_CONTEXT always
+SELECT * FROM fintx.transfer_batch('[{"idempotency_key": "i-new", "from_account": "i:bank", "to_account": "i:a", "amount": 1},
+                                     {"idempotency_key": "i-1", "from_account": "i:bank", "to_account": "i:a", "amount": 2}]');
+\set SHOW_CONTEXT errors
+\set VERBOSITY terse

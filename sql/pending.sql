@@ -1,5 +1,7 @@
 -- pending: two-phase transfers (holds), post, partial post, void, expiry
 \set VERBOSITY terse
+-- transfer ids in messages below start from a known value
+SELECT setval('fintx.transfer_id_seq', 4000) AS first_id_base;
 SELECT fintx.open_account('p:bank', 'CHF', allow_negative => true) > 0 AS ok;
 SELECT fintx.open_account('p:a', 'CHF') > 0 AS ok;
 SELECT fintx.open_account('p:b', 'CHF') > 0 AS ok;

@@ -115,6 +115,7 @@ extern void fintx_journal_claim(const char *principal, LedgerRequest **reqs, int
 extern bool fintx_journal_dedup(LedgerRequest **reqs, int nreqs);
 
 /* ledger.c */
+extern int	fintx_batch_position;	/* batch index for error context, or -1 */
 extern void fintx_execute(const char *principal, LedgerRequest **reqs, int nreqs);
 extern int	fintx_expire_holds(int max_holds);
 extern char *fintx_principal(void);

@@ -135,8 +135,11 @@ CompareByKey(const void *a, const void *b)
 
 /* Raises the 23505 error for a key reused with a different request. */
 static void
-KeyReused(const char *key)
+KeyReused(const LedgerRequest *req)
 {
+	const char *key = req->key;
+
+	fintx_batch_position = req->index;	/* named in a batch's error context */
 	ereport(ERROR,
 			(errcode(ERRCODE_UNIQUE_VIOLATION),
 			 errmsg("idempotency key \"%s\" was already used for a different request", key),
@@ -163,7 +166,7 @@ fintx_journal_dedup(LedgerRequest **reqs, int nreqs)
 		if (strcmp(prev->key, cur->key) != 0)
 			continue;
 		if (memcmp(prev->fingerprint, cur->fingerprint, FINTX_FINGERPRINT_LEN) != 0)
-			KeyReused(cur->key);
+			KeyReused(cur);
 		cur->dup_of = prev->dup_of ? prev->dup_of : prev;
 		found = true;
 	}
@@ -328,7 +331,7 @@ fintx_journal_claim(const char *principal, LedgerRequest **reqs, int nreqs)
 				elog(ERROR, "replayed idempotency key \"%s\" is not in the request", key);
 			if (VARSIZE_ANY_EXHDR(fp) != FINTX_FINGERPRINT_LEN ||
 				memcmp(VARDATA_ANY(fp), req->fingerprint, FINTX_FINGERPRINT_LEN) != 0)
-				KeyReused(req->key);
+				KeyReused(req);
 			req->replayed = true;
 			req->transfer_id = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
 			req->status = StatusName(SPI_getvalue(tup, desc, 4));

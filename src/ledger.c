@@ -55,7 +55,7 @@ static SPIPlanPtr hold_insert_plan = NULL;
 static SPIPlanPtr expired_plan = NULL;
 
 /* Position in a batch of the request being parsed or applied; -1 outside. */
-static int	batch_position = -1;
+int			fintx_batch_position = -1;
 
 /* ------------------------------------------------------------------------
  * Input validation
@@ -254,8 +254,8 @@ ReturnResult(FunctionCallInfo fcinfo, LedgerRequest *req)
 static void
 BatchErrorContext(void *arg)
 {
-	if (batch_position >= 0)
-		errcontext("transfer request at index %d of the batch", batch_position);
+	if (fintx_batch_position >= 0)
+		errcontext("transfer request at index %d of the batch", fintx_batch_position);
 }
 
 /* ------------------------------------------------------------------------
@@ -518,18 +518,6 @@ PostedBalance(LedgerAccount *a)
 	return a->credits_posted - a->debits_posted;
 }
 
-/* Checks the account's available balance is representable; emits 22003 otherwise. */
-static void
-CheckRepresentable(LedgerAccount *a)
-{
-	int64		avail;
-
-	if (pg_sub_s64_overflow(PostedBalance(a), a->debits_pending, &avail))
-		ereport(ERROR,
-				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-				 errmsg("balance of account \"%s\" would be out of range", a->code)));
-}
-
 /* Adds amount to a counter; emits 22003 on overflow. */
 static void
 AddCounter(LedgerAccount *a, int64 *counter, int64 amount)
@@ -574,11 +562,10 @@ SideTotal(LedgerAccount *a, int64 posted, int64 pending)
 static void
 Debit(LedgerAccount *a, int64 amount, bool pending)
 {
-	int64		before;
+	/* cannot overflow: debits_posted + debits_pending fits in 64 bits (SideTotal) */
+	int64		before = a->credits_posted - (a->debits_posted + a->debits_pending);
 	int64		total;
 
-	if (pg_sub_s64_overflow(PostedBalance(a), a->debits_pending, &before))
-		before = PG_INT64_MIN;
 	AddCounter(a, pending ? &a->debits_pending : &a->debits_posted, amount);
 	total = SideTotal(a, a->debits_posted, a->debits_pending);
 	if (!a->allow_negative && total > a->credits_posted)
@@ -587,7 +574,6 @@ Debit(LedgerAccount *a, int64 amount, bool pending)
 				 errmsg("insufficient funds in account \"%s\"", a->code),
 				 errdetail("The available balance is %lld; the transfer needs %lld.",
 						   (long long) before, (long long) amount)));
-	CheckRepresentable(a);
 }
 
 /* Credits amount (posted or pending) and enforces "credits must not exceed debits". */
@@ -605,7 +591,6 @@ Credit(LedgerAccount *a, int64 amount, bool pending)
 				 errdetail("The account was opened with allow_positive = false; its debits are %lld and its credits would be %lld.",
 						   (long long) a->debits_posted,
 						   (long long) (a->credits_posted + (pending ? a->credits_pending : 0)))));
-	CheckRepresentable(a);
 }
 
 /* Applies one transfer request to the locked accounts. */
@@ -879,7 +864,7 @@ ApplyNew(const char *principal, LedgerRequest **reqs, int n)
 		LedgerRequest *req = reqs[i];
 
 		CHECK_FOR_INTERRUPTS();
-		batch_position = req->index;
+		fintx_batch_position = req->index;
 		timeout_null[i] = true;
 		if (req->op == LEDGER_TRANSFER)
 			ApplyTransfer(req, bycode, naccts, clock, &timeout_at[i], &timeout_null[i]);
@@ -890,7 +875,7 @@ ApplyNew(const char *principal, LedgerRequest **reqs, int n)
 		req->created_at = now_ts;
 		req->replayed = false;
 	}
-	batch_position = -1;
+	fintx_batch_position = -1;
 	WriteBack(principal, reqs, n, accts, naccts, timeout_at, timeout_null, empty);
 }
 
@@ -1315,16 +1300,16 @@ fintx_transfer_batch(PG_FUNCTION_ARGS)
 		for (int i = 0; i < n; i++)
 		{
 			CHECK_FOR_INTERRUPTS();
-			batch_position = i;
+			fintx_batch_position = i;
 			parsed[i] = ParseBatchRequest(getIthJsonbValueFromContainer(&jb->root, i), i);
 		}
-		batch_position = -1;
+		fintx_batch_position = -1;
 		fintx_execute(fintx_principal(), parsed, n);
 		reqs = parsed;
 	}
 	PG_FINALLY();
 	{
-		batch_position = -1;
+		fintx_batch_position = -1;
 		error_context_stack = errcb.previous;
 	}
 	PG_END_TRY();

@@ -119,5 +119,6 @@ fintx_worker_main(Datum arg)
 		(void) rc;
 		WorkerPass();
 	}
-	proc_exit(0);
+	/* exit code 1: the postmaster restarts us unless the server is shutting down */
+	proc_exit(1);
 }

@@ -3,12 +3,19 @@
 # Works as root (the server runs as the "postgres" user) and as a normal user.
 # Usage: source cluster.sh; cluster_start DIR [extra postgresql.conf lines...]; cluster_stop
 
+# UTF-8 everywhere, also for the clusters the TAP tests create, whatever the host locale
+export LC_ALL=C.UTF-8 LANG=C.UTF-8
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 PGXS_LIB=${PGXS_LIB:-/usr/lib/postgresql/15/lib/pgxs}
 
 # Runs a command as the cluster's OS user.
+# As root, from / when the postgres user cannot enter the current directory.
 as_pg() {
-    if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+    if [ "$(id -u)" -eq 0 ]; then
+        ( runuser -u postgres -- test -x "$PWD" || cd /; exec runuser -u postgres -- "$@" )
+    else
+        "$@"
+    fi
 }
 
 # Picks a free TCP port on loopback.
@@ -31,7 +38,7 @@ cluster_start() {
     PGHOST=$CLUSTER_DIR
     PGUSER=postgres
     export PGPORT PGHOST PGUSER
-    as_pg "$PGBIN/initdb" -D "$CLUSTER_DIR/data" -U postgres -A trust --no-sync >"$CLUSTER_DIR/initdb.log" 2>&1 \
+    as_pg "$PGBIN/initdb" -D "$CLUSTER_DIR/data" -U postgres -A trust --no-sync --encoding=UTF8 --locale=C.UTF-8 >"$CLUSTER_DIR/initdb.log" 2>&1 \
         || { cat "$CLUSTER_DIR/initdb.log" >&2; return 1; }
     {
         echo "port = $PGPORT"

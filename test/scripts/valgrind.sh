@@ -11,7 +11,7 @@ WORK=$(mktemp -d /tmp/fintx-valgrind.XXXXXX)
 chmod 755 "$WORK"
 [ "$(id -u)" -eq 0 ] && chown postgres: "$WORK"
 trap 'rm -rf "$WORK"' EXIT
-as_pg "$PGBIN/initdb" -D "$WORK/data" -U postgres -A trust --no-sync >/dev/null
+as_pg "$PGBIN/initdb" -D "$WORK/data" -U postgres -A trust --no-sync --encoding=UTF8 --locale=C.UTF-8 >/dev/null
 {
     echo "CREATE EXTENSION fintx;"
     for t in accounts transfer idempotency pending batch reconcile; do

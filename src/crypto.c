@@ -18,3 +18,137 @@ fintx_sha256(const unsigned char *data, size_t len, uint8 *out)
 				(errcode(ERRCODE_INTERNAL_ERROR),
 				 errmsg("could not compute SHA-256 digest")));
 }
+
+/* ------------------------------------------------------------------------
+ * Ed25519 signing key and C2SP signed notes
+ * ------------------------------------------------------------------------
+ */
+#include "common/base64.h"
+#include "storage/fd.h"
+
+#include <sys/stat.h>
+#include <openssl/pem.h>
+
+static EVP_PKEY *cached_key = NULL;
+static char *cached_path = NULL;
+static time_t cached_mtime = 0;
+
+/*
+ * Returns the Ed25519 private key from the PEM file path (cached until the
+ * file changes), or NULL if path is empty. Emits 55000 if the file cannot be
+ * read or holds no Ed25519 key.
+ */
+EVP_PKEY *
+fintx_signing_key(const char *path)
+{
+	struct stat st;
+	FILE	   *f;
+	EVP_PKEY   *key;
+
+	if (path == NULL || path[0] == '\0')
+		return NULL;
+	if (stat(path, &st) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("could not read signing key file \"%s\": %m", path)));
+	if (cached_key && cached_path && strcmp(cached_path, path) == 0 && cached_mtime == st.st_mtime)
+		return cached_key;
+	f = AllocateFile(path, "r");
+	if (f == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("could not open signing key file \"%s\": %m", path)));
+	key = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+	FreeFile(f);
+	if (key == NULL || EVP_PKEY_id(key) != EVP_PKEY_ED25519)
+	{
+		EVP_PKEY_free(key);
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("signing key file \"%s\" does not hold an Ed25519 private key in PEM format", path),
+				 errhint("Create one with: openssl genpkey -algorithm ed25519 -out key.pem")));
+	}
+	EVP_PKEY_free(cached_key);
+	if (cached_path)
+		free(cached_path);
+	cached_key = key;
+	cached_path = strdup(path);
+	cached_mtime = st.st_mtime;
+	return key;
+}
+
+/* Writes the 32-byte raw public key of key to pub. */
+void
+fintx_ed25519_public(EVP_PKEY *key, uint8 *pub)
+{
+	size_t		len = 32;
+
+	if (EVP_PKEY_get_raw_public_key(key, pub, &len) != 1 || len != 32)
+		elog(ERROR, "could not extract the Ed25519 public key");
+}
+
+/* Signs msg with key into sig (64 bytes). */
+void
+fintx_ed25519_sign(EVP_PKEY *key, const uint8 *msg, size_t len, uint8 *sig)
+{
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	size_t		siglen = 64;
+
+	if (ctx == NULL || EVP_DigestSignInit(ctx, NULL, NULL, NULL, key) != 1 ||
+		EVP_DigestSign(ctx, sig, &siglen, msg, len) != 1 || siglen != 64)
+	{
+		EVP_MD_CTX_free(ctx);
+		elog(ERROR, "could not compute Ed25519 signature");
+	}
+	EVP_MD_CTX_free(ctx);
+}
+
+/* True if sig (64 bytes) is a valid Ed25519 signature of msg by public key pub (32 bytes). */
+bool
+fintx_ed25519_verify(const uint8 *pub, const uint8 *msg, size_t len, const uint8 *sig)
+{
+	EVP_PKEY   *key = EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, NULL, pub, 32);
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	bool		ok;
+
+	ok = key != NULL && ctx != NULL &&
+		EVP_DigestVerifyInit(ctx, NULL, NULL, NULL, key) == 1 &&
+		EVP_DigestVerify(ctx, sig, 64, msg, len) == 1;
+	EVP_MD_CTX_free(ctx);
+	EVP_PKEY_free(key);
+	return ok;
+}
+
+/* Standard base64 of len bytes (palloc'd, NUL-terminated). */
+char *
+fintx_base64(const uint8 *data, int len)
+{
+	int			enclen = pg_b64_enc_len(len);
+	char	   *out = palloc(enclen + 1);
+	int			n = pg_b64_encode((const char *) data, len, out, enclen);
+
+	if (n < 0)
+		elog(ERROR, "could not encode base64");
+	out[n] = '\0';
+	return out;
+}
+
+/*
+ * C2SP signed-note key ID of an Ed25519 key: the first 4 bytes of
+ * SHA-256(name || 0x0A || 0x01 || public key).
+ */
+void
+fintx_note_key_id(const char *name, const uint8 *pub, uint8 *id)
+{
+	StringInfoData buf;
+	uint8		hash[32];
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, name);
+	appendStringInfoChar(&buf, '\n');
+	appendStringInfoChar(&buf, 0x01);
+	appendBinaryStringInfo(&buf, (const char *) pub, 32);
+	fintx_sha256((unsigned char *) buf.data, buf.len, hash);
+	memcpy(id, hash, 4);
+	pfree(buf.data);
+}

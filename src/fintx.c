@@ -38,6 +38,30 @@ _PG_init(void)
 							PGC_SIGHUP,
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
+	DefineCustomIntVariable("fintx.seal_interval",
+							"Interval between two sealing passes of the audit log by the worker.",
+							NULL,
+							&fintx_seal_interval_ms,
+							100, 10, 3600 * 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	DefineCustomStringVariable("fintx.signing_key_file",
+							   "PEM file holding the Ed25519 private key that signs audit checkpoints.",
+							   "Empty: blocks are not signed and fintx.checkpoint() is refused.",
+							   &fintx_signing_key_file,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
+	DefineCustomStringVariable("fintx.checkpoint_origin",
+							   "Origin line of audit checkpoints and name of the signing key.",
+							   "Empty: fintx.local/<system identifier>.",
+							   &fintx_checkpoint_origin,
+							   "",
+							   PGC_SIGHUP,
+							   0,
+							   NULL, NULL, NULL);
 	MarkGUCPrefixReserved("fintx");
 
 	if (process_shared_preload_libraries_in_progress)

@@ -13,6 +13,7 @@
 #include "datatype/timestamp.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "lib/stringinfo.h"
 #include "utils/jsonb.h"
 
 /* Implementation-defined SQLSTATEs (class "FX"), documented in docs/errors.md. */
@@ -106,8 +107,46 @@ typedef struct LedgerRequest
 /* fintx.c */
 extern SPIPlanPtr fintx_keep_plan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *types);
 
+/* One audit entry (audit.c); hash is the RFC 6962 leaf hash of its canonical bytes. */
+typedef struct FintxAuditEntry
+{
+	int64		entry_id;
+	TimestampTz recorded_at;
+	const char *actor;
+	const char *session_role;
+	const char *action;
+	const char *object_type;
+	const char *object_id;
+	Jsonb	   *details;
+	uint8		hash[32];
+} FintxAuditEntry;
+
+/* audit.c */
+extern void fintx_audit_canonical(StringInfo buf, const FintxAuditEntry *e);
+extern void fintx_audit_hash(FintxAuditEntry *e);
+extern void fintx_audit_init(FintxAuditEntry *e, const char *actor, const char *action,
+							 const char *object_type, const char *object_id, Jsonb *details);
+extern void fintx_audit_insert(FintxAuditEntry *entries, int n);
+extern void fintx_audit_record(const char *actor, const char *action, const char *object_type,
+							   const char *object_id, Jsonb *details, uint8 *hash_out);
+extern Jsonb *fintx_jsonb_from_text(const char *text);
+extern Datum fintx_hash_datum(const uint8 *hash);
+
+/* sequencer.c */
+extern int	fintx_seal_interval_ms;
+extern char *fintx_signing_key_file;
+extern char *fintx_checkpoint_origin;
+extern int64 fintx_seal_log(void);
+
 /* crypto.c */
+typedef struct evp_pkey_st EVP_PKEY;
 extern void fintx_sha256(const unsigned char *data, size_t len, uint8 *out);
+extern EVP_PKEY *fintx_signing_key(const char *path);
+extern void fintx_ed25519_public(EVP_PKEY *key, uint8 *pub);
+extern void fintx_ed25519_sign(EVP_PKEY *key, const uint8 *msg, size_t len, uint8 *sig);
+extern bool fintx_ed25519_verify(const uint8 *pub, const uint8 *msg, size_t len, const uint8 *sig);
+extern char *fintx_base64(const uint8 *data, int len);
+extern void fintx_note_key_id(const char *name, const uint8 *pub, uint8 *id);
 
 /* idempotency.c */
 extern void fintx_fingerprint(LedgerRequest *req);

@@ -681,7 +681,7 @@ WriteBack(const char *principal, LedgerRequest **reqs, int n, LedgerAccount *acc
 {
 	Datum	   *cols[10];
 	bool	   *pnulls = palloc(sizeof(bool) * n);
-	Datum		args[11];
+	Datum		args[12];
 	int			nd = 0;
 	int			nh = 0;
 	int			ret;
@@ -700,25 +700,27 @@ WriteBack(const char *principal, LedgerRequest **reqs, int n, LedgerAccount *acc
 		cols[4][nd] = Int64GetDatum(accts[i].credits_pending);
 		nd++;
 	}
-	if (nd > 0 && nd <= 2)
+	if (nd == 1 || nd == 2)
 	{
-		/* one or two accounts: a primary-key update each beats a join with unnest */
-		Oid			types[5] = {INT8OID, INT8OID, INT8OID, INT8OID, INT8OID};
+		/* one or two accounts (a single request): one statement joining a VALUES list */
+		Oid			types[10] = {INT8OID, INT8OID, INT8OID, INT8OID, INT8OID,
+			INT8OID, INT8OID, INT8OID, INT8OID, INT8OID};
+		char		nulls[10];
 
-		fintx_keep_plan(&update_one_plan,
-						"UPDATE fintx.accounts"
-						"   SET debits_posted = $2, credits_posted = $3,"
-						"       debits_pending = $4, credits_pending = $5"
-						" WHERE id = $1",
-						5, types);
-		for (int i = 0; i < nd; i++)
-		{
+		for (int i = 0; i < 2; i++)
 			for (int c = 0; c < 5; c++)
-				args[c] = cols[c][i];
-			ret = SPI_execute_plan(update_one_plan, args, NULL, false, 0);
-			if (ret != SPI_OK_UPDATE || SPI_processed != 1)
-				elog(ERROR, "updating account failed: %s", SPI_result_code_string(ret));
-		}
+				args[i * 5 + c] = cols[c][i < nd ? i : 0];
+		memset(nulls, ' ', sizeof(nulls));
+		fintx_keep_plan(&update_one_plan,
+						"UPDATE fintx.accounts AS a"
+						"   SET debits_posted = v.dp, credits_posted = v.cp,"
+						"       debits_pending = v.dpe, credits_pending = v.cpe"
+						"  FROM (VALUES ($1, $2, $3, $4, $5), ($6, $7, $8, $9, $10)) AS v(id, dp, cp, dpe, cpe)"
+						" WHERE a.id = v.id",
+						10, types);
+		ret = SPI_execute_plan(update_one_plan, args, nulls, false, 0);
+		if (ret != SPI_OK_UPDATE || SPI_processed != (uint64) nd)
+			elog(ERROR, "updating accounts failed: %s", SPI_result_code_string(ret));
 	}
 	else if (nd > 2)
 	{

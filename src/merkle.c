@@ -13,6 +13,7 @@
 
 #include "fintx.h"
 #include "merkle.h"
+#include "miscadmin.h"
 
 #include <openssl/evp.h>
 

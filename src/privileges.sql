@@ -18,6 +18,16 @@ GRANT EXECUTE ON FUNCTION
     fintx.request_fingerprint(text, text, bigint, jsonb, boolean, interval)
   TO fintx_service;
 GRANT EXECUTE ON FUNCTION fintx.reconcile() TO fintx_auditor;
+GRANT SELECT ON fintx.audit_log, fintx.audit_account_trail, fintx.audit_actor_activity,
+                fintx.audit_checkpoints TO fintx_auditor;
+GRANT EXECUTE ON FUNCTION
+    fintx.seal(), fintx.tree_size(), fintx.root_hash(bigint), fintx.leaf_data(bigint),
+    fintx.inclusion_proof(bigint, bigint), fintx.consistency_proof(bigint, bigint),
+    fintx.checkpoint(), fintx.public_key(), fintx.verify_audit(bigint, bigint),
+    fintx.audit_export(bigint, bigint), fintx.merkle_leaf_hash(bytea),
+    fintx.merkle_tree_head(bytea[]), fintx.merkle_inclusion_proof(bytea[], bigint, bigint),
+    fintx.merkle_consistency_proof(bytea[], bigint, bigint)
+  TO fintx_auditor, fintx_service;
 
 SELECT pg_catalog.pg_extension_config_dump('fintx.accounts', '');
 SELECT pg_catalog.pg_extension_config_dump('fintx.accounts_id_seq', '');
@@ -25,3 +35,8 @@ SELECT pg_catalog.pg_extension_config_dump('fintx.transfers', '');
 SELECT pg_catalog.pg_extension_config_dump('fintx.transfer_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('fintx.pending_holds', '');
 SELECT pg_catalog.pg_extension_config_dump('fintx.idempotency_keys', '');
+SELECT pg_catalog.pg_extension_config_dump('fintx.audit_entries', '');
+SELECT pg_catalog.pg_extension_config_dump('fintx.audit_entry_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('fintx.audit_leaves', '');
+SELECT pg_catalog.pg_extension_config_dump('fintx.audit_nodes', '');
+SELECT pg_catalog.pg_extension_config_dump('fintx.audit_blocks', '');

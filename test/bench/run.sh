@@ -7,6 +7,7 @@
 # each at $CLIENTS clients for $DURATION seconds, $ROUNDS rounds. Prints TPS, P99 latency
 # and the ratios against the baseline of the same run.
 # Env: CLIENTS (32) DURATION (30) ROUNDS (2) SCALE (32) BENCH_OUT (results/bench)
+#      WORKLOADS ("tpcb transfer batch batch-local")
 set -eu
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 source "$ROOT/test/scripts/cluster.sh"
@@ -82,11 +83,14 @@ run() {
     printf '  %-11s round %d: %10.1f tx/s   P99 %8s ms\n' "$name" "$round" "$tps" "$p99"
 }
 : > "$OUT/runs.tsv"
+WORKLOADS=${WORKLOADS:-tpcb transfer batch batch-local}
 for round in $(seq 1 "$ROUNDS"); do
-    run tpcb "$round" -b tpcb-like
-    run transfer "$round" -f "$WORK/transfer.sql"
-    run batch "$round" -f "$WORK/batch.sql"
-    run batch-local "$round" -f "$WORK/batch-local.sql"
+    for w in $WORKLOADS; do
+        case $w in
+            tpcb) run tpcb "$round" -b tpcb-like ;;
+            *) run "$w" "$round" -f "$WORK/$w.sql" ;;
+        esac
+    done
 done
 
 echo
@@ -95,7 +99,8 @@ awk -F'\t' '
   { tps[$1] += $3; n[$1]++; if ($4 > p99[$1]) p99[$1] = $4 }
   END {
     t = tps["tpcb"] / n["tpcb"]; s = tps["transfer"] / n["transfer"]; b = tps["batch"] / n["batch"]
-    l = tps["batch-local"] / n["batch-local"]
+    l = n["batch-local"] ? tps["batch-local"] / n["batch-local"] : 0
+    if (!n["batch"]) n["batch"] = 1
     printf "\nsummary (mean of rounds; P99 = worst round)\n"
     printf "  TPC-B-like            %10.1f tx/s          P99 %s ms\n", t, p99["tpcb"]
     printf "  fintx.transfer        %10.1f transfers/s   P99 %s ms   ratio vs TPC-B %.2f (target >= 1.5)\n", s, p99["transfer"], s / t

@@ -1,0 +1,413 @@
+/*-------------------------------------------------------------------------
+ * audit.c
+ *	  Audit entries: the canonical byte encoding, writing entries in the
+ *	  caller's transaction, immutability triggers, auditing user tables.
+ *
+ * An entry's canonical bytes (docs/audit-format.md) are
+ *	 "fintx.audit.v1" followed by tagged, length-prefixed fields:
+ *	 'i' entry_id (8-byte big-endian), 't' recorded_at (8-byte big-endian
+ *	 microseconds since 1970-01-01 UTC), 'a' actor, 's' session role,
+ *	 'c' action, 'o' object type, 'k' object id, 'd' details (jsonb text).
+ * entry_hash = SHA-256(0x00 || canonical bytes), the RFC 6962 leaf hash.
+ *-------------------------------------------------------------------------
+ */
+#include "fintx.h"
+#include "merkle.h"
+
+#include "access/htup_details.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "commands/sequence.h"
+#include "commands/trigger.h"
+#include "miscadmin.h"
+#include "port/pg_bswap.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/json.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/timestamp.h"
+#include "utils/xid8.h"
+
+PG_FUNCTION_INFO_V1(fintx_refuse_change);
+PG_FUNCTION_INFO_V1(fintx_audit_row);
+PG_FUNCTION_INFO_V1(fintx_audit_table);
+PG_FUNCTION_INFO_V1(fintx_append_only);
+
+#define AUDIT_MAGIC "fintx.audit.v1"
+/* microseconds between 1970-01-01 and 2000-01-01 */
+#define UNIX_EPOCH_OFFSET_USEC INT64CONST(946684800000000)
+
+static SPIPlanPtr insert_one_plan = NULL;
+static SPIPlanPtr insert_many_plan = NULL;
+
+/* Appends one tagged, length-prefixed field. */
+static void
+Field(StringInfo buf, char tag, const void *data, uint32 len)
+{
+	uint32		be = pg_hton32(len);
+
+	appendStringInfoChar(buf, tag);
+	appendBinaryStringInfo(buf, (char *) &be, 4);
+	appendBinaryStringInfo(buf, data, len);
+}
+
+/* Appends a field holding a big-endian 64-bit integer. */
+static void
+Int64Field(StringInfo buf, char tag, int64 v)
+{
+	uint64		be = pg_hton64((uint64) v);
+
+	Field(buf, tag, &be, 8);
+}
+
+/* Appends a NUL-terminated string field. */
+static void
+StringField(StringInfo buf, char tag, const char *s)
+{
+	Field(buf, tag, s, strlen(s));
+}
+
+/* Fills buf with the canonical bytes of an entry (see the file header). */
+void
+fintx_audit_canonical(StringInfo buf, const FintxAuditEntry *e)
+{
+	char	   *details = JsonbToCString(NULL, &e->details->root, VARSIZE(e->details));
+
+	resetStringInfo(buf);
+	appendBinaryStringInfo(buf, AUDIT_MAGIC, strlen(AUDIT_MAGIC));
+	Int64Field(buf, 'i', e->entry_id);
+	Int64Field(buf, 't', e->recorded_at + UNIX_EPOCH_OFFSET_USEC);
+	StringField(buf, 'a', e->actor);
+	StringField(buf, 's', e->session_role);
+	StringField(buf, 'c', e->action);
+	StringField(buf, 'o', e->object_type);
+	StringField(buf, 'k', e->object_id);
+	StringField(buf, 'd', details);
+	pfree(details);
+}
+
+/* Computes e->hash from the entry's canonical bytes. */
+void
+fintx_audit_hash(FintxAuditEntry *e)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	fintx_audit_canonical(&buf, e);
+	merkle_leaf_hash((uint8 *) buf.data, buf.len, e->hash);
+	pfree(buf.data);
+}
+
+/* Returns the next audit entry id. */
+static int64
+NextEntryId(void)
+{
+	static Oid	seq = InvalidOid;
+	Oid			nsp;
+
+	/* re-resolve each call: the extension may have been dropped and re-created */
+	nsp = get_namespace_oid("fintx", false);
+	seq = get_relname_relid("audit_entry_id_seq", nsp);
+	if (!OidIsValid(seq))
+		elog(ERROR, "sequence fintx.audit_entry_id_seq does not exist");
+	return nextval_internal(seq, false);
+}
+
+/* Fills the who/when fields and the id of a new entry. */
+void
+fintx_audit_init(FintxAuditEntry *e, const char *actor, const char *action,
+				 const char *object_type, const char *object_id, Jsonb *details)
+{
+	e->entry_id = NextEntryId();
+	e->recorded_at = GetCurrentTransactionStartTimestamp();
+	e->actor = actor;
+	e->session_role = GetUserNameFromId(GetSessionUserId(), false);
+	e->action = action;
+	e->object_type = object_type;
+	e->object_id = object_id;
+	e->details = details;
+	fintx_audit_hash(e);
+}
+
+/* bytea datum of a 32-byte hash. */
+Datum
+fintx_hash_datum(const uint8 *hash)
+{
+	bytea	   *b = palloc(VARHDRSZ + MERKLE_HASH_LEN);
+
+	SET_VARSIZE(b, VARHDRSZ + MERKLE_HASH_LEN);
+	memcpy(VARDATA(b), hash, MERKLE_HASH_LEN);
+	return PointerGetDatum(b);
+}
+
+/*
+ * Inserts entries (all of one transaction, actor and session role) into
+ * fintx.audit_entries; SPI must be connected.
+ */
+void
+fintx_audit_insert(FintxAuditEntry *entries, int n)
+{
+	Datum		txid = FullTransactionIdGetDatum(GetTopFullTransactionId());
+	int			ret;
+
+	if (n == 0)
+		return;
+	if (n == 1)
+	{
+		FintxAuditEntry *e = &entries[0];
+		Oid			types[10] = {INT8OID, XID8OID, TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID,
+			TEXTOID, TEXTOID, JSONBOID, BYTEAOID};
+		Datum		args[10];
+
+		args[0] = Int64GetDatum(e->entry_id);
+		args[1] = txid;
+		args[2] = TimestampTzGetDatum(e->recorded_at);
+		args[3] = CStringGetTextDatum(e->actor);
+		args[4] = CStringGetTextDatum(e->session_role);
+		args[5] = CStringGetTextDatum(e->action);
+		args[6] = CStringGetTextDatum(e->object_type);
+		args[7] = CStringGetTextDatum(e->object_id);
+		args[8] = JsonbPGetDatum(e->details);
+		args[9] = fintx_hash_datum(e->hash);
+		fintx_keep_plan(&insert_one_plan,
+						"INSERT INTO fintx.audit_entries (entry_id, txid, recorded_at, actor, session_role,"
+						"       action, object_type, object_id, details, entry_hash)"
+						" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+						10, types);
+		ret = SPI_execute_plan(insert_one_plan, args, NULL, false, 0);
+	}
+	else
+	{
+		Oid			types[10] = {XID8OID, TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID,
+			INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, JSONBARRAYOID, BYTEAARRAYOID};
+		Datum		args[10];
+		Datum	   *ids = palloc(sizeof(Datum) * n);
+		Datum	   *actions = palloc(sizeof(Datum) * n);
+		Datum	   *objids = palloc(sizeof(Datum) * n);
+		Datum	   *details = palloc(sizeof(Datum) * n);
+		Datum	   *hashes = palloc(sizeof(Datum) * n);
+
+		for (int i = 0; i < n; i++)
+		{
+			ids[i] = Int64GetDatum(entries[i].entry_id);
+			actions[i] = CStringGetTextDatum(entries[i].action);
+			objids[i] = CStringGetTextDatum(entries[i].object_id);
+			details[i] = JsonbPGetDatum(entries[i].details);
+			hashes[i] = fintx_hash_datum(entries[i].hash);
+		}
+		args[0] = txid;
+		args[1] = TimestampTzGetDatum(entries[0].recorded_at);
+		args[2] = CStringGetTextDatum(entries[0].actor);
+		args[3] = CStringGetTextDatum(entries[0].session_role);
+		args[4] = CStringGetTextDatum(entries[0].object_type);
+		args[5] = PointerGetDatum(construct_array(ids, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+		args[6] = PointerGetDatum(construct_array(actions, n, TEXTOID, -1, false, TYPALIGN_INT));
+		args[7] = PointerGetDatum(construct_array(objids, n, TEXTOID, -1, false, TYPALIGN_INT));
+		args[8] = PointerGetDatum(construct_array(details, n, JSONBOID, -1, false, TYPALIGN_INT));
+		args[9] = PointerGetDatum(construct_array(hashes, n, BYTEAOID, -1, false, TYPALIGN_INT));
+		fintx_keep_plan(&insert_many_plan,
+						"INSERT INTO fintx.audit_entries (entry_id, txid, recorded_at, actor, session_role,"
+						"       action, object_type, object_id, details, entry_hash)"
+						" SELECT u.id, $1, $2, $3, $4, u.act, $5, u.obj, u.det, u.h"
+						"   FROM ROWS FROM (pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8),"
+						"                   pg_catalog.unnest($9), pg_catalog.unnest($10)) AS u(id, act, obj, det, h)",
+						10, types);
+		ret = SPI_execute_plan(insert_many_plan, args, NULL, false, 0);
+	}
+	if (ret != SPI_OK_INSERT || SPI_processed != (uint64) n)
+		elog(ERROR, "writing audit entries failed: %s", SPI_result_code_string(ret));
+}
+
+/* Records one entry now (SPI must be connected); returns its hash in hash_out if not NULL. */
+void
+fintx_audit_record(const char *actor, const char *action, const char *object_type,
+				   const char *object_id, Jsonb *details, uint8 *hash_out)
+{
+	FintxAuditEntry e;
+
+	fintx_audit_init(&e, actor, action, object_type, object_id, details);
+	fintx_audit_insert(&e, 1);
+	if (hash_out)
+		memcpy(hash_out, e.hash, MERKLE_HASH_LEN);
+}
+
+/* Parses JSON text built by fintx into jsonb. */
+Jsonb *
+fintx_jsonb_from_text(const char *text)
+{
+	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(text)));
+}
+
+/*
+ * Trigger: refuses UPDATE, DELETE and TRUNCATE (audit tables and tables made
+ * append-only with fintx.append_only()), for every role.
+ */
+Datum
+fintx_refuse_change(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	const char *op;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		elog(ERROR, "fintx_refuse_change: not called by trigger manager");
+	if (TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
+		op = "UPDATE";
+	else if (TRIGGER_FIRED_BY_DELETE(trigdata->tg_event))
+		op = "DELETE";
+	else if (TRIGGER_FIRED_BY_TRUNCATE(trigdata->tg_event))
+		op = "TRUNCATE";
+	else
+		op = "this change";
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("%s on table \"%s\" is not allowed", op,
+					RelationGetRelationName(trigdata->tg_relation)),
+			 errdetail("The table is append-only: rows can be inserted, never changed or removed.")));
+	PG_RETURN_NULL();
+}
+
+/* Returns the row image of tuple as jsonb (SPI connected). */
+static Datum
+RowToJsonb(Relation rel, HeapTuple tuple)
+{
+	Datum		row = heap_copy_tuple_as_datum(tuple, RelationGetDescr(rel));
+	Oid			types[1] = {rel->rd_rel->reltype};
+	int			ret;
+	bool		isnull;
+
+	ret = SPI_execute_with_args("SELECT pg_catalog.to_jsonb($1)", 1, types, &row, NULL, true, 1);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not convert a row to jsonb");
+	return SPI_datumTransfer(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull),
+							 false, -1);
+}
+
+/*
+ * Trigger (AFTER INSERT OR UPDATE OR DELETE, FOR EACH ROW) attached by
+ * fintx.audit_table(): writes the old and new row images into the audit log
+ * in the same transaction.
+ */
+Datum
+fintx_audit_row(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	Relation	rel;
+	const char *action;
+	StringInfoData buf;
+	char	   *objid;
+	Jsonb	   *details;
+	HeapTuple	ret = NULL;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) ||
+		!TRIGGER_FIRED_AFTER(trigdata->tg_event))
+		elog(ERROR, "fintx_audit_row: must be fired AFTER, FOR EACH ROW");
+	rel = trigdata->tg_relation;
+	objid = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+									   RelationGetRelationName(rel));
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "{\"table\": ");
+	escape_json(&buf, objid);
+	if (TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
+	{
+		action = "row.inserted";
+		appendStringInfo(&buf, ", \"new\": %s",
+						 JsonbToCString(NULL, &DatumGetJsonbP(RowToJsonb(rel, trigdata->tg_trigtuple))->root, -1));
+		ret = trigdata->tg_trigtuple;
+	}
+	else if (TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
+	{
+		action = "row.updated";
+		appendStringInfo(&buf, ", \"old\": %s, \"new\": %s",
+						 JsonbToCString(NULL, &DatumGetJsonbP(RowToJsonb(rel, trigdata->tg_trigtuple))->root, -1),
+						 JsonbToCString(NULL, &DatumGetJsonbP(RowToJsonb(rel, trigdata->tg_newtuple))->root, -1));
+		ret = trigdata->tg_newtuple;
+	}
+	else
+	{
+		action = "row.deleted";
+		appendStringInfo(&buf, ", \"old\": %s",
+						 JsonbToCString(NULL, &DatumGetJsonbP(RowToJsonb(rel, trigdata->tg_trigtuple))->root, -1));
+		ret = trigdata->tg_trigtuple;
+	}
+	appendStringInfoChar(&buf, '}');
+	details = fintx_jsonb_from_text(buf.data);
+	fintx_audit_record(fintx_principal(), action, "table", objid, details, NULL);
+	SPI_finish();
+	return PointerGetDatum(ret);
+}
+
+/* Emits 42501 unless the calling role owns the table (or is superuser). */
+static void
+CheckTableOwner(Oid relid)
+{
+	if (!pg_class_ownercheck(relid, GetOuterUserId()))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("must be owner of table %s", get_rel_name(relid))));
+	if (get_rel_relkind(relid) != RELKIND_RELATION && get_rel_relkind(relid) != RELKIND_PARTITIONED_TABLE)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("\"%s\" is not a table", get_rel_name(relid))));
+}
+
+/* Runs a trigger DDL statement for relid, its name quoted from the catalog. */
+static void
+CreateTriggerFor(Oid relid, const char *fmt)
+{
+	char	   *qname = quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
+												   get_rel_name(relid));
+	char	   *sql = psprintf(fmt, qname);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute(sql, false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "could not create trigger on %s", qname);
+	SPI_finish();
+}
+
+/*
+ * fintx.audit_table(tbl regclass) → void
+ * Attaches the row trigger that writes INSERT/UPDATE/DELETE images of tbl into
+ * the audit log. Emits 42501 unless the caller owns tbl, 42710 if already audited.
+ */
+Datum
+fintx_audit_table(PG_FUNCTION_ARGS)
+{
+	Oid			relid;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("tbl must not be null")));
+	relid = PG_GETARG_OID(0);
+	CheckTableOwner(relid);
+	CreateTriggerFor(relid,
+					 "CREATE TRIGGER fintx_audit AFTER INSERT OR UPDATE OR DELETE ON %s"
+					 " FOR EACH ROW EXECUTE FUNCTION fintx.audit_row()");
+	PG_RETURN_VOID();
+}
+
+/*
+ * fintx.append_only(tbl regclass) → void
+ * Makes tbl refuse UPDATE, DELETE and TRUNCATE for every role. Emits 42501
+ * unless the caller owns tbl, 42710 if it is already append-only.
+ */
+Datum
+fintx_append_only(PG_FUNCTION_ARGS)
+{
+	Oid			relid;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("tbl must not be null")));
+	relid = PG_GETARG_OID(0);
+	CheckTableOwner(relid);
+	CreateTriggerFor(relid,
+					 "CREATE TRIGGER fintx_append_only BEFORE UPDATE OR DELETE ON %s"
+					 " FOR EACH ROW EXECUTE FUNCTION fintx.refuse_change()");
+	CreateTriggerFor(relid,
+					 "CREATE TRIGGER fintx_append_only_truncate BEFORE TRUNCATE ON %s"
+					 " FOR EACH STATEMENT EXECUTE FUNCTION fintx.refuse_change()");
+	PG_RETURN_VOID();
+}

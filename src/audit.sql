@@ -1,0 +1,181 @@
+/*
+ * src/audit.sql — the tamper-evident audit log (src/audit.c, src/sequencer.c, src/merkle.c).
+ *
+ *   audit_entries  one row per state change, written in the caller's transaction with the
+ *                  SHA-256 leaf hash of its canonical bytes (docs/audit-format.md)
+ *   audit_leaves   leaf index -> entry, assigned by the sequencer after commit
+ *   audit_nodes    hashes of complete Merkle subtrees (level 0 = leaves)
+ *   audit_blocks   one per sealing pass: tree size, RFC 6962 tree head, hash chain, signature
+ * All four are insert-only: UPDATE, DELETE and TRUNCATE are refused by triggers for every
+ * role; fintx.verify_audit() catches whoever disables the triggers.
+ */
+CREATE SEQUENCE fintx.audit_entry_id_seq AS bigint;
+
+CREATE TABLE fintx.audit_entries (
+    entry_id     bigint      PRIMARY KEY,
+    txid         xid8        NOT NULL,
+    recorded_at  timestamptz NOT NULL,
+    actor        text        NOT NULL,
+    session_role text        NOT NULL,
+    action       text        NOT NULL,
+    object_type  text        NOT NULL,
+    object_id    text        NOT NULL,
+    details      jsonb       NOT NULL,
+    entry_hash   bytea       NOT NULL
+);
+CREATE INDEX audit_entries_txid ON fintx.audit_entries (txid);
+COMMENT ON TABLE fintx.audit_entries IS 'audit entries, one per state change; insert-only';
+
+CREATE TABLE fintx.audit_leaves (
+    leaf_index bigint PRIMARY KEY,
+    entry_id   bigint NOT NULL UNIQUE,
+    block_id   bigint NOT NULL
+);
+COMMENT ON TABLE fintx.audit_leaves IS 'Merkle leaf index of each sealed audit entry; insert-only';
+
+CREATE TABLE fintx.audit_nodes (
+    level smallint NOT NULL,
+    idx   bigint   NOT NULL,
+    hash  bytea    NOT NULL,
+    PRIMARY KEY (level, idx)
+);
+COMMENT ON TABLE fintx.audit_nodes IS 'hashes of complete Merkle subtrees (level 0: leaf hashes); insert-only';
+
+CREATE TABLE fintx.audit_blocks (
+    block_id        bigint       PRIMARY KEY,
+    tree_size       bigint       NOT NULL,
+    root_hash       bytea        NOT NULL,
+    prev_block_hash bytea        NOT NULL,
+    block_hash      bytea        NOT NULL,
+    snapshot        pg_snapshot  NOT NULL,
+    sealed_at       timestamptz  NOT NULL,
+    origin          text         NOT NULL,
+    key_name        text,
+    signature       bytea
+);
+COMMENT ON TABLE fintx.audit_blocks IS 'one block per sealing pass, hash-chained and signed; insert-only';
+
+CREATE FUNCTION fintx.refuse_change() RETURNS trigger
+AS 'MODULE_PATHNAME', 'fintx_refuse_change'
+LANGUAGE C;
+
+DO $immutable$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['audit_entries', 'audit_leaves', 'audit_nodes', 'audit_blocks'] LOOP
+        EXECUTE pg_catalog.format('CREATE TRIGGER refuse_update_delete BEFORE UPDATE OR DELETE ON fintx.%I'
+                                  ' FOR EACH ROW EXECUTE FUNCTION fintx.refuse_change()', t);
+        EXECUTE pg_catalog.format('CREATE TRIGGER refuse_truncate BEFORE TRUNCATE ON fintx.%I'
+                                  ' FOR EACH STATEMENT EXECUTE FUNCTION fintx.refuse_change()', t);
+    END LOOP;
+END
+$immutable$;
+
+CREATE FUNCTION fintx.seal() RETURNS bigint
+AS 'MODULE_PATHNAME', 'fintx_seal'
+LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+CREATE FUNCTION fintx.tree_size() RETURNS bigint
+AS 'MODULE_PATHNAME', 'fintx_tree_size'
+LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+CREATE FUNCTION fintx.root_hash(tree_size bigint) RETURNS bytea
+AS 'MODULE_PATHNAME', 'fintx_root_hash'
+LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+CREATE FUNCTION fintx.leaf_data(leaf_index bigint) RETURNS bytea
+AS 'MODULE_PATHNAME', 'fintx_leaf_data'
+LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+CREATE FUNCTION fintx.inclusion_proof(leaf_index bigint, tree_size bigint) RETURNS bytea[]
+AS 'MODULE_PATHNAME', 'fintx_inclusion_proof'
+LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+CREATE FUNCTION fintx.consistency_proof(first_size bigint, second_size bigint) RETURNS bytea[]
+AS 'MODULE_PATHNAME', 'fintx_consistency_proof'
+LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+CREATE FUNCTION fintx.checkpoint() RETURNS text
+AS 'MODULE_PATHNAME', 'fintx_checkpoint'
+LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+CREATE FUNCTION fintx.public_key() RETURNS text
+AS 'MODULE_PATHNAME', 'fintx_public_key'
+LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+CREATE FUNCTION fintx.verify_audit(from_leaf bigint DEFAULT 0, to_leaf bigint DEFAULT NULL)
+RETURNS TABLE (ok boolean, entries_checked bigint, first_bad_leaf bigint, detail text)
+AS 'MODULE_PATHNAME', 'fintx_verify_audit'
+LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+-- RFC 6962 hashing of arbitrary data, for auditors' own checks and known-answer tests.
+CREATE FUNCTION fintx.merkle_leaf_hash(data bytea) RETURNS bytea
+AS 'MODULE_PATHNAME', 'fintx_merkle_leaf_hash'
+LANGUAGE C IMMUTABLE STRICT;
+CREATE FUNCTION fintx.merkle_tree_head(leaves bytea[]) RETURNS bytea
+AS 'MODULE_PATHNAME', 'fintx_merkle_tree_head'
+LANGUAGE C IMMUTABLE STRICT;
+CREATE FUNCTION fintx.merkle_inclusion_proof(leaves bytea[], leaf_index bigint, tree_size bigint) RETURNS bytea[]
+AS 'MODULE_PATHNAME', 'fintx_merkle_inclusion_proof_data'
+LANGUAGE C IMMUTABLE STRICT;
+CREATE FUNCTION fintx.merkle_consistency_proof(leaves bytea[], first_size bigint, second_size bigint) RETURNS bytea[]
+AS 'MODULE_PATHNAME', 'fintx_merkle_consistency_proof_data'
+LANGUAGE C IMMUTABLE STRICT;
+
+CREATE VIEW fintx.audit_log AS
+SELECT e.entry_id, l.leaf_index, e.recorded_at, e.actor, e.action, e.object_type, e.object_id,
+       e.details, e.entry_hash
+  FROM fintx.audit_entries e
+  LEFT JOIN fintx.audit_leaves l ON l.entry_id OPERATOR(pg_catalog.=) e.entry_id;
+COMMENT ON VIEW fintx.audit_log IS 'every audit entry; leaf_index is NULL until the entry is sealed';
+
+-- Every entry that concerns an account: its own events and the transfers that touched it.
+CREATE VIEW fintx.audit_account_trail AS
+SELECT a.code AS account, l.entry_id, l.leaf_index, l.recorded_at, l.actor, l.action,
+       l.object_type, l.object_id, l.details, l.entry_hash
+  FROM fintx.audit_log l
+  JOIN fintx.accounts a
+    ON (l.object_type OPERATOR(pg_catalog.=) 'account' AND l.object_id OPERATOR(pg_catalog.=) a.code)
+    OR (l.object_type OPERATOR(pg_catalog.=) 'transfer'
+        AND (l.details OPERATOR(pg_catalog.->>) 'from_account' OPERATOR(pg_catalog.=) a.code
+             OR l.details OPERATOR(pg_catalog.->>) 'to_account' OPERATOR(pg_catalog.=) a.code));
+
+-- What each actor did, per action.
+CREATE VIEW fintx.audit_actor_activity AS
+SELECT actor, action, pg_catalog.count(*) AS entries,
+       pg_catalog.min(recorded_at) AS first_at, pg_catalog.max(recorded_at) AS last_at
+  FROM fintx.audit_entries
+ GROUP BY actor, action;
+
+-- The history of signed tree heads.
+CREATE VIEW fintx.audit_checkpoints AS
+SELECT block_id, tree_size, root_hash, block_hash, prev_block_hash, sealed_at, origin, key_name,
+       signature IS NOT NULL AS signed
+  FROM fintx.audit_blocks;
+
+CREATE FUNCTION fintx.audit_row() RETURNS trigger
+AS 'MODULE_PATHNAME', 'fintx_audit_row'
+LANGUAGE C SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+CREATE FUNCTION fintx.audit_table(tbl regclass) RETURNS void
+AS 'MODULE_PATHNAME', 'fintx_audit_table'
+LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+CREATE FUNCTION fintx.append_only(tbl regclass) RETURNS void
+AS 'MODULE_PATHNAME', 'fintx_append_only'
+LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+-- Export for the offline verifier (fintx-verify, docs/audit-format.md): one line per sealed
+-- leaf, "leaf_index <TAB> hex(canonical bytes)", in leaf order.
+CREATE FUNCTION fintx.audit_export(from_leaf bigint DEFAULT 0, to_leaf bigint DEFAULT NULL)
+RETURNS SETOF text
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $export$
+SELECT l.leaf_index::text OPERATOR(pg_catalog.||) E'\t'
+       OPERATOR(pg_catalog.||) pg_catalog.encode(fintx.leaf_data(l.leaf_index), 'hex')
+  FROM fintx.audit_leaves l
+ WHERE l.leaf_index OPERATOR(pg_catalog.>=) COALESCE(from_leaf, 0)
+   AND (to_leaf IS NULL OR l.leaf_index OPERATOR(pg_catalog.<=) to_leaf)
+ ORDER BY l.leaf_index
+$export$;

@@ -1,0 +1,820 @@
+/*-------------------------------------------------------------------------
+ * sequencer.c
+ *	  Sealing the audit log: commit-ordered leaf indexes, Merkle subtree
+ *	  hashes, hash-chained signed blocks; tree heads, proofs, checkpoints
+ *	  and verification.
+ *
+ * Sequencing follows PgQ's snapshot batching. Each block stores the MVCC
+ * snapshot it was sealed under; the next pass takes the entries visible in
+ * its own snapshot but not in the previous one (txid >= xmin of the previous
+ * snapshot narrows the scan through an index). A transaction that commits
+ * after a pass is not visible to it and is picked up by the next pass, so
+ * nothing is skipped; an aborted one is never visible. Passes are serialized
+ * by an advisory lock and only insert into the audit tables, so they never
+ * block transfers.
+ *-------------------------------------------------------------------------
+ */
+#include "fintx.h"
+#include "merkle.h"
+
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "catalog/pg_type.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "port/pg_bswap.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+
+PG_FUNCTION_INFO_V1(fintx_seal);
+PG_FUNCTION_INFO_V1(fintx_tree_size);
+PG_FUNCTION_INFO_V1(fintx_root_hash);
+PG_FUNCTION_INFO_V1(fintx_leaf_data);
+PG_FUNCTION_INFO_V1(fintx_inclusion_proof);
+PG_FUNCTION_INFO_V1(fintx_consistency_proof);
+PG_FUNCTION_INFO_V1(fintx_checkpoint);
+PG_FUNCTION_INFO_V1(fintx_public_key);
+PG_FUNCTION_INFO_V1(fintx_merkle_leaf_hash);
+PG_FUNCTION_INFO_V1(fintx_merkle_tree_head);
+PG_FUNCTION_INFO_V1(fintx_merkle_inclusion_proof_data);
+PG_FUNCTION_INFO_V1(fintx_merkle_consistency_proof_data);
+
+int			fintx_seal_interval_ms = 100;
+char	   *fintx_signing_key_file = NULL;
+char	   *fintx_checkpoint_origin = NULL;
+
+#define SEAL_LOCK_KEY	INT64CONST(0x66696E7478736C)	/* "fintxsl" */
+#define BLOCK_MAGIC		"fintx.block.v1"
+#define UNIX_EPOCH_OFFSET_USEC INT64CONST(946684800000000)
+
+static SPIPlanPtr last_block_plan = NULL;
+static SPIPlanPtr first_scan_plan = NULL;
+static SPIPlanPtr next_scan_plan = NULL;
+static SPIPlanPtr leaves_plan = NULL;
+static SPIPlanPtr nodes_plan = NULL;
+static SPIPlanPtr node_plan = NULL;
+static SPIPlanPtr block_plan = NULL;
+static SPIPlanPtr block_at_plan = NULL;
+
+/* The latest block (tree_size 0 and block_id 0 if none). */
+typedef struct BlockInfo
+{
+	int64		block_id;
+	int64		tree_size;
+	uint8		root[MERKLE_HASH_LEN];
+	uint8		block_hash[MERKLE_HASH_LEN];
+	TimestampTz sealed_at;
+	Datum		snapshot;
+	bool		exists;
+	char	   *origin;
+	char	   *key_name;
+	bytea	   *signature;
+} BlockInfo;
+
+/* Copies a bytea column holding a 32-byte hash; emits XX001 if it is not one. */
+static void
+GetHash(HeapTuple tup, TupleDesc desc, int col, uint8 *out)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(tup, desc, col, &isnull);
+	bytea	   *b;
+
+	if (isnull)
+		ereport(ERROR, (errcode(ERRCODE_DATA_CORRUPTED), errmsg("audit hash is missing")));
+	b = DatumGetByteaPP(d);
+	if (VARSIZE_ANY_EXHDR(b) != MERKLE_HASH_LEN)
+		ereport(ERROR, (errcode(ERRCODE_DATA_CORRUPTED), errmsg("audit hash is not 32 bytes")));
+	memcpy(out, VARDATA_ANY(b), MERKLE_HASH_LEN);
+}
+
+/* Reads the block with the given id, or the latest if id < 0 (SPI connected). */
+static void
+ReadBlock(int64 id, BlockInfo *b)
+{
+	HeapTuple	tup;
+	TupleDesc	desc;
+	bool		isnull;
+	int			ret;
+	Datum		d;
+
+	memset(b, 0, sizeof(*b));
+	if (id < 0)
+	{
+		fintx_keep_plan(&last_block_plan,
+						"SELECT block_id, tree_size, root_hash, block_hash, sealed_at, snapshot, origin,"
+						"       key_name, signature"
+						"  FROM fintx.audit_blocks ORDER BY block_id DESC LIMIT 1", 0, NULL);
+		ret = SPI_execute_plan(last_block_plan, NULL, NULL, false, 1);
+	}
+	else
+	{
+		Oid			types[1] = {INT8OID};
+		Datum		arg = Int64GetDatum(id);
+
+		fintx_keep_plan(&block_at_plan,
+						"SELECT block_id, tree_size, root_hash, block_hash, sealed_at, snapshot, origin,"
+						"       key_name, signature"
+						"  FROM fintx.audit_blocks WHERE block_id = $1", 1, types);
+		ret = SPI_execute_plan(block_at_plan, &arg, NULL, false, 1);
+	}
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "reading audit blocks failed");
+	if (SPI_processed == 0)
+		return;
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	b->exists = true;
+	b->block_id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+	b->tree_size = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+	GetHash(tup, desc, 3, b->root);
+	GetHash(tup, desc, 4, b->block_hash);
+	b->sealed_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 5, &isnull));
+	b->snapshot = SPI_datumTransfer(SPI_getbinval(tup, desc, 6, &isnull), false, -1);
+	b->origin = SPI_getvalue(tup, desc, 7);
+	b->key_name = SPI_getvalue(tup, desc, 8);
+	d = SPI_getbinval(tup, desc, 9, &isnull);
+	b->signature = isnull ? NULL : DatumGetByteaP(SPI_datumTransfer(d, false, -1));
+	if (b->origin)
+		b->origin = SPI_palloc(strlen(b->origin) + 1), strcpy(b->origin, SPI_getvalue(tup, desc, 7));
+	if (b->key_name)
+	{
+		char	   *k = SPI_getvalue(tup, desc, 8);
+
+		b->key_name = SPI_palloc(strlen(k) + 1);
+		strcpy(b->key_name, k);
+	}
+}
+
+/* Node fetch callback for merkle.c: reads fintx.audit_nodes (SPI connected). */
+static void
+FetchNode(void *arg, int level, int64 idx, uint8 *out)
+{
+	Oid			types[2] = {INT2OID, INT8OID};
+	Datum		args[2];
+
+	args[0] = Int16GetDatum((int16) level);
+	args[1] = Int64GetDatum(idx);
+	fintx_keep_plan(&node_plan,
+					"SELECT hash FROM fintx.audit_nodes WHERE level = $1 AND idx = $2", 2, types);
+	if (SPI_execute_plan(node_plan, args, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "reading audit nodes failed");
+	if (SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("audit tree node at level %d, index %lld is missing", level, (long long) idx),
+				 errhint("Run fintx.verify_audit() to locate the damage.")));
+	GetHash(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, out);
+}
+
+/* The checkpoint origin: fintx.checkpoint_origin or "fintx.local/<system identifier>". */
+static char *
+Origin(void)
+{
+	if (fintx_checkpoint_origin && fintx_checkpoint_origin[0])
+		return pstrdup(fintx_checkpoint_origin);
+	return psprintf("fintx.local/%llu", (unsigned long long) GetSystemIdentifier());
+}
+
+/* The C2SP checkpoint body: "origin\nsize\nbase64(root)\n". */
+static char *
+CheckpointBody(const char *origin, int64 size, const uint8 *root)
+{
+	return psprintf("%s\n%lld\n%s\n", origin, (long long) size, fintx_base64(root, MERKLE_HASH_LEN));
+}
+
+/* block_hash = SHA-256("fintx.block.v1" || id || size || root || prev || sealed_at), integers big-endian. */
+static void
+BlockHash(int64 id, int64 size, const uint8 *root, const uint8 *prev, TimestampTz sealed_at, uint8 *out)
+{
+	StringInfoData buf;
+	uint64		be;
+
+	initStringInfo(&buf);
+	appendBinaryStringInfo(&buf, BLOCK_MAGIC, strlen(BLOCK_MAGIC));
+	be = pg_hton64((uint64) id);
+	appendBinaryStringInfo(&buf, (char *) &be, 8);
+	be = pg_hton64((uint64) size);
+	appendBinaryStringInfo(&buf, (char *) &be, 8);
+	appendBinaryStringInfo(&buf, (const char *) root, MERKLE_HASH_LEN);
+	appendBinaryStringInfo(&buf, (const char *) prev, MERKLE_HASH_LEN);
+	be = pg_hton64((uint64) (sealed_at + UNIX_EPOCH_OFFSET_USEC));
+	appendBinaryStringInfo(&buf, (char *) &be, 8);
+	fintx_sha256((unsigned char *) buf.data, buf.len, out);
+	pfree(buf.data);
+}
+
+static Datum
+MakeArray(Datum *elems, int n, Oid type)
+{
+	if (type == INT8OID)
+		return PointerGetDatum(construct_array(elems, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	if (type == INT2OID)
+		return PointerGetDatum(construct_array(elems, n, INT2OID, 2, true, TYPALIGN_SHORT));
+	return PointerGetDatum(construct_array(elems, n, type, -1, false, TYPALIGN_INT));
+}
+
+/*
+ * Seals every committed entry not yet in the log: assigns leaf indexes,
+ * stores the new complete subtrees and appends a signed, chained block.
+ * Returns the tree size. Under REPEATABLE READ or SERIALIZABLE it only
+ * reports the current size (its snapshot could be stale).
+ */
+int64
+fintx_seal_log(void)
+{
+	BlockInfo	prev;
+	Datum		snap;
+	int			ret;
+	int64		n0,
+				k,
+				m;
+	uint8	   *level_hashes;
+	int64		level_lo;
+	int64		level_cnt;
+	Datum	   *nl,
+			   *ni,
+			   *nh;
+	int64		nn = 0;
+	uint8		root[MERKLE_HASH_LEN];
+	uint8		prev_hash[MERKLE_HASH_LEN];
+	uint8		block_hash[MERKLE_HASH_LEN];
+	TimestampTz sealed_at;
+	int64		block_id;
+	char	   *origin;
+	EVP_PKEY   *key;
+	Datum		bargs[10];
+	char		bnulls[10];
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	ReadBlock(-1, &prev);
+	if (IsolationUsesXactSnapshot())
+	{
+		SPI_finish();
+		return prev.tree_size;
+	}
+	if (SPI_execute(psprintf("SELECT pg_catalog.pg_advisory_xact_lock(%lld)", (long long) SEAL_LOCK_KEY),
+					false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not take the sealing lock");
+	ReadBlock(-1, &prev);		/* again: another session may have sealed meanwhile */
+	n0 = prev.tree_size;
+
+	/* entries visible now but not under the previous block's snapshot, in one statement */
+	if (!prev.exists)
+	{
+		fintx_keep_plan(&first_scan_plan,
+						"WITH s AS MATERIALIZED (SELECT pg_catalog.pg_current_snapshot() AS snap)"
+						" SELECT s.snap, e.entry_id, e.entry_hash"
+						"   FROM s LEFT JOIN fintx.audit_entries e ON true"
+						"  ORDER BY e.entry_id", 0, NULL);
+		ret = SPI_execute_plan(first_scan_plan, NULL, NULL, false, 0);
+	}
+	else
+	{
+		Oid			types[1] = {PG_SNAPSHOTOID};
+
+		fintx_keep_plan(&next_scan_plan,
+						"WITH s AS MATERIALIZED (SELECT pg_catalog.pg_current_snapshot() AS snap),"
+						"     e AS (SELECT entry_id, entry_hash FROM fintx.audit_entries"
+						"            WHERE txid >= pg_catalog.pg_snapshot_xmin($1)"
+						"              AND NOT pg_catalog.pg_visible_in_snapshot(txid, $1))"
+						" SELECT s.snap, e.entry_id, e.entry_hash FROM s LEFT JOIN e ON true"
+						"  ORDER BY e.entry_id", 1, types);
+		ret = SPI_execute_plan(next_scan_plan, &prev.snapshot, NULL, false, 0);
+	}
+	if (ret != SPI_OK_SELECT || SPI_processed < 1)
+		elog(ERROR, "scanning audit entries failed");
+	{
+		bool		isnull;
+
+		snap = SPI_datumTransfer(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull),
+								 false, -1);
+		(void) SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+		k = isnull ? 0 : (int64) SPI_processed;
+	}
+	if (k == 0)
+	{
+		SPI_finish();
+		return n0;
+	}
+	m = n0 + k;
+	block_id = prev.block_id + 1;
+
+	/* leaves */
+	{
+		SPITupleTable *tt = SPI_tuptable;
+		Datum	   *idx = palloc(sizeof(Datum) * k);
+		Datum	   *ent = palloc(sizeof(Datum) * k);
+		Oid			types[3] = {INT8ARRAYOID, INT8ARRAYOID, INT8OID};
+		Datum		args[3];
+
+		level_hashes = palloc(MERKLE_HASH_LEN * k);
+		for (int64 i = 0; i < k; i++)
+		{
+			bool		isnull;
+
+			idx[i] = Int64GetDatum(n0 + i);
+			ent[i] = SPI_getbinval(tt->vals[i], tt->tupdesc, 2, &isnull);
+			GetHash(tt->vals[i], tt->tupdesc, 3, level_hashes + i * MERKLE_HASH_LEN);
+		}
+		args[0] = MakeArray(idx, k, INT8OID);
+		args[1] = MakeArray(ent, k, INT8OID);
+		args[2] = Int64GetDatum(block_id);
+		fintx_keep_plan(&leaves_plan,
+						"INSERT INTO fintx.audit_leaves (leaf_index, entry_id, block_id)"
+						" SELECT u.l, u.e, $3 FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS u(l, e)",
+						3, types);
+		if (SPI_execute_plan(leaves_plan, args, NULL, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "writing audit leaves failed");
+	}
+
+	/* complete subtrees that exist now but did not before, level by level */
+	nl = palloc(sizeof(Datum) * 2 * k + 128);
+	ni = palloc(sizeof(Datum) * 2 * k + 128);
+	nh = palloc(sizeof(Datum) * 2 * k + 128);
+	level_lo = n0;
+	level_cnt = k;
+	for (int64 i = 0; i < k; i++)
+	{
+		nl[nn] = Int16GetDatum(0);
+		ni[nn] = Int64GetDatum(n0 + i);
+		nh[nn] = fintx_hash_datum(level_hashes + i * MERKLE_HASH_LEN);
+		nn++;
+	}
+	for (int level = 1; level < 63; level++)
+	{
+		int64		lo = n0 >> level;
+		int64		hi = (m >> level) - 1;
+		uint8	   *next;
+
+		if (hi < lo)
+			break;
+		next = palloc(MERKLE_HASH_LEN * (hi - lo + 1));
+		for (int64 idx = lo; idx <= hi; idx++)
+		{
+			uint8		left[MERKLE_HASH_LEN];
+			uint8	   *right;
+			int64		li = 2 * idx,
+						ri = 2 * idx + 1;
+
+			CHECK_FOR_INTERRUPTS();
+			if (li >= level_lo)
+				memcpy(left, level_hashes + (li - level_lo) * MERKLE_HASH_LEN, MERKLE_HASH_LEN);
+			else
+				FetchNode(NULL, level - 1, li, left);
+			if (ri < level_lo || ri >= level_lo + level_cnt)
+				elog(ERROR, "audit tree node %lld at level %d has no new right child", (long long) idx, level);
+			right = level_hashes + (ri - level_lo) * MERKLE_HASH_LEN;
+			merkle_node_hash(left, right, next + (idx - lo) * MERKLE_HASH_LEN);
+			nl[nn] = Int16GetDatum((int16) level);
+			ni[nn] = Int64GetDatum(idx);
+			nh[nn] = fintx_hash_datum(next + (idx - lo) * MERKLE_HASH_LEN);
+			nn++;
+		}
+		level_hashes = next;
+		level_lo = lo;
+		level_cnt = hi - lo + 1;
+	}
+	{
+		Oid			types[3] = {INT2ARRAYOID, INT8ARRAYOID, BYTEAARRAYOID};
+		Datum		args[3];
+
+		args[0] = MakeArray(nl, nn, INT2OID);
+		args[1] = MakeArray(ni, nn, INT8OID);
+		args[2] = MakeArray(nh, nn, BYTEAOID);
+		fintx_keep_plan(&nodes_plan,
+						"INSERT INTO fintx.audit_nodes (level, idx, hash)"
+						" SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3))",
+						3, types);
+		if (SPI_execute_plan(nodes_plan, args, NULL, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "writing audit nodes failed");
+	}
+
+	/* the block: tree head, hash chain, signature */
+	merkle_root(FetchNode, NULL, m, root);
+	if (prev.exists)
+		memcpy(prev_hash, prev.block_hash, MERKLE_HASH_LEN);
+	else
+		memset(prev_hash, 0, MERKLE_HASH_LEN);
+	sealed_at = GetCurrentTimestamp();
+	BlockHash(block_id, m, root, prev_hash, sealed_at, block_hash);
+	origin = Origin();
+	key = fintx_signing_key(fintx_signing_key_file);
+	memset(bnulls, ' ', sizeof(bnulls));
+	bargs[0] = Int64GetDatum(block_id);
+	bargs[1] = Int64GetDatum(m);
+	bargs[2] = fintx_hash_datum(root);
+	bargs[3] = fintx_hash_datum(prev_hash);
+	bargs[4] = fintx_hash_datum(block_hash);
+	bargs[5] = snap;
+	bargs[6] = TimestampTzGetDatum(sealed_at);
+	bargs[7] = CStringGetTextDatum(origin);
+	if (key)
+	{
+		char	   *body = CheckpointBody(origin, m, root);
+		bytea	   *sig = palloc(VARHDRSZ + 64);
+
+		SET_VARSIZE(sig, VARHDRSZ + 64);
+		fintx_ed25519_sign(key, (uint8 *) body, strlen(body), (uint8 *) VARDATA(sig));
+		bargs[8] = CStringGetTextDatum(origin);
+		bargs[9] = PointerGetDatum(sig);
+	}
+	else
+	{
+		bnulls[8] = 'n';
+		bnulls[9] = 'n';
+		bargs[8] = bargs[9] = (Datum) 0;
+	}
+	{
+		Oid			types[10] = {INT8OID, INT8OID, BYTEAOID, BYTEAOID, BYTEAOID, PG_SNAPSHOTOID,
+			TIMESTAMPTZOID, TEXTOID, TEXTOID, BYTEAOID};
+
+		fintx_keep_plan(&block_plan,
+						"INSERT INTO fintx.audit_blocks (block_id, tree_size, root_hash, prev_block_hash,"
+						"       block_hash, snapshot, sealed_at, origin, key_name, signature)"
+						" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+						10, types);
+		if (SPI_execute_plan(block_plan, bargs, bnulls, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "writing audit block failed");
+	}
+	SPI_finish();
+	return m;
+}
+
+/* fintx.seal() → bigint: seals committed entries now; returns the tree size. */
+Datum
+fintx_seal(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT64(fintx_seal_log());
+}
+
+/* fintx.tree_size() → bigint: seals, then returns the number of leaves. */
+Datum
+fintx_tree_size(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT64(fintx_seal_log());
+}
+
+/* Seals and emits 22023 unless 0 <= n <= tree size; returns the tree size. */
+static int64
+CheckSize(int64 n, const char *what)
+{
+	int64		size = fintx_seal_log();
+
+	if (n < 0 || n > size)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s %lld is out of range", what, (long long) n),
+				 errdetail("The audit log has %lld sealed entries.", (long long) size)));
+	return size;
+}
+
+static void
+NullArg(const char *name)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("%s must not be null", name)));
+}
+
+/* bytea[] of count hashes. */
+static Datum
+HashArray(const uint8 *hashes, int count)
+{
+	Datum	   *d = palloc(sizeof(Datum) * (count + 1));
+
+	for (int i = 0; i < count; i++)
+		d[i] = fintx_hash_datum(hashes + i * MERKLE_HASH_LEN);
+	return PointerGetDatum(construct_array(d, count, BYTEAOID, -1, false, TYPALIGN_INT));
+}
+
+/* fintx.root_hash(tree_size) → bytea: RFC 6962 tree head of the first tree_size leaves. */
+Datum
+fintx_root_hash(PG_FUNCTION_ARGS)
+{
+	uint8		root[MERKLE_HASH_LEN];
+	int64		n;
+
+	if (PG_ARGISNULL(0))
+		NullArg("tree_size");
+	n = PG_GETARG_INT64(0);
+	CheckSize(n, "tree size");
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	merkle_root(FetchNode, NULL, n, root);
+	SPI_finish();
+	PG_RETURN_DATUM(fintx_hash_datum(root));
+}
+
+/* fintx.inclusion_proof(leaf_index, tree_size) → bytea[] (RFC 9162 audit path). */
+Datum
+fintx_inclusion_proof(PG_FUNCTION_ARGS)
+{
+	uint8		proof[MERKLE_MAX_PROOF * MERKLE_HASH_LEN];
+	int64		i,
+				n;
+	int			count;
+
+	if (PG_ARGISNULL(0))
+		NullArg("leaf_index");
+	if (PG_ARGISNULL(1))
+		NullArg("tree_size");
+	i = PG_GETARG_INT64(0);
+	n = PG_GETARG_INT64(1);
+	CheckSize(n, "tree size");
+	if (i < 0 || i >= n)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("leaf index %lld is out of range for tree size %lld", (long long) i, (long long) n)));
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	count = merkle_inclusion_proof(FetchNode, NULL, i, n, proof);
+	SPI_finish();
+	PG_RETURN_DATUM(HashArray(proof, count));
+}
+
+/* fintx.consistency_proof(first_size, second_size) → bytea[] (RFC 9162). */
+Datum
+fintx_consistency_proof(PG_FUNCTION_ARGS)
+{
+	uint8		proof[MERKLE_MAX_PROOF * MERKLE_HASH_LEN];
+	int64		m,
+				n;
+	int			count;
+
+	if (PG_ARGISNULL(0))
+		NullArg("first_size");
+	if (PG_ARGISNULL(1))
+		NullArg("second_size");
+	m = PG_GETARG_INT64(0);
+	n = PG_GETARG_INT64(1);
+	CheckSize(n, "second size");
+	if (m < 1 || m > n)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("first size %lld is out of range", (long long) m),
+				 errdetail("A consistency proof needs 0 < first_size <= second_size (%lld).", (long long) n)));
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	count = merkle_consistency_proof(FetchNode, NULL, m, n, proof);
+	SPI_finish();
+	PG_RETURN_DATUM(HashArray(proof, count));
+}
+
+/* Reads one entry by leaf index into e (SPI connected); false if there is none. */
+static bool
+fintx_read_leaf_entry(int64 leaf, FintxAuditEntry *e, uint8 *stored_hash)
+{
+	Oid			types[1] = {INT8OID};
+	Datum		arg = Int64GetDatum(leaf);
+	HeapTuple	tup;
+	TupleDesc	desc;
+	bool		isnull;
+
+	if (SPI_execute_with_args("SELECT e.entry_id, e.recorded_at, e.actor, e.session_role, e.action,"
+							  "       e.object_type, e.object_id, e.details, e.entry_hash"
+							  "  FROM fintx.audit_leaves l JOIN fintx.audit_entries e ON e.entry_id = l.entry_id"
+							  " WHERE l.leaf_index = $1", 1, types, &arg, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "reading audit entry failed");
+	if (SPI_processed != 1)
+		return false;
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	e->entry_id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+	e->recorded_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 2, &isnull));
+	e->actor = SPI_getvalue(tup, desc, 3);
+	e->session_role = SPI_getvalue(tup, desc, 4);
+	e->action = SPI_getvalue(tup, desc, 5);
+	e->object_type = SPI_getvalue(tup, desc, 6);
+	e->object_id = SPI_getvalue(tup, desc, 7);
+	e->details = DatumGetJsonbP(SPI_getbinval(tup, desc, 8, &isnull));
+	if (stored_hash)
+		GetHash(tup, desc, 9, stored_hash);
+	return true;
+}
+
+/* fintx.leaf_data(leaf_index) → bytea: the canonical bytes of the entry at that leaf. */
+Datum
+fintx_leaf_data(PG_FUNCTION_ARGS)
+{
+	FintxAuditEntry e;
+	StringInfoData buf;
+	int64		i;
+	bytea	   *out;
+
+	if (PG_ARGISNULL(0))
+		NullArg("leaf_index");
+	i = PG_GETARG_INT64(0);
+	CheckSize(0, "tree size");
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (i < 0 || !fintx_read_leaf_entry(i, &e, NULL))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("leaf index %lld is out of range", (long long) i)));
+	initStringInfo(&buf);
+	fintx_audit_canonical(&buf, &e);
+	out = SPI_palloc(VARHDRSZ + buf.len);
+	SET_VARSIZE(out, VARHDRSZ + buf.len);
+	memcpy(VARDATA(out), buf.data, buf.len);
+	SPI_finish();
+	PG_RETURN_BYTEA_P(out);
+}
+
+/* The signed note of a block (its origin is its key name). */
+static char *
+SignedNote(BlockInfo *b, EVP_PKEY *key)
+{
+	char	   *body = CheckpointBody(b->origin, b->tree_size, b->root);
+	uint8		pub[32];
+	uint8		blob[68];
+
+	fintx_ed25519_public(key, pub);
+	fintx_note_key_id(b->key_name, pub, blob);
+	memcpy(blob + 4, VARDATA_ANY(b->signature), 64);
+	return psprintf("%s\n\u2014 %s %s\n", body, b->key_name, fintx_base64(blob, 68));
+}
+
+/*
+ * fintx.checkpoint() → text: seals, then returns the latest tree head as a
+ * C2SP checkpoint signed as a C2SP signed note. Emits 55000 without a key.
+ */
+Datum
+fintx_checkpoint(PG_FUNCTION_ARGS)
+{
+	BlockInfo	b;
+	EVP_PKEY   *key;
+	char	   *note;
+
+	if (fintx_signing_key_file == NULL || fintx_signing_key_file[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("no signing key is configured"),
+				 errhint("Set fintx.signing_key_file to a PEM file holding an Ed25519 private key.")));
+	key = fintx_signing_key(fintx_signing_key_file);
+	fintx_seal_log();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	ReadBlock(-1, &b);
+	if (!b.exists)
+	{
+		/* an empty log has no block yet: sign the empty tree head now */
+		b.origin = Origin();
+		b.key_name = b.origin;
+		b.tree_size = 0;
+		merkle_empty_root(b.root);
+		b.signature = palloc(VARHDRSZ + 64);
+		SET_VARSIZE(b.signature, VARHDRSZ + 64);
+		{
+			char	   *body = CheckpointBody(b.origin, 0, b.root);
+
+			fintx_ed25519_sign(key, (uint8 *) body, strlen(body), (uint8 *) VARDATA(b.signature));
+		}
+	}
+	else if (b.signature == NULL)
+	{
+		/* sealed before a key was configured: sign that head now */
+		char	   *body = CheckpointBody(b.origin, b.tree_size, b.root);
+
+		b.key_name = b.origin;
+		b.signature = palloc(VARHDRSZ + 64);
+		SET_VARSIZE(b.signature, VARHDRSZ + 64);
+		fintx_ed25519_sign(key, (uint8 *) body, strlen(body), (uint8 *) VARDATA(b.signature));
+	}
+	note = SignedNote(&b, key);
+	SPI_finish();
+	PG_RETURN_TEXT_P(cstring_to_text(note));
+}
+
+/* fintx.public_key() → text: the C2SP verifier key "name+hex(id)+base64(0x01 || key)". */
+Datum
+fintx_public_key(PG_FUNCTION_ARGS)
+{
+	EVP_PKEY   *key;
+	uint8		pub[33];
+	uint8		id[4];
+	char	   *name = Origin();
+
+	if (fintx_signing_key_file == NULL || fintx_signing_key_file[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("no signing key is configured"),
+				 errhint("Set fintx.signing_key_file to a PEM file holding an Ed25519 private key.")));
+	key = fintx_signing_key(fintx_signing_key_file);
+	pub[0] = 0x01;
+	fintx_ed25519_public(key, pub + 1);
+	fintx_note_key_id(name, pub + 1, id);
+	PG_RETURN_TEXT_P(cstring_to_text(psprintf("%s+%02x%02x%02x%02x+%s", name, id[0], id[1], id[2], id[3],
+											  fintx_base64(pub, 33))));
+}
+
+/* ------------------------------------------------------------------------
+ * RFC 6962 over caller-supplied data (known-answer tests, auditors' checks)
+ * ------------------------------------------------------------------------
+ */
+
+typedef struct DataTree
+{
+	uint8	   *leaves;			/* leaf hashes */
+	int64		n;
+} DataTree;
+
+/* Fetch callback over in-memory leaf hashes: computes complete subtrees directly. */
+static void
+FetchData(void *arg, int level, int64 idx, uint8 *out)
+{
+	DataTree   *t = (DataTree *) arg;
+	int64		start = idx << level;
+	uint8		l[MERKLE_HASH_LEN],
+				r[MERKLE_HASH_LEN];
+
+	if (level == 0)
+	{
+		memcpy(out, t->leaves + start * MERKLE_HASH_LEN, MERKLE_HASH_LEN);
+		return;
+	}
+	FetchData(arg, level - 1, 2 * idx, l);
+	FetchData(arg, level - 1, 2 * idx + 1, r);
+	merkle_node_hash(l, r, out);
+}
+
+/* Leaf hashes of a bytea[] argument. */
+static DataTree *
+DataTreeFromArray(ArrayType *arr)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+	DataTree   *t = palloc(sizeof(DataTree));
+
+	deconstruct_array(arr, BYTEAOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
+	t->n = n;
+	t->leaves = palloc(MERKLE_HASH_LEN * (n + 1));
+	for (int i = 0; i < n; i++)
+	{
+		bytea	   *b;
+
+		if (nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("leaves must not contain null elements")));
+		b = DatumGetByteaPP(elems[i]);
+		merkle_leaf_hash((uint8 *) VARDATA_ANY(b), VARSIZE_ANY_EXHDR(b), t->leaves + i * MERKLE_HASH_LEN);
+	}
+	return t;
+}
+
+/* fintx.merkle_leaf_hash(data) → bytea: SHA-256(0x00 || data). */
+Datum
+fintx_merkle_leaf_hash(PG_FUNCTION_ARGS)
+{
+	bytea	   *b = PG_GETARG_BYTEA_PP(0);
+	uint8		h[MERKLE_HASH_LEN];
+
+	merkle_leaf_hash((uint8 *) VARDATA_ANY(b), VARSIZE_ANY_EXHDR(b), h);
+	PG_RETURN_DATUM(fintx_hash_datum(h));
+}
+
+/* fintx.merkle_tree_head(leaves) → bytea: RFC 6962 MTH of the given leaf data. */
+Datum
+fintx_merkle_tree_head(PG_FUNCTION_ARGS)
+{
+	DataTree   *t = DataTreeFromArray(PG_GETARG_ARRAYTYPE_P(0));
+	uint8		root[MERKLE_HASH_LEN];
+
+	merkle_root(FetchData, t, t->n, root);
+	PG_RETURN_DATUM(fintx_hash_datum(root));
+}
+
+/* fintx.merkle_inclusion_proof(leaves, leaf_index, tree_size) → bytea[]. */
+Datum
+fintx_merkle_inclusion_proof_data(PG_FUNCTION_ARGS)
+{
+	DataTree   *t = DataTreeFromArray(PG_GETARG_ARRAYTYPE_P(0));
+	int64		i = PG_GETARG_INT64(1);
+	int64		n = PG_GETARG_INT64(2);
+	uint8		proof[MERKLE_MAX_PROOF * MERKLE_HASH_LEN];
+
+	if (n < 1 || n > t->n || i < 0 || i >= n)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("need 0 <= leaf_index < tree_size <= %lld", (long long) t->n)));
+	PG_RETURN_DATUM(HashArray(proof, merkle_inclusion_proof(FetchData, t, i, n, proof)));
+}
+
+/* fintx.merkle_consistency_proof(leaves, first_size, second_size) → bytea[]. */
+Datum
+fintx_merkle_consistency_proof_data(PG_FUNCTION_ARGS)
+{
+	DataTree   *t = DataTreeFromArray(PG_GETARG_ARRAYTYPE_P(0));
+	int64		m = PG_GETARG_INT64(1);
+	int64		n = PG_GETARG_INT64(2);
+	uint8		proof[MERKLE_MAX_PROOF * MERKLE_HASH_LEN];
+
+	if (m < 1 || m > n || n > t->n)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("need 0 < first_size <= second_size <= %lld", (long long) t->n)));
+	PG_RETURN_DATUM(HashArray(proof, merkle_consistency_proof(FetchData, t, m, n, proof)));
+}

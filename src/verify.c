@@ -1,0 +1,429 @@
+/*-------------------------------------------------------------------------
+ * verify.c
+ *	  fintx.verify_audit(): recompute the audit log from the stored facts
+ *	  and check it against what was sealed and signed.
+ *
+ * For the leaves in [from_leaf, to_leaf] it recomputes each entry's hash from
+ * its columns and compares it with the stored entry hash and the stored leaf
+ * node; it also checks that leaf indexes are dense and that every leaf has
+ * its entry. When from_leaf is 0 it rebuilds the tree from the recomputed
+ * leaves and checks every stored interior node, every block's tree head,
+ * the block hash chain and the block signatures (with the configured key).
+ *-------------------------------------------------------------------------
+ */
+#include "fintx.h"
+#include "merkle.h"
+
+#include "access/htup_details.h"
+#include "catalog/pg_type.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "port/pg_bswap.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+
+PG_FUNCTION_INFO_V1(fintx_verify_audit);
+
+#define BLOCK_MAGIC		"fintx.block.v1"
+#define UNIX_EPOCH_OFFSET_USEC INT64CONST(946684800000000)
+#define FETCH_ROWS		10000
+
+typedef struct VerifyState
+{
+	bool		ok;
+	int64		first_bad;		/* smallest bad leaf, or -1 */
+	StringInfoData detail;
+} VerifyState;
+
+/* Records a problem at leaf (or -1 for one not tied to a leaf). */
+static void
+Bad(VerifyState *st, int64 leaf, const char *fmt,...) pg_attribute_printf(3, 4);
+
+static void
+Bad(VerifyState *st, int64 leaf, const char *fmt,...)
+{
+	va_list		ap;
+
+	if (st->ok || (leaf >= 0 && (st->first_bad < 0 || leaf < st->first_bad)))
+	{
+		resetStringInfo(&st->detail);
+		for (;;)
+		{
+			int			needed;
+
+			va_start(ap, fmt);
+			needed = appendStringInfoVA(&st->detail, fmt, ap);
+			va_end(ap);
+			if (needed == 0)
+				break;
+			enlargeStringInfo(&st->detail, needed);
+		}
+		if (leaf >= 0)
+			st->first_bad = leaf;
+	}
+	st->ok = false;
+}
+
+static bool
+ColumnHash(HeapTuple tup, TupleDesc desc, int col, uint8 *out)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(tup, desc, col, &isnull);
+	bytea	   *b;
+
+	if (isnull)
+		return false;
+	b = DatumGetByteaPP(d);
+	if (VARSIZE_ANY_EXHDR(b) != MERKLE_HASH_LEN)
+		return false;
+	memcpy(out, VARDATA_ANY(b), MERKLE_HASH_LEN);
+	return true;
+}
+
+/* Checks entries of leaves [from, to]; fills leaves[] (recomputed hashes) when non-NULL. */
+static int64
+VerifyEntries(VerifyState *st, int64 from, int64 to, uint8 *leaves)
+{
+	Oid			types[2] = {INT8OID, INT8OID};
+	Datum		args[2];
+	SPIPlanPtr	plan;
+	Portal		portal;
+	int64		expect = from;
+	int64		checked = 0;
+	StringInfoData buf;
+	MemoryContext rowcxt = AllocSetContextCreate(CurrentMemoryContext, "fintx verify row",
+												 ALLOCSET_DEFAULT_SIZES);
+
+	initStringInfo(&buf);
+	args[0] = Int64GetDatum(from);
+	args[1] = Int64GetDatum(to);
+	plan = SPI_prepare("SELECT l.leaf_index, e.entry_id, e.recorded_at, e.actor, e.session_role, e.action,"
+					   "       e.object_type, e.object_id, e.details, e.entry_hash, n.hash"
+					   "  FROM fintx.audit_leaves l"
+					   "  LEFT JOIN fintx.audit_entries e ON e.entry_id = l.entry_id"
+					   "  LEFT JOIN fintx.audit_nodes n ON n.level = 0 AND n.idx = l.leaf_index"
+					   " WHERE l.leaf_index BETWEEN $1 AND $2 ORDER BY l.leaf_index", 2, types);
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed");
+	portal = SPI_cursor_open(NULL, plan, args, NULL, true);
+	for (;;)
+	{
+		SPI_cursor_fetch(portal, true, FETCH_ROWS);
+		if (SPI_processed == 0)
+			break;
+		for (uint64 r = 0; r < SPI_processed; r++)
+		{
+			HeapTuple	tup = SPI_tuptable->vals[r];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+			MemoryContext old;
+			bool		isnull;
+			int64		leaf = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+			FintxAuditEntry e;
+			uint8		stored[MERKLE_HASH_LEN];
+			uint8		node[MERKLE_HASH_LEN];
+
+			CHECK_FOR_INTERRUPTS();
+			if (leaf != expect)
+			{
+				Bad(st, expect, "leaf %lld is missing from fintx.audit_leaves", (long long) expect);
+				expect = leaf;
+			}
+			expect++;
+			checked++;
+			(void) SPI_getbinval(tup, desc, 2, &isnull);
+			if (isnull)
+			{
+				Bad(st, leaf, "the entry of leaf %lld is missing from fintx.audit_entries", (long long) leaf);
+				if (leaves)
+					memset(leaves + (leaf - from) * MERKLE_HASH_LEN, 0, MERKLE_HASH_LEN);
+				continue;
+			}
+			old = MemoryContextSwitchTo(rowcxt);
+			e.entry_id = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+			e.recorded_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 3, &isnull));
+			e.actor = TextDatumGetCString(SPI_getbinval(tup, desc, 4, &isnull));
+			e.session_role = TextDatumGetCString(SPI_getbinval(tup, desc, 5, &isnull));
+			e.action = TextDatumGetCString(SPI_getbinval(tup, desc, 6, &isnull));
+			e.object_type = TextDatumGetCString(SPI_getbinval(tup, desc, 7, &isnull));
+			e.object_id = TextDatumGetCString(SPI_getbinval(tup, desc, 8, &isnull));
+			e.details = DatumGetJsonbP(SPI_getbinval(tup, desc, 9, &isnull));
+			fintx_audit_hash(&e);
+			MemoryContextSwitchTo(old);
+			MemoryContextReset(rowcxt);
+			if (leaves)
+				memcpy(leaves + (leaf - from) * MERKLE_HASH_LEN, e.hash, MERKLE_HASH_LEN);
+			if (!ColumnHash(tup, desc, 10, stored) || memcmp(stored, e.hash, MERKLE_HASH_LEN) != 0)
+				Bad(st, leaf, "entry %lld at leaf %lld does not match its hash: its stored facts were changed",
+					(long long) e.entry_id, (long long) leaf);
+			else if (!ColumnHash(tup, desc, 11, node) || memcmp(node, e.hash, MERKLE_HASH_LEN) != 0)
+				Bad(st, leaf, "leaf %lld of the tree does not hold the hash of entry %lld",
+					(long long) leaf, (long long) e.entry_id);
+		}
+		SPI_freetuptable(SPI_tuptable);
+	}
+	SPI_cursor_close(portal);
+	if (expect <= to)
+		Bad(st, expect, "leaves %lld to %lld are missing from fintx.audit_leaves",
+			(long long) expect, (long long) to);
+	MemoryContextDelete(rowcxt);
+	return checked;
+}
+
+/* Checks every stored interior node against the tree rebuilt from leaves[0..n). */
+static void
+VerifyNodes(VerifyState *st, uint8 *leaves, int64 n)
+{
+	uint8	   *level = leaves;
+	int64		count = n;
+	Portal		portal;
+	SPIPlanPtr	plan;
+	int			cur_level = 1;
+	uint8	   *next = NULL;
+	int64		next_count = 0;
+
+	/* levels are built lazily as the ordered scan reaches them */
+	plan = SPI_prepare("SELECT level, idx, hash FROM fintx.audit_nodes WHERE level > 0 ORDER BY level, idx",
+					   0, NULL);
+	portal = SPI_cursor_open(NULL, plan, NULL, NULL, true);
+	next_count = count / 2;
+	next = palloc(MERKLE_HASH_LEN * (next_count + 1));
+	for (int64 i = 0; i < next_count; i++)
+		merkle_node_hash(level + 2 * i * MERKLE_HASH_LEN, level + (2 * i + 1) * MERKLE_HASH_LEN,
+						 next + i * MERKLE_HASH_LEN);
+	for (;;)
+	{
+		SPI_cursor_fetch(portal, true, FETCH_ROWS);
+		if (SPI_processed == 0)
+			break;
+		for (uint64 r = 0; r < SPI_processed; r++)
+		{
+			HeapTuple	tup = SPI_tuptable->vals[r];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+			bool		isnull;
+			int			lv = DatumGetInt16(SPI_getbinval(tup, desc, 1, &isnull));
+			int64		idx = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+			uint8		h[MERKLE_HASH_LEN];
+
+			CHECK_FOR_INTERRUPTS();
+			while (lv > cur_level && next_count > 0)
+			{
+				int64		c = next_count / 2;
+				uint8	   *up = palloc(MERKLE_HASH_LEN * (c + 1));
+
+				for (int64 i = 0; i < c; i++)
+					merkle_node_hash(next + 2 * i * MERKLE_HASH_LEN, next + (2 * i + 1) * MERKLE_HASH_LEN,
+									 up + i * MERKLE_HASH_LEN);
+				if (level != leaves)
+					pfree(level);
+				level = next;
+				next = up;
+				next_count = c;
+				cur_level++;
+			}
+			if (lv != cur_level || idx >= next_count)
+			{
+				Bad(st, -1, "the tree holds a node at level %d, index %lld that no sealed leaves support",
+					lv, (long long) idx);
+				continue;
+			}
+			if (!ColumnHash(tup, desc, 3, h) || memcmp(h, next + idx * MERKLE_HASH_LEN, MERKLE_HASH_LEN) != 0)
+				Bad(st, idx << lv, "the tree node at level %d, index %lld does not match its leaves",
+					lv, (long long) idx);
+		}
+		SPI_freetuptable(SPI_tuptable);
+	}
+	SPI_cursor_close(portal);
+}
+
+/* Incremental RFC 6962 tree head over leaf hashes: a stack of complete subtrees. */
+typedef struct HeadBuilder
+{
+	uint8		hash[64][MERKLE_HASH_LEN];
+	int64		size[64];
+	int			depth;
+	int64		n;
+} HeadBuilder;
+
+static void
+HeadAdd(HeadBuilder *hb, const uint8 *leaf)
+{
+	memcpy(hb->hash[hb->depth], leaf, MERKLE_HASH_LEN);
+	hb->size[hb->depth] = 1;
+	hb->depth++;
+	while (hb->depth >= 2 && hb->size[hb->depth - 1] == hb->size[hb->depth - 2])
+	{
+		merkle_node_hash(hb->hash[hb->depth - 2], hb->hash[hb->depth - 1], hb->hash[hb->depth - 2]);
+		hb->size[hb->depth - 2] *= 2;
+		hb->depth--;
+	}
+	hb->n++;
+}
+
+static void
+HeadRoot(HeadBuilder *hb, uint8 *out)
+{
+	if (hb->depth == 0)
+	{
+		merkle_empty_root(out);
+		return;
+	}
+	memcpy(out, hb->hash[hb->depth - 1], MERKLE_HASH_LEN);
+	for (int i = hb->depth - 2; i >= 0; i--)
+		merkle_node_hash(hb->hash[i], out, out);
+}
+
+/* Checks the block chain, tree heads (leaves[0..nleaves) known) and signatures. */
+static void
+VerifyBlocks(VerifyState *st, uint8 *leaves, int64 nleaves, int64 *blocks_checked)
+{
+	Portal		portal;
+	SPIPlanPtr	plan;
+	HeadBuilder *hb = palloc0(sizeof(HeadBuilder));
+	uint8		prev_hash[MERKLE_HASH_LEN];
+	int64		prev_id = 0,
+				prev_size = 0;
+	EVP_PKEY   *key = fintx_signing_key(fintx_signing_key_file);
+	uint8		pub[32];
+
+	if (key)
+		fintx_ed25519_public(key, pub);
+	memset(prev_hash, 0, MERKLE_HASH_LEN);
+	plan = SPI_prepare("SELECT block_id, tree_size, root_hash, prev_block_hash, block_hash, sealed_at,"
+					   "       origin, key_name, signature FROM fintx.audit_blocks ORDER BY block_id", 0, NULL);
+	portal = SPI_cursor_open(NULL, plan, NULL, NULL, true);
+	for (;;)
+	{
+		SPI_cursor_fetch(portal, true, 1000);
+		if (SPI_processed == 0)
+			break;
+		for (uint64 r = 0; r < SPI_processed; r++)
+		{
+			HeapTuple	tup = SPI_tuptable->vals[r];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+			bool		isnull;
+			int64		id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+			int64		size = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+			TimestampTz sealed = DatumGetTimestampTz(SPI_getbinval(tup, desc, 6, &isnull));
+			uint8		root[MERKLE_HASH_LEN],
+						prev[MERKLE_HASH_LEN],
+						bh[MERKLE_HASH_LEN],
+						expect[MERKLE_HASH_LEN];
+			StringInfoData hb_buf;
+			uint64		be;
+			Datum		sigd;
+
+			CHECK_FOR_INTERRUPTS();
+			(*blocks_checked)++;
+			if (id != prev_id + 1)
+				Bad(st, prev_size, "block %lld follows block %lld: blocks are missing", (long long) id, (long long) prev_id);
+			if (size <= prev_size)
+				Bad(st, size, "block %lld has tree size %lld, not more than block %lld", (long long) id,
+					(long long) size, (long long) prev_id);
+			if (!ColumnHash(tup, desc, 3, root) || !ColumnHash(tup, desc, 4, prev) || !ColumnHash(tup, desc, 5, bh))
+			{
+				Bad(st, prev_size, "block %lld has a malformed hash", (long long) id);
+				continue;
+			}
+			if (memcmp(prev, prev_hash, MERKLE_HASH_LEN) != 0)
+				Bad(st, prev_size, "block %lld does not chain to block %lld", (long long) id, (long long) prev_id);
+			initStringInfo(&hb_buf);
+			appendBinaryStringInfo(&hb_buf, BLOCK_MAGIC, strlen(BLOCK_MAGIC));
+			be = pg_hton64((uint64) id);
+			appendBinaryStringInfo(&hb_buf, (char *) &be, 8);
+			be = pg_hton64((uint64) size);
+			appendBinaryStringInfo(&hb_buf, (char *) &be, 8);
+			appendBinaryStringInfo(&hb_buf, (char *) root, MERKLE_HASH_LEN);
+			appendBinaryStringInfo(&hb_buf, (char *) prev, MERKLE_HASH_LEN);
+			be = pg_hton64((uint64) (sealed + UNIX_EPOCH_OFFSET_USEC));
+			appendBinaryStringInfo(&hb_buf, (char *) &be, 8);
+			fintx_sha256((unsigned char *) hb_buf.data, hb_buf.len, expect);
+			if (memcmp(expect, bh, MERKLE_HASH_LEN) != 0)
+				Bad(st, prev_size, "block %lld does not match its block hash", (long long) id);
+			if (leaves && size <= nleaves)
+			{
+				while (hb->n < size)
+					HeadAdd(hb, leaves + hb->n * MERKLE_HASH_LEN);
+				HeadRoot(hb, expect);
+				if (memcmp(expect, root, MERKLE_HASH_LEN) != 0)
+					Bad(st, prev_size, "block %lld records a tree head for size %lld that the entries do not produce",
+						(long long) id, (long long) size);
+			}
+			sigd = SPI_getbinval(tup, desc, 9, &isnull);
+			if (!isnull && key)
+			{
+				bytea	   *sig = DatumGetByteaPP(sigd);
+				char	   *origin = SPI_getvalue(tup, desc, 7);
+				char	   *body = psprintf("%s\n%lld\n%s\n", origin, (long long) size,
+											fintx_base64(root, MERKLE_HASH_LEN));
+
+				if (VARSIZE_ANY_EXHDR(sig) != 64 ||
+					!fintx_ed25519_verify(pub, (uint8 *) body, strlen(body), (uint8 *) VARDATA_ANY(sig)))
+					Bad(st, prev_size, "the signature of block %lld does not verify with the configured key",
+						(long long) id);
+			}
+			memcpy(prev_hash, bh, MERKLE_HASH_LEN);
+			prev_id = id;
+			prev_size = size;
+		}
+		SPI_freetuptable(SPI_tuptable);
+	}
+	SPI_cursor_close(portal);
+}
+
+/*
+ * fintx.verify_audit(from_leaf, to_leaf) → (ok, entries_checked, first_bad_leaf, detail)
+ * Seals first; to_leaf NULL means the last sealed leaf.
+ */
+Datum
+fintx_verify_audit(PG_FUNCTION_ARGS)
+{
+	TupleDesc	tupdesc;
+	Datum		values[4];
+	bool		nulls[4] = {false, false, false, false};
+	VerifyState st;
+	int64		size,
+				from,
+				to,
+				checked = 0,
+				blocks = 0;
+	uint8	   *leaves = NULL;
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	tupdesc = BlessTupleDesc(tupdesc);
+	size = fintx_seal_log();
+	from = PG_ARGISNULL(0) ? 0 : PG_GETARG_INT64(0);
+	to = PG_ARGISNULL(1) ? size - 1 : PG_GETARG_INT64(1);
+	if (from < 0 || (size > 0 && (to >= size || to < from)) || (size == 0 && !PG_ARGISNULL(1) && to >= 0))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("leaf range %lld to %lld is out of range", (long long) from, (long long) to),
+				 errdetail("The audit log has %lld sealed entries.", (long long) size)));
+	st.ok = true;
+	st.first_bad = -1;
+	initStringInfo(&st.detail);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (size > 0)
+	{
+		if (from == 0)
+			leaves = palloc_extended(MERKLE_HASH_LEN * (to + 1), MCXT_ALLOC_HUGE);
+		checked = VerifyEntries(&st, from, to, leaves);
+		if (leaves)
+			VerifyNodes(&st, leaves, to + 1);
+	}
+	VerifyBlocks(&st, leaves, leaves ? to + 1 : 0, &blocks);
+	SPI_finish();
+
+	if (st.ok)
+		appendStringInfo(&st.detail, "%lld entries and %lld blocks verified%s", (long long) checked,
+						 (long long) blocks,
+						 fintx_signing_key_file && fintx_signing_key_file[0] ? ", signatures checked"
+						 : "; no signing key configured, signatures not checked");
+	values[0] = BoolGetDatum(st.ok);
+	values[1] = Int64GetDatum(checked);
+	values[2] = Int64GetDatum(st.first_bad);
+	nulls[2] = st.first_bad < 0;
+	values[3] = CStringGetTextDatum(st.detail.data);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}

@@ -67,4 +67,10 @@ endif
 $(EXTENSION)--$(EXTVERSION).sql: $(SQL_PARTS)
 	cat $^ > $@
 
+# the offline audit verifier, a standalone program (libcrypto only)
+include tools/verify.mk
+all: fintx-verify
+install: install-verify
+clean: clean-verify
+
 endif

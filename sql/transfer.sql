@@ -10,7 +10,7 @@ SELECT fintx.open_account('t:limit', 'USD', allow_positive => false) > 0 AS ok;
 SELECT fintx.open_account('t:max', 'USD', allow_negative => true) > 0 AS ok;
 
 -- happy path: both balances after the transfer are returned
-SELECT status, replayed, from_balance, to_balance, entry_hash IS NULL AS no_hash_yet,
+SELECT status, replayed, from_balance, to_balance, length(entry_hash) AS entry_hash_bytes,
        created_at = now() AS in_this_txn
   FROM fintx.transfer('t-1', 't:bank', 't:a', 10000);
 SELECT status, replayed, from_balance, to_balance

@@ -27,6 +27,7 @@
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/json.h"
 #include "utils/numeric.h"
 #include "utils/timestamp.h"
 
@@ -674,14 +675,70 @@ ApplyResolution(LedgerRequest *req, LedgerAccount *accts, int naccts, TimestampT
 	req->to = to;
 }
 
+/* Audit action of a finished request. */
+static const char *
+AuditAction(LedgerRequest *r)
+{
+	switch (r->op)
+	{
+		case LEDGER_TRANSFER:
+			return r->pending ? "transfer.pending" : "transfer.posted";
+		case LEDGER_POST:
+			return "transfer.pending_posted";
+		case LEDGER_VOID:
+			return "transfer.voided";
+		case LEDGER_EXPIRE:
+			return "transfer.expired";
+	}
+	return "transfer";			/* keep compiler quiet */
+}
+
+/* Builds the audit entry (with its hash) of a finished request. */
+static void
+AuditTransfer(const char *principal, LedgerRequest *r, Datum *timeout_at, FintxAuditEntry *e)
+{
+	StringInfoData buf;
+	char		id[32];
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "{\"transfer_id\": %lld, \"status\": ", (long long) r->transfer_id);
+	escape_json(&buf, r->status);
+	appendStringInfoString(&buf, ", \"from_account\": ");
+	escape_json(&buf, r->from->code);
+	appendStringInfoString(&buf, ", \"to_account\": ");
+	escape_json(&buf, r->to->code);
+	appendStringInfo(&buf, ", \"amount\": %lld, \"currency\": ", (long long) r->amount);
+	escape_json(&buf, r->from->currency);
+	if (r->hold)
+		appendStringInfo(&buf, ", \"pending_id\": %lld", (long long) r->hold->id);
+	if (timeout_at)
+	{
+		appendStringInfoString(&buf, ", \"timeout_at\": ");
+		escape_json(&buf, timestamptz_to_str(DatumGetTimestampTz(*timeout_at)));
+	}
+	appendStringInfo(&buf, ", \"from_balance\": %lld, \"to_balance\": %lld, \"idempotency_key\": ",
+					 (long long) r->from_balance, (long long) r->to_balance);
+	escape_json(&buf, r->key);
+	if (r->op == LEDGER_TRANSFER)
+	{
+		appendStringInfoString(&buf, ", \"metadata\": ");
+		appendStringInfoString(&buf, JsonbToCString(NULL, &r->metadata->root, VARSIZE(r->metadata)));
+	}
+	appendStringInfoChar(&buf, '}');
+	snprintf(id, sizeof(id), "%lld", (long long) r->transfer_id);
+	fintx_audit_init(e, principal, AuditAction(r), "transfer", pstrdup(id),
+					 fintx_jsonb_from_text(buf.data));
+}
+
 /* Writes back changed accounts, inserts the transfer rows and any new holds. */
 static void
 WriteBack(const char *principal, LedgerRequest **reqs, int n, LedgerAccount *accts, int naccts,
 		  Datum *timeout_at, bool *timeout_null, Jsonb *empty)
 {
-	Datum	   *cols[10];
+	Datum	   *cols[11];
 	bool	   *pnulls = palloc(sizeof(bool) * n);
-	Datum		args[12];
+	Datum		args[13];
+	FintxAuditEntry *entries = palloc(sizeof(FintxAuditEntry) * n);
 	int			nd = 0;
 	int			nh = 0;
 	int			ret;
@@ -740,8 +797,8 @@ WriteBack(const char *principal, LedgerRequest **reqs, int n, LedgerAccount *acc
 			elog(ERROR, "updating accounts failed: %s", SPI_result_code_string(ret));
 	}
 
-	/* transfers */
-	for (int c = 0; c < 10; c++)
+	/* transfers, each with the hash of its audit entry */
+	for (int c = 0; c < 11; c++)
 		cols[c] = palloc(sizeof(Datum) * n);
 	for (int i = 0; i < n; i++)
 	{
@@ -758,16 +815,21 @@ WriteBack(const char *principal, LedgerRequest **reqs, int n, LedgerAccount *acc
 		cols[7][i] = PointerGetDatum(r->op == LEDGER_TRANSFER ? r->metadata : empty);
 		cols[8][i] = Int64GetDatum(r->from_balance);
 		cols[9][i] = Int64GetDatum(r->to_balance);
+		AuditTransfer(principal, r, timeout_null[i] ? NULL : &timeout_at[i], &entries[i]);
+		cols[10][i] = fintx_hash_datum(entries[i].hash);
+		/* the result outlives SPI: copy the hash into the caller's context */
+		r->entry_hash = SPI_palloc(VARHDRSZ + 32);
+		memcpy(r->entry_hash, DatumGetPointer(cols[10][i]), VARHDRSZ + 32);
 	}
 	if (n == 1)
 	{
-		Oid			types[11] = {TEXTOID, INT8OID, TEXTOID, INT8OID, INT8OID, INT8OID, INT8OID,
-			TIMESTAMPTZOID, JSONBOID, INT8OID, INT8OID};
-		char		nulls[11];
+		Oid			types[12] = {TEXTOID, INT8OID, TEXTOID, INT8OID, INT8OID, INT8OID, INT8OID,
+			TIMESTAMPTZOID, JSONBOID, INT8OID, INT8OID, BYTEAOID};
+		char		nulls[12];
 
 		memset(nulls, ' ', sizeof(nulls));
 		args[0] = CStringGetTextDatum(principal);
-		for (int c = 0; c < 10; c++)
+		for (int c = 0; c < 11; c++)
 			args[c + 1] = cols[c][0];
 		if (pnulls[0])
 			nulls[6] = 'n';
@@ -775,17 +837,19 @@ WriteBack(const char *principal, LedgerRequest **reqs, int n, LedgerAccount *acc
 			nulls[7] = 'n';
 		fintx_keep_plan(&insert_one_plan,
 						"INSERT INTO fintx.transfers (id, status, from_account, to_account, amount,"
-						"       pending_id, timeout_at, metadata, from_balance, to_balance, principal, created_at)"
-						" VALUES ($2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $1, pg_catalog.now())",
-						11, types);
+						"       pending_id, timeout_at, metadata, from_balance, to_balance, entry_hash, principal,"
+						"       created_at)"
+						" VALUES ($2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $1, pg_catalog.now())",
+						12, types);
 		ret = SPI_execute_plan(insert_one_plan, args, nulls, false, 0);
 		if (ret != SPI_OK_INSERT || SPI_processed != 1)
 			elog(ERROR, "inserting transfer failed: %s", SPI_result_code_string(ret));
 	}
 	else
 	{
-		Oid			types[11] = {TEXTOID, INT8ARRAYOID, TEXTARRAYOID, INT8ARRAYOID, INT8ARRAYOID,
-			INT8ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID, JSONBARRAYOID, INT8ARRAYOID, INT8ARRAYOID};
+		Oid			types[12] = {TEXTOID, INT8ARRAYOID, TEXTARRAYOID, INT8ARRAYOID, INT8ARRAYOID,
+			INT8ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID, JSONBARRAYOID, INT8ARRAYOID, INT8ARRAYOID,
+			BYTEAARRAYOID};
 
 		args[0] = CStringGetTextDatum(principal);
 		args[1] = MakeArray(cols[0], NULL, n, INT8OID);
@@ -798,17 +862,22 @@ WriteBack(const char *principal, LedgerRequest **reqs, int n, LedgerAccount *acc
 		args[8] = MakeArray(cols[7], NULL, n, JSONBOID);
 		args[9] = MakeArray(cols[8], NULL, n, INT8OID);
 		args[10] = MakeArray(cols[9], NULL, n, INT8OID);
+		args[11] = MakeArray(cols[10], NULL, n, BYTEAOID);
 		fintx_keep_plan(&insert_plan,
 						"INSERT INTO fintx.transfers (id, status, from_account, to_account, amount,"
-						"       pending_id, timeout_at, metadata, from_balance, to_balance, principal, created_at)"
-						" SELECT u.id, u.st, u.fa, u.ta, u.am, u.pid, u.tmo, u.md, u.fb, u.tb, $1, pg_catalog.now()"
-						"   FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9), pg_catalog.unnest($10), pg_catalog.unnest($11))"
-						"        AS u(id, st, fa, ta, am, pid, tmo, md, fb, tb)",
-						11, types);
+						"       pending_id, timeout_at, metadata, from_balance, to_balance, entry_hash, principal,"
+						"       created_at)"
+						" SELECT u.id, u.st, u.fa, u.ta, u.am, u.pid, u.tmo, u.md, u.fb, u.tb, u.eh, $1, pg_catalog.now()"
+						"   FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9), pg_catalog.unnest($10), pg_catalog.unnest($11), pg_catalog.unnest($12))"
+						"        AS u(id, st, fa, ta, am, pid, tmo, md, fb, tb, eh)",
+						12, types);
 		ret = SPI_execute_plan(insert_plan, args, NULL, false, 0);
 		if (ret != SPI_OK_INSERT || SPI_processed != (uint64) n)
 			elog(ERROR, "inserting transfers failed: %s", SPI_result_code_string(ret));
 	}
+
+	/* the audit entries, in the same transaction */
+	fintx_audit_insert(entries, n);
 
 	/* open holds */
 	for (int i = 0; i < n; i++)
@@ -989,6 +1058,20 @@ fintx_open_account(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_UNIQUE_VIOLATION),
 				 errmsg("account \"%s\" already exists", code)));
 	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	{
+		StringInfoData buf;
+
+		initStringInfo(&buf);
+		appendStringInfo(&buf, "{\"account_id\": %lld, \"code\": ", (long long) id);
+		escape_json(&buf, code);
+		appendStringInfoString(&buf, ", \"currency\": ");
+		escape_json(&buf, currency);
+		appendStringInfo(&buf, ", \"allow_negative\": %s, \"allow_positive\": %s, \"metadata\": %s}",
+						 DatumGetBool(args[2]) ? "true" : "false", DatumGetBool(args[3]) ? "true" : "false",
+						 JsonbToCString(NULL, &md->root, VARSIZE(md)));
+		fintx_audit_record(TextDatumGetCString(args[5]), "account.opened", "account", code,
+						   fintx_jsonb_from_text(buf.data), NULL);
+	}
 	SPI_finish();
 	PG_RETURN_INT64(id);
 }
@@ -1054,6 +1137,16 @@ fintx_close_account(PG_FUNCTION_ARGS)
 					"UPDATE fintx.accounts SET closed_at = pg_catalog.now() WHERE id = $1", 1, types);
 	if (SPI_execute_plan(close_plan, &id, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "closing account failed");
+	{
+		StringInfoData buf;
+
+		initStringInfo(&buf);
+		appendStringInfo(&buf, "{\"account_id\": %lld, \"code\": ", (long long) DatumGetInt64(id));
+		escape_json(&buf, code);
+		appendStringInfoChar(&buf, '}');
+		fintx_audit_record(fintx_principal(), "account.closed", "account", code,
+						   fintx_jsonb_from_text(buf.data), NULL);
+	}
 	SPI_finish();
 	PG_RETURN_VOID();
 }

@@ -1,9 +1,9 @@
 /*-------------------------------------------------------------------------
  * worker.c
  *	  Background worker started when fintx is in shared_preload_libraries.
- *	  Every fintx.expire_interval it releases expired holds in the database
- *	  named by fintx.database (if fintx is installed there), each pass in its
- *	  own transaction. Later modules add sequencing to the same loop.
+ *	  In the database named by fintx.database (if fintx is installed there) it
+ *	  seals the audit log every fintx.seal_interval and releases expired holds
+ *	  every fintx.expire_interval, each pass in its own transaction.
  *-------------------------------------------------------------------------
  */
 #include "fintx.h"
@@ -21,6 +21,7 @@
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
+#include "utils/timestamp.h"
 
 PGDLLEXPORT void fintx_worker_main(Datum arg);
 
@@ -41,31 +42,26 @@ fintx_register_worker(void)
 	RegisterBackgroundWorker(&worker);
 }
 
-/* Runs one pass in its own transaction; errors are logged and the loop goes on. */
+/* Runs sql in its own transaction if fintx is installed; errors are logged and the loop goes on. */
 static void
-WorkerPass(void)
+WorkerPass(const char *activity, const char *sql)
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, "fintx: releasing expired holds");
+	pgstat_report_activity(STATE_RUNNING, activity);
 	PG_TRY();
 	{
 		if (OidIsValid(get_extension_oid("fintx", true)))
 		{
-			int			released;
-
 			if (SPI_connect() != SPI_OK_CONNECT)
 				elog(ERROR, "SPI_connect failed");
-			/* through the SQL function, so search_path is pinned */
-			if (SPI_execute("SELECT fintx.expire_pending(1000)", false, 1) != SPI_OK_SELECT)
-				elog(ERROR, "fintx.expire_pending failed");
-			released = atoi(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+			/* through the SQL functions, so search_path is pinned */
+			if (SPI_execute(sql, false, 1) != SPI_OK_SELECT)
+				elog(ERROR, "%s failed", sql);
 			SPI_finish();
-			if (released > 0)
-				elog(DEBUG1, "fintx worker released %d expired holds", released);
 		}
 		PopActiveSnapshot();
 		CommitTransactionCommand();
@@ -94,30 +90,48 @@ fintx_worker_main(Datum arg)
 	dbname = pstrdup(fintx_database);
 	BackgroundWorkerInitializeConnection(dbname, NULL, 0);
 
-	while (!ShutdownRequestPending)
 	{
-		int			rc;
+		TimestampTz next_seal = GetCurrentTimestamp();
+		TimestampTz next_expire = GetCurrentTimestamp();
 
-		rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-					   fintx_expire_interval_ms, PG_WAIT_EXTENSION);
-		ResetLatch(MyLatch);
-		CHECK_FOR_INTERRUPTS();
-		if (ShutdownRequestPending)
-			break;
-		if (ConfigReloadPending)
+		while (!ShutdownRequestPending)
 		{
-			ConfigReloadPending = false;
-			ProcessConfigFile(PGC_SIGHUP);
-			if (strcmp(dbname, fintx_database) != 0)
+			TimestampTz now = GetCurrentTimestamp();
+			TimestampTz next;
+			long		wait_ms;
+
+			if (now >= next_seal)
 			{
-				ereport(LOG,
-						(errmsg("fintx worker restarting to move from database \"%s\" to \"%s\"",
-								dbname, fintx_database)));
-				proc_exit(1);	/* the postmaster restarts us */
+				WorkerPass("fintx: sealing the audit log", "SELECT fintx.seal()");
+				next_seal = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), fintx_seal_interval_ms);
+			}
+			if (now >= next_expire)
+			{
+				WorkerPass("fintx: releasing expired holds", "SELECT fintx.expire_pending(1000)");
+				next_expire = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), fintx_expire_interval_ms);
+			}
+			next = Min(next_seal, next_expire);
+			wait_ms = (long) ((next - GetCurrentTimestamp()) / 1000);
+			if (wait_ms < 1)
+				wait_ms = 1;
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 wait_ms, PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+			CHECK_FOR_INTERRUPTS();
+			if (ConfigReloadPending)
+			{
+				ConfigReloadPending = false;
+				ProcessConfigFile(PGC_SIGHUP);
+				if (strcmp(dbname, fintx_database) != 0)
+				{
+					ereport(LOG,
+							(errmsg("fintx worker restarting to move from database \"%s\" to \"%s\"",
+									dbname, fintx_database)));
+					proc_exit(1);	/* the postmaster restarts us */
+				}
+				next_seal = next_expire = GetCurrentTimestamp();
 			}
 		}
-		(void) rc;
-		WorkerPass();
 	}
 	/* exit code 1: the postmaster restarts us unless the server is shutting down */
 	proc_exit(1);

@@ -30,6 +30,7 @@
 #include "utils/json.h"
 #include "utils/numeric.h"
 #include "utils/timestamp.h"
+#include "utils/xid8.h"
 
 PG_FUNCTION_INFO_V1(fintx_open_account);
 PG_FUNCTION_INFO_V1(fintx_close_account);
@@ -823,25 +824,41 @@ WriteBack(const char *principal, LedgerRequest **reqs, int n, LedgerAccount *acc
 	}
 	if (n == 1)
 	{
-		Oid			types[12] = {TEXTOID, INT8OID, TEXTOID, INT8OID, INT8OID, INT8OID, INT8OID,
-			TIMESTAMPTZOID, JSONBOID, INT8OID, INT8OID, BYTEAOID};
-		char		nulls[12];
+		/* a single request: the transfer and its audit entry in one statement */
+		Oid			types[21] = {TEXTOID, INT8OID, TEXTOID, INT8OID, INT8OID, INT8OID, INT8OID,
+			TIMESTAMPTZOID, JSONBOID, INT8OID, INT8OID, BYTEAOID,
+		INT8OID, XID8OID, TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, JSONBOID};
+		char		nulls[21];
+		Datum		a[21];
+		FintxAuditEntry *e = &entries[0];
 
 		memset(nulls, ' ', sizeof(nulls));
-		args[0] = CStringGetTextDatum(principal);
+		a[0] = CStringGetTextDatum(principal);
 		for (int c = 0; c < 11; c++)
-			args[c + 1] = cols[c][0];
+			a[c + 1] = cols[c][0];
 		if (pnulls[0])
 			nulls[6] = 'n';
 		if (timeout_null[0])
 			nulls[7] = 'n';
+		a[12] = Int64GetDatum(e->entry_id);
+		a[13] = FullTransactionIdGetDatum(GetTopFullTransactionId());
+		a[14] = TimestampTzGetDatum(e->recorded_at);
+		a[15] = CStringGetTextDatum(e->actor);
+		a[16] = CStringGetTextDatum(e->session_role);
+		a[17] = CStringGetTextDatum(e->action);
+		a[18] = CStringGetTextDatum(e->object_type);
+		a[19] = CStringGetTextDatum(e->object_id);
+		a[20] = JsonbPGetDatum(e->details);
 		fintx_keep_plan(&insert_one_plan,
+						"WITH audit AS (INSERT INTO fintx.audit_entries (entry_id, txid, recorded_at, actor,"
+						"       session_role, action, object_type, object_id, details, entry_hash)"
+						"   VALUES ($13, $14, $15, $16, $17, $18, $19, $20, $21, $12))"
 						"INSERT INTO fintx.transfers (id, status, from_account, to_account, amount,"
 						"       pending_id, timeout_at, metadata, from_balance, to_balance, entry_hash, principal,"
 						"       created_at)"
 						" VALUES ($2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $1, pg_catalog.now())",
-						12, types);
-		ret = SPI_execute_plan(insert_one_plan, args, nulls, false, 0);
+						21, types);
+		ret = SPI_execute_plan(insert_one_plan, a, nulls, false, 0);
 		if (ret != SPI_OK_INSERT || SPI_processed != 1)
 			elog(ERROR, "inserting transfer failed: %s", SPI_result_code_string(ret));
 	}
@@ -876,8 +893,9 @@ WriteBack(const char *principal, LedgerRequest **reqs, int n, LedgerAccount *acc
 			elog(ERROR, "inserting transfers failed: %s", SPI_result_code_string(ret));
 	}
 
-	/* the audit entries, in the same transaction */
-	fintx_audit_insert(entries, n);
+	/* the audit entries, in the same transaction (a single one went with its transfer) */
+	if (n > 1)
+		fintx_audit_insert(entries, n);
 
 	/* open holds */
 	for (int i = 0; i < n; i++)

@@ -9,7 +9,9 @@
  * All four are insert-only: UPDATE, DELETE and TRUNCATE are refused by triggers for every
  * role; fintx.verify_audit() catches whoever disables the triggers.
  */
-CREATE SEQUENCE fintx.audit_entry_id_seq AS bigint;
+-- CACHE: each session takes ids 32 at a time (no sequence lock per entry); ids stay unique,
+-- their order across sessions is not commit order (leaf indexes are).
+CREATE SEQUENCE fintx.audit_entry_id_seq AS bigint CACHE 32;
 
 CREATE TABLE fintx.audit_entries (
     entry_id     bigint      PRIMARY KEY,

@@ -416,8 +416,8 @@ fintx_verify_audit(PG_FUNCTION_ARGS)
 	SPI_finish();
 
 	if (st.ok)
-		appendStringInfo(&st.detail, "%lld entries and %lld blocks verified%s", (long long) checked,
-						 (long long) blocks,
+		appendStringInfo(&st.detail, "verified %lld entr%s and %lld block%s%s", (long long) checked,
+						 checked == 1 ? "y" : "ies", (long long) blocks, blocks == 1 ? "" : "s",
 						 fintx_signing_key_file && fintx_signing_key_file[0] ? ", signatures checked"
 						 : "; no signing key configured, signatures not checked");
 	values[0] = BoolGetDatum(st.ok);

@@ -58,3 +58,23 @@ SELECT code, currency, posted, pending_debits, pending_credits, available
 SELECT * FROM fintx.reconcile();
 SELECT CASE WHEN count(*) = 0 THEN 'ledger is consistent' ELSE count(*) || ' discrepancies' END AS reconcile
   FROM fintx.reconcile();
+
+\echo '== 11. Every change above is in the audit log, written in the same transaction'
+SELECT entry_id, action, object_id, actor, pg_catalog.left(encode(entry_hash, 'hex'), 16) || '...' AS entry_hash
+  FROM fintx.audit_log ORDER BY entry_id;
+
+\echo '== 12. The worker seals entries into an RFC 6962 Merkle log; the head is signed (C2SP checkpoint)'
+SELECT fintx.seal() AS tree_size;
+SELECT fintx.checkpoint();
+SELECT fintx.public_key();
+
+\echo '== 13. Prove that the payment is in the log: its leaf, the inclusion proof, the signed root'
+SELECT l.leaf_index, fintx.tree_size() AS tree_size, array_length(fintx.inclusion_proof(l.leaf_index, fintx.tree_size()), 1) AS proof_hashes
+  FROM fintx.audit_log l WHERE l.details->>'idempotency_key' = 'payment-0001';
+
+\echo '== 14. Verify the whole log: entries, Merkle tree, block chain and signatures'
+SELECT * FROM fintx.verify_audit();
+
+\echo '== 15. Nobody may rewrite history, not even a superuser'
+UPDATE fintx.audit_entries SET actor = 'mallory';
+\echo '   -> SQLSTATE' :LAST_ERROR_SQLSTATE

@@ -7,16 +7,39 @@
 
 #include <openssl/evp.h>
 
+static EVP_MD *sha256_md = NULL;
+static EVP_MD_CTX *sha256_ctx = NULL;
+
+/* SHA-256 of part1 || part2 into out (32 bytes), with a digest context kept per backend. */
+void
+fintx_sha256_2(const unsigned char *part1, size_t len1, const unsigned char *part2, size_t len2,
+			   uint8 *out)
+{
+	unsigned int outlen = 0;
+
+	if (sha256_md == NULL)
+	{
+		sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+		sha256_ctx = EVP_MD_CTX_new();
+		if (sha256_md == NULL || sha256_ctx == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INTERNAL_ERROR),
+					 errmsg("could not initialize SHA-256")));
+	}
+	if (EVP_DigestInit_ex2(sha256_ctx, sha256_md, NULL) != 1 ||
+		(len1 > 0 && EVP_DigestUpdate(sha256_ctx, part1, len1) != 1) ||
+		(len2 > 0 && EVP_DigestUpdate(sha256_ctx, part2, len2) != 1) ||
+		EVP_DigestFinal_ex(sha256_ctx, out, &outlen) != 1 || outlen != 32)
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not compute SHA-256 digest")));
+}
+
 /* Computes SHA-256 of data into out (32 bytes); emits an error if libcrypto fails. */
 void
 fintx_sha256(const unsigned char *data, size_t len, uint8 *out)
 {
-	unsigned int outlen = 0;
-
-	if (EVP_Digest(data, len, out, &outlen, EVP_sha256(), NULL) != 1 || outlen != 32)
-		ereport(ERROR,
-				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("could not compute SHA-256 digest")));
+	fintx_sha256_2(data, len, NULL, 0, out);
 }
 
 /* ------------------------------------------------------------------------

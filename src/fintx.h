@@ -141,6 +141,8 @@ extern int64 fintx_seal_log(void);
 /* crypto.c */
 typedef struct evp_pkey_st EVP_PKEY;
 extern void fintx_sha256(const unsigned char *data, size_t len, uint8 *out);
+extern void fintx_sha256_2(const unsigned char *part1, size_t len1, const unsigned char *part2,
+						   size_t len2, uint8 *out);
 extern EVP_PKEY *fintx_signing_key(const char *path);
 extern void fintx_ed25519_public(EVP_PKEY *key, uint8 *pub);
 extern void fintx_ed25519_sign(EVP_PKEY *key, const uint8 *msg, size_t len, uint8 *sig);

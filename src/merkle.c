@@ -15,26 +15,14 @@
 #include "merkle.h"
 #include "miscadmin.h"
 
-#include <openssl/evp.h>
 
 /* Leaf hash: SHA-256(0x00 || data). */
 void
 merkle_leaf_hash(const uint8 *data, size_t len, uint8 *out)
 {
-	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
 	static const uint8 prefix = 0x00;
-	unsigned int outlen = 0;
 
-	if (ctx == NULL ||
-		EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1 ||
-		EVP_DigestUpdate(ctx, &prefix, 1) != 1 ||
-		EVP_DigestUpdate(ctx, data, len) != 1 ||
-		EVP_DigestFinal_ex(ctx, out, &outlen) != 1)
-	{
-		EVP_MD_CTX_free(ctx);
-		elog(ERROR, "could not compute SHA-256 digest");
-	}
-	EVP_MD_CTX_free(ctx);
+	fintx_sha256_2(&prefix, 1, data, len, out);
 }
 
 /* Interior node hash: SHA-256(0x01 || left || right). */

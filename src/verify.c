@@ -80,84 +80,76 @@ ColumnHash(HeapTuple tup, TupleDesc desc, int col, uint8 *out)
 	return true;
 }
 
-/* Checks entries of leaves [from, to]; fills leaves[] (recomputed hashes) when non-NULL. */
-static int64
-VerifyEntries(VerifyState *st, int64 from, int64 to, uint8 *leaves)
+typedef struct LeafRef
+{
+	int64		entry_id;
+	int64		leaf;
+} LeafRef;
+
+static int
+CompareLeafRef(const void *a, const void *b)
+{
+	int64		x = ((const LeafRef *) a)->entry_id;
+	int64		y = ((const LeafRef *) b)->entry_id;
+
+	return (x > y) - (x < y);
+}
+
+/* Opens a read-only cursor over sql with two bigint parameters. */
+static Portal
+OpenCursor(const char *sql, int64 a, int64 b)
 {
 	Oid			types[2] = {INT8OID, INT8OID};
 	Datum		args[2];
-	SPIPlanPtr	plan;
-	Portal		portal;
+	SPIPlanPtr	plan = SPI_prepare(sql, 2, types);
+
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed");
+	args[0] = Int64GetDatum(a);
+	args[1] = Int64GetDatum(b);
+	return SPI_cursor_open(NULL, plan, args, NULL, true);
+}
+
+/*
+ * Checks entries of leaves [from, to]; fills leaves[] (recomputed hashes,
+ * indexed from 'from') when non-NULL. Three ordered index scans and no join:
+ * leaves by index, entries by id (merged with the leaves sorted by entry id),
+ * leaf nodes by index.
+ */
+static int64
+VerifyEntries(VerifyState *st, int64 from, int64 to, uint8 *leaves)
+{
+	int64		n = to - from + 1;
+	LeafRef    *refs = palloc_extended(sizeof(LeafRef) * n, MCXT_ALLOC_HUGE);
+	uint8	   *computed = leaves ? leaves : palloc_extended(MERKLE_HASH_LEN * n, MCXT_ALLOC_HUGE);
+	bool	   *have = palloc_extended(n, MCXT_ALLOC_HUGE | MCXT_ALLOC_ZERO);
+	int64		nrefs = 0;
 	int64		expect = from;
 	int64		checked = 0;
-	StringInfoData buf;
+	int64		r;
+	Portal		portal;
 	MemoryContext rowcxt = AllocSetContextCreate(CurrentMemoryContext, "fintx verify row",
 												 ALLOCSET_DEFAULT_SIZES);
 
-	initStringInfo(&buf);
-	args[0] = Int64GetDatum(from);
-	args[1] = Int64GetDatum(to);
-	plan = SPI_prepare("SELECT l.leaf_index, e.entry_id, e.recorded_at, e.actor, e.session_role, e.action,"
-					   "       e.object_type, e.object_id, e.details, e.entry_hash, n.hash"
-					   "  FROM fintx.audit_leaves l"
-					   "  LEFT JOIN fintx.audit_entries e ON e.entry_id = l.entry_id"
-					   "  LEFT JOIN fintx.audit_nodes n ON n.level = 0 AND n.idx = l.leaf_index"
-					   " WHERE l.leaf_index BETWEEN $1 AND $2 ORDER BY l.leaf_index", 2, types);
-	if (plan == NULL)
-		elog(ERROR, "SPI_prepare failed");
-	portal = SPI_cursor_open(NULL, plan, args, NULL, true);
+	/* 1. leaf -> entry, in leaf order */
+	portal = OpenCursor("SELECT leaf_index, entry_id FROM fintx.audit_leaves"
+						" WHERE leaf_index BETWEEN $1 AND $2 ORDER BY leaf_index", from, to);
 	for (;;)
 	{
 		SPI_cursor_fetch(portal, true, FETCH_ROWS);
 		if (SPI_processed == 0)
 			break;
-		for (uint64 r = 0; r < SPI_processed; r++)
+		for (uint64 i = 0; i < SPI_processed; i++)
 		{
-			HeapTuple	tup = SPI_tuptable->vals[r];
-			TupleDesc	desc = SPI_tuptable->tupdesc;
-			MemoryContext old;
 			bool		isnull;
-			int64		leaf = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-			FintxAuditEntry e;
-			uint8		stored[MERKLE_HASH_LEN];
-			uint8		node[MERKLE_HASH_LEN];
+			int64		leaf = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
 
-			CHECK_FOR_INTERRUPTS();
 			if (leaf != expect)
-			{
 				Bad(st, expect, "leaf %lld is missing from fintx.audit_leaves", (long long) expect);
-				expect = leaf;
-			}
-			expect++;
-			checked++;
-			(void) SPI_getbinval(tup, desc, 2, &isnull);
-			if (isnull)
-			{
-				Bad(st, leaf, "the entry of leaf %lld is missing from fintx.audit_entries", (long long) leaf);
-				if (leaves)
-					memset(leaves + (leaf - from) * MERKLE_HASH_LEN, 0, MERKLE_HASH_LEN);
-				continue;
-			}
-			old = MemoryContextSwitchTo(rowcxt);
-			e.entry_id = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
-			e.recorded_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 3, &isnull));
-			e.actor = TextDatumGetCString(SPI_getbinval(tup, desc, 4, &isnull));
-			e.session_role = TextDatumGetCString(SPI_getbinval(tup, desc, 5, &isnull));
-			e.action = TextDatumGetCString(SPI_getbinval(tup, desc, 6, &isnull));
-			e.object_type = TextDatumGetCString(SPI_getbinval(tup, desc, 7, &isnull));
-			e.object_id = TextDatumGetCString(SPI_getbinval(tup, desc, 8, &isnull));
-			e.details = DatumGetJsonbP(SPI_getbinval(tup, desc, 9, &isnull));
-			fintx_audit_hash(&e);
-			MemoryContextSwitchTo(old);
-			MemoryContextReset(rowcxt);
-			if (leaves)
-				memcpy(leaves + (leaf - from) * MERKLE_HASH_LEN, e.hash, MERKLE_HASH_LEN);
-			if (!ColumnHash(tup, desc, 10, stored) || memcmp(stored, e.hash, MERKLE_HASH_LEN) != 0)
-				Bad(st, leaf, "entry %lld at leaf %lld does not match its hash: its stored facts were changed",
-					(long long) e.entry_id, (long long) leaf);
-			else if (!ColumnHash(tup, desc, 11, node) || memcmp(node, e.hash, MERKLE_HASH_LEN) != 0)
-				Bad(st, leaf, "leaf %lld of the tree does not hold the hash of entry %lld",
-					(long long) leaf, (long long) e.entry_id);
+			expect = leaf + 1;
+			refs[nrefs].leaf = leaf;
+			refs[nrefs].entry_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
+			nrefs++;
 		}
 		SPI_freetuptable(SPI_tuptable);
 	}
@@ -165,6 +157,99 @@ VerifyEntries(VerifyState *st, int64 from, int64 to, uint8 *leaves)
 	if (expect <= to)
 		Bad(st, expect, "leaves %lld to %lld are missing from fintx.audit_leaves",
 			(long long) expect, (long long) to);
+	if (nrefs == 0)
+		return 0;
+	qsort(refs, nrefs, sizeof(LeafRef), CompareLeafRef);
+
+	/* 2. entries in id order, merged with the leaves sorted by entry id */
+	r = 0;
+	portal = OpenCursor("SELECT entry_id, recorded_at, actor, session_role, action, object_type, object_id,"
+						"       details, entry_hash FROM fintx.audit_entries"
+						" WHERE entry_id BETWEEN $1 AND $2 ORDER BY entry_id",
+						refs[0].entry_id, refs[nrefs - 1].entry_id);
+	for (;;)
+	{
+		SPI_cursor_fetch(portal, true, FETCH_ROWS);
+		if (SPI_processed == 0)
+			break;
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			HeapTuple	tup = SPI_tuptable->vals[i];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+			bool		isnull;
+			int64		id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+			FintxAuditEntry e;
+			uint8		stored[MERKLE_HASH_LEN];
+			MemoryContext old;
+			int64		leaf;
+
+			CHECK_FOR_INTERRUPTS();
+			while (r < nrefs && refs[r].entry_id < id)
+			{
+				Bad(st, refs[r].leaf, "the entry of leaf %lld is missing from fintx.audit_entries",
+					(long long) refs[r].leaf);
+				r++;
+			}
+			if (r >= nrefs || refs[r].entry_id != id)
+				continue;		/* not sealed, or outside the range */
+			leaf = refs[r].leaf;
+			r++;
+			if (r < nrefs && refs[r].entry_id == id)
+				Bad(st, refs[r].leaf, "entry %lld is at more than one leaf", (long long) id);
+			old = MemoryContextSwitchTo(rowcxt);
+			e.entry_id = id;
+			e.recorded_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 2, &isnull));
+			e.actor = TextDatumGetCString(SPI_getbinval(tup, desc, 3, &isnull));
+			e.session_role = TextDatumGetCString(SPI_getbinval(tup, desc, 4, &isnull));
+			e.action = TextDatumGetCString(SPI_getbinval(tup, desc, 5, &isnull));
+			e.object_type = TextDatumGetCString(SPI_getbinval(tup, desc, 6, &isnull));
+			e.object_id = TextDatumGetCString(SPI_getbinval(tup, desc, 7, &isnull));
+			e.details = DatumGetJsonbP(SPI_getbinval(tup, desc, 8, &isnull));
+			fintx_audit_hash(&e);
+			MemoryContextSwitchTo(old);
+			MemoryContextReset(rowcxt);
+			memcpy(computed + (leaf - from) * MERKLE_HASH_LEN, e.hash, MERKLE_HASH_LEN);
+			have[leaf - from] = true;
+			checked++;
+			if (!ColumnHash(tup, desc, 9, stored) || memcmp(stored, e.hash, MERKLE_HASH_LEN) != 0)
+				Bad(st, leaf, "entry %lld at leaf %lld does not match its hash: its stored facts were changed",
+					(long long) id, (long long) leaf);
+		}
+		SPI_freetuptable(SPI_tuptable);
+	}
+	SPI_cursor_close(portal);
+	for (; r < nrefs; r++)
+		Bad(st, refs[r].leaf, "the entry of leaf %lld is missing from fintx.audit_entries",
+			(long long) refs[r].leaf);
+
+	/* 3. the tree's leaves hold the recomputed hashes */
+	expect = from;
+	portal = OpenCursor("SELECT idx, hash FROM fintx.audit_nodes"
+						" WHERE level = 0 AND idx BETWEEN $1 AND $2 ORDER BY idx", from, to);
+	for (;;)
+	{
+		SPI_cursor_fetch(portal, true, FETCH_ROWS);
+		if (SPI_processed == 0)
+			break;
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			bool		isnull;
+			int64		idx = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+			uint8		node[MERKLE_HASH_LEN];
+
+			if (idx != expect)
+				Bad(st, expect, "leaf %lld is missing from the tree", (long long) expect);
+			expect = idx + 1;
+			if (have[idx - from] &&
+				(!ColumnHash(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, node) ||
+				 memcmp(node, computed + (idx - from) * MERKLE_HASH_LEN, MERKLE_HASH_LEN) != 0))
+				Bad(st, idx, "leaf %lld of the tree does not hold the hash of its entry", (long long) idx);
+		}
+		SPI_freetuptable(SPI_tuptable);
+	}
+	SPI_cursor_close(portal);
+	if (expect <= to)
+		Bad(st, expect, "leaves %lld to %lld are missing from the tree", (long long) expect, (long long) to);
 	MemoryContextDelete(rowcxt);
 	return checked;
 }

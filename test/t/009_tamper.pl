@@ -1,0 +1,426 @@
+# Tamper evidence. With an Ed25519 signing key, each scenario builds its own log (40
+# entries in 5 signed blocks, one database per scenario so each assertion stands alone),
+# then a superuser bypasses the immutability triggers (session_replication_role = replica):
+#   a) a changed field (every column the entry hash covers), also with the entry hash and
+#      the leaf node recomputed  -> verify_audit() names that leaf
+#   b) a deleted entry row, a deleted leaf row                -> detected at that leaf
+#   c) a reordered pair of leaves (inside a block, across blocks) -> detected
+#   d) a truncated tail, later regrown with other entries     -> the checkpoint saved before
+#      cannot be proven: the log is shorter, then the consistency proof fails in the RFC 9162
+#      verifier written here
+#   e) a forged block signature -> verify_audit() reports it; a checkpoint with a forged
+#      signature, or signed by another key, does not verify with public_key()
+# Checkpoints (C2SP signed notes) and signatures are checked here with the openssl CLI.
+use strict;
+use warnings;
+use FintxTest;
+use Digest::SHA qw(sha256);
+use MIME::Base64 qw(decode_base64 encode_base64);
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time);
+
+my $t_start = time;
+my $node = fintx_node('tamper', "fintx.seal_interval = '1h'", "fintx.expire_interval = '1h'");
+my $tmp = $PostgreSQL::Test::Utils::tmp_check;
+my $key1 = $node->data_dir . '/fintx_audit_key.pem';
+my $key2 = "$tmp/other_key.pem";
+for my $k ($key1, $key2)
+{
+	system('openssl', 'genpkey', '-algorithm', 'ed25519', '-out', $k) == 0 or BAIL_OUT("openssl genpkey failed for $k");
+}
+$node->safe_psql('postgres', "ALTER SYSTEM SET fintx.signing_key_file = '$key1'");
+$node->reload;
+
+# ---------------------------------------------------------------------------
+# Ed25519 (openssl CLI), C2SP signed notes, RFC 9162 consistency
+# ---------------------------------------------------------------------------
+my $seq = 0;
+sub spew { my ($path, $data) = @_; open my $fh, '>:raw', $path or die "$path: $!"; print $fh $data; close $fh; return; }
+sub slurp_raw { my ($path) = @_; open my $fh, '<:raw', $path or die "$path: $!"; local $/; my $d = <$fh>; close $fh; return $d; }
+
+sub ed25519_verify
+{
+	my ($pub, $msg, $sig) = @_;
+	return 0 unless length($pub) == 32 && length($sig) == 64;
+	my $b = "$tmp/ed-" . ++$seq;
+	spew("$b.pub", pack('H*', '302a300506032b6570032100') . $pub);    # SubjectPublicKeyInfo, Ed25519
+	spew("$b.msg", $msg);
+	spew("$b.sig", $sig);
+	return system("openssl pkeyutl -verify -pubin -inkey $b.pub -keyform DER -rawin -in $b.msg -sigfile $b.sig >/dev/null 2>&1") == 0 ? 1 : 0;
+}
+
+sub ed25519_sign
+{
+	my ($keyfile, $msg) = @_;
+	my $b = "$tmp/ed-" . ++$seq;
+	spew("$b.msg", $msg);
+	system("openssl pkeyutl -sign -inkey $keyfile -rawin -in $b.msg -out $b.sig") == 0 or die 'openssl pkeyutl -sign failed';
+	return slurp_raw("$b.sig");
+}
+
+# the raw Ed25519 public key of a PEM private key (last 32 bytes of its DER public key)
+sub ed25519_public
+{
+	my ($keyfile) = @_;
+	my $b = "$tmp/ed-" . ++$seq;
+	system("openssl pkey -in $keyfile -pubout -outform DER -out $b.der") == 0 or die 'openssl pkey failed';
+	return substr(slurp_raw("$b.der"), -32);
+}
+
+# C2SP signed-note key ID: SHA-256(name || 0x0A || 0x01 || public key)[:4]
+sub key_id { my ($name, $pub) = @_; return substr(sha256("$name\n\x01$pub"), 0, 4); }
+
+# "name+hex(id)+base64(0x01 || key)"
+sub parse_vkey
+{
+	my ($v) = @_;
+	my ($name, $hash, $kd) = $v =~ /\A([^+\s]+)\+([0-9a-f]{8})\+(\S+)\z/ or return undef;
+	my $k = decode_base64($kd);
+	return { name => $name, id => pack('H*', $hash), alg => ord($k), pub => substr($k, 1) };
+}
+
+# "origin\nsize\nbase64(root)\n" "\n" then "— name base64(id || signature)\n" lines
+sub parse_checkpoint
+{
+	my ($note) = @_;
+	my ($text, $sigs) = $note =~ /\A(.*?\n)\n(.*)\z/s or return undef;
+	my ($origin, $size, $root64) = split /\n/, $text;
+	return undef unless defined $root64 && $size =~ /\A[0-9]+\z/;
+	my $root = decode_base64($root64);
+	return undef unless length($root) == 32;
+	my @sigs = map { /\A\x{e2}\x{80}\x{94} (\S+) (\S+)\z/ ? { name => $1, blob => decode_base64($2) } : () } split /\n/, $sigs;
+	return { text => $text, origin => $origin, size => $size, root => $root, sigs => \@sigs };
+}
+
+# True if the note carries a valid signature by the verifier key $vkey.
+sub verify_checkpoint
+{
+	my ($note, $vkey) = @_;
+	my $c = parse_checkpoint($note) or return 0;
+	my $k = parse_vkey($vkey) or return 0;
+	return 0 unless $k->{alg} == 1 && length($k->{pub}) == 32 && key_id($k->{name}, $k->{pub}) eq $k->{id};
+	for my $s (@{ $c->{sigs} })
+	{
+		next unless $s->{name} eq $k->{name} && length($s->{blob}) == 68 && substr($s->{blob}, 0, 4) eq $k->{id};
+		return 1 if ed25519_verify($k->{pub}, $c->{text}, substr($s->{blob}, 4));
+	}
+	return 0;
+}
+
+sub node_hash { return sha256("\x01" . $_[0] . $_[1]); }
+sub leaf_hash { return sha256("\x00" . $_[0]); }
+sub mth
+{
+	my @h = @_;
+	return sha256('') if @h == 0;
+	return $h[0] if @h == 1;
+	my $k = 1;
+	$k <<= 1 while ($k << 1) < @h;
+	return node_hash(mth(@h[0 .. $k - 1]), mth(@h[$k .. $#h]));
+}
+
+# RFC 9162 section 2.1.4.2
+sub verify_consistency
+{
+	my ($first, $second, $first_hash, $second_hash, $proof) = @_;
+	return 0 if $first < 1 || $first > $second;
+	return (@$proof == 0 && $first_hash eq $second_hash) ? 1 : 0 if $first == $second;
+	return 0 if @$proof == 0 || grep { length($_) != 32 } @$proof;
+	my @path = @$proof;
+	unshift @path, $first_hash if ($first & ($first - 1)) == 0;
+	my ($fn, $sn) = ($first - 1, $second - 1);
+	while ($fn & 1) { $fn >>= 1; $sn >>= 1; }
+	my ($fr, $sr) = ($path[0], $path[0]);
+	for my $c (@path[ 1 .. $#path ])
+	{
+		return 0 if $sn == 0;
+		if (($fn & 1) || $fn == $sn)
+		{
+			$fr = node_hash($c, $fr);
+			$sr = node_hash($c, $sr);
+			until (($fn & 1) || $fn == 0) { $fn >>= 1; $sn >>= 1; }
+		}
+		else
+		{
+			$sr = node_hash($sr, $c);
+		}
+		$fn >>= 1;
+		$sn >>= 1;
+	}
+	return ($fr eq $first_hash && $sr eq $second_hash && $sn == 0) ? 1 : 0;
+}
+
+# ---------------------------------------------------------------------------
+# logs
+# ---------------------------------------------------------------------------
+sub dbq { my ($db, $sql) = @_; return $node->safe_psql($db, $sql); }
+# runs $sql as a superuser with every ordinary trigger disabled
+sub tamper { my ($db, $sql) = @_; return $node->safe_psql($db, "SET session_replication_role = replica;\n$sql"); }
+
+# A fresh database with 40 entries sealed in 5 blocks of 8.
+sub build_log
+{
+	my ($db) = @_;
+	dbq('postgres', "CREATE DATABASE $db");
+	dbq($db, q{
+		CREATE EXTENSION fintx;
+		CREATE TABLE ev (id serial PRIMARY KEY, who text NOT NULL, amount bigint NOT NULL);
+		SELECT fintx.audit_table('ev');
+	});
+	for my $b (1 .. 5)
+	{
+		dbq($db, "INSERT INTO ev (who, amount) SELECT 'b$b-' || g, g * 100 + $b FROM generate_series(1, 4) g;\n"
+			  . "UPDATE ev SET amount = amount + 1 WHERE who IN ('b$b-1', 'b$b-2');\n"
+			  . "INSERT INTO ev (who, amount) VALUES ('b$b-5', 5), ('b$b-6', 6);\n"
+			  . "SELECT fintx.seal();");
+	}
+	return dbq($db, 'SELECT fintx.tree_size()');
+}
+
+# verify_audit() as [ok, entries_checked, first_bad_leaf ('' if none), detail]
+sub verify
+{
+	my ($db) = @_;
+	return [ split /\|/, dbq($db, q{SELECT ok || '|' || entries_checked || '|' || coalesce(first_bad_leaf::text, '') || '|' || detail
+	                               FROM fintx.verify_audit()}), 4 ];
+}
+sub entry_at { my ($db, $leaf) = @_; return dbq($db, "SELECT entry_id FROM fintx.audit_leaves WHERE leaf_index = $leaf"); }
+sub leaves_of { my ($db) = @_; return map { pack('H*', (split /\t/)[1]) } split /\n/, dbq($db, 'SELECT l FROM fintx.audit_export() l'); }
+sub hashes { my ($s) = @_; return [ map { pack('H*', $_) } grep { $_ ne '' } split /,/, $s ]; }
+
+# verify_audit() must fail and name $leaf as first_bad_leaf. Known defect: it names the first
+# leaf of the largest stored subtree above the damage instead (interior nodes rebuilt from the
+# damaged leaf no longer match), e.g. 0 for a change at leaf 17 of 40.
+my $FIRST_BAD_TODO = 'verify_audit() reports the start of the largest mismatching subtree, not the damaged leaf';
+sub detected_at
+{
+	my ($db, $leaf, $what, $detail_re) = @_;
+	my $v = verify($db);
+	is($v->[0], 'false', "$what: verify_audit() is not ok");
+	TODO:
+	{
+		local $TODO = $FIRST_BAD_TODO;
+		is($v->[2], $leaf, "$what: first_bad_leaf = $leaf");
+		like($v->[3], $detail_re, "$what: the detail names it");
+	}
+	return $v;
+}
+
+# ---------------------------------------------------------------------------
+# 0. an intact signed log
+# ---------------------------------------------------------------------------
+is(build_log('intact'), '40', 'intact: 40 entries sealed');
+my $vkey = dbq('intact', 'SELECT fintx.public_key()');
+my $k = parse_vkey($vkey);
+ok($k && $k->{alg} == 1 && key_id($k->{name}, $k->{pub}) eq $k->{id}, "public_key() is a C2SP Ed25519 verifier key: $vkey");
+is(unpack('H*', $k->{pub}), unpack('H*', ed25519_public($key1)), 'public_key() holds the public half of fintx.signing_key_file');
+my $cp = dbq('intact', 'SELECT fintx.checkpoint()');
+my $c = parse_checkpoint($cp);
+ok($c, 'checkpoint() is a C2SP signed note') or diag($cp);
+is("$c->{origin}|$c->{size}", "$k->{name}|40", 'checkpoint origin is the key name, size 40');
+is(unpack('H*', $c->{root}), unpack('H*', mth(map { leaf_hash($_) } leaves_of('intact'))),
+	'checkpoint root = RFC 6962 tree head computed here from leaf_data');
+ok(verify_checkpoint($cp, $vkey), 'the checkpoint verifies with public_key()');
+my @blocks = map { [ split /\|/ ] } split /\n/,
+  dbq('intact', "SELECT block_id, tree_size, encode(root_hash, 'base64'), origin, encode(signature, 'hex') FROM fintx.audit_blocks ORDER BY block_id");
+is(scalar @blocks, 5, 'five blocks');
+is_deeply([ map { $_->[0] } grep { !ed25519_verify($k->{pub}, "$_->[3]\n$_->[1]\n$_->[2]\n", pack('H*', $_->[4])) } @blocks ], [],
+	'every block signature verifies here over "origin\nsize\nroot\n"');
+my $v = verify('intact');
+is("$v->[0]|$v->[1]|$v->[2]", 'true|40|', 'verify_audit() is ok on the intact log');
+like($v->[3], qr/signatures checked/, 'verify_audit() checked the signatures');
+
+# ---------------------------------------------------------------------------
+# a) a changed field
+# ---------------------------------------------------------------------------
+build_log('field');
+my @fields = (
+	[ 'details',      3,  q{jsonb_set(details, '{new,amount}', '999999')} ],
+	[ 'actor',        11, q{'mallory'} ],
+	[ 'session_role', 17, q{'mallory'} ],
+	[ 'action',       22, q{'row.deleted'} ],
+	[ 'object_type',  29, q{'view'} ],
+	[ 'object_id',    33, q{'public.elsewhere'} ],
+	[ 'recorded_at',  38, q{recorded_at + interval '1 microsecond'} ]);
+for my $f (@fields)
+{
+	my ($col, $leaf, $expr) = @$f;
+	my $id = entry_at('field', $leaf);
+	my $restore = dbq('field', "SELECT format('UPDATE fintx.audit_entries SET %I = %L::%s WHERE entry_id = %s', '$col', $col,"
+		  . " pg_typeof($col), entry_id) FROM fintx.audit_entries WHERE entry_id = $id");
+	tamper('field', "UPDATE fintx.audit_entries SET $col = $expr WHERE entry_id = $id");
+	detected_at('field', $leaf, "changed $col of the entry at leaf $leaf", qr/at leaf $leaf does not match its hash/);
+	tamper('field', $restore);
+	is(verify('field')->[0], 'true', "  restoring $col makes the log verify again");
+}
+# the entry hash recomputed too: the stored leaf still holds the old hash
+my $id = entry_at('field', 7);
+my $saved = dbq('field', "SELECT details::text || '|' || encode(entry_hash, 'hex') FROM fintx.audit_entries WHERE entry_id = $id");
+my ($saved_details, $saved_hash) = split /\|/, $saved;
+tamper('field', qq{
+	UPDATE fintx.audit_entries SET details = jsonb_set(details, '{new,who}', '"mallory"') WHERE entry_id = $id;
+	UPDATE fintx.audit_entries SET entry_hash = fintx.merkle_leaf_hash(fintx.leaf_data(7)) WHERE entry_id = $id;
+});
+detected_at('field', 7, 'changed details with a recomputed entry_hash', qr/leaf 7 of the tree does not hold the hash/);
+# ... and the leaf node: the interior nodes and the block heads no longer match
+tamper('field', "UPDATE fintx.audit_nodes SET hash = (SELECT entry_hash FROM fintx.audit_entries WHERE entry_id = $id) WHERE level = 0 AND idx = 7");
+$v = verify('field');
+ok($v->[0] eq 'false' && $v->[2] ne '' && $v->[2] <= 7, "entry, entry hash and leaf node rewritten: still detected (first bad leaf $v->[2])")
+  or diag(join('|', @$v));
+tamper('field', qq{
+	UPDATE fintx.audit_entries SET details = '$saved_details'::jsonb, entry_hash = '\\x$saved_hash' WHERE entry_id = $id;
+	UPDATE fintx.audit_nodes SET hash = '\\x$saved_hash' WHERE level = 0 AND idx = 7;
+});
+is(verify('field')->[0], 'true', '  restored: the log verifies again');
+
+# ---------------------------------------------------------------------------
+# b) a deleted entry row, a deleted leaf row
+# ---------------------------------------------------------------------------
+build_log('deleted');
+$id = entry_at('deleted', 13);
+tamper('deleted', "CREATE TABLE saved_entry AS SELECT * FROM fintx.audit_entries WHERE entry_id = $id;\n"
+	  . "DELETE FROM fintx.audit_entries WHERE entry_id = $id;");
+detected_at('deleted', 13, 'deleted entry row of leaf 13', qr/entry of leaf 13 is missing/);
+tamper('deleted', 'INSERT INTO fintx.audit_entries SELECT * FROM saved_entry');
+is(verify('deleted')->[0], 'true', '  re-inserted: the log verifies again');
+tamper('deleted', "CREATE TABLE saved_leaf AS SELECT * FROM fintx.audit_leaves WHERE leaf_index = 21;\n"
+	  . "DELETE FROM fintx.audit_leaves WHERE leaf_index = 21;");
+detected_at('deleted', 21, 'deleted leaf row 21', qr/leaf 21 is missing/);
+tamper('deleted', 'INSERT INTO fintx.audit_leaves SELECT * FROM saved_leaf');
+is(verify('deleted')->[0], 'true', '  re-inserted: the log verifies again');
+
+# ---------------------------------------------------------------------------
+# c) a reordered pair
+# ---------------------------------------------------------------------------
+build_log('reorder');
+# swaps the entries of two leaves (audit_leaves.entry_id is unique: through a placeholder)
+sub swap_leaves
+{
+	my ($db, $x, $y) = @_;
+	my ($ex, $ey) = (entry_at($db, $x), entry_at($db, $y));
+	tamper($db, "UPDATE fintx.audit_leaves SET entry_id = -1 WHERE leaf_index = $x;\n"
+		  . "UPDATE fintx.audit_leaves SET entry_id = $ex WHERE leaf_index = $y;\n"
+		  . "UPDATE fintx.audit_leaves SET entry_id = $ey WHERE leaf_index = $x;");
+	return;
+}
+swap_leaves('reorder', 5, 6);
+is(dbq('reorder', "SELECT count(*) FROM fintx.audit_log WHERE leaf_index IN (5, 6)"), '2', 'leaves 5 and 6 swapped their entries');
+detected_at('reorder', 5, 'leaves 5 and 6 reordered (same block)', qr/leaf 5 of the tree does not hold the hash/);
+swap_leaves('reorder', 5, 6);
+is(verify('reorder')->[0], 'true', '  swapped back: the log verifies again');
+swap_leaves('reorder', 15, 16);
+detected_at('reorder', 15, 'leaves 15 and 16 reordered (across blocks)', qr/leaf 15 of the tree does not hold the hash/);
+# a thorough reorder also swaps the leaf nodes: the tree above them no longer matches
+tamper('reorder', q{
+	UPDATE fintx.audit_nodes SET idx = -1 WHERE level = 0 AND idx = 15;
+	UPDATE fintx.audit_nodes SET idx = 15 WHERE level = 0 AND idx = 16;
+	UPDATE fintx.audit_nodes SET idx = 16 WHERE level = 0 AND idx = -1;
+});
+$v = verify('reorder');
+ok($v->[0] eq 'false' && $v->[2] ne '' && $v->[2] <= 15, "entries and leaf nodes reordered: still detected (first bad leaf $v->[2])")
+  or diag(join('|', @$v));
+
+# ---------------------------------------------------------------------------
+# d) a truncated tail, detected against a checkpoint saved before
+# ---------------------------------------------------------------------------
+build_log('truncated');
+my $cp24_db = dbq('truncated', 'SELECT fintx.root_hash(24)');
+my $cp40 = dbq('truncated', 'SELECT fintx.checkpoint()');
+my $c40 = parse_checkpoint($cp40);
+my $vk = dbq('truncated', 'SELECT fintx.public_key()');
+ok(verify_checkpoint($cp40, $vk) && $c40->{size} == 40, 'an auditor saved the signed checkpoint of size 40');
+my $root24 = pack('H*', substr($cp24_db, 2));
+# control: the untouched log proves 24 -> 40
+ok(verify_consistency(24, 40, $root24, $c40->{root}, hashes(dbq('truncated',
+	"SELECT array_to_string(ARRAY(SELECT encode(h, 'hex') FROM unnest(fintx.consistency_proof(24, 40)) h), ',')"))),
+	'control: before tampering the log proves consistency 24 -> 40');
+# the attacker removes the last block (leaves 32..39) and everything under it
+tamper('truncated', q{
+	DELETE FROM fintx.audit_entries WHERE entry_id IN (SELECT entry_id FROM fintx.audit_leaves WHERE leaf_index >= 32);
+	DELETE FROM fintx.audit_leaves WHERE leaf_index >= 32;
+	DELETE FROM fintx.audit_nodes WHERE (idx + 1) << level > 32;
+	DELETE FROM fintx.audit_blocks WHERE tree_size > 32;
+});
+is(dbq('truncated', 'SELECT fintx.tree_size()'), '32', 'the truncated log has 32 leaves');
+note('verify_audit() on the truncated log: ' . join('|', @{ verify('truncated') }));
+my $cp32 = dbq('truncated', 'SELECT fintx.checkpoint()');
+ok(verify_checkpoint($cp32, $vk), 'the truncated log still signs a valid checkpoint (size 32)');
+cmp_ok(parse_checkpoint($cp32)->{size}, '<', $c40->{size}, 'detected: the log is now shorter than a checkpoint it signed');
+my ($ret, $out, $err) = $node->psql('truncated', 'SELECT fintx.consistency_proof(40, 32)');
+like($err, qr/out of range/, 'and it cannot produce a consistency proof from the saved size 40');
+($ret, $out, $err) = $node->psql('truncated', 'SELECT fintx.root_hash(40)');
+like($err, qr/out of range/, 'nor the tree head of size 40');
+# the attacker regrows the log past the saved size with other entries
+dbq('truncated', "INSERT INTO ev (who, amount) SELECT 'forged-' || g, g FROM generate_series(1, 10) g; SELECT fintx.seal();");
+my $cp42 = dbq('truncated', 'SELECT fintx.checkpoint()');
+my $c42 = parse_checkpoint($cp42);
+ok(verify_checkpoint($cp42, $vk) && $c42->{size} == 42, 'the regrown log signs a valid checkpoint of size 42');
+my $proof = hashes(dbq('truncated',
+	"SELECT array_to_string(ARRAY(SELECT encode(h, 'hex') FROM unnest(fintx.consistency_proof(40, 42)) h), ',')"));
+ok(!verify_consistency(40, 42, $c40->{root}, $c42->{root}, $proof),
+	'detected: the consistency proof 40 -> 42 does not verify against the saved checkpoint');
+my @now = map { leaf_hash($_) } leaves_of('truncated');
+isnt(unpack('H*', mth(@now[ 0 .. 39 ])), unpack('H*', $c40->{root}),
+	'detected: the first 40 leaves of the log, hashed here, do not give the saved root');
+ok(verify_consistency(24, 42, $root24, $c42->{root}, hashes(dbq('truncated',
+	"SELECT array_to_string(ARRAY(SELECT encode(h, 'hex') FROM unnest(fintx.consistency_proof(24, 42)) h), ',')"))),
+	'the untouched prefix still proves consistent (24 -> 42): the check is precise');
+
+# ---------------------------------------------------------------------------
+# e) forged signatures, another key
+# ---------------------------------------------------------------------------
+build_log('forged');
+$vk = dbq('forged', 'SELECT fintx.public_key()');
+my $random = unpack('H*', join('', map { chr(int(rand(256))) } 1 .. 64));
+my $sig3 = dbq('forged', "SELECT encode(signature, 'hex') FROM fintx.audit_blocks WHERE block_id = 3");
+tamper('forged', "UPDATE fintx.audit_blocks SET signature = '\\x$random' WHERE block_id = 3");
+$v = verify('forged');
+is("$v->[0]|$v->[2]", 'false|16', 'forged signature of block 3: verify_audit() fails at the start of the block (leaf 16)');
+like($v->[3], qr/signature of block 3 does not verify/, "  detail: $v->[3]");
+tamper('forged', "UPDATE fintx.audit_blocks SET signature = '\\x$sig3' WHERE block_id = 3");
+is(verify('forged')->[0], 'true', '  restored: the log verifies again');
+my $sig5 = dbq('forged', "SELECT encode(signature, 'hex') FROM fintx.audit_blocks WHERE block_id = 5");
+ok(verify_checkpoint(dbq('forged', 'SELECT fintx.checkpoint()'), $vk), 'control: the checkpoint of the last block verifies');
+tamper('forged', "UPDATE fintx.audit_blocks SET signature = '\\x$random' WHERE block_id = 5");
+my $cpf = dbq('forged', 'SELECT fintx.checkpoint()');
+ok(parse_checkpoint($cpf), 'checkpoint() still returns a note when the last block signature is forged');
+ok(!verify_checkpoint($cpf, $vk), 'detected: that checkpoint does not verify with public_key()');
+$v = verify('forged');
+like("$v->[0]|$v->[3]", qr/^false\|.*signature of block 5/, 'and verify_audit() reports block 5');
+tamper('forged', "UPDATE fintx.audit_blocks SET signature = '\\x$sig5' WHERE block_id = 5");
+
+# a checkpoint signed with a different key, under the same name and key ID
+my $body = parse_checkpoint(dbq('forged', 'SELECT fintx.checkpoint()'))->{text};
+my $k1 = parse_vkey($vk);
+my $pub2 = ed25519_public($key2);
+my $sig2 = ed25519_sign($key2, $body);
+ok(ed25519_verify($pub2, $body, $sig2), 'control: a signature by the other key verifies with the other public key');
+my $impostor = "$body\n\x{e2}\x{80}\x{94} $k1->{name} " . encode_base64($k1->{id} . $sig2, '') . "\n";
+ok(!verify_checkpoint($impostor, $vk), 'a checkpoint signed by another key (claiming our key ID) does not verify with public_key()');
+my $vk2 = "$k1->{name}+" . unpack('H*', key_id($k1->{name}, $pub2)) . '+' . encode_base64("\x01$pub2", '');
+my $other = "$body\n\x{e2}\x{80}\x{94} $k1->{name} " . encode_base64(key_id($k1->{name}, $pub2) . $sig2, '') . "\n";
+ok(verify_checkpoint($other, $vk2), 'control: with its own key ID it verifies with the other key');
+ok(!verify_checkpoint($other, $vk), 'but not with public_key()');
+
+# the server switches to the other key
+$node->safe_psql('postgres', "ALTER SYSTEM SET fintx.signing_key_file = '$key2'");
+$node->reload;
+my $vk_new = dbq('forged', 'SELECT fintx.public_key()');
+is($vk_new, $vk2, 'after switching fintx.signing_key_file, public_key() is the other key');
+my $cp_rot = dbq('forged', 'SELECT fintx.checkpoint()');
+TODO:
+{
+	local $TODO = 'checkpoint() after a key change sends the old block signature under the new key ID';
+	ok(verify_checkpoint($cp_rot, $vk_new), 'right after a key change, checkpoint() verifies with the new public_key()');
+}
+dbq('forged', "INSERT INTO ev (who, amount) VALUES ('after-rotation', 1); SELECT fintx.seal();");
+my $cp_new = dbq('forged', 'SELECT fintx.checkpoint()');
+ok(verify_checkpoint($cp_new, $vk_new), 'a block sealed under the new key: its checkpoint verifies with the new public_key()');
+ok(!verify_checkpoint($cp_new, $vk), 'and not with the old one');
+note('verify_audit() after the key change: ' . join('|', @{ verify('forged') }));
+
+note(sprintf('009 ran in %.1f s', time - $t_start));
+$node->stop;
+done_testing();

@@ -172,12 +172,5 @@ LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 -- leaf, "leaf_index <TAB> hex(canonical bytes)", in leaf order.
 CREATE FUNCTION fintx.audit_export(from_leaf bigint DEFAULT 0, to_leaf bigint DEFAULT NULL)
 RETURNS SETOF text
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $export$
-SELECT l.leaf_index::text OPERATOR(pg_catalog.||) E'\t'
-       OPERATOR(pg_catalog.||) pg_catalog.encode(fintx.leaf_data(l.leaf_index), 'hex')
-  FROM fintx.audit_leaves l
- WHERE l.leaf_index OPERATOR(pg_catalog.>=) COALESCE(from_leaf, 0)
-   AND (to_leaf IS NULL OR l.leaf_index OPERATOR(pg_catalog.<=) to_leaf)
- ORDER BY l.leaf_index
-$export$;
+AS 'MODULE_PATHNAME', 'fintx_audit_export'
+LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;

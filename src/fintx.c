@@ -56,10 +56,10 @@ _PG_init(void)
 							   NULL, NULL, NULL);
 	DefineCustomStringVariable("fintx.checkpoint_origin",
 							   "Origin line of audit checkpoints and name of the signing key.",
-							   "Empty: fintx.local/<system identifier>.",
+							   "Empty: fintx.local/<system identifier>/<database>. Set it per database with ALTER DATABASE.",
 							   &fintx_checkpoint_origin,
 							   "",
-							   PGC_SIGHUP,
+							   PGC_SUSET,
 							   0,
 							   NULL, NULL, NULL);
 	MarkGUCPrefixReserved("fintx");

@@ -107,6 +107,8 @@ typedef struct LedgerRequest
 /* fintx.c */
 extern SPIPlanPtr fintx_keep_plan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *types);
 
+typedef struct evp_pkey_st EVP_PKEY;
+
 /* One audit entry (audit.c); hash is the RFC 6962 leaf hash of its canonical bytes. */
 typedef struct FintxAuditEntry
 {
@@ -137,9 +139,9 @@ extern int	fintx_seal_interval_ms;
 extern char *fintx_signing_key_file;
 extern char *fintx_checkpoint_origin;
 extern int64 fintx_seal_log(void);
+extern char *fintx_key_label(const char *name, EVP_PKEY *key);
 
 /* crypto.c */
-typedef struct evp_pkey_st EVP_PKEY;
 extern void fintx_sha256(const unsigned char *data, size_t len, uint8 *out);
 extern void fintx_sha256_2(const unsigned char *part1, size_t len1, const unsigned char *part2,
 						   size_t len2, uint8 *out);

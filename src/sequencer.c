@@ -24,8 +24,10 @@
 #include "miscadmin.h"
 #include "port/pg_bswap.h"
 #include "utils/array.h"
+#include "commands/dbcommands.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
+#include "utils/xid8.h"
 
 PG_FUNCTION_INFO_V1(fintx_seal);
 PG_FUNCTION_INFO_V1(fintx_tree_size);
@@ -35,6 +37,7 @@ PG_FUNCTION_INFO_V1(fintx_inclusion_proof);
 PG_FUNCTION_INFO_V1(fintx_consistency_proof);
 PG_FUNCTION_INFO_V1(fintx_checkpoint);
 PG_FUNCTION_INFO_V1(fintx_public_key);
+PG_FUNCTION_INFO_V1(fintx_audit_export);
 PG_FUNCTION_INFO_V1(fintx_merkle_leaf_hash);
 PG_FUNCTION_INFO_V1(fintx_merkle_tree_head);
 PG_FUNCTION_INFO_V1(fintx_merkle_inclusion_proof_data);
@@ -173,7 +176,8 @@ Origin(void)
 {
 	if (fintx_checkpoint_origin && fintx_checkpoint_origin[0])
 		return pstrdup(fintx_checkpoint_origin);
-	return psprintf("fintx.local/%llu", (unsigned long long) GetSystemIdentifier());
+	return psprintf("fintx.local/%llu/%s", (unsigned long long) GetSystemIdentifier(),
+					get_database_name(MyDatabaseId));
 }
 
 /* The C2SP checkpoint body: "origin\nsize\nbase64(root)\n". */
@@ -249,6 +253,7 @@ fintx_seal_log(void)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	ReadBlock(-1, &prev);
+	/* Under REPEATABLE READ or SERIALIZABLE the snapshot could be stale: report the size. */
 	if (IsolationUsesXactSnapshot())
 	{
 		SPI_finish();
@@ -260,28 +265,60 @@ fintx_seal_log(void)
 	ReadBlock(-1, &prev);		/* again: another session may have sealed meanwhile */
 	n0 = prev.tree_size;
 
-	/* entries visible now but not under the previous block's snapshot, in one statement */
-	if (!prev.exists)
+	/*
+	 * Entries visible now but not under the previous block's snapshot, in one
+	 * statement. A transaction that seals after writing audit entries itself
+	 * must leave its own entries to a later pass (it could write more after
+	 * sealing): they are skipped, and its own xid is added to the in-progress
+	 * list of the snapshot the block stores, so the next pass after its
+	 * commit takes all of them.
+	 */
 	{
-		fintx_keep_plan(&first_scan_plan,
-						"WITH s AS MATERIALIZED (SELECT pg_catalog.pg_current_snapshot() AS snap)"
-						" SELECT s.snap, e.entry_id, e.entry_hash"
-						"   FROM s LEFT JOIN fintx.audit_entries e ON true"
-						"  ORDER BY e.entry_id", 0, NULL);
-		ret = SPI_execute_plan(first_scan_plan, NULL, NULL, false, 0);
-	}
-	else
-	{
-		Oid			types[1] = {PG_SNAPSHOTOID};
+		Oid			types[2] = {PG_SNAPSHOTOID, XID8OID};
+		Datum		args[2];
+		char		nulls[2] = {' ', ' '};
+		TransactionId own = GetTopTransactionIdIfAny();
 
-		fintx_keep_plan(&next_scan_plan,
-						"WITH s AS MATERIALIZED (SELECT pg_catalog.pg_current_snapshot() AS snap),"
+		args[0] = prev.exists ? prev.snapshot : (Datum) 0;
+		nulls[0] = prev.exists ? ' ' : 'n';
+		if (TransactionIdIsValid(own))
+			args[1] = FullTransactionIdGetDatum(GetTopFullTransactionId());
+		else
+		{
+			args[1] = (Datum) 0;
+			nulls[1] = 'n';
+		}
+		fintx_keep_plan(prev.exists ? &next_scan_plan : &first_scan_plan,
+						prev.exists ?
+						"WITH cur AS MATERIALIZED (SELECT pg_catalog.pg_current_snapshot() AS snap),"
+						"     s AS (SELECT CASE WHEN $2 IS NULL OR $2 >= pg_catalog.pg_snapshot_xmax(cur.snap)"
+						"             THEN cur.snap ELSE"
+						"             (LEAST(pg_catalog.pg_snapshot_xmin(cur.snap), $2)::text || ':'"
+						"              || pg_catalog.pg_snapshot_xmax(cur.snap)::text || ':'"
+						"              || (SELECT pg_catalog.string_agg(x::text, ',' ORDER BY x)"
+						"                    FROM (SELECT pg_catalog.pg_snapshot_xip(cur.snap) AS x UNION SELECT $2) q)"
+						"             )::pg_catalog.pg_snapshot END AS snap FROM cur),"
 						"     e AS (SELECT entry_id, entry_hash FROM fintx.audit_entries"
 						"            WHERE txid >= pg_catalog.pg_snapshot_xmin($1)"
-						"              AND NOT pg_catalog.pg_visible_in_snapshot(txid, $1))"
+						"              AND NOT pg_catalog.pg_visible_in_snapshot(txid, $1)"
+						"              AND txid IS DISTINCT FROM $2)"
 						" SELECT s.snap, e.entry_id, e.entry_hash FROM s LEFT JOIN e ON true"
-						"  ORDER BY e.entry_id", 1, types);
-		ret = SPI_execute_plan(next_scan_plan, &prev.snapshot, NULL, false, 0);
+						"  ORDER BY e.entry_id"
+						:
+						"WITH cur AS MATERIALIZED (SELECT pg_catalog.pg_current_snapshot() AS snap),"
+						"     s AS (SELECT CASE WHEN $2 IS NULL OR $2 >= pg_catalog.pg_snapshot_xmax(cur.snap)"
+						"             THEN cur.snap ELSE"
+						"             (LEAST(pg_catalog.pg_snapshot_xmin(cur.snap), $2)::text || ':'"
+						"              || pg_catalog.pg_snapshot_xmax(cur.snap)::text || ':'"
+						"              || (SELECT pg_catalog.string_agg(x::text, ',' ORDER BY x)"
+						"                    FROM (SELECT pg_catalog.pg_snapshot_xip(cur.snap) AS x UNION SELECT $2) q)"
+						"             )::pg_catalog.pg_snapshot END AS snap FROM cur),"
+						"     e AS (SELECT entry_id, entry_hash FROM fintx.audit_entries"
+						"            WHERE $1 IS NULL AND txid IS DISTINCT FROM $2)"
+						" SELECT s.snap, e.entry_id, e.entry_hash FROM s LEFT JOIN e ON true"
+						"  ORDER BY e.entry_id",
+						2, types);
+		ret = SPI_execute_plan(prev.exists ? next_scan_plan : first_scan_plan, args, nulls, false, 0);
 	}
 	if (ret != SPI_OK_SELECT || SPI_processed < 1)
 		elog(ERROR, "scanning audit entries failed");
@@ -417,7 +454,7 @@ fintx_seal_log(void)
 
 		SET_VARSIZE(sig, VARHDRSZ + 64);
 		fintx_ed25519_sign(key, (uint8 *) body, strlen(body), (uint8 *) VARDATA(sig));
-		bargs[8] = CStringGetTextDatum(origin);
+		bargs[8] = CStringGetTextDatum(fintx_key_label(origin, key));
 		bargs[9] = PointerGetDatum(sig);
 	}
 	else
@@ -622,67 +659,66 @@ fintx_leaf_data(PG_FUNCTION_ARGS)
 	PG_RETURN_BYTEA_P(out);
 }
 
-/* The signed note of a block (its origin is its key name). */
-static char *
-SignedNote(BlockInfo *b, EVP_PKEY *key)
+/* "name+hex(key id)": which key signed a block, stored in fintx.audit_blocks.key_name. */
+char *
+fintx_key_label(const char *name, EVP_PKEY *key)
 {
-	char	   *body = CheckpointBody(b->origin, b->tree_size, b->root);
 	uint8		pub[32];
-	uint8		blob[68];
+	uint8		id[4];
 
 	fintx_ed25519_public(key, pub);
-	fintx_note_key_id(b->key_name, pub, blob);
-	memcpy(blob + 4, VARDATA_ANY(b->signature), 64);
-	return psprintf("%s\n\u2014 %s %s\n", body, b->key_name, fintx_base64(blob, 68));
+	fintx_note_key_id(name, pub, id);
+	return psprintf("%s+%02x%02x%02x%02x", name, id[0], id[1], id[2], id[3]);
 }
 
-/*
- * fintx.checkpoint() → text: seals, then returns the latest tree head as a
- * C2SP checkpoint signed as a C2SP signed note. Emits 55000 without a key.
- */
-Datum
-fintx_checkpoint(PG_FUNCTION_ARGS)
+/* Emits 55000 unless a signing key is configured; returns it. */
+static EVP_PKEY *
+RequireKey(void)
 {
-	BlockInfo	b;
-	EVP_PKEY   *key;
-	char	   *note;
-
 	if (fintx_signing_key_file == NULL || fintx_signing_key_file[0] == '\0')
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("no signing key is configured"),
 				 errhint("Set fintx.signing_key_file to a PEM file holding an Ed25519 private key.")));
-	key = fintx_signing_key(fintx_signing_key_file);
+	return fintx_signing_key(fintx_signing_key_file);
+}
+
+/* The key name in use: the origin of the latest block, or the configured origin (SPI connected). */
+static char *
+CurrentName(BlockInfo *b)
+{
+	return b->exists ? b->origin : Origin();
+}
+
+/*
+ * fintx.checkpoint() → text: seals, then returns the latest tree head as a
+ * C2SP checkpoint, signed now with the configured key as a C2SP signed note.
+ * Emits 55000 without a key.
+ */
+Datum
+fintx_checkpoint(PG_FUNCTION_ARGS)
+{
+	BlockInfo	b;
+	EVP_PKEY   *key = RequireKey();
+	char	   *name;
+	char	   *body;
+	uint8		pub[32];
+	uint8		blob[68];
+	char	   *note;
+
 	fintx_seal_log();
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	ReadBlock(-1, &b);
+	name = CurrentName(&b);
 	if (!b.exists)
-	{
-		/* an empty log has no block yet: sign the empty tree head now */
-		b.origin = Origin();
-		b.key_name = b.origin;
-		b.tree_size = 0;
 		merkle_empty_root(b.root);
-		b.signature = palloc(VARHDRSZ + 64);
-		SET_VARSIZE(b.signature, VARHDRSZ + 64);
-		{
-			char	   *body = CheckpointBody(b.origin, 0, b.root);
-
-			fintx_ed25519_sign(key, (uint8 *) body, strlen(body), (uint8 *) VARDATA(b.signature));
-		}
-	}
-	else if (b.signature == NULL)
-	{
-		/* sealed before a key was configured: sign that head now */
-		char	   *body = CheckpointBody(b.origin, b.tree_size, b.root);
-
-		b.key_name = b.origin;
-		b.signature = palloc(VARHDRSZ + 64);
-		SET_VARSIZE(b.signature, VARHDRSZ + 64);
-		fintx_ed25519_sign(key, (uint8 *) body, strlen(body), (uint8 *) VARDATA(b.signature));
-	}
-	note = SignedNote(&b, key);
+	body = CheckpointBody(name, b.exists ? b.tree_size : 0, b.root);
+	fintx_ed25519_public(key, pub);
+	fintx_note_key_id(name, pub, blob);
+	fintx_ed25519_sign(key, (uint8 *) body, strlen(body), blob + 4);
+	note = psprintf("%s\n\u2014 %s %s\n", body, name, fintx_base64(blob, 68));
+	note = strcpy(SPI_palloc(strlen(note) + 1), note);	/* outlive SPI_finish */
 	SPI_finish();
 	PG_RETURN_TEXT_P(cstring_to_text(note));
 }
@@ -691,22 +727,22 @@ fintx_checkpoint(PG_FUNCTION_ARGS)
 Datum
 fintx_public_key(PG_FUNCTION_ARGS)
 {
-	EVP_PKEY   *key;
+	EVP_PKEY   *key = RequireKey();
+	BlockInfo	b;
 	uint8		pub[33];
-	uint8		id[4];
-	char	   *name = Origin();
+	char	   *label;
+	char	   *out;
 
-	if (fintx_signing_key_file == NULL || fintx_signing_key_file[0] == '\0')
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("no signing key is configured"),
-				 errhint("Set fintx.signing_key_file to a PEM file holding an Ed25519 private key.")));
-	key = fintx_signing_key(fintx_signing_key_file);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	ReadBlock(-1, &b);
+	label = fintx_key_label(CurrentName(&b), key);
 	pub[0] = 0x01;
 	fintx_ed25519_public(key, pub + 1);
-	fintx_note_key_id(name, pub + 1, id);
-	PG_RETURN_TEXT_P(cstring_to_text(psprintf("%s+%02x%02x%02x%02x+%s", name, id[0], id[1], id[2], id[3],
-											  fintx_base64(pub, 33))));
+	out = psprintf("%s+%s", label, fintx_base64(pub, 33));
+	out = strcpy(SPI_palloc(strlen(out) + 1), out);
+	SPI_finish();
+	PG_RETURN_TEXT_P(cstring_to_text(out));
 }
 
 /* ------------------------------------------------------------------------
@@ -817,4 +853,86 @@ fintx_merkle_consistency_proof_data(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("need 0 < first_size <= second_size <= %lld", (long long) t->n)));
 	PG_RETURN_DATUM(HashArray(proof, merkle_consistency_proof(FetchData, t, m, n, proof)));
+}
+
+/*
+ * fintx.audit_export(from_leaf, to_leaf) → SETOF text: seals once, then one
+ * line per sealed leaf, "leaf_index<TAB>hex(canonical bytes)", in leaf order
+ * (the input of fintx-verify).
+ */
+Datum
+fintx_audit_export(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int64		size = fintx_seal_log();
+	int64		from = PG_ARGISNULL(0) ? 0 : PG_GETARG_INT64(0);
+	int64		to = PG_ARGISNULL(1) ? size - 1 : PG_GETARG_INT64(1);
+	Oid			types[2] = {INT8OID, INT8OID};
+	Datum		args[2];
+	SPIPlanPtr	plan;
+	Portal		portal;
+	StringInfoData buf;
+	StringInfoData line;
+	MemoryContext rowcxt;
+
+	if (from < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("from_leaf must not be negative")));
+	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	rowcxt = AllocSetContextCreate(CurrentMemoryContext, "fintx export row", ALLOCSET_DEFAULT_SIZES);
+	args[0] = Int64GetDatum(from);
+	args[1] = Int64GetDatum(to);
+	plan = SPI_prepare("SELECT l.leaf_index, e.entry_id, e.recorded_at, e.actor, e.session_role, e.action,"
+					   "       e.object_type, e.object_id, e.details"
+					   "  FROM fintx.audit_leaves l JOIN fintx.audit_entries e ON e.entry_id = l.entry_id"
+					   " WHERE l.leaf_index BETWEEN $1 AND $2 ORDER BY l.leaf_index", 2, types);
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed");
+	portal = SPI_cursor_open(NULL, plan, args, NULL, true);
+	initStringInfo(&buf);
+	initStringInfo(&line);
+	for (;;)
+	{
+		SPI_cursor_fetch(portal, true, 10000);
+		if (SPI_processed == 0)
+			break;
+		for (uint64 r = 0; r < SPI_processed; r++)
+		{
+			HeapTuple	tup = SPI_tuptable->vals[r];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+			bool		isnull;
+			FintxAuditEntry e;
+			MemoryContext old;
+			Datum		value;
+			bool		vnull = false;
+
+			CHECK_FOR_INTERRUPTS();
+			old = MemoryContextSwitchTo(rowcxt);
+			e.entry_id = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+			e.recorded_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 3, &isnull));
+			e.actor = TextDatumGetCString(SPI_getbinval(tup, desc, 4, &isnull));
+			e.session_role = TextDatumGetCString(SPI_getbinval(tup, desc, 5, &isnull));
+			e.action = TextDatumGetCString(SPI_getbinval(tup, desc, 6, &isnull));
+			e.object_type = TextDatumGetCString(SPI_getbinval(tup, desc, 7, &isnull));
+			e.object_id = TextDatumGetCString(SPI_getbinval(tup, desc, 8, &isnull));
+			e.details = DatumGetJsonbP(SPI_getbinval(tup, desc, 9, &isnull));
+			fintx_audit_canonical(&buf, &e);
+			resetStringInfo(&line);
+			appendStringInfo(&line, "%lld\t", (long long) DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull)));
+			enlargeStringInfo(&line, buf.len * 2 + 1);
+			line.len += hex_encode(buf.data, buf.len, line.data + line.len);
+			line.data[line.len] = '\0';
+			MemoryContextSwitchTo(old);
+			value = CStringGetTextDatum(line.data);
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &value, &vnull);
+			MemoryContextReset(rowcxt);
+		}
+		SPI_freetuptable(SPI_tuptable);
+	}
+	SPI_cursor_close(portal);
+	SPI_finish();
+	return (Datum) 0;
 }

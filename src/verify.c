@@ -311,9 +311,10 @@ VerifyNodes(VerifyState *st, uint8 *leaves, int64 n)
 					lv, (long long) idx);
 				continue;
 			}
+			/* a damaged leaf already named is the first bad leaf, not the subtree above it */
 			if (!ColumnHash(tup, desc, 3, h) || memcmp(h, next + idx * MERKLE_HASH_LEN, MERKLE_HASH_LEN) != 0)
-				Bad(st, idx << lv, "the tree node at level %d, index %lld does not match its leaves",
-					lv, (long long) idx);
+				Bad(st, st->first_bad >= 0 ? -1 : idx << lv,
+					"the tree node at level %d, index %lld does not match its leaves", lv, (long long) idx);
 		}
 		SPI_freetuptable(SPI_tuptable);
 	}
@@ -359,7 +360,8 @@ HeadRoot(HeadBuilder *hb, uint8 *out)
 
 /* Checks the block chain, tree heads (leaves[0..nleaves) known) and signatures. */
 static void
-VerifyBlocks(VerifyState *st, uint8 *leaves, int64 nleaves, int64 *blocks_checked)
+VerifyBlocks(VerifyState *st, uint8 *leaves, int64 nleaves, int64 *blocks_checked,
+			 int64 *other_key, int64 *unsigned_blocks)
 {
 	Portal		portal;
 	SPIPlanPtr	plan;
@@ -430,7 +432,8 @@ VerifyBlocks(VerifyState *st, uint8 *leaves, int64 nleaves, int64 *blocks_checke
 					HeadAdd(hb, leaves + hb->n * MERKLE_HASH_LEN);
 				HeadRoot(hb, expect);
 				if (memcmp(expect, root, MERKLE_HASH_LEN) != 0)
-					Bad(st, prev_size, "block %lld records a tree head for size %lld that the entries do not produce",
+					Bad(st, st->first_bad >= 0 ? -1 : prev_size,
+						"block %lld records a tree head for size %lld that the entries do not produce",
 						(long long) id, (long long) size);
 			}
 			sigd = SPI_getbinval(tup, desc, 9, &isnull);
@@ -438,14 +441,19 @@ VerifyBlocks(VerifyState *st, uint8 *leaves, int64 nleaves, int64 *blocks_checke
 			{
 				bytea	   *sig = DatumGetByteaPP(sigd);
 				char	   *origin = SPI_getvalue(tup, desc, 7);
+				char	   *label = SPI_getvalue(tup, desc, 8);
 				char	   *body = psprintf("%s\n%lld\n%s\n", origin, (long long) size,
 											fintx_base64(root, MERKLE_HASH_LEN));
 
-				if (VARSIZE_ANY_EXHDR(sig) != 64 ||
-					!fintx_ed25519_verify(pub, (uint8 *) body, strlen(body), (uint8 *) VARDATA_ANY(sig)))
-					Bad(st, prev_size, "the signature of block %lld does not verify with the configured key",
-						(long long) id);
+				if (label == NULL || strcmp(label, fintx_key_label(origin, key)) != 0)
+					(*other_key)++;		/* signed before a key rotation: not checkable here */
+				else if (VARSIZE_ANY_EXHDR(sig) != 64 ||
+						 !fintx_ed25519_verify(pub, (uint8 *) body, strlen(body), (uint8 *) VARDATA_ANY(sig)))
+					Bad(st, st->first_bad >= 0 ? -1 : prev_size,
+						"the signature of block %lld does not verify with the configured key", (long long) id);
 			}
+			else if (isnull && key)
+				(*unsigned_blocks)++;
 			memcpy(prev_hash, bh, MERKLE_HASH_LEN);
 			prev_id = id;
 			prev_size = size;
@@ -470,7 +478,9 @@ fintx_verify_audit(PG_FUNCTION_ARGS)
 				from,
 				to,
 				checked = 0,
-				blocks = 0;
+				blocks = 0,
+				other_key = 0,
+				unsigned_blocks = 0;
 	uint8	   *leaves = NULL;
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
@@ -497,14 +507,27 @@ fintx_verify_audit(PG_FUNCTION_ARGS)
 		if (leaves)
 			VerifyNodes(&st, leaves, to + 1);
 	}
-	VerifyBlocks(&st, leaves, leaves ? to + 1 : 0, &blocks);
+	VerifyBlocks(&st, leaves, leaves ? to + 1 : 0, &blocks, &other_key, &unsigned_blocks);
 	SPI_finish();
 
 	if (st.ok)
-		appendStringInfo(&st.detail, "verified %lld entr%s and %lld block%s%s", (long long) checked,
-						 checked == 1 ? "y" : "ies", (long long) blocks, blocks == 1 ? "" : "s",
-						 fintx_signing_key_file && fintx_signing_key_file[0] ? ", signatures checked"
-						 : "; no signing key configured, signatures not checked");
+	{
+		appendStringInfo(&st.detail, "verified %lld entr%s and %lld block%s", (long long) checked,
+						 checked == 1 ? "y" : "ies", (long long) blocks, blocks == 1 ? "" : "s");
+		if (!(fintx_signing_key_file && fintx_signing_key_file[0]))
+			appendStringInfoString(&st.detail, "; no signing key configured, signatures not checked");
+		else
+		{
+			appendStringInfo(&st.detail, "; %lld signature%s checked", (long long) (blocks - other_key - unsigned_blocks),
+							 blocks - other_key - unsigned_blocks == 1 ? "" : "s");
+			if (other_key > 0)
+				appendStringInfo(&st.detail, ", %lld block%s signed by an earlier key", (long long) other_key,
+								 other_key == 1 ? "" : "s");
+			if (unsigned_blocks > 0)
+				appendStringInfo(&st.detail, ", %lld block%s sealed before a key was configured",
+								 (long long) unsigned_blocks, unsigned_blocks == 1 ? "" : "s");
+		}
+	}
 	values[0] = BoolGetDatum(st.ok);
 	values[1] = Int64GetDatum(checked);
 	values[2] = Int64GetDatum(st.first_bad);

@@ -62,6 +62,14 @@ _PG_init(void)
 							   PGC_SUSET,
 							   0,
 							   NULL, NULL, NULL);
+	DefineCustomStringVariable("fintx.trusted_keys",
+							   "Verifier keys of earlier signing keys, for fintx.verify_audit() after a key rotation.",
+							   "C2SP verifier keys (name+keyid+base64), separated by commas or spaces.",
+							   &fintx_trusted_keys,
+							   "",
+							   PGC_SIGHUP,
+							   0,
+							   NULL, NULL, NULL);
 	MarkGUCPrefixReserved("fintx");
 
 	if (process_shared_preload_libraries_in_progress)

@@ -138,6 +138,7 @@ extern Datum fintx_hash_datum(const uint8 *hash);
 extern int	fintx_seal_interval_ms;
 extern char *fintx_signing_key_file;
 extern char *fintx_checkpoint_origin;
+extern char *fintx_trusted_keys;
 extern int64 fintx_seal_log(void);
 extern char *fintx_key_label(const char *name, EVP_PKEY *key);
 

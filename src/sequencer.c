@@ -46,6 +46,7 @@ PG_FUNCTION_INFO_V1(fintx_merkle_consistency_proof_data);
 int			fintx_seal_interval_ms = 100;
 char	   *fintx_signing_key_file = NULL;
 char	   *fintx_checkpoint_origin = NULL;
+char	   *fintx_trusted_keys = NULL;
 
 #define SEAL_LOCK_KEY	INT64CONST(0x66696E7478736C)	/* "fintxsl" */
 #define BLOCK_MAGIC		"fintx.block.v1"

@@ -19,6 +19,7 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "port/pg_bswap.h"
+#include "common/base64.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
@@ -358,6 +359,37 @@ HeadRoot(HeadBuilder *hb, uint8 *out)
 		merkle_node_hash(hb->hash[i], out, out);
 }
 
+/*
+ * Returns the public key of the fintx.trusted_keys entry (C2SP verifier keys
+ * "name+hexid+base64(0x01 || key)", separated by commas or white space) whose
+ * "name+hexid" is label, or NULL.
+ */
+static const uint8 *
+TrustedKey(const char *label)
+{
+	char	   *list = pstrdup(fintx_trusted_keys ? fintx_trusted_keys : "");
+	char	   *save = NULL;
+	size_t		llen = strlen(label);
+
+	for (char *tok = strtok_r(list, ", \t\n", &save); tok; tok = strtok_r(NULL, ", \t\n", &save))
+	{
+		char		raw[64];
+		int			n;
+
+		if (strncmp(tok, label, llen) != 0 || tok[llen] != '+')
+			continue;
+		n = pg_b64_decode(tok + llen + 1, strlen(tok + llen + 1), raw, sizeof(raw));
+		if (n == 33 && raw[0] == 0x01)
+		{
+			uint8	   *pub = palloc(32);
+
+			memcpy(pub, raw + 1, 32);
+			return pub;
+		}
+	}
+	return NULL;
+}
+
 /* Checks the block chain, tree heads (leaves[0..nleaves) known) and signatures. */
 static void
 VerifyBlocks(VerifyState *st, uint8 *leaves, int64 nleaves, int64 *blocks_checked,
@@ -371,6 +403,7 @@ VerifyBlocks(VerifyState *st, uint8 *leaves, int64 nleaves, int64 *blocks_checke
 				prev_size = 0;
 	EVP_PKEY   *key = fintx_signing_key(fintx_signing_key_file);
 	uint8		pub[32];
+	bool		seen_signed = false;
 
 	if (key)
 		fintx_ed25519_public(key, pub);
@@ -437,23 +470,44 @@ VerifyBlocks(VerifyState *st, uint8 *leaves, int64 nleaves, int64 *blocks_checke
 						(long long) id, (long long) size);
 			}
 			sigd = SPI_getbinval(tup, desc, 9, &isnull);
-			if (!isnull && key)
+			if (!isnull)
 			{
 				bytea	   *sig = DatumGetByteaPP(sigd);
 				char	   *origin = SPI_getvalue(tup, desc, 7);
 				char	   *label = SPI_getvalue(tup, desc, 8);
 				char	   *body = psprintf("%s\n%lld\n%s\n", origin, (long long) size,
 											fintx_base64(root, MERKLE_HASH_LEN));
+				const uint8 *with = NULL;
 
-				if (label == NULL || strcmp(label, fintx_key_label(origin, key)) != 0)
-					(*other_key)++;		/* signed before a key rotation: not checkable here */
+				seen_signed = true;
+				if (key && label && strcmp(label, fintx_key_label(origin, key)) == 0)
+					with = pub;
+				else if (label)
+					with = TrustedKey(label);
+				if (with == NULL)
+				{
+					if (key || fintx_trusted_keys[0])
+						Bad(st, st->first_bad >= 0 ? -1 : prev_size,
+							"block %lld is signed by key \"%s\", which is neither the configured key nor in fintx.trusted_keys",
+							(long long) id, label ? label : "");
+					else
+						(*other_key)++;
+				}
 				else if (VARSIZE_ANY_EXHDR(sig) != 64 ||
-						 !fintx_ed25519_verify(pub, (uint8 *) body, strlen(body), (uint8 *) VARDATA_ANY(sig)))
+						 !fintx_ed25519_verify(with, (uint8 *) body, strlen(body), (uint8 *) VARDATA_ANY(sig)))
 					Bad(st, st->first_bad >= 0 ? -1 : prev_size,
-						"the signature of block %lld does not verify with the configured key", (long long) id);
+						"the signature of block %lld does not verify", (long long) id);
+				else if (with != pub)
+					(*other_key)++;
 			}
-			else if (isnull && key)
+			else
+			{
+				/* once the log is signed, it stays signed: an unsigned block after a signed one is forged */
+				if (seen_signed)
+					Bad(st, st->first_bad >= 0 ? -1 : prev_size,
+						"block %lld is unsigned although earlier blocks are signed", (long long) id);
 				(*unsigned_blocks)++;
+			}
 			memcpy(prev_hash, bh, MERKLE_HASH_LEN);
 			prev_id = id;
 			prev_size = size;
@@ -518,11 +572,10 @@ fintx_verify_audit(PG_FUNCTION_ARGS)
 			appendStringInfoString(&st.detail, "; no signing key configured, signatures not checked");
 		else
 		{
-			appendStringInfo(&st.detail, "; %lld signature%s checked", (long long) (blocks - other_key - unsigned_blocks),
-							 blocks - other_key - unsigned_blocks == 1 ? "" : "s");
+			appendStringInfo(&st.detail, "; %lld signature%s checked", (long long) (blocks - unsigned_blocks),
+							 blocks - unsigned_blocks == 1 ? "" : "s");
 			if (other_key > 0)
-				appendStringInfo(&st.detail, ", %lld block%s signed by an earlier key", (long long) other_key,
-								 other_key == 1 ? "" : "s");
+				appendStringInfo(&st.detail, " (%lld with keys from fintx.trusted_keys)", (long long) other_key);
 			if (unsigned_blocks > 0)
 				appendStringInfo(&st.detail, ", %lld block%s sealed before a key was configured",
 								 (long long) unsigned_blocks, unsigned_blocks == 1 ? "" : "s");

@@ -11,7 +11,7 @@
 #   e) a forged block signature -> verify_audit() reports it; a signed note with a forged
 #      signature, or signed by another key, does not verify with public_key(); key rotation
 #   f) a full rewrite of a block (every hash recomputed, signature relabelled or removed)
-#      -> (TODO) verify_audit(); caught by a checkpoint saved before
+#      -> verify_audit() refuses it; a checkpoint saved before catches it too
 # Checkpoints (C2SP signed notes) and signatures are checked here with the openssl CLI.
 use strict;
 use warnings;
@@ -407,6 +407,7 @@ ok(verify_checkpoint($other, $vk2), 'control: with its own key ID it verifies wi
 ok(!verify_checkpoint($other, $vk), 'but not with public_key()');
 
 # the server switches to the other key
+my $vk_forged_old = dbq('forged', 'SELECT fintx.public_key()');
 $node->safe_psql('postgres', "ALTER SYSTEM SET fintx.signing_key_file = '$key2'");
 $node->reload;
 my $vk_new = dbq('forged', 'SELECT fintx.public_key()');
@@ -418,7 +419,18 @@ dbq('forged', "INSERT INTO ev (who, amount) VALUES ('after-rotation', 1); SELECT
 my $cp_new = dbq('forged', 'SELECT fintx.checkpoint()');
 ok(verify_checkpoint($cp_new, $vk_new), 'a block sealed under the new key: its checkpoint verifies with the new public_key()');
 ok(!verify_checkpoint($cp_new, $vk), 'and not with the old one');
-note('verify_audit() after the key change: ' . join('|', @{ verify('forged') }));
+my $v_rot = verify('forged');
+like($v_rot->[3], qr/neither the configured key nor in fintx\.trusted_keys/,
+	'after a key change, blocks of the old key are refused until the old key is trusted');
+$node->safe_psql('postgres', "ALTER SYSTEM SET fintx.trusted_keys = '$vk_forged_old'");
+$node->reload;
+$node->poll_query_until('forged', "SELECT current_setting('fintx.trusted_keys') <> ''") or die 'reload';
+$v_rot = verify('forged');
+note("verify_audit() with the old key trusted: " . join("|", @$v_rot));
+is($v_rot->[0], 'true', 'with the old verifier key in fintx.trusted_keys, the log verifies again');
+like($v_rot->[3], qr/\(\d+ with keys from fintx\.trusted_keys\)/, 'and the old blocks were checked with the trusted key');
+$node->safe_psql('postgres', "ALTER SYSTEM RESET fintx.trusted_keys");
+$node->reload;
 
 # ---------------------------------------------------------------------------
 # f) a full rewrite: entry, entry hash, subtree hashes, tree head and block hash recomputed,
@@ -451,17 +463,15 @@ tamper('rewritten', qq{
 });
 $v = verify('rewritten');
 note('verify_audit() after the rewrite: ' . join('|', @$v));
-TODO:
 {
-	local $TODO = 'verify_audit() accepts a block whose key_name names an unknown key, without checking its signature';
+	# regression: verify_audit() accepts a block whose key_name names an unknown key, without checking its signature
 	is($v->[0], 'false', 'a rewritten block relabelled as signed by another key is not accepted by verify_audit()');
 }
 tamper('rewritten', 'UPDATE fintx.audit_blocks SET signature = NULL, key_name = NULL WHERE block_id = 5');
 $v = verify('rewritten');
 note('verify_audit() with the signature removed: ' . join('|', @$v));
-TODO:
 {
-	local $TODO = 'verify_audit() accepts an unsigned block that follows signed ones while a key is configured';
+	# regression: verify_audit() accepts an unsigned block that follows signed ones while a key is configured
 	is($v->[0], 'false', 'a rewritten block with its signature removed is not accepted by verify_audit()');
 }
 my $now40 = parse_checkpoint(dbq('rewritten', 'SELECT fintx.checkpoint()'));

@@ -377,8 +377,12 @@ $node->safe_psql('empty_log', 'CREATE EXTENSION fintx');
 	IPC::Run::run([ 'psql', '-XAtq', '-d', $node->connstr('empty_log'), '-c', 'SELECT fintx.checkpoint()',
 			'-o', "$dir/cp-empty.txt" ], '>', \$out, '2>', \$err) or die "psql: $err";
 	write_file("$dir/export-none.tsv", '');
+	# each database signs under its own name (fintx.local/<system id>/<database>)
+	write_file("$dir/key-empty.txt", $node->safe_psql('empty_log', 'SELECT fintx.public_key()'));
 	verifier_is('empty log', 0, qr/^OK: 0 leaves verified/, '--export', "$dir/export-none.tsv", '--checkpoint',
-		"$dir/cp-empty.txt", '--key', $keyf);
+		"$dir/cp-empty.txt", '--key', "$dir/key-empty.txt");
+	verifier_is('another database\'s key does not verify this log', 1, qr/./, '--export', "$dir/export-none.tsv",
+		'--checkpoint', "$dir/cp-empty.txt", '--key', $keyf);
 }
 
 $node->stop;

@@ -42,3 +42,21 @@ TRUNCATE fintx.audit_blocks;
 SELECT account, action FROM fintx.audit_account_trail WHERE account = 'a:x' ORDER BY entry_id;
 SELECT action, entries FROM fintx.audit_actor_activity WHERE actor = current_user AND action LIKE 'transfer.%' ORDER BY action;
 SELECT count(*) > 0 AS has_checkpoints, bool_and(tree_size > 0) AS sizes FROM fintx.audit_checkpoints;
+-- audit_table: row images and TRUNCATE of a user table, in the same transaction
+CREATE TABLE public.audit_notes (id int PRIMARY KEY, note text);
+SELECT fintx.audit_table('public.audit_notes');
+INSERT INTO public.audit_notes VALUES (1, 'first'), (2, 'second');
+UPDATE public.audit_notes SET note = 'changed' WHERE id = 1;
+DELETE FROM public.audit_notes WHERE id = 2;
+TRUNCATE public.audit_notes;
+SELECT action, details - 'table' AS details FROM fintx.audit_log
+ WHERE object_id = 'public.audit_notes' ORDER BY entry_id;
+-- append_only: inserts only
+CREATE TABLE public.audit_ledger_copy (id int);
+SELECT fintx.append_only('public.audit_ledger_copy');
+INSERT INTO public.audit_ledger_copy VALUES (1);
+UPDATE public.audit_ledger_copy SET id = 2;
+DELETE FROM public.audit_ledger_copy;
+TRUNCATE public.audit_ledger_copy;
+SELECT count(*) AS rows_kept FROM public.audit_ledger_copy;
+SELECT ok, detail LIKE 'verified % entries and % block%' AS detail_ok FROM fintx.verify_audit();

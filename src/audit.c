@@ -42,33 +42,6 @@ PG_FUNCTION_INFO_V1(fintx_append_only);
 static SPIPlanPtr insert_one_plan = NULL;
 static SPIPlanPtr insert_many_plan = NULL;
 
-/* Appends one tagged, length-prefixed field. */
-static void
-Field(StringInfo buf, char tag, const void *data, uint32 len)
-{
-	uint32		be = pg_hton32(len);
-
-	appendStringInfoChar(buf, tag);
-	appendBinaryStringInfo(buf, (char *) &be, 4);
-	appendBinaryStringInfo(buf, data, len);
-}
-
-/* Appends a field holding a big-endian 64-bit integer. */
-static void
-Int64Field(StringInfo buf, char tag, int64 v)
-{
-	uint64		be = pg_hton64((uint64) v);
-
-	Field(buf, tag, &be, 8);
-}
-
-/* Appends a NUL-terminated string field. */
-static void
-StringField(StringInfo buf, char tag, const char *s)
-{
-	Field(buf, tag, s, strlen(s));
-}
-
 /* Fills buf with the canonical bytes of an entry (see the file header). */
 void
 fintx_audit_canonical(StringInfo buf, const FintxAuditEntry *e)
@@ -77,14 +50,14 @@ fintx_audit_canonical(StringInfo buf, const FintxAuditEntry *e)
 
 	resetStringInfo(buf);
 	appendBinaryStringInfo(buf, AUDIT_MAGIC, strlen(AUDIT_MAGIC));
-	Int64Field(buf, 'i', e->entry_id);
-	Int64Field(buf, 't', e->recorded_at + UNIX_EPOCH_OFFSET_USEC);
-	StringField(buf, 'a', e->actor);
-	StringField(buf, 's', e->session_role);
-	StringField(buf, 'c', e->action);
-	StringField(buf, 'o', e->object_type);
-	StringField(buf, 'k', e->object_id);
-	StringField(buf, 'd', details);
+	fintx_put_int64(buf, 'i', e->entry_id);
+	fintx_put_int64(buf, 't', e->recorded_at + UNIX_EPOCH_OFFSET_USEC);
+	fintx_put_string(buf, 'a', e->actor);
+	fintx_put_string(buf, 's', e->session_role);
+	fintx_put_string(buf, 'c', e->action);
+	fintx_put_string(buf, 'o', e->object_type);
+	fintx_put_string(buf, 'k', e->object_id);
+	fintx_put_string(buf, 'd', details);
 	pfree(details);
 }
 
@@ -129,6 +102,26 @@ fintx_audit_init(FintxAuditEntry *e, const char *actor, const char *action,
 	e->object_id = object_id;
 	e->details = details;
 	fintx_audit_hash(e);
+}
+
+/*
+ * Reads an entry from columns first .. first + 7 of an SPI row: entry_id,
+ * recorded_at, actor, session_role, action, object_type, object_id, details
+ * (allocated in the current memory context).
+ */
+void
+fintx_audit_entry_from_row(HeapTuple tup, TupleDesc desc, int first, FintxAuditEntry *e)
+{
+	bool		isnull;
+
+	e->entry_id = DatumGetInt64(SPI_getbinval(tup, desc, first, &isnull));
+	e->recorded_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, first + 1, &isnull));
+	e->actor = TextDatumGetCString(SPI_getbinval(tup, desc, first + 2, &isnull));
+	e->session_role = TextDatumGetCString(SPI_getbinval(tup, desc, first + 3, &isnull));
+	e->action = TextDatumGetCString(SPI_getbinval(tup, desc, first + 4, &isnull));
+	e->object_type = TextDatumGetCString(SPI_getbinval(tup, desc, first + 5, &isnull));
+	e->object_id = TextDatumGetCString(SPI_getbinval(tup, desc, first + 6, &isnull));
+	e->details = DatumGetJsonbP(SPI_getbinval(tup, desc, first + 7, &isnull));
 }
 
 /* bytea datum of a 32-byte hash. */
@@ -300,9 +293,9 @@ fintx_audit_row(PG_FUNCTION_ARGS)
 	Jsonb	   *details;
 	HeapTuple	ret = NULL;
 
-	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) ||
-		!TRIGGER_FIRED_AFTER(trigdata->tg_event))
-		elog(ERROR, "fintx_audit_row: must be fired AFTER, FOR EACH ROW");
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_AFTER(trigdata->tg_event) ||
+		(!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) && !TRIGGER_FIRED_BY_TRUNCATE(trigdata->tg_event)))
+		elog(ERROR, "fintx_audit_row: must be fired AFTER, FOR EACH ROW (or for TRUNCATE)");
 	rel = trigdata->tg_relation;
 	objid = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
 									   RelationGetRelationName(rel));
@@ -311,7 +304,9 @@ fintx_audit_row(PG_FUNCTION_ARGS)
 	initStringInfo(&buf);
 	appendStringInfoString(&buf, "{\"table\": ");
 	escape_json(&buf, objid);
-	if (TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
+	if (TRIGGER_FIRED_BY_TRUNCATE(trigdata->tg_event))
+		action = "table.truncated";
+	else if (TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
 	{
 		action = "row.inserted";
 		appendStringInfo(&buf, ", \"new\": %s",
@@ -386,6 +381,9 @@ fintx_audit_table(PG_FUNCTION_ARGS)
 	CreateTriggerFor(relid,
 					 "CREATE TRIGGER fintx_audit AFTER INSERT OR UPDATE OR DELETE ON %s"
 					 " FOR EACH ROW EXECUTE FUNCTION fintx.audit_row()");
+	CreateTriggerFor(relid,
+					 "CREATE TRIGGER fintx_audit_truncate AFTER TRUNCATE ON %s"
+					 " FOR EACH STATEMENT EXECUTE FUNCTION fintx.audit_row()");
 	PG_RETURN_VOID();
 }
 

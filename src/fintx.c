@@ -7,6 +7,7 @@
 #include "fintx.h"
 
 #include "miscadmin.h"
+#include "port/pg_bswap.h"
 #include "nodes/parsenodes.h"
 #include "utils/guc.h"
 
@@ -76,13 +77,23 @@ _PG_init(void)
 		fintx_register_worker();
 }
 
-/* Prepares an SPI plan on first use and keeps it for the life of the backend. */
+/*
+ * Prepares an SPI plan on first use and keeps it for the life of the backend,
+ * as a generic plan (planned once).
+ */
 SPIPlanPtr
 fintx_keep_plan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *types)
 {
+	return fintx_keep_plan_opts(slot, sql, nargs, types, CURSOR_OPT_GENERIC_PLAN);
+}
+
+/* As fintx_keep_plan, with planner options (CURSOR_OPT_CUSTOM_PLAN: replan with the values). */
+SPIPlanPtr
+fintx_keep_plan_opts(SPIPlanPtr *slot, const char *sql, int nargs, Oid *types, int opts)
+{
 	if (*slot == NULL)
 	{
-		SPIPlanPtr	plan = SPI_prepare_cursor(sql, nargs, types, CURSOR_OPT_GENERIC_PLAN);
+		SPIPlanPtr	plan = SPI_prepare_cursor(sql, nargs, types, opts);
 
 		if (plan == NULL)
 			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
@@ -91,4 +102,36 @@ fintx_keep_plan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *types)
 		*slot = plan;
 	}
 	return *slot;
+}
+
+/*
+ * Tagged, length-prefixed fields of fintx's canonical encodings (request
+ * fingerprints, audit entries): one tag byte, a 4-byte big-endian length
+ * (0xFFFFFFFF for SQL NULL, len < 0 here), then the bytes.
+ */
+void
+fintx_put_field(StringInfo buf, char tag, const void *data, int32 len)
+{
+	uint32		be = pg_hton32(len < 0 ? 0xFFFFFFFFu : (uint32) len);
+
+	appendStringInfoChar(buf, tag);
+	appendBinaryStringInfo(buf, (char *) &be, 4);
+	if (len > 0)
+		appendBinaryStringInfo(buf, data, len);
+}
+
+/* A field holding a big-endian 64-bit integer. */
+void
+fintx_put_int64(StringInfo buf, char tag, int64 v)
+{
+	uint64		be = pg_hton64((uint64) v);
+
+	fintx_put_field(buf, tag, &be, 8);
+}
+
+/* A field holding a NUL-terminated string. */
+void
+fintx_put_string(StringInfo buf, char tag, const char *s)
+{
+	fintx_put_field(buf, tag, s, (int32) strlen(s));
 }

@@ -106,6 +106,11 @@ typedef struct LedgerRequest
 
 /* fintx.c */
 extern SPIPlanPtr fintx_keep_plan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *types);
+extern SPIPlanPtr fintx_keep_plan_opts(SPIPlanPtr *slot, const char *sql, int nargs, Oid *types,
+									   int opts);
+extern void fintx_put_field(StringInfo buf, char tag, const void *data, int32 len);
+extern void fintx_put_int64(StringInfo buf, char tag, int64 v);
+extern void fintx_put_string(StringInfo buf, char tag, const char *s);
 
 typedef struct evp_pkey_st EVP_PKEY;
 
@@ -133,6 +138,7 @@ extern void fintx_audit_record(const char *actor, const char *action, const char
 							   const char *object_id, Jsonb *details, uint8 *hash_out);
 extern Jsonb *fintx_jsonb_from_text(const char *text);
 extern Datum fintx_hash_datum(const uint8 *hash);
+extern void fintx_audit_entry_from_row(HeapTuple tup, TupleDesc desc, int first, FintxAuditEntry *e);
 
 /* sequencer.c */
 extern int	fintx_seal_interval_ms;
@@ -141,6 +147,8 @@ extern char *fintx_checkpoint_origin;
 extern char *fintx_trusted_keys;
 extern int64 fintx_seal_log(void);
 extern char *fintx_key_label(const char *name, EVP_PKEY *key);
+extern void fintx_block_hash(int64 id, int64 size, const uint8 *root, const uint8 *prev,
+							 TimestampTz sealed_at, uint8 *out);
 
 /* crypto.c */
 extern void fintx_sha256(const unsigned char *data, size_t len, uint8 *out);

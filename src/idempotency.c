@@ -28,35 +28,6 @@ static SPIPlanPtr claim_plan = NULL;
 static SPIPlanPtr claim_one_plan = NULL;
 static SPIPlanPtr replay_plan = NULL;
 
-/* Appends one tagged, length-prefixed field (len < 0: SQL NULL). */
-static void
-AppendField(StringInfo buf, char tag, const void *data, int32 len)
-{
-	uint32		be;
-
-	appendStringInfoChar(buf, tag);
-	be = pg_hton32(len < 0 ? 0xFFFFFFFFu : (uint32) len);
-	appendBinaryStringInfo(buf, (char *) &be, 4);
-	if (len > 0)
-		appendBinaryStringInfo(buf, data, len);
-}
-
-/* Appends a field holding a big-endian 64-bit integer. */
-static void
-AppendInt64(StringInfo buf, char tag, int64 v)
-{
-	uint64		be = pg_hton64((uint64) v);
-
-	AppendField(buf, tag, &be, 8);
-}
-
-/* Appends a NUL-terminated string field. */
-static void
-AppendString(StringInfo buf, char tag, const char *s)
-{
-	AppendField(buf, tag, s, (int32) strlen(s));
-}
-
 /*
  * Computes req->fingerprint: SHA-256 over the canonical encoding described in
  * docs/idempotency.md. The idempotency key itself is not part of it.
@@ -76,12 +47,12 @@ fintx_fingerprint(LedgerRequest *req)
 												VARSIZE(req->metadata));
 				uint8		pending = req->pending ? 1 : 0;
 
-				AppendString(&buf, 'o', "transfer");
-				AppendString(&buf, 'f', req->from_code);
-				AppendString(&buf, 't', req->to_code);
-				AppendInt64(&buf, 'a', req->amount);
-				AppendString(&buf, 'm', md);
-				AppendField(&buf, 'p', &pending, 1);
+				fintx_put_string(&buf, 'o', "transfer");
+				fintx_put_string(&buf, 'f', req->from_code);
+				fintx_put_string(&buf, 't', req->to_code);
+				fintx_put_int64(&buf, 'a', req->amount);
+				fintx_put_string(&buf, 'm', md);
+				fintx_put_field(&buf, 'p', &pending, 1);
 				if (req->timeout)
 				{
 					uint32		months = pg_hton32((uint32) req->timeout->month);
@@ -92,28 +63,28 @@ fintx_fingerprint(LedgerRequest *req)
 					memcpy(iv, &months, 4);
 					memcpy(iv + 4, &days, 4);
 					memcpy(iv + 8, &usec, 8);
-					AppendField(&buf, 'x', iv, 16);
+					fintx_put_field(&buf, 'x', iv, 16);
 				}
 				else
-					AppendField(&buf, 'x', NULL, -1);
+					fintx_put_field(&buf, 'x', NULL, -1);
 				pfree(md);
 				break;
 			}
 		case LEDGER_POST:
-			AppendString(&buf, 'o', "post");
-			AppendInt64(&buf, 'h', req->hold_id);
+			fintx_put_string(&buf, 'o', "post");
+			fintx_put_int64(&buf, 'h', req->hold_id);
 			if (req->amount_given)
-				AppendInt64(&buf, 'a', req->amount);
+				fintx_put_int64(&buf, 'a', req->amount);
 			else
-				AppendField(&buf, 'a', NULL, -1);
+				fintx_put_field(&buf, 'a', NULL, -1);
 			break;
 		case LEDGER_VOID:
-			AppendString(&buf, 'o', "void");
-			AppendInt64(&buf, 'h', req->hold_id);
+			fintx_put_string(&buf, 'o', "void");
+			fintx_put_int64(&buf, 'h', req->hold_id);
 			break;
 		case LEDGER_EXPIRE:
-			AppendString(&buf, 'o', "expire");
-			AppendInt64(&buf, 'h', req->hold_id);
+			fintx_put_string(&buf, 'o', "expire");
+			fintx_put_int64(&buf, 'h', req->hold_id);
 			break;
 	}
 	fintx_sha256((unsigned char *) buf.data, buf.len, req->fingerprint);

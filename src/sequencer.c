@@ -21,6 +21,7 @@
 #include "access/xlog.h"
 #include "catalog/pg_type.h"
 #include "funcapi.h"
+#include "nodes/parsenodes.h"
 #include "miscadmin.h"
 #include "port/pg_bswap.h"
 #include "utils/array.h"
@@ -189,8 +190,8 @@ CheckpointBody(const char *origin, int64 size, const uint8 *root)
 }
 
 /* block_hash = SHA-256("fintx.block.v1" || id || size || root || prev || sealed_at), integers big-endian. */
-static void
-BlockHash(int64 id, int64 size, const uint8 *root, const uint8 *prev, TimestampTz sealed_at, uint8 *out)
+void
+fintx_block_hash(int64 id, int64 size, const uint8 *root, const uint8 *prev, TimestampTz sealed_at, uint8 *out)
 {
 	StringInfoData buf;
 	uint64		be;
@@ -289,7 +290,12 @@ fintx_seal_log(void)
 			args[1] = (Datum) 0;
 			nulls[1] = 'n';
 		}
-		fintx_keep_plan(prev.exists ? &next_scan_plan : &first_scan_plan,
+		/*
+		 * Custom plans: the planner must see the previous snapshot's xmin to
+		 * pick the txid index on a large table (a generic plan guesses a third
+		 * of the rows and scans them all).
+		 */
+		fintx_keep_plan_opts(prev.exists ? &next_scan_plan : &first_scan_plan,
 						prev.exists ?
 						"WITH cur AS MATERIALIZED (SELECT pg_catalog.pg_current_snapshot() AS snap),"
 						"     s AS (SELECT CASE WHEN $2 IS NULL OR $2 >= pg_catalog.pg_snapshot_xmax(cur.snap)"
@@ -318,7 +324,7 @@ fintx_seal_log(void)
 						"            WHERE $1 IS NULL AND txid IS DISTINCT FROM $2)"
 						" SELECT s.snap, e.entry_id, e.entry_hash FROM s LEFT JOIN e ON true"
 						"  ORDER BY e.entry_id",
-						2, types);
+						2, types, CURSOR_OPT_CUSTOM_PLAN);
 		ret = SPI_execute_plan(prev.exists ? next_scan_plan : first_scan_plan, args, nulls, false, 0);
 	}
 	if (ret != SPI_OK_SELECT || SPI_processed < 1)
@@ -436,7 +442,7 @@ fintx_seal_log(void)
 	else
 		memset(prev_hash, 0, MERKLE_HASH_LEN);
 	sealed_at = GetCurrentTimestamp();
-	BlockHash(block_id, m, root, prev_hash, sealed_at, block_hash);
+	fintx_block_hash(block_id, m, root, prev_hash, sealed_at, block_hash);
 	origin = Origin();
 	key = fintx_signing_key(fintx_signing_key_file);
 	memset(bnulls, ' ', sizeof(bnulls));
@@ -608,25 +614,17 @@ fintx_read_leaf_entry(int64 leaf, FintxAuditEntry *e, uint8 *stored_hash)
 	Datum		arg = Int64GetDatum(leaf);
 	HeapTuple	tup;
 	TupleDesc	desc;
-	bool		isnull;
 
 	if (SPI_execute_with_args("SELECT e.entry_id, e.recorded_at, e.actor, e.session_role, e.action,"
 							  "       e.object_type, e.object_id, e.details, e.entry_hash"
 							  "  FROM fintx.audit_leaves l JOIN fintx.audit_entries e ON e.entry_id = l.entry_id"
-							  " WHERE l.leaf_index = $1", 1, types, &arg, NULL, true, 1) != SPI_OK_SELECT)
+							  " WHERE l.leaf_index = $1", 1, types, &arg, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "reading audit entry failed");
 	if (SPI_processed != 1)
 		return false;
 	tup = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
-	e->entry_id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-	e->recorded_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 2, &isnull));
-	e->actor = SPI_getvalue(tup, desc, 3);
-	e->session_role = SPI_getvalue(tup, desc, 4);
-	e->action = SPI_getvalue(tup, desc, 5);
-	e->object_type = SPI_getvalue(tup, desc, 6);
-	e->object_id = SPI_getvalue(tup, desc, 7);
-	e->details = DatumGetJsonbP(SPI_getbinval(tup, desc, 8, &isnull));
+	fintx_audit_entry_from_row(tup, desc, 1, e);
 	if (stored_hash)
 		GetHash(tup, desc, 9, stored_hash);
 	return true;
@@ -892,7 +890,7 @@ fintx_audit_export(PG_FUNCTION_ARGS)
 					   " WHERE l.leaf_index BETWEEN $1 AND $2 ORDER BY l.leaf_index", 2, types);
 	if (plan == NULL)
 		elog(ERROR, "SPI_prepare failed");
-	portal = SPI_cursor_open(NULL, plan, args, NULL, true);
+	portal = SPI_cursor_open(NULL, plan, args, NULL, false);
 	initStringInfo(&buf);
 	initStringInfo(&line);
 	for (;;)
@@ -912,14 +910,7 @@ fintx_audit_export(PG_FUNCTION_ARGS)
 
 			CHECK_FOR_INTERRUPTS();
 			old = MemoryContextSwitchTo(rowcxt);
-			e.entry_id = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
-			e.recorded_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 3, &isnull));
-			e.actor = TextDatumGetCString(SPI_getbinval(tup, desc, 4, &isnull));
-			e.session_role = TextDatumGetCString(SPI_getbinval(tup, desc, 5, &isnull));
-			e.action = TextDatumGetCString(SPI_getbinval(tup, desc, 6, &isnull));
-			e.object_type = TextDatumGetCString(SPI_getbinval(tup, desc, 7, &isnull));
-			e.object_id = TextDatumGetCString(SPI_getbinval(tup, desc, 8, &isnull));
-			e.details = DatumGetJsonbP(SPI_getbinval(tup, desc, 9, &isnull));
+			fintx_audit_entry_from_row(tup, desc, 2, &e);
 			fintx_audit_canonical(&buf, &e);
 			resetStringInfo(&line);
 			appendStringInfo(&line, "%lld\t", (long long) DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull)));

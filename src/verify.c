@@ -25,7 +25,6 @@
 
 PG_FUNCTION_INFO_V1(fintx_verify_audit);
 
-#define BLOCK_MAGIC		"fintx.block.v1"
 #define UNIX_EPOCH_OFFSET_USEC INT64CONST(946684800000000)
 #define FETCH_ROWS		10000
 
@@ -108,7 +107,7 @@ OpenCursor(const char *sql, int64 a, int64 b)
 		elog(ERROR, "SPI_prepare failed");
 	args[0] = Int64GetDatum(a);
 	args[1] = Int64GetDatum(b);
-	return SPI_cursor_open(NULL, plan, args, NULL, true);
+	return SPI_cursor_open(NULL, plan, args, NULL, false);
 }
 
 /*
@@ -198,14 +197,7 @@ VerifyEntries(VerifyState *st, int64 from, int64 to, uint8 *leaves)
 			if (r < nrefs && refs[r].entry_id == id)
 				Bad(st, refs[r].leaf, "entry %lld is at more than one leaf", (long long) id);
 			old = MemoryContextSwitchTo(rowcxt);
-			e.entry_id = id;
-			e.recorded_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 2, &isnull));
-			e.actor = TextDatumGetCString(SPI_getbinval(tup, desc, 3, &isnull));
-			e.session_role = TextDatumGetCString(SPI_getbinval(tup, desc, 4, &isnull));
-			e.action = TextDatumGetCString(SPI_getbinval(tup, desc, 5, &isnull));
-			e.object_type = TextDatumGetCString(SPI_getbinval(tup, desc, 6, &isnull));
-			e.object_id = TextDatumGetCString(SPI_getbinval(tup, desc, 7, &isnull));
-			e.details = DatumGetJsonbP(SPI_getbinval(tup, desc, 8, &isnull));
+			fintx_audit_entry_from_row(tup, desc, 1, &e);
 			fintx_audit_hash(&e);
 			MemoryContextSwitchTo(old);
 			MemoryContextReset(rowcxt);
@@ -270,7 +262,7 @@ VerifyNodes(VerifyState *st, uint8 *leaves, int64 n)
 	/* levels are built lazily as the ordered scan reaches them */
 	plan = SPI_prepare("SELECT level, idx, hash FROM fintx.audit_nodes WHERE level > 0 ORDER BY level, idx",
 					   0, NULL);
-	portal = SPI_cursor_open(NULL, plan, NULL, NULL, true);
+	portal = SPI_cursor_open(NULL, plan, NULL, NULL, false);
 	next_count = count / 2;
 	next = palloc(MERKLE_HASH_LEN * (next_count + 1));
 	for (int64 i = 0; i < next_count; i++)
@@ -410,7 +402,7 @@ VerifyBlocks(VerifyState *st, uint8 *leaves, int64 nleaves, int64 *blocks_checke
 	memset(prev_hash, 0, MERKLE_HASH_LEN);
 	plan = SPI_prepare("SELECT block_id, tree_size, root_hash, prev_block_hash, block_hash, sealed_at,"
 					   "       origin, key_name, signature FROM fintx.audit_blocks ORDER BY block_id", 0, NULL);
-	portal = SPI_cursor_open(NULL, plan, NULL, NULL, true);
+	portal = SPI_cursor_open(NULL, plan, NULL, NULL, false);
 	for (;;)
 	{
 		SPI_cursor_fetch(portal, true, 1000);
@@ -428,8 +420,6 @@ VerifyBlocks(VerifyState *st, uint8 *leaves, int64 nleaves, int64 *blocks_checke
 						prev[MERKLE_HASH_LEN],
 						bh[MERKLE_HASH_LEN],
 						expect[MERKLE_HASH_LEN];
-			StringInfoData hb_buf;
-			uint64		be;
 			Datum		sigd;
 
 			CHECK_FOR_INTERRUPTS();
@@ -446,17 +436,7 @@ VerifyBlocks(VerifyState *st, uint8 *leaves, int64 nleaves, int64 *blocks_checke
 			}
 			if (memcmp(prev, prev_hash, MERKLE_HASH_LEN) != 0)
 				Bad(st, prev_size, "block %lld does not chain to block %lld", (long long) id, (long long) prev_id);
-			initStringInfo(&hb_buf);
-			appendBinaryStringInfo(&hb_buf, BLOCK_MAGIC, strlen(BLOCK_MAGIC));
-			be = pg_hton64((uint64) id);
-			appendBinaryStringInfo(&hb_buf, (char *) &be, 8);
-			be = pg_hton64((uint64) size);
-			appendBinaryStringInfo(&hb_buf, (char *) &be, 8);
-			appendBinaryStringInfo(&hb_buf, (char *) root, MERKLE_HASH_LEN);
-			appendBinaryStringInfo(&hb_buf, (char *) prev, MERKLE_HASH_LEN);
-			be = pg_hton64((uint64) (sealed + UNIX_EPOCH_OFFSET_USEC));
-			appendBinaryStringInfo(&hb_buf, (char *) &be, 8);
-			fintx_sha256((unsigned char *) hb_buf.data, hb_buf.len, expect);
+			fintx_block_hash(id, size, root, prev, sealed, expect);
 			if (memcmp(expect, bh, MERKLE_HASH_LEN) != 0)
 				Bad(st, prev_size, "block %lld does not match its block hash", (long long) id);
 			if (leaves && size <= nleaves)

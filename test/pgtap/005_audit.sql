@@ -310,7 +310,7 @@ SELECT lives_ok($$SELECT pg_temp.run_as('t005_owner', 'INSERT INTO public.t005_o
 SELECT is((SELECT actor || '|' || action FROM fintx.audit_log WHERE object_id = 'public.t005_owned'),
           't005_owner|row.inserted', 'the entry names the role that made the change');
 SELECT is((SELECT string_agg(tgname, ',' ORDER BY tgname) FROM pg_trigger WHERE tgrelid = 'public.t005_notes'::regclass),
-          'fintx_audit', 'audit_table by a non-owner attached nothing');
+          'fintx_audit,fintx_audit_truncate', 'audit_table by a non-owner attached nothing (the owner''s row and TRUNCATE triggers only)');
 
 -- ===========================================================================
 -- 4. a log sealed by hand following docs/audit-format.md

@@ -44,7 +44,7 @@ coverage: bootstrap
 	    SHLIB_LINK="-lcrypto -lgcov"
 	@FINTX_COVERAGE=1 test/scripts/check.sh; status=$$?; \
 	  test/scripts/coverage.sh; \
-	  $(MAKE) --no-print-directory clean >/dev/null; \
+	  rm -f $(OBJS) fintx.so; \
 	  $(MAKE) --no-print-directory all install >/dev/null; exit $$status
 bench: bootstrap
 	@$(MAKE) --no-print-directory all install

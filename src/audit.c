@@ -145,8 +145,6 @@ fintx_audit_insert(FintxAuditEntry *entries, int n)
 	Datum		txid = FullTransactionIdGetDatum(GetTopFullTransactionId());
 	int			ret;
 
-	if (n == 0)
-		return;
 	if (n == 1)
 	{
 		FintxAuditEntry *e = &entries[0];
@@ -213,17 +211,15 @@ fintx_audit_insert(FintxAuditEntry *entries, int n)
 		elog(ERROR, "writing audit entries failed: %s", SPI_result_code_string(ret));
 }
 
-/* Records one entry now (SPI must be connected); returns its hash in hash_out if not NULL. */
+/* Records one entry now (SPI must be connected). */
 void
 fintx_audit_record(const char *actor, const char *action, const char *object_type,
-				   const char *object_id, Jsonb *details, uint8 *hash_out)
+				   const char *object_id, Jsonb *details)
 {
 	FintxAuditEntry e;
 
 	fintx_audit_init(&e, actor, action, object_type, object_id, details);
 	fintx_audit_insert(&e, 1);
-	if (hash_out)
-		memcpy(hash_out, e.hash, MERKLE_HASH_LEN);
 }
 
 /* Parses JSON text built by fintx into jsonb. */
@@ -330,7 +326,7 @@ fintx_audit_row(PG_FUNCTION_ARGS)
 	}
 	appendStringInfoChar(&buf, '}');
 	details = fintx_jsonb_from_text(buf.data);
-	fintx_audit_record(fintx_principal(), action, "table", objid, details, NULL);
+	fintx_audit_record(fintx_principal(), action, "table", objid, details);
 	SPI_finish();
 	return PointerGetDatum(ret);
 }

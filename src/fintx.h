@@ -135,7 +135,7 @@ extern void fintx_audit_init(FintxAuditEntry *e, const char *actor, const char *
 							 const char *object_type, const char *object_id, Jsonb *details);
 extern void fintx_audit_insert(FintxAuditEntry *entries, int n);
 extern void fintx_audit_record(const char *actor, const char *action, const char *object_type,
-							   const char *object_id, Jsonb *details, uint8 *hash_out);
+							   const char *object_id, Jsonb *details);
 extern Jsonb *fintx_jsonb_from_text(const char *text);
 extern Datum fintx_hash_datum(const uint8 *hash);
 extern void fintx_audit_entry_from_row(HeapTuple tup, TupleDesc desc, int first, FintxAuditEntry *e);

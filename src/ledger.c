@@ -1088,7 +1088,7 @@ fintx_open_account(PG_FUNCTION_ARGS)
 						 DatumGetBool(args[2]) ? "true" : "false", DatumGetBool(args[3]) ? "true" : "false",
 						 JsonbToCString(NULL, &md->root, VARSIZE(md)));
 		fintx_audit_record(TextDatumGetCString(args[5]), "account.opened", "account", code,
-						   fintx_jsonb_from_text(buf.data), NULL);
+						   fintx_jsonb_from_text(buf.data));
 	}
 	SPI_finish();
 	PG_RETURN_INT64(id);
@@ -1163,7 +1163,7 @@ fintx_close_account(PG_FUNCTION_ARGS)
 		escape_json(&buf, code);
 		appendStringInfoChar(&buf, '}');
 		fintx_audit_record(fintx_principal(), "account.closed", "account", code,
-						   fintx_jsonb_from_text(buf.data), NULL);
+						   fintx_jsonb_from_text(buf.data));
 	}
 	SPI_finish();
 	PG_RETURN_VOID();

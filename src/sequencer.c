@@ -60,7 +60,6 @@ static SPIPlanPtr leaves_plan = NULL;
 static SPIPlanPtr nodes_plan = NULL;
 static SPIPlanPtr node_plan = NULL;
 static SPIPlanPtr block_plan = NULL;
-static SPIPlanPtr block_at_plan = NULL;
 
 /* The latest block (tree_size 0 and block_id 0 if none). */
 typedef struct BlockInfo
@@ -93,9 +92,9 @@ GetHash(HeapTuple tup, TupleDesc desc, int col, uint8 *out)
 	memcpy(out, VARDATA_ANY(b), MERKLE_HASH_LEN);
 }
 
-/* Reads the block with the given id, or the latest if id < 0 (SPI connected). */
+/* Reads the latest block (exists = false if there is none; SPI connected). */
 static void
-ReadBlock(int64 id, BlockInfo *b)
+ReadBlock(BlockInfo *b)
 {
 	HeapTuple	tup;
 	TupleDesc	desc;
@@ -104,25 +103,11 @@ ReadBlock(int64 id, BlockInfo *b)
 	Datum		d;
 
 	memset(b, 0, sizeof(*b));
-	if (id < 0)
-	{
-		fintx_keep_plan(&last_block_plan,
-						"SELECT block_id, tree_size, root_hash, block_hash, sealed_at, snapshot, origin,"
-						"       key_name, signature"
-						"  FROM fintx.audit_blocks ORDER BY block_id DESC LIMIT 1", 0, NULL);
-		ret = SPI_execute_plan(last_block_plan, NULL, NULL, false, 1);
-	}
-	else
-	{
-		Oid			types[1] = {INT8OID};
-		Datum		arg = Int64GetDatum(id);
-
-		fintx_keep_plan(&block_at_plan,
-						"SELECT block_id, tree_size, root_hash, block_hash, sealed_at, snapshot, origin,"
-						"       key_name, signature"
-						"  FROM fintx.audit_blocks WHERE block_id = $1", 1, types);
-		ret = SPI_execute_plan(block_at_plan, &arg, NULL, false, 1);
-	}
+	fintx_keep_plan(&last_block_plan,
+					"SELECT block_id, tree_size, root_hash, block_hash, sealed_at, snapshot, origin,"
+					"       key_name, signature"
+					"  FROM fintx.audit_blocks ORDER BY block_id DESC LIMIT 1", 0, NULL);
+	ret = SPI_execute_plan(last_block_plan, NULL, NULL, false, 1);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "reading audit blocks failed");
 	if (SPI_processed == 0)
@@ -254,7 +239,7 @@ fintx_seal_log(void)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	ReadBlock(-1, &prev);
+	ReadBlock(&prev);
 	/* Under REPEATABLE READ or SERIALIZABLE the snapshot could be stale: report the size. */
 	if (IsolationUsesXactSnapshot())
 	{
@@ -264,7 +249,7 @@ fintx_seal_log(void)
 	if (SPI_execute(psprintf("SELECT pg_catalog.pg_advisory_xact_lock(%lld)", (long long) SEAL_LOCK_KEY),
 					false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not take the sealing lock");
-	ReadBlock(-1, &prev);		/* again: another session may have sealed meanwhile */
+	ReadBlock(&prev);		/* again: another session may have sealed meanwhile */
 	n0 = prev.tree_size;
 
 	/*
@@ -608,7 +593,7 @@ fintx_consistency_proof(PG_FUNCTION_ARGS)
 
 /* Reads one entry by leaf index into e (SPI connected); false if there is none. */
 static bool
-fintx_read_leaf_entry(int64 leaf, FintxAuditEntry *e, uint8 *stored_hash)
+fintx_read_leaf_entry(int64 leaf, FintxAuditEntry *e)
 {
 	Oid			types[1] = {INT8OID};
 	Datum		arg = Int64GetDatum(leaf);
@@ -616,7 +601,7 @@ fintx_read_leaf_entry(int64 leaf, FintxAuditEntry *e, uint8 *stored_hash)
 	TupleDesc	desc;
 
 	if (SPI_execute_with_args("SELECT e.entry_id, e.recorded_at, e.actor, e.session_role, e.action,"
-							  "       e.object_type, e.object_id, e.details, e.entry_hash"
+							  "       e.object_type, e.object_id, e.details"
 							  "  FROM fintx.audit_leaves l JOIN fintx.audit_entries e ON e.entry_id = l.entry_id"
 							  " WHERE l.leaf_index = $1", 1, types, &arg, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "reading audit entry failed");
@@ -625,8 +610,6 @@ fintx_read_leaf_entry(int64 leaf, FintxAuditEntry *e, uint8 *stored_hash)
 	tup = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
 	fintx_audit_entry_from_row(tup, desc, 1, e);
-	if (stored_hash)
-		GetHash(tup, desc, 9, stored_hash);
 	return true;
 }
 
@@ -645,7 +628,7 @@ fintx_leaf_data(PG_FUNCTION_ARGS)
 	CheckSize(0, "tree size");
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (i < 0 || !fintx_read_leaf_entry(i, &e, NULL))
+	if (i < 0 || !fintx_read_leaf_entry(i, &e))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("leaf index %lld is out of range", (long long) i)));
@@ -708,7 +691,7 @@ fintx_checkpoint(PG_FUNCTION_ARGS)
 	fintx_seal_log();
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	ReadBlock(-1, &b);
+	ReadBlock(&b);
 	name = CurrentName(&b);
 	if (!b.exists)
 		merkle_empty_root(b.root);
@@ -734,7 +717,7 @@ fintx_public_key(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	ReadBlock(-1, &b);
+	ReadBlock(&b);
 	label = fintx_key_label(CurrentName(&b), key);
 	pub[0] = 0x01;
 	fintx_ed25519_public(key, pub + 1);

@@ -13,4 +13,4 @@ lcov --quiet --capture --directory src --base-directory "$ROOT" --output-file co
 lcov --quiet --extract coverage.info "$ROOT/src/*" --output-file coverage.info
 genhtml --quiet coverage.info --output-directory coverage >/dev/null
 echo "== line coverage of the C code (details: coverage/index.html)"
-lcov --list coverage.info | sed -n '/src\//p;/Total/p'
+lcov --list coverage.info | sed -n '/Filename/,$p'

@@ -1,0 +1,113 @@
+# Damage that verify_audit() must name (blocks removed or unchained, malformed hashes, tree
+# nodes missing or without leaves) and signing-key files that cannot be used.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $node = PostgreSQL::Test::Cluster->new('damage');
+$node->init;
+my $key = $node->data_dir . '/audit.pem';
+system_or_bail('openssl', 'genpkey', '-algorithm', 'ed25519', '-out', $key);
+chmod 0600, $key;
+$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'fintx'
+fintx.database = 'postgres'
+fintx.seal_interval = '1h'
+fintx.signing_key_file = '$key'
+});
+$node->start;
+
+# one database per scenario, each with a log of 3 blocks (4 + 4 + 4 entries)
+sub fresh
+{
+	my ($db) = @_;
+	$node->safe_psql('postgres', "CREATE DATABASE $db");
+	$node->safe_psql($db, 'CREATE EXTENSION fintx; CREATE TABLE t (id int); SELECT fintx.audit_table(\'t\')');
+	for my $b (1 .. 3)
+	{
+		$node->safe_psql($db, "INSERT INTO t SELECT g FROM generate_series(1, 4) g");
+		$node->safe_psql($db, 'SELECT fintx.seal()');
+	}
+	is($node->safe_psql($db, 'SELECT ok FROM fintx.verify_audit()'), 't', "$db: intact log verifies");
+}
+sub tamper
+{
+	my ($db, $sql) = @_;
+	$node->safe_psql($db, "SET session_replication_role = replica; $sql");
+}
+sub verdict
+{
+	my ($db) = @_;
+	return $node->safe_psql($db, q{SELECT ok || '|' || coalesce(first_bad_leaf::text, '') || '|' || detail
+	                                  FROM fintx.verify_audit()});
+}
+
+fresh('gap');
+tamper('gap', 'DELETE FROM fintx.audit_blocks WHERE block_id = 2');
+like(verdict('gap'), qr/^false\|.*block 3 follows block 1: blocks are missing/, 'a removed block is named');
+
+fresh('chain');
+tamper('chain', q{UPDATE fintx.audit_blocks SET prev_block_hash = sha256('x') WHERE block_id = 3});
+like(verdict('chain'), qr/^false\|.*block 3 does not chain to block 2/, 'a broken hash chain is named');
+
+fresh('malformed');
+tamper('malformed', q{UPDATE fintx.audit_blocks SET root_hash = '\x0102' WHERE block_id = 2});
+like(verdict('malformed'), qr/^false\|.*block 2 has a malformed hash/, 'a malformed block hash is named');
+
+fresh('size');
+tamper('size', q{UPDATE fintx.audit_blocks SET tree_size = 2 WHERE block_id = 3});
+like(verdict('size'), qr/^false\|/, 'a block whose tree size goes backwards is refused');
+
+fresh('leafnode');
+tamper('leafnode', 'DELETE FROM fintx.audit_nodes WHERE level = 0 AND idx = 5');
+like(verdict('leafnode'), qr/^false\|5\|leaf 5 is missing from the tree/, 'a missing leaf node is named at its leaf');
+
+fresh('extra');
+tamper('extra', q{INSERT INTO fintx.audit_nodes VALUES (3, 7, sha256('x'))});
+like(verdict('extra'), qr/^false\|.*node at level 3, index 7 that no sealed leaves support/,
+	'an interior node that no leaves support is named');
+
+fresh('leafgap');
+tamper('leafgap', 'DELETE FROM fintx.audit_leaves WHERE leaf_index >= 10');
+like(verdict('leafgap'), qr/^false\|10\|/, 'leaves cut off the end are reported from the first missing one');
+
+fresh('dangling');
+tamper('dangling', 'UPDATE fintx.audit_leaves SET entry_id = 999999 WHERE leaf_index = 4');
+like(verdict('dangling'), qr/^false\|4\|the entry of leaf 4 is missing from fintx.audit_entries/,
+	'a leaf whose entry is gone is named');
+
+# signing-key files that cannot be used: 55000, and sealing reports the error
+my ($ret, $out, $err);
+$node->append_conf('postgresql.conf', "fintx.signing_key_file = '/nonexistent/key.pem'\n");
+$node->reload;
+$node->poll_query_until('postgres', "SELECT current_setting('fintx.signing_key_file') = '/nonexistent/key.pem'");
+($ret, $out, $err) = $node->psql('gap', 'SELECT fintx.checkpoint()');
+like($err, qr/could not read signing key file/, 'a missing key file: checkpoint() fails with a clear error');
+my $bad = $node->data_dir . '/not-a-key.pem';
+system_or_bail('openssl', 'genpkey', '-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:1024', '-out', $bad);
+chmod 0600, $bad;
+$node->append_conf('postgresql.conf', "fintx.signing_key_file = '$bad'\n");
+$node->reload;
+$node->poll_query_until('postgres', "SELECT current_setting('fintx.signing_key_file') LIKE '%not-a-key.pem'");
+($ret, $out, $err) = $node->psql('gap', 'SELECT fintx.public_key()');
+like($err, qr/does not hold an Ed25519 private key/, 'an RSA key is refused');
+$node->safe_psql('chain', 'INSERT INTO t VALUES (99)');
+($ret, $out, $err) = $node->psql('chain', 'SELECT fintx.seal()');
+like($err, qr/does not hold an Ed25519 private key/, 'sealing with an unusable key fails (entries wait)');
+# a new key at the same path is picked up without a restart
+$node->append_conf('postgresql.conf', "fintx.signing_key_file = '$key'\n");
+$node->reload;
+$node->poll_query_until('postgres', "SELECT current_setting('fintx.signing_key_file') LIKE '%audit.pem'");
+like($node->safe_psql('chain', 'SELECT fintx.public_key()'), qr/\+[0-9a-f]{8}\+/, 'the good key works again');
+$node->append_conf('postgresql.conf', "fintx.checkpoint_origin = 'bank.example/ledger'\n");
+$node->reload;
+$node->poll_query_until('postgres', "SELECT current_setting('fintx.checkpoint_origin') = 'bank.example/ledger'");
+$node->safe_psql('postgres', 'CREATE DATABASE named');
+$node->safe_psql('named', 'CREATE EXTENSION fintx');
+like($node->safe_psql('named', 'SELECT fintx.checkpoint()'), qr/^bank\.example\/ledger\n0\n/,
+	'fintx.checkpoint_origin names the log');
+
+$node->stop;
+done_testing();

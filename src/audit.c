@@ -345,63 +345,53 @@ CheckTableOwner(Oid relid)
 				 errmsg("\"%s\" is not a table", get_rel_name(relid))));
 }
 
-/* Runs a trigger DDL statement for relid, its name quoted from the catalog. */
+/*
+ * Creates a row trigger and a TRUNCATE trigger named name on the table given
+ * as the function's regclass argument, both executing function; the table's
+ * name is quoted from the catalog. Emits 22023 for NULL, 42501 unless the
+ * caller owns the table, 42710 if the triggers exist already.
+ */
 static void
-CreateTriggerFor(Oid relid, const char *fmt)
+AttachTriggers(FunctionCallInfo fcinfo, const char *name, const char *when, const char *row_events,
+			   const char *function)
 {
-	char	   *qname = quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
-												   get_rel_name(relid));
-	char	   *sql = psprintf(fmt, qname);
+	Oid			relid;
+	char	   *qname;
 
+	if (PG_ARGISNULL(0))
+		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("tbl must not be null")));
+	relid = PG_GETARG_OID(0);
+	CheckTableOwner(relid);
+	qname = quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)), get_rel_name(relid));
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute(sql, false, 0) != SPI_OK_UTILITY)
-		elog(ERROR, "could not create trigger on %s", qname);
+	if (SPI_execute(psprintf("CREATE TRIGGER %s %s %s ON %s FOR EACH ROW EXECUTE FUNCTION %s",
+							 name, when, row_events, qname, function), false, 0) != SPI_OK_UTILITY ||
+		SPI_execute(psprintf("CREATE TRIGGER %s_truncate %s TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION %s",
+							 name, when, qname, function), false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "could not create triggers on %s", qname);
 	SPI_finish();
 }
 
 /*
  * fintx.audit_table(tbl regclass) → void
- * Attaches the row trigger that writes INSERT/UPDATE/DELETE images of tbl into
- * the audit log. Emits 42501 unless the caller owns tbl, 42710 if already audited.
+ * Attaches the triggers that write INSERT/UPDATE/DELETE row images and
+ * TRUNCATE of tbl into the audit log.
  */
 Datum
 fintx_audit_table(PG_FUNCTION_ARGS)
 {
-	Oid			relid;
-
-	if (PG_ARGISNULL(0))
-		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("tbl must not be null")));
-	relid = PG_GETARG_OID(0);
-	CheckTableOwner(relid);
-	CreateTriggerFor(relid,
-					 "CREATE TRIGGER fintx_audit AFTER INSERT OR UPDATE OR DELETE ON %s"
-					 " FOR EACH ROW EXECUTE FUNCTION fintx.audit_row()");
-	CreateTriggerFor(relid,
-					 "CREATE TRIGGER fintx_audit_truncate AFTER TRUNCATE ON %s"
-					 " FOR EACH STATEMENT EXECUTE FUNCTION fintx.audit_row()");
+	AttachTriggers(fcinfo, "fintx_audit", "AFTER", "INSERT OR UPDATE OR DELETE", "fintx.audit_row()");
 	PG_RETURN_VOID();
 }
 
 /*
  * fintx.append_only(tbl regclass) → void
- * Makes tbl refuse UPDATE, DELETE and TRUNCATE for every role. Emits 42501
- * unless the caller owns tbl, 42710 if it is already append-only.
+ * Makes tbl refuse UPDATE, DELETE and TRUNCATE for every role.
  */
 Datum
 fintx_append_only(PG_FUNCTION_ARGS)
 {
-	Oid			relid;
-
-	if (PG_ARGISNULL(0))
-		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("tbl must not be null")));
-	relid = PG_GETARG_OID(0);
-	CheckTableOwner(relid);
-	CreateTriggerFor(relid,
-					 "CREATE TRIGGER fintx_append_only BEFORE UPDATE OR DELETE ON %s"
-					 " FOR EACH ROW EXECUTE FUNCTION fintx.refuse_change()");
-	CreateTriggerFor(relid,
-					 "CREATE TRIGGER fintx_append_only_truncate BEFORE TRUNCATE ON %s"
-					 " FOR EACH STATEMENT EXECUTE FUNCTION fintx.refuse_change()");
+	AttachTriggers(fcinfo, "fintx_append_only", "BEFORE", "UPDATE OR DELETE", "fintx.refuse_change()");
 	PG_RETURN_VOID();
 }

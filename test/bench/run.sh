@@ -7,7 +7,7 @@
 # each at $CLIENTS clients for $DURATION seconds, $ROUNDS rounds. Prints TPS, P99 latency
 # and the ratios against the baseline of the same run.
 # Env: CLIENTS (32) DURATION (30) ROUNDS (2) SCALE (32) BENCH_OUT (results/bench)
-#      WORKLOADS ("tpcb transfer batch batch-local")
+#      WORKLOADS ("tpcb transfer batch batch-local") EXTRA_CONF (one more postgresql.conf line)
 set -eu
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 source "$ROOT/test/scripts/cluster.sh"
@@ -24,7 +24,7 @@ trap 'cluster_stop; rm -rf "$WORK"' EXIT
 
 cluster_start "$WORK/pg" "fsync = on" "synchronous_commit = on" "full_page_writes = on" \
     "shared_buffers = '1GB'" "wal_buffers = '16MB'" "max_wal_size = '8GB'" \
-    "checkpoint_timeout = '30min'" "fintx.database = 'bench'" >/dev/null
+    "checkpoint_timeout = '30min'" "fintx.database = 'bench'" ${EXTRA_CONF:+"$EXTRA_CONF"} >/dev/null
 PSQL="$PGBIN/psql -X -q -v ON_ERROR_STOP=1 -d bench"
 "$PGBIN/createdb" bench
 echo "fintx bench: $CLIENTS clients, ${DURATION}s x $ROUNDS rounds, fsync=on, synchronous_commit=on, TPC-B scale $SCALE"

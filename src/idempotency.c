@@ -309,7 +309,7 @@ fintx_journal_claim(const char *principal, LedgerRequest **reqs, int nreqs)
 			req->from_balance = DatumGetInt64(SPI_getbinval(tup, desc, 5, &isnull));
 			req->to_balance = DatumGetInt64(SPI_getbinval(tup, desc, 6, &isnull));
 			hash = SPI_getbinval(tup, desc, 7, &isnull);
-			req->entry_hash = isnull ? NULL : DatumGetByteaP(SPI_datumTransfer(hash, false, -1));
+			req->entry_hash = isnull ? NULL : (bytea *) DatumGetPointer(SPI_datumTransfer(hash, false, -1));
 			req->created_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 8, &isnull));
 		}
 

@@ -124,7 +124,7 @@ ReadBlock(BlockInfo *b)
 	b->origin = SPI_getvalue(tup, desc, 7);
 	b->key_name = SPI_getvalue(tup, desc, 8);
 	d = SPI_getbinval(tup, desc, 9, &isnull);
-	b->signature = isnull ? NULL : DatumGetByteaP(SPI_datumTransfer(d, false, -1));
+	b->signature = isnull ? NULL : (bytea *) DatumGetPointer(SPI_datumTransfer(d, false, -1));
 	if (b->origin)
 		b->origin = SPI_palloc(strlen(b->origin) + 1), strcpy(b->origin, SPI_getvalue(tup, desc, 7));
 	if (b->key_name)

@@ -3,13 +3,14 @@
 #   1. pg_regress   sql/*.sql -> expected/*.out
 #   2. pgTAP        test/pgtap/*.sql through pg_prove
 #   3. TAP          test/t/*.pl with PostgreSQL::Test::Cluster (crash, concurrency)
+#   4. valgrind     the regression SQL in a single-user backend under memcheck
 # Exit status is non-zero if any test failed. Set FINTX_SUITES="regress pgtap tap" to choose.
 set -u
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
 source test/scripts/cluster.sh
 
-SUITES=${FINTX_SUITES:-regress pgtap tap}
+SUITES=${FINTX_SUITES:-regress pgtap tap valgrind}
 OUT=$ROOT/results
 rm -rf "$OUT"; mkdir -p "$OUT"
 WORK=$(mktemp -d /tmp/fintx-check.XXXXXX)
@@ -86,6 +87,16 @@ if [[ " $SUITES " == *" tap "* ]]; then
             done
         fi
     done
+fi
+
+if [[ " $SUITES " == *" valgrind "* ]] && [ -z "${FINTX_COVERAGE:-}" ]; then
+    echo "== valgrind (memcheck)"
+    log=$OUT/valgrind.log
+    start=$(now_ms)
+    test/scripts/valgrind.sh > "$log" 2>&1
+    rc=$?
+    printf 'valgrind\ttest/scripts/valgrind.sh\t%s\t%s\t%s\n' "$rc" "$(( $(now_ms) - start ))" "$log" >> "$INDEX"
+    if [ $rc -eq 0 ]; then tail -n 1 "$log"; else echo "FAILED valgrind"; cat "$log"; fi
 fi
 
 perl test/scripts/results_json.pl "$INDEX" > "$ROOT/test_results.json"

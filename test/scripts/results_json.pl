@@ -37,6 +37,10 @@ while (my $line = <$ix>) {
         add("pg_regress", 'failed', $ms, join('', @lines)) if $n == 0 || ($rc && !grep { $_->{outcome} eq 'failed' } @tests);
         next;
     }
+    if ($suite eq 'valgrind') {
+        add($name, $rc == 0 ? 'passed' : 'failed', $ms, $rc == 0 ? undef : join('', @lines));
+        next;
+    }
     # TAP output from pg_prove -v / prove -v
     my ($count, $pending_diag) = (0, undef);
     my $last;

@@ -694,41 +694,77 @@ AuditAction(LedgerRequest *r)
 	return "transfer";			/* keep compiler quiet */
 }
 
-/* Builds the audit entry (with its hash) of a finished request. */
+/* Pushes "key": value (value NULL: only the key) onto a jsonb object being built. */
+static void
+PushKey(JsonbParseState **st, const char *key, JsonbValue *value)
+{
+	JsonbValue	k;
+
+	k.type = jbvString;
+	k.val.string.val = (char *) key;
+	k.val.string.len = strlen(key);
+	pushJsonbValue(st, WJB_KEY, &k);
+	pushJsonbValue(st, WJB_VALUE, value);
+}
+
+static void
+PushInt(JsonbParseState **st, const char *key, int64 n)
+{
+	JsonbValue	v;
+
+	v.type = jbvNumeric;
+	v.val.numeric = int64_to_numeric(n);
+	PushKey(st, key, &v);
+}
+
+static void
+PushString(JsonbParseState **st, const char *key, const char *str)
+{
+	JsonbValue	v;
+
+	v.type = jbvString;
+	v.val.string.val = (char *) str;
+	v.val.string.len = strlen(str);
+	PushKey(st, key, &v);
+}
+
+/*
+ * Builds the audit entry (with its hash) of a finished request; the details
+ * are built as a jsonb value directly (no JSON text to parse).
+ */
 static void
 AuditTransfer(const char *principal, LedgerRequest *r, Datum *timeout_at, FintxAuditEntry *e)
 {
-	StringInfoData buf;
+	JsonbParseState *st = NULL;
+	JsonbValue *obj;
 	char		id[32];
 
-	initStringInfo(&buf);
-	appendStringInfo(&buf, "{\"transfer_id\": %lld, \"status\": ", (long long) r->transfer_id);
-	escape_json(&buf, r->status);
-	appendStringInfoString(&buf, ", \"from_account\": ");
-	escape_json(&buf, r->from->code);
-	appendStringInfoString(&buf, ", \"to_account\": ");
-	escape_json(&buf, r->to->code);
-	appendStringInfo(&buf, ", \"amount\": %lld, \"currency\": ", (long long) r->amount);
-	escape_json(&buf, r->from->currency);
+	pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);
+	PushInt(&st, "transfer_id", r->transfer_id);
+	PushString(&st, "status", r->status);
+	PushString(&st, "from_account", r->from->code);
+	PushString(&st, "to_account", r->to->code);
+	PushInt(&st, "amount", r->amount);
+	PushString(&st, "currency", r->from->currency);
 	if (r->hold)
-		appendStringInfo(&buf, ", \"pending_id\": %lld", (long long) r->hold->id);
+		PushInt(&st, "pending_id", r->hold->id);
 	if (timeout_at)
-	{
-		appendStringInfoString(&buf, ", \"timeout_at\": ");
-		escape_json(&buf, timestamptz_to_str(DatumGetTimestampTz(*timeout_at)));
-	}
-	appendStringInfo(&buf, ", \"from_balance\": %lld, \"to_balance\": %lld, \"idempotency_key\": ",
-					 (long long) r->from_balance, (long long) r->to_balance);
-	escape_json(&buf, r->key);
+		PushString(&st, "timeout_at", timestamptz_to_str(DatumGetTimestampTz(*timeout_at)));
+	PushInt(&st, "from_balance", r->from_balance);
+	PushInt(&st, "to_balance", r->to_balance);
+	PushString(&st, "idempotency_key", r->key);
 	if (r->op == LEDGER_TRANSFER)
 	{
-		appendStringInfoString(&buf, ", \"metadata\": ");
-		appendStringInfoString(&buf, JsonbToCString(NULL, &r->metadata->root, VARSIZE(r->metadata)));
+		JsonbValue	md;
+
+		md.type = jbvBinary;
+		md.val.binary.data = &r->metadata->root;
+		md.val.binary.len = VARSIZE(r->metadata) - VARHDRSZ;
+		PushKey(&st, "metadata", &md);
 	}
-	appendStringInfoChar(&buf, '}');
+	obj = pushJsonbValue(&st, WJB_END_OBJECT, NULL);
 	snprintf(id, sizeof(id), "%lld", (long long) r->transfer_id);
-	fintx_audit_init(e, principal, AuditAction(r), "transfer", pstrdup(id),
-					 fintx_jsonb_from_text(buf.data));
+	fintx_audit_init(e, principal, AuditAction(r), "transfer", pstrdup(id), JsonbValueToJsonb(obj));
 }
 
 /* Writes back changed accounts, inserts the transfer rows and any new holds. */

@@ -88,6 +88,21 @@ NextEntryId(void)
 	return nextval_internal(seq, false);
 }
 
+/* Name of the session's login role, looked up once per session. */
+static const char *
+SessionRoleName(void)
+{
+	static Oid	cached_id = InvalidOid;
+	static char cached_name[NAMEDATALEN];
+
+	if (cached_id != GetSessionUserId())
+	{
+		cached_id = GetSessionUserId();
+		strlcpy(cached_name, GetUserNameFromId(cached_id, false), NAMEDATALEN);
+	}
+	return cached_name;
+}
+
 /* Fills the who/when fields and the id of a new entry. */
 void
 fintx_audit_init(FintxAuditEntry *e, const char *actor, const char *action,
@@ -96,7 +111,7 @@ fintx_audit_init(FintxAuditEntry *e, const char *actor, const char *action,
 	e->entry_id = NextEntryId();
 	e->recorded_at = GetCurrentTransactionStartTimestamp();
 	e->actor = actor;
-	e->session_role = GetUserNameFromId(GetSessionUserId(), false);
+	e->session_role = SessionRoleName();
 	e->action = action;
 	e->object_type = object_type;
 	e->object_id = object_id;

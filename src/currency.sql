@@ -1,8 +1,9 @@
 /*
  * src/currency.sql — ISO 4217 currencies with their minor-unit exponents.
  * Active codes as of 2025 (XCG replaced ANG, ZWG replaced ZWL, SLE replaced SLL).
- * Codes whose minor unit is "N.A." in ISO 4217 (XAU, XDR, XXX, ...) are not listed:
- * amounts in fintx are integers of minor units and need a defined exponent.
+ * By design, codes that ISO 4217 gives no minor unit (precious metals such as XAU, the SDR
+ * XDR, the testing and "no currency" codes) are left out: amounts in fintx are integers of
+ * minor units and need a defined exponent.
  */
 CREATE TABLE fintx.currencies (
     code         text     PRIMARY KEY CHECK (code OPERATOR(pg_catalog.~) '^[A-Z]{3}$'),

@@ -239,17 +239,17 @@ fintx_seal_log(void)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	ReadBlock(&prev);
 	/* Under REPEATABLE READ or SERIALIZABLE the snapshot could be stale: report the size. */
 	if (IsolationUsesXactSnapshot())
 	{
+		ReadBlock(&prev);
 		SPI_finish();
 		return prev.tree_size;
 	}
 	if (SPI_execute(psprintf("SELECT pg_catalog.pg_advisory_xact_lock(%lld)", (long long) SEAL_LOCK_KEY),
 					false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not take the sealing lock");
-	ReadBlock(&prev);		/* again: another session may have sealed meanwhile */
+	ReadBlock(&prev);			/* under the lock: the latest block is ours to extend */
 	n0 = prev.tree_size;
 
 	/*
@@ -536,59 +536,56 @@ fintx_root_hash(PG_FUNCTION_ARGS)
 	PG_RETURN_DATUM(fintx_hash_datum(root));
 }
 
-/* fintx.inclusion_proof(leaf_index, tree_size) → bytea[] (RFC 9162 audit path). */
-Datum
-fintx_inclusion_proof(PG_FUNCTION_ARGS)
+/*
+ * Shared body of inclusion_proof and consistency_proof: checks the arguments
+ * (a, n) and returns the RFC 9162 proof as bytea[]. For an inclusion proof a
+ * is the leaf index (0 <= a < n), for a consistency proof the first size
+ * (0 < a <= n); n must not exceed the sealed tree size.
+ */
+static Datum
+Proof(FunctionCallInfo fcinfo, bool inclusion)
 {
 	uint8		proof[MERKLE_MAX_PROOF * MERKLE_HASH_LEN];
-	int64		i,
+	int64		a,
 				n;
 	int			count;
 
 	if (PG_ARGISNULL(0))
-		NullArg("leaf_index");
+		NullArg(inclusion ? "leaf_index" : "first_size");
 	if (PG_ARGISNULL(1))
-		NullArg("tree_size");
-	i = PG_GETARG_INT64(0);
+		NullArg(inclusion ? "tree_size" : "second_size");
+	a = PG_GETARG_INT64(0);
 	n = PG_GETARG_INT64(1);
-	CheckSize(n, "tree size");
-	if (i < 0 || i >= n)
+	CheckSize(n, inclusion ? "tree size" : "second size");
+	if (inclusion && (a < 0 || a >= n))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("leaf index %lld is out of range for tree size %lld", (long long) i, (long long) n)));
+				 errmsg("leaf index %lld is out of range for tree size %lld", (long long) a, (long long) n)));
+	if (!inclusion && (a < 1 || a > n))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("first size %lld is out of range", (long long) a),
+				 errdetail("A consistency proof needs 0 < first_size <= second_size (%lld).", (long long) n)));
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	count = merkle_inclusion_proof(FetchNode, NULL, i, n, proof);
+	count = inclusion ? merkle_inclusion_proof(FetchNode, NULL, a, n, proof)
+		: merkle_consistency_proof(FetchNode, NULL, a, n, proof);
 	SPI_finish();
-	PG_RETURN_DATUM(HashArray(proof, count));
+	return HashArray(proof, count);
+}
+
+/* fintx.inclusion_proof(leaf_index, tree_size) → bytea[] (RFC 9162 audit path). */
+Datum
+fintx_inclusion_proof(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_DATUM(Proof(fcinfo, true));
 }
 
 /* fintx.consistency_proof(first_size, second_size) → bytea[] (RFC 9162). */
 Datum
 fintx_consistency_proof(PG_FUNCTION_ARGS)
 {
-	uint8		proof[MERKLE_MAX_PROOF * MERKLE_HASH_LEN];
-	int64		m,
-				n;
-	int			count;
-
-	if (PG_ARGISNULL(0))
-		NullArg("first_size");
-	if (PG_ARGISNULL(1))
-		NullArg("second_size");
-	m = PG_GETARG_INT64(0);
-	n = PG_GETARG_INT64(1);
-	CheckSize(n, "second size");
-	if (m < 1 || m > n)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("first size %lld is out of range", (long long) m),
-				 errdetail("A consistency proof needs 0 < first_size <= second_size (%lld).", (long long) n)));
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	count = merkle_consistency_proof(FetchNode, NULL, m, n, proof);
-	SPI_finish();
-	PG_RETURN_DATUM(HashArray(proof, count));
+	PG_RETURN_DATUM(Proof(fcinfo, false));
 }
 
 /* Reads one entry by leaf index into e (SPI connected); false if there is none. */

@@ -53,6 +53,24 @@ char	   *fintx_trusted_keys = NULL;
 #define BLOCK_MAGIC		"fintx.block.v1"
 #define UNIX_EPOCH_OFFSET_USEC INT64CONST(946684800000000)
 
+/*
+ * The two sealing scans (first block, later blocks) share their head and tail:
+ * "s" is the current snapshot, with the sealing transaction's own xid ($2, if
+ * it has one below xmax) added to its in-progress list; the result is one row
+ * per new entry, or one row with NULL entry if there is none.
+ */
+#define SCAN_SNAPSHOT_CTE \
+	"WITH cur AS MATERIALIZED (SELECT pg_catalog.pg_current_snapshot() AS snap)," \
+	"     s AS (SELECT CASE WHEN $2 IS NULL OR $2 >= pg_catalog.pg_snapshot_xmax(cur.snap)" \
+	"             THEN cur.snap ELSE" \
+	"             (LEAST(pg_catalog.pg_snapshot_xmin(cur.snap), $2)::text || ':'" \
+	"              || pg_catalog.pg_snapshot_xmax(cur.snap)::text || ':'" \
+	"              || (SELECT pg_catalog.string_agg(x::text, ',' ORDER BY x)" \
+	"                    FROM (SELECT pg_catalog.pg_snapshot_xip(cur.snap) AS x UNION SELECT $2) q)" \
+	"             )::pg_catalog.pg_snapshot END AS snap FROM cur),"
+#define SCAN_SELECT \
+	" SELECT s.snap, e.entry_id, e.entry_hash FROM s LEFT JOIN e ON true ORDER BY e.entry_id"
+
 static SPIPlanPtr last_block_plan = NULL;
 static SPIPlanPtr first_scan_plan = NULL;
 static SPIPlanPtr next_scan_plan = NULL;
@@ -281,35 +299,19 @@ fintx_seal_log(void)
 		 * of the rows and scans them all).
 		 */
 		fintx_keep_plan_opts(prev.exists ? &next_scan_plan : &first_scan_plan,
-						prev.exists ?
-						"WITH cur AS MATERIALIZED (SELECT pg_catalog.pg_current_snapshot() AS snap),"
-						"     s AS (SELECT CASE WHEN $2 IS NULL OR $2 >= pg_catalog.pg_snapshot_xmax(cur.snap)"
-						"             THEN cur.snap ELSE"
-						"             (LEAST(pg_catalog.pg_snapshot_xmin(cur.snap), $2)::text || ':'"
-						"              || pg_catalog.pg_snapshot_xmax(cur.snap)::text || ':'"
-						"              || (SELECT pg_catalog.string_agg(x::text, ',' ORDER BY x)"
-						"                    FROM (SELECT pg_catalog.pg_snapshot_xip(cur.snap) AS x UNION SELECT $2) q)"
-						"             )::pg_catalog.pg_snapshot END AS snap FROM cur),"
-						"     e AS (SELECT entry_id, entry_hash FROM fintx.audit_entries"
-						"            WHERE txid >= pg_catalog.pg_snapshot_xmin($1)"
-						"              AND NOT pg_catalog.pg_visible_in_snapshot(txid, $1)"
-						"              AND txid IS DISTINCT FROM $2)"
-						" SELECT s.snap, e.entry_id, e.entry_hash FROM s LEFT JOIN e ON true"
-						"  ORDER BY e.entry_id"
-						:
-						"WITH cur AS MATERIALIZED (SELECT pg_catalog.pg_current_snapshot() AS snap),"
-						"     s AS (SELECT CASE WHEN $2 IS NULL OR $2 >= pg_catalog.pg_snapshot_xmax(cur.snap)"
-						"             THEN cur.snap ELSE"
-						"             (LEAST(pg_catalog.pg_snapshot_xmin(cur.snap), $2)::text || ':'"
-						"              || pg_catalog.pg_snapshot_xmax(cur.snap)::text || ':'"
-						"              || (SELECT pg_catalog.string_agg(x::text, ',' ORDER BY x)"
-						"                    FROM (SELECT pg_catalog.pg_snapshot_xip(cur.snap) AS x UNION SELECT $2) q)"
-						"             )::pg_catalog.pg_snapshot END AS snap FROM cur),"
-						"     e AS (SELECT entry_id, entry_hash FROM fintx.audit_entries"
-						"            WHERE $1 IS NULL AND txid IS DISTINCT FROM $2)"
-						" SELECT s.snap, e.entry_id, e.entry_hash FROM s LEFT JOIN e ON true"
-						"  ORDER BY e.entry_id",
-						2, types, CURSOR_OPT_CUSTOM_PLAN);
+							 prev.exists ?
+							 SCAN_SNAPSHOT_CTE
+							 "     e AS (SELECT entry_id, entry_hash FROM fintx.audit_entries"
+							 "            WHERE txid >= pg_catalog.pg_snapshot_xmin($1)"
+							 "              AND NOT pg_catalog.pg_visible_in_snapshot(txid, $1)"
+							 "              AND txid IS DISTINCT FROM $2)"
+							 SCAN_SELECT
+							 :
+							 SCAN_SNAPSHOT_CTE
+							 "     e AS (SELECT entry_id, entry_hash FROM fintx.audit_entries"
+							 "            WHERE $1 IS NULL AND txid IS DISTINCT FROM $2)"
+							 SCAN_SELECT,
+							 2, types, CURSOR_OPT_CUSTOM_PLAN);
 		ret = SPI_execute_plan(prev.exists ? next_scan_plan : first_scan_plan, args, nulls, false, 0);
 	}
 	if (ret != SPI_OK_SELECT || SPI_processed < 1)

@@ -5,6 +5,8 @@
  */
 #include "fintx.h"
 
+#include <openssl/bio.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 
 static EVP_MD *sha256_md = NULL;
@@ -174,4 +176,43 @@ fintx_note_key_id(const char *name, const uint8 *pub, uint8 *id)
 	fintx_sha256((unsigned char *) buf.data, buf.len, hash);
 	memcpy(id, hash, 4);
 	pfree(buf.data);
+}
+
+/*
+ * Parses an Ed25519 public key given as PEM (SubjectPublicKeyInfo, as written by
+ * "openssl pkey -pubout") or as standard base64 of the raw 32 bytes; returns
+ * false if text is neither.
+ */
+bool
+fintx_ed25519_parse_public(const char *text, uint8 *pub)
+{
+	size_t		len = strlen(text);
+
+	if (strstr(text, "-----BEGIN PUBLIC KEY-----") != NULL)
+	{
+		BIO		   *bio = BIO_new_mem_buf(text, (int) len);
+		EVP_PKEY   *key = bio ? PEM_read_bio_PUBKEY(bio, NULL, NULL, NULL) : NULL;
+		size_t		publen = 32;
+		bool		ok;
+
+		ok = key != NULL && EVP_PKEY_get_id(key) == EVP_PKEY_ED25519 &&
+			EVP_PKEY_get_raw_public_key(key, pub, &publen) == 1 && publen == 32;
+		EVP_PKEY_free(key);
+		BIO_free(bio);
+		ERR_clear_error();
+		return ok;
+	}
+	else
+	{
+		char		raw[48];
+		int			n;
+
+		if (len == 0 || len > 64 || pg_b64_dec_len((int) len) > (int) sizeof(raw))
+			return false;
+		n = pg_b64_decode(text, (int) len, raw, sizeof(raw));
+		if (n != 32)
+			return false;
+		memcpy(pub, raw, 32);
+		return true;
+	}
 }

@@ -71,10 +71,21 @@ _PG_init(void)
 							   PGC_SIGHUP,
 							   0,
 							   NULL, NULL, NULL);
+	DefineCustomIntVariable("fintx.denial_wait",
+							"How long a denied call waits for the worker to commit its access-log row.",
+							"0: do not wait (a crash right after the denial can lose the row).",
+							&fintx_denial_wait_ms,
+							1000, 0, 60 * 1000,
+							PGC_SUSET,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
 	MarkGUCPrefixReserved("fintx");
 
 	if (process_shared_preload_libraries_in_progress)
+	{
+		fintx_denials_init();
 		fintx_register_worker();
+	}
 }
 
 /*

@@ -86,6 +86,8 @@ typedef struct LedgerRequest
 	Interval   *timeout;		/* NULL: no expiry */
 	int64		hold_id;		/* LEDGER_POST/VOID/EXPIRE */
 	uint8		fingerprint[FINTX_FINGERPRINT_LEN];
+	bool		preauthorized;	/* approved transfer: authorization already done */
+	bool		signed_request;	/* part of a signed request (maker-checker refused) */
 
 	/* filled in by the journal */
 	struct LedgerRequest *dup_of;	/* same key earlier in this batch */
@@ -157,6 +159,7 @@ extern void fintx_sha256_2(const unsigned char *part1, size_t len1, const unsign
 extern EVP_PKEY *fintx_signing_key(const char *path);
 extern void fintx_ed25519_public(EVP_PKEY *key, uint8 *pub);
 extern void fintx_ed25519_sign(EVP_PKEY *key, const uint8 *msg, size_t len, uint8 *sig);
+extern bool fintx_ed25519_parse_public(const char *text, uint8 *pub);
 extern bool fintx_ed25519_verify(const uint8 *pub, const uint8 *msg, size_t len, const uint8 *sig);
 extern char *fintx_base64(const uint8 *data, int len);
 extern void fintx_note_key_id(const char *name, const uint8 *pub, uint8 *id);
@@ -172,7 +175,60 @@ extern void fintx_execute(const char *principal, LedgerRequest **reqs, int nreqs
 extern int	fintx_expire_holds(int max_holds);
 extern char *fintx_principal(void);
 
+/* ledger.c: helpers shared with the authorization module */
+extern LedgerRequest *fintx_parse_request(JsonbValue *elem, int index);
+extern void fintx_result_values(LedgerRequest *req, Datum *values, bool *nulls);
+extern Datum fintx_result_datum(FunctionCallInfo fcinfo, LedgerRequest *req);
+extern void fintx_null_argument(const char *name);
+
 /* worker.c */
 extern void fintx_register_worker(void);
+
+/* authz.c: who is calling and what they may do */
+typedef enum FintxOp
+{
+	FINTX_OP_ACCOUNT_OPEN,
+	FINTX_OP_ACCOUNT_CLOSE,
+	FINTX_OP_TRANSFER,
+	FINTX_OP_TRANSFER_APPROVE,
+	FINTX_OP_HOLD_RESOLVE,
+	FINTX_OP_AUDIT_READ,
+	FINTX_OP_EVENT_EMIT,
+	FINTX_OP_EVENT_CONSUME,
+	FINTX_OP_ADMIN,				/* managing services and grants */
+	FINTX_OP_COUNT
+} FintxOp;
+
+typedef struct FintxCaller
+{
+	Oid			role;
+	char	   *role_name;
+	bool		admin;			/* superuser or member of fintx_admin */
+	bool		auditor;		/* member of fintx_auditor */
+	char	   *service;		/* registered service name, or NULL */
+	bool		has_key;
+	uint8		public_key[32];
+} FintxCaller;
+
+extern FintxCaller *fintx_authz_begin(void);
+extern void fintx_authz_system(void);
+extern bool fintx_authz_active(void);
+extern bool fintx_authorize(FintxOp op, const char *object, const char *currency, int64 amount,
+							bool has_amount, bool approval_allowed);
+extern void fintx_authz_deny(FintxOp op, const char *object, const char *currency, int64 amount,
+							 bool has_amount, const char *reason, const char *rule) pg_attribute_noreturn();
+extern void fintx_authz_flush(void);
+extern void fintx_approval_record(LedgerRequest *req);
+extern void fintx_authz_require(FintxOp op, const char *object);
+
+/* denials.c: the durable denial queue (shared memory + worker) */
+extern int	fintx_denial_wait_ms;
+extern void fintx_denials_init(void);
+extern void fintx_denials_worker_attach(void);
+extern bool fintx_denials_pending(void);
+extern void fintx_denials_worker_flush(void);
+extern void fintx_denial_enqueue(const char *role, const char *session_user, const char *service,
+								 const char *operation, const char *object, const char *currency,
+								 int64 amount, bool has_amount, const char *reason, const char *rule);
 
 #endif							/* FINTX_H */

@@ -27,6 +27,7 @@
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "commands/dbcommands.h"
 #include "utils/json.h"
 #include "utils/numeric.h"
 #include "utils/timestamp.h"
@@ -39,6 +40,9 @@ PG_FUNCTION_INFO_V1(fintx_post_pending);
 PG_FUNCTION_INFO_V1(fintx_void_pending);
 PG_FUNCTION_INFO_V1(fintx_transfer_batch);
 PG_FUNCTION_INFO_V1(fintx_expire_pending);
+PG_FUNCTION_INFO_V1(fintx_transfer_signed);
+PG_FUNCTION_INFO_V1(fintx_transfer_batch_signed);
+PG_FUNCTION_INFO_V1(fintx_signing_message);
 
 static SPIPlanPtr currency_plan = NULL;
 static SPIPlanPtr open_plan = NULL;
@@ -65,13 +69,15 @@ int			fintx_batch_position = -1;
  */
 
 /* Emits 22023 naming a required argument that is NULL. */
-static void
-NullArgument(const char *name)
+void
+fintx_null_argument(const char *name)
 {
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 			 errmsg("%s must not be null", name)));
 }
+
+#define NullArgument fintx_null_argument
 
 /* Returns at most maxbytes of s for an error message, never cutting a character. */
 static char *
@@ -222,8 +228,8 @@ MakeArray(Datum *elems, bool *nulls, int n, Oid type)
 }
 
 /* Forms a fintx.transfer_result tuple for a finished request. */
-static Datum *
-ResultValues(LedgerRequest *req, Datum *values, bool *nulls)
+void
+fintx_result_values(LedgerRequest *req, Datum *values, bool *nulls)
 {
 	values[0] = Int64GetDatum(req->transfer_id);
 	values[1] = CStringGetTextDatum(req->status);
@@ -234,12 +240,11 @@ ResultValues(LedgerRequest *req, Datum *values, bool *nulls)
 	values[6] = TimestampTzGetDatum(req->created_at);
 	memset(nulls, 0, sizeof(bool) * 7);
 	nulls[5] = req->entry_hash == NULL;
-	return values;
 }
 
 /* Returns the composite result of a single-request function. */
-static Datum
-ReturnResult(FunctionCallInfo fcinfo, LedgerRequest *req)
+Datum
+fintx_result_datum(FunctionCallInfo fcinfo, LedgerRequest *req)
 {
 	TupleDesc	tupdesc;
 	Datum		values[7];
@@ -248,7 +253,7 @@ ReturnResult(FunctionCallInfo fcinfo, LedgerRequest *req)
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
 	tupdesc = BlessTupleDesc(tupdesc);
-	ResultValues(req, values, nulls);
+	fintx_result_values(req, values, nulls);
 	return HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls));
 }
 
@@ -595,14 +600,10 @@ Credit(LedgerAccount *a, int64 amount, bool pending)
 						   (long long) (a->credits_posted + (pending ? a->credits_pending : 0)))));
 }
 
-/* Applies one transfer request to the locked accounts. */
+/* Checks the accounts of a transfer: both open, same currency. */
 static void
-ApplyTransfer(LedgerRequest *req, LedgerAccount **bycode, int naccts, TimestampTz clock,
-			  Datum *timeout_at, bool *timeout_null)
+CheckPair(LedgerAccount *from, LedgerAccount *to)
 {
-	LedgerAccount *from = AccountByCode(bycode, naccts, req->from_code);
-	LedgerAccount *to = AccountByCode(bycode, naccts, req->to_code);
-
 	if (from->closed)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -617,6 +618,30 @@ ApplyTransfer(LedgerRequest *req, LedgerAccount **bycode, int naccts, TimestampT
 				 errmsg("currency mismatch between accounts \"%s\" and \"%s\"", from->code, to->code),
 				 errdetail("Account \"%s\" holds %s; account \"%s\" holds %s.",
 						   from->code, from->currency, to->code, to->currency)));
+}
+
+/*
+ * A transfer that waits for approval: the accounts are checked now, but no
+ * money moves until a checker approves it (fintx.approve_transfer).
+ */
+static void
+AwaitApproval(LedgerRequest *req, LedgerAccount **bycode, int naccts)
+{
+	req->from = AccountByCode(bycode, naccts, req->from_code);
+	req->to = AccountByCode(bycode, naccts, req->to_code);
+	CheckPair(req->from, req->to);
+	req->status = "awaiting_approval";
+}
+
+/* Applies one transfer request to the locked accounts. */
+static void
+ApplyTransfer(LedgerRequest *req, LedgerAccount **bycode, int naccts, TimestampTz clock,
+			  Datum *timeout_at, bool *timeout_null)
+{
+	LedgerAccount *from = AccountByCode(bycode, naccts, req->from_code);
+	LedgerAccount *to = AccountByCode(bycode, naccts, req->to_code);
+
+	CheckPair(from, to);
 	Debit(from, req->amount, req->pending);
 	Credit(to, req->amount, req->pending);
 	req->from = from;
@@ -683,6 +708,8 @@ AuditAction(LedgerRequest *r)
 	switch (r->op)
 	{
 		case LEDGER_TRANSFER:
+			if (strcmp(r->status, "awaiting_approval") == 0)
+				return "transfer.awaiting_approval";
 			return r->pending ? "transfer.pending" : "transfer.posted";
 		case LEDGER_POST:
 			return "transfer.pending_posted";
@@ -936,7 +963,8 @@ WriteBack(const char *principal, LedgerRequest **reqs, int n, LedgerAccount *acc
 	/* open holds */
 	for (int i = 0; i < n; i++)
 	{
-		if (reqs[i]->op != LEDGER_TRANSFER || !reqs[i]->pending)
+		if (reqs[i]->op != LEDGER_TRANSFER || !reqs[i]->pending ||
+			strcmp(reqs[i]->status, "pending") != 0)
 			continue;
 		cols[0][nh] = Int64GetDatum(reqs[i]->transfer_id);
 		cols[1][nh] = timeout_at[i];
@@ -957,6 +985,28 @@ WriteBack(const char *principal, LedgerRequest **reqs, int n, LedgerAccount *acc
 		if (ret != SPI_OK_INSERT)
 			elog(ERROR, "recording holds failed: %s", SPI_result_code_string(ret));
 	}
+}
+
+/*
+ * Authorizes a transfer request against the grants of the calling service
+ * (the debited account decides); returns true if it must await approval.
+ * Runs after the accounts are locked and before anything changes; a request
+ * on an account outside the caller's grants is refused whether or not the
+ * account exists.
+ */
+static bool
+Authorize(LedgerRequest *req, LedgerAccount **bycode, int naccts, int nreqs)
+{
+	LedgerAccount key;
+	LedgerAccount *keyp = &key;
+	LedgerAccount **found;
+
+	if (req->preauthorized || !fintx_authz_active())
+		return false;
+	key.code = req->from_code;
+	found = bsearch(&keyp, bycode, naccts, sizeof(LedgerAccount *), CompareAccountCode);
+	return fintx_authorize(FINTX_OP_TRANSFER, req->from_code, found ? (*found)->currency : NULL,
+						   req->amount, true, nreqs == 1);
 }
 
 /* Applies requests whose keys were newly claimed (SPI connected). */
@@ -992,9 +1042,23 @@ ApplyNew(const char *principal, LedgerRequest **reqs, int n)
 		fintx_batch_position = req->index;
 		timeout_null[i] = true;
 		if (req->op == LEDGER_TRANSFER)
-			ApplyTransfer(req, bycode, naccts, clock, &timeout_at[i], &timeout_null[i]);
+		{
+			if (Authorize(req, bycode, naccts, n))
+				AwaitApproval(req, bycode, naccts);
+			else
+				ApplyTransfer(req, bycode, naccts, clock, &timeout_at[i], &timeout_null[i]);
+		}
 		else
+		{
+			if (req->op != LEDGER_EXPIRE && !req->preauthorized && fintx_authz_active())
+			{
+				LedgerAccount *from = AccountById(accts, naccts, req->hold->from_id);
+
+				fintx_authorize(FINTX_OP_HOLD_RESOLVE, from->code, from->currency,
+								req->amount_given ? req->amount : req->hold->amount, true, false);
+			}
 			ApplyResolution(req, accts, naccts, clock);
+		}
 		req->from_balance = PostedBalance(req->from);
 		req->to_balance = PostedBalance(req->to);
 		req->created_at = now_ts;
@@ -1002,6 +1066,9 @@ ApplyNew(const char *principal, LedgerRequest **reqs, int n)
 	}
 	fintx_batch_position = -1;
 	WriteBack(principal, reqs, n, accts, naccts, timeout_at, timeout_null, empty);
+	for (int i = 0; i < n; i++)
+		if (strcmp(reqs[i]->status, "awaiting_approval") == 0)
+			fintx_approval_record(reqs[i]);
 }
 
 /*
@@ -1031,6 +1098,7 @@ fintx_execute(const char *principal, LedgerRequest **reqs, int n)
 			fresh[nfresh++] = reqs[i];
 	if (nfresh > 0)
 		ApplyNew(principal, fresh, nfresh);
+	fintx_authz_flush();
 	SPI_finish();
 
 	for (int i = 0; i < n; i++)
@@ -1083,6 +1151,7 @@ fintx_open_account(PG_FUNCTION_ARGS)
 	code = CheckCode(NULL, text_to_cstring(PG_GETARG_TEXT_PP(0)));
 	currency = text_to_cstring(PG_GETARG_TEXT_PP(1));
 	md = CheckMetadata(PG_ARGISNULL(4) ? NULL : PG_GETARG_JSONB_P(4));
+	fintx_authz_begin();
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -1095,6 +1164,7 @@ fintx_open_account(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("unknown currency \"%s\"", ClipForMessage(currency, 16)),
 				 errhint("Use an ISO 4217 alphabetic code listed in fintx.currencies, such as \"EUR\".")));
+	fintx_authorize(FINTX_OP_ACCOUNT_OPEN, code, currency, 0, false, false);
 
 	args[2] = PG_GETARG_DATUM(2);
 	args[3] = PG_GETARG_DATUM(3);
@@ -1126,6 +1196,7 @@ fintx_open_account(PG_FUNCTION_ARGS)
 		fintx_audit_record(TextDatumGetCString(args[5]), "account.opened", "account", code,
 						   fintx_jsonb_from_text(buf.data));
 	}
+	fintx_authz_flush();
 	SPI_finish();
 	PG_RETURN_INT64(id);
 }
@@ -1150,16 +1221,20 @@ fintx_close_account(PG_FUNCTION_ARGS)
 	if (PG_ARGISNULL(0))
 		NullArgument("code");
 	code = CheckCode(NULL, text_to_cstring(PG_GETARG_TEXT_PP(0)));
+	fintx_authz_begin();
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	arg = CStringGetTextDatum(code);
 	fintx_keep_plan(&close_lock_plan,
 					"SELECT id, closed_at IS NOT NULL, debits_posted, credits_posted,"
-					"       debits_pending, credits_pending"
+					"       debits_pending, credits_pending, currency"
 					"  FROM fintx.accounts WHERE code = $1 FOR UPDATE",
 					1, types);
 	if (SPI_execute_plan(close_lock_plan, &arg, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "locking account failed");
+	fintx_authorize(FINTX_OP_ACCOUNT_CLOSE, code,
+					SPI_processed == 1 ? SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 7) : NULL,
+					0, false, false);
 	if (SPI_processed != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -1201,6 +1276,7 @@ fintx_close_account(PG_FUNCTION_ARGS)
 		fintx_audit_record(fintx_principal(), "account.closed", "account", code,
 						   fintx_jsonb_from_text(buf.data));
 	}
+	fintx_authz_flush();
 	SPI_finish();
 	PG_RETURN_VOID();
 }
@@ -1237,8 +1313,9 @@ fintx_transfer(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("cannot transfer from account \"%s\" to itself", req->from_code)));
 
+	fintx_authz_begin();
 	fintx_execute(fintx_principal(), &req, 1);
-	PG_RETURN_DATUM(ReturnResult(fcinfo, req));
+	PG_RETURN_DATUM(fintx_result_datum(fcinfo, req));
 }
 
 /* Shared body of post_pending and void_pending. */
@@ -1259,8 +1336,9 @@ ResolveHold(FunctionCallInfo fcinfo, LedgerOp op)
 		req->amount = CheckAmount(PG_GETARG_INT64(2));
 		req->amount_given = true;
 	}
+	fintx_authz_begin();
 	fintx_execute(fintx_principal(), &req, 1);
-	PG_RETURN_DATUM(ReturnResult(fcinfo, req));
+	PG_RETURN_DATUM(fintx_result_datum(fcinfo, req));
 }
 
 /* fintx.post_pending(idempotency_key, transfer_id, amount) → transfer_result */
@@ -1407,6 +1485,226 @@ ParseBatchRequest(JsonbValue *elem, int index)
 	return req;
 }
 
+/* Parses one transfer request (a JSON object) for the authorization module. */
+LedgerRequest *
+fintx_parse_request(JsonbValue *elem, int index)
+{
+	return ParseBatchRequest(elem, index);
+}
+
+/*
+ * The bytes a service signs for transfer_signed / transfer_batch_signed
+ * (docs/authorization.md): a domain tag, the service, the database, whether
+ * it is a batch, the number of requests, then each request's idempotency key
+ * and fingerprint (docs/idempotency.md).
+ */
+static void
+SigningMessage(StringInfo buf, const char *service, LedgerRequest **reqs, int n, bool batch)
+{
+	uint8		b = batch ? 1 : 0;
+
+	appendBinaryStringInfo(buf, "fintx.signed-request.v1", 23);
+	fintx_put_string(buf, 's', service);
+	fintx_put_string(buf, 'd', get_database_name(MyDatabaseId));
+	fintx_put_field(buf, 'b', &b, 1);
+	fintx_put_int64(buf, 'n', n);
+	for (int i = 0; i < n; i++)
+	{
+		fintx_fingerprint(reqs[i]);
+		fintx_put_string(buf, 'k', reqs[i]->key);
+		fintx_put_field(buf, 'h', reqs[i]->fingerprint, FINTX_FINGERPRINT_LEN);
+	}
+}
+
+/* Parses requests: a JSON array (batch) or a single JSON object. */
+static LedgerRequest **
+ParseRequests(Jsonb *jb, bool batch, int *n)
+{
+	LedgerRequest **parsed;
+
+	if (!batch)
+	{
+		JsonbValue	root;
+
+		if (!JB_ROOT_IS_OBJECT(jb) || JB_ROOT_IS_SCALAR(jb))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("request must be a JSON object")));
+		root.type = jbvBinary;
+		root.val.binary.data = &jb->root;
+		root.val.binary.len = VARSIZE(jb) - VARHDRSZ;
+		parsed = palloc(sizeof(LedgerRequest *));
+		parsed[0] = ParseBatchRequest(&root, 0);
+		*n = 1;
+		return parsed;
+	}
+	if (!JB_ROOT_IS_ARRAY(jb) || JB_ROOT_IS_SCALAR(jb))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("requests must be a JSON array of transfer requests")));
+	*n = JB_ROOT_COUNT(jb);
+	if (*n > FINTX_MAX_BATCH)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("too many transfer requests in one batch"),
+				 errdetail("The batch has %d requests; the limit is %d.", *n, FINTX_MAX_BATCH)));
+	parsed = palloc(sizeof(LedgerRequest *) * (*n + 1));
+	for (int i = 0; i < *n; i++)
+	{
+		CHECK_FOR_INTERRUPTS();
+		fintx_batch_position = i;
+		parsed[i] = ParseBatchRequest(getIthJsonbValueFromContainer(&jb->root, i), i);
+	}
+	fintx_batch_position = -1;
+	return parsed;
+}
+
+/*
+ * Verifies a signed request with the caller's registered key; emits 42501
+ * (recorded as a denial) if the caller has no key or the signature fails.
+ */
+static void
+VerifySignature(FintxCaller *c, LedgerRequest **reqs, int n, bool batch, bytea *sig, StringInfo msg)
+{
+	const char *first = reqs[0]->from_code;
+
+	if (c->service == NULL)
+		fintx_authz_deny(FINTX_OP_TRANSFER, first, NULL, reqs[0]->amount, true,
+						 psprintf("role \"%s\" is not a registered fintx service; only services sign requests",
+								  c->role_name), "signed request");
+	if (!c->has_key)
+		fintx_authz_deny(FINTX_OP_TRANSFER, first, NULL, reqs[0]->amount, true,
+						 psprintf("service \"%s\" has no public key registered", c->service),
+						 "signed request");
+	SigningMessage(msg, c->service, reqs, n, batch);
+	if (!fintx_ed25519_verify(c->public_key, (uint8 *) msg->data, msg->len, (uint8 *) VARDATA_ANY(sig)))
+		fintx_authz_deny(FINTX_OP_TRANSFER, first, NULL, reqs[0]->amount, true,
+						 psprintf("the signature does not verify with the public key registered for service \"%s\"",
+								  c->service), "Ed25519 request signature");
+	for (int i = 0; i < n; i++)
+		reqs[i]->signed_request = true;
+}
+
+/* Stores a signed request with its signature once it has produced transfers. */
+static void
+StoreSignedRequest(FintxCaller *c, LedgerRequest **reqs, int n, Jsonb *request, bytea *sig,
+				   StringInfo msg)
+{
+	static SPIPlanPtr plan = NULL;
+	Datum	   *ids = palloc(sizeof(Datum) * n);
+	bool		fresh = false;
+	Datum		args[6];
+	Oid			types[6] = {TEXTOID, BYTEAOID, JSONBOID, BYTEAOID, BYTEAOID, INT8ARRAYOID};
+	bytea	   *key = palloc(VARHDRSZ + 32);
+	bytea	   *message = palloc(VARHDRSZ + msg->len);
+
+	for (int i = 0; i < n; i++)
+	{
+		ids[i] = Int64GetDatum(reqs[i]->transfer_id);
+		fresh |= !reqs[i]->replayed;
+	}
+	if (!fresh)
+		return;					/* a replay: the original was stored with its first use */
+	SET_VARSIZE(key, VARHDRSZ + 32);
+	memcpy(VARDATA(key), c->public_key, 32);
+	SET_VARSIZE(message, VARHDRSZ + msg->len);
+	memcpy(VARDATA(message), msg->data, msg->len);
+	args[0] = CStringGetTextDatum(c->service);
+	args[1] = PointerGetDatum(key);
+	args[2] = PointerGetDatum(request);
+	args[3] = PointerGetDatum(message);
+	args[4] = PointerGetDatum(sig);
+	args[5] = MakeArray(ids, NULL, n, INT8OID);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	fintx_keep_plan(&plan,
+					"INSERT INTO fintx.signed_requests (service, public_key, request, message, signature, transfer_ids)"
+					" VALUES ($1, $2, $3, $4, $5, $6)",
+					6, types);
+	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "storing the signed request failed");
+	SPI_finish();
+}
+
+/*
+ * Shared body of transfer_batch, transfer_signed and transfer_batch_signed:
+ * parses, authorizes (and verifies the signature, if sig is given) and
+ * applies the requests, with the batch index in the error context.
+ */
+static LedgerRequest **
+RunRequests(Jsonb *jb, bool batch, bytea *sig, int *n)
+{
+	LedgerRequest **reqs;
+	ErrorContextCallback errcb;
+
+	/* no PG_TRY needed: error recovery resets error_context_stack */
+	fintx_batch_position = -1;
+	errcb.callback = BatchErrorContext;
+	errcb.arg = NULL;
+	errcb.previous = error_context_stack;
+	error_context_stack = &errcb;
+	reqs = ParseRequests(jb, batch, n);
+	if (*n > 0)
+	{
+		FintxCaller *c = fintx_authz_begin();
+		StringInfoData msg;
+
+		if (sig)
+		{
+			initStringInfo(&msg);
+			VerifySignature(c, reqs, *n, batch, sig, &msg);
+		}
+		fintx_execute(fintx_principal(), reqs, *n);
+		if (sig)
+			StoreSignedRequest(c, reqs, *n, jb, sig, &msg);
+	}
+	fintx_batch_position = -1;
+	error_context_stack = errcb.previous;
+	return reqs;
+}
+
+/* Checks the signature argument: 64 bytes of Ed25519. */
+static bytea *
+SignatureArg(FunctionCallInfo fcinfo)
+{
+	bytea	   *sig;
+
+	if (PG_ARGISNULL(1))
+		NullArgument("signature");
+	sig = PG_GETARG_BYTEA_PP(1);
+	if (VARSIZE_ANY_EXHDR(sig) != 64)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("signature must be 64 bytes (Ed25519)"),
+				 errdetail("The signature given is %d bytes long.", (int) VARSIZE_ANY_EXHDR(sig))));
+	return sig;
+}
+
+/* Returns the results of a batch as a set, in request order. */
+static Datum
+ReturnSet(FunctionCallInfo fcinfo, Jsonb *jb, bytea *sig)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	LedgerRequest **reqs;
+	int			n;
+
+	InitMaterializedSRF(fcinfo, 0);
+	reqs = RunRequests(jb, true, sig, &n);
+	if (sig && n == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("a signed batch must hold at least one request")));
+	for (int i = 0; i < n; i++)
+	{
+		Datum		values[7];
+		bool		nulls[7];
+
+		fintx_result_values(reqs[i], values, nulls);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	PG_RETURN_NULL();
+}
+
 /*
  * fintx.transfer_batch(requests jsonb) → SETOF transfer_result
  * Applies an array of transfer requests atomically, each with its own key;
@@ -1415,63 +1713,73 @@ ParseBatchRequest(JsonbValue *elem, int index)
 Datum
 fintx_transfer_batch(PG_FUNCTION_ARGS)
 {
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	Jsonb	   *jb;
-	int			n;
-	LedgerRequest **volatile reqs = NULL;
-	ErrorContextCallback errcb;
+	if (PG_ARGISNULL(0))
+		NullArgument("requests");
+	return ReturnSet(fcinfo, PG_GETARG_JSONB_P(0), NULL);
+}
+
+/*
+ * fintx.transfer_batch_signed(requests jsonb, signature bytea) → SETOF transfer_result
+ * As transfer_batch, signed as a whole by the calling service's Ed25519 key.
+ */
+Datum
+fintx_transfer_batch_signed(PG_FUNCTION_ARGS)
+{
+	bytea	   *sig;
 
 	if (PG_ARGISNULL(0))
 		NullArgument("requests");
-	jb = PG_GETARG_JSONB_P(0);
-	if (!JB_ROOT_IS_ARRAY(jb) || JB_ROOT_IS_SCALAR(jb))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("requests must be a JSON array of transfer requests")));
-	n = JB_ROOT_COUNT(jb);
-	if (n > FINTX_MAX_BATCH)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("too many transfer requests in one batch"),
-				 errdetail("The batch has %d requests; the limit is %d.", n, FINTX_MAX_BATCH)));
-	InitMaterializedSRF(fcinfo, 0);
-	if (n == 0)
-		PG_RETURN_NULL();
+	sig = SignatureArg(fcinfo);
+	return ReturnSet(fcinfo, PG_GETARG_JSONB_P(0), sig);
+}
 
-	errcb.callback = BatchErrorContext;
-	errcb.arg = NULL;
-	errcb.previous = error_context_stack;
-	error_context_stack = &errcb;
-	PG_TRY();
-	{
-		LedgerRequest **parsed = palloc(sizeof(LedgerRequest *) * n);
+/*
+ * fintx.transfer_signed(request jsonb, signature bytea) → transfer_result
+ * One transfer request (the fields of a transfer_batch element), signed by
+ * the calling service's Ed25519 key; the signature is stored with it.
+ */
+Datum
+fintx_transfer_signed(PG_FUNCTION_ARGS)
+{
+	bytea	   *sig;
+	LedgerRequest **reqs;
+	int			n;
 
-		for (int i = 0; i < n; i++)
-		{
-			CHECK_FOR_INTERRUPTS();
-			fintx_batch_position = i;
-			parsed[i] = ParseBatchRequest(getIthJsonbValueFromContainer(&jb->root, i), i);
-		}
-		fintx_batch_position = -1;
-		fintx_execute(fintx_principal(), parsed, n);
-		reqs = parsed;
-	}
-	PG_FINALLY();
-	{
-		fintx_batch_position = -1;
-		error_context_stack = errcb.previous;
-	}
-	PG_END_TRY();
+	if (PG_ARGISNULL(0))
+		NullArgument("request");
+	sig = SignatureArg(fcinfo);
+	reqs = RunRequests(PG_GETARG_JSONB_P(0), false, sig, &n);
+	PG_RETURN_DATUM(fintx_result_datum(fcinfo, reqs[0]));
+}
 
-	for (int i = 0; i < n; i++)
-	{
-		Datum		values[7];
-		bool		nulls[7];
+/*
+ * fintx.signing_message(service, requests) → bytea
+ * The bytes service must sign for transfer_signed (requests a JSON object)
+ * or transfer_batch_signed (a JSON array) in this database.
+ */
+Datum
+fintx_signing_message(PG_FUNCTION_ARGS)
+{
+	Jsonb	   *jb;
+	bool		batch;
+	LedgerRequest **reqs;
+	int			n;
+	StringInfoData msg;
+	bytea	   *out;
 
-		ResultValues(reqs[i], values, nulls);
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-	}
-	PG_RETURN_NULL();
+	if (PG_ARGISNULL(0))
+		NullArgument("service");
+	if (PG_ARGISNULL(1))
+		NullArgument("requests");
+	jb = PG_GETARG_JSONB_P(1);
+	batch = JB_ROOT_IS_ARRAY(jb) && !JB_ROOT_IS_SCALAR(jb);
+	reqs = ParseRequests(jb, batch, &n);
+	initStringInfo(&msg);
+	SigningMessage(&msg, text_to_cstring(PG_GETARG_TEXT_PP(0)), reqs, n, batch);
+	out = palloc(VARHDRSZ + msg.len);
+	SET_VARSIZE(out, VARHDRSZ + msg.len);
+	memcpy(VARDATA(out), msg.data, msg.len);
+	PG_RETURN_BYTEA_P(out);
 }
 
 /*
@@ -1513,6 +1821,7 @@ fintx_expire_holds(int max_holds)
 		reqs[i] = r;
 	}
 	SPI_finish();
+	fintx_authz_system();
 	if (n > 0)
 		fintx_execute(FINTX_SYSTEM_PRINCIPAL, reqs, n);
 	return n;

@@ -7,7 +7,15 @@ REVOKE ALL ON ALL SEQUENCES IN SCHEMA fintx FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA fintx FROM PUBLIC;
 
 GRANT SELECT ON ALL TABLES IN SCHEMA fintx TO fintx_admin;
-GRANT SELECT ON fintx.account_balances, fintx.open_holds, fintx.transfer_history TO fintx_service, fintx_auditor;
+GRANT SELECT ON fintx.account_balances, fintx.open_holds, fintx.transfer_history, fintx.pending_approvals
+  TO fintx_service, fintx_auditor;
+-- The views above read with the caller's rights; row security on the tables limits a
+-- service to the accounts its grants cover.
+GRANT SELECT ON fintx.accounts, fintx.transfers, fintx.pending_holds, fintx.approvals
+  TO fintx_service, fintx_auditor;
+GRANT SELECT ON fintx.access_log, fintx.access_log_entries, fintx.services, fintx.permissions,
+                fintx.signed_requests, fintx.limit_usage
+  TO fintx_auditor;
 
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA fintx TO fintx_admin;
 GRANT EXECUTE ON FUNCTION
@@ -15,7 +23,16 @@ GRANT EXECUTE ON FUNCTION
     fintx.post_pending(text, bigint, bigint),
     fintx.void_pending(text, bigint),
     fintx.transfer_batch(jsonb),
-    fintx.request_fingerprint(text, text, bigint, jsonb, boolean, interval)
+    fintx.request_fingerprint(text, text, bigint, jsonb, boolean, interval),
+    fintx.open_account(text, text, boolean, boolean, jsonb),
+    fintx.close_account(text),
+    fintx.approve_transfer(bigint),
+    fintx.reject_transfer(bigint, text),
+    fintx.transfer_signed(jsonb, bytea),
+    fintx.transfer_batch_signed(jsonb, bytea),
+    fintx.signing_message(text, jsonb),
+    fintx.account_visible(text),
+    fintx.account_id_visible(bigint)
   TO fintx_service;
 GRANT EXECUTE ON FUNCTION fintx.reconcile() TO fintx_auditor;
 GRANT SELECT ON fintx.audit_log, fintx.audit_account_trail, fintx.audit_actor_activity,
@@ -40,3 +57,10 @@ SELECT pg_catalog.pg_extension_config_dump('fintx.audit_entry_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('fintx.audit_leaves', '');
 SELECT pg_catalog.pg_extension_config_dump('fintx.audit_nodes', '');
 SELECT pg_catalog.pg_extension_config_dump('fintx.audit_blocks', '');
+SELECT pg_catalog.pg_extension_config_dump('fintx.services', '');
+SELECT pg_catalog.pg_extension_config_dump('fintx.permissions', '');
+SELECT pg_catalog.pg_extension_config_dump('fintx.limit_usage', '');
+SELECT pg_catalog.pg_extension_config_dump('fintx.approvals', '');
+SELECT pg_catalog.pg_extension_config_dump('fintx.access_log_entries', '');
+SELECT pg_catalog.pg_extension_config_dump('fintx.signed_requests', '');
+SELECT pg_catalog.pg_extension_config_dump('fintx.signed_requests_id_seq', '');

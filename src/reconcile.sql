@@ -91,10 +91,13 @@ SELECT 'transfer_invalid', 'transfer ' OPERATOR(pg_catalog.||) t.id::text,
   FROM fintx.transfers t
  WHERE t.status IS DISTINCT FROM 'posted' AND t.status IS DISTINCT FROM 'pending'
    AND t.status IS DISTINCT FROM 'voided' AND t.status IS DISTINCT FROM 'expired'
+   AND t.status IS DISTINCT FROM 'awaiting_approval'
     OR t.amount OPERATOR(pg_catalog.<=) 0
     OR t.from_account OPERATOR(pg_catalog.=) t.to_account
     OR (t.status OPERATOR(pg_catalog.=) 'pending' AND t.pending_id IS NOT NULL)
-    OR (t.status OPERATOR(pg_catalog.<>) 'pending' AND t.status OPERATOR(pg_catalog.<>) 'posted' AND t.pending_id IS NULL)
+    OR (t.status OPERATOR(pg_catalog.<>) 'pending' AND t.status OPERATOR(pg_catalog.<>) 'posted'
+        AND t.status OPERATOR(pg_catalog.<>) 'awaiting_approval' AND t.pending_id IS NULL)
+    OR (t.status OPERATOR(pg_catalog.=) 'awaiting_approval' AND t.pending_id IS NOT NULL)
 UNION ALL
 SELECT 'journal_invalid_fingerprint',
        pg_catalog.format('key %L of %L', j.idempotency_key, j.principal), '32 bytes',

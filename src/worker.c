@@ -3,7 +3,8 @@
  *	  Background worker started when fintx is in shared_preload_libraries.
  *	  In the database named by fintx.database (if fintx is installed there) it
  *	  seals the audit log every fintx.seal_interval and releases expired holds
- *	  every fintx.expire_interval, each pass in its own transaction.
+ *	  every fintx.expire_interval, each pass in its own transaction, and
+ *	  writes queued access denials as soon as a backend queues one.
  *-------------------------------------------------------------------------
  */
 #include "fintx.h"
@@ -89,6 +90,7 @@ fintx_worker_main(Datum arg)
 	BackgroundWorkerUnblockSignals();
 	dbname = pstrdup(fintx_database);
 	BackgroundWorkerInitializeConnection(dbname, NULL, 0);
+	fintx_denials_worker_attach();
 
 	{
 		TimestampTz next_seal = GetCurrentTimestamp();
@@ -99,6 +101,10 @@ fintx_worker_main(Datum arg)
 			TimestampTz now = GetCurrentTimestamp();
 			TimestampTz next;
 			long		wait_ms;
+
+			/* denials first: a denied caller is waiting for its row to commit */
+			if (fintx_denials_pending())
+				fintx_denials_worker_flush();
 
 			if (now >= next_seal)
 			{
@@ -133,6 +139,9 @@ fintx_worker_main(Datum arg)
 			}
 		}
 	}
+	/* write what is still queued before leaving */
+	if (fintx_denials_pending())
+		fintx_denials_worker_flush();
 	/* exit code 1: the postmaster restarts us unless the server is shutting down */
 	proc_exit(1);
 }

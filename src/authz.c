@@ -1,0 +1,1486 @@
+/*-------------------------------------------------------------------------
+ * authz.c
+ *	  Service authorization: who is calling, which grant covers the request,
+ *	  per-transfer and daily limits, maker-checker approvals, the access log
+ *	  and the row-security predicates.
+ *
+ * Every API function calls fintx_authz_begin() first, which identifies the
+ * caller (the role that called, as set by SET ROLE): superusers and members
+ * of fintx_admin may do everything; a registered service may do what its
+ * grants allow; anyone else is refused. Each decision is recorded: allowed
+ * ones in fintx.access_log_entries in the caller's transaction (written by
+ * fintx_authz_flush()), denied ones through the durable denial queue
+ * (denials.c), because the denied transaction aborts.
+ *
+ * A service's grants are cached per backend and dropped whenever fintx's
+ * grant tables change (the management functions send a relcache
+ * invalidation for them) or role memberships change. Loading them is an
+ * ordinary query: if it fails, the call fails — never allowed by default.
+ *-------------------------------------------------------------------------
+ */
+#include "fintx.h"
+
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "commands/user.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "nodes/makefuncs.h"
+#include "nodes/parsenodes.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/json.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+
+PG_FUNCTION_INFO_V1(fintx_register_service);
+PG_FUNCTION_INFO_V1(fintx_set_service_key);
+PG_FUNCTION_INFO_V1(fintx_grant_permission);
+PG_FUNCTION_INFO_V1(fintx_revoke_permission);
+PG_FUNCTION_INFO_V1(fintx_approve_transfer);
+PG_FUNCTION_INFO_V1(fintx_reject_transfer);
+PG_FUNCTION_INFO_V1(fintx_account_visible);
+PG_FUNCTION_INFO_V1(fintx_account_id_visible);
+
+static const char *const op_names[FINTX_OP_COUNT] = {
+	"account.open", "account.close", "transfer", "transfer.approve", "hold.resolve",
+	"audit.read", "event.emit", "event.consume", "fintx.admin"
+};
+
+#define MAX_PATTERN_LEN 128
+#define MAX_SERVICE_LEN 64
+
+/* One grant of the calling service. */
+typedef struct Grant
+{
+	FintxOp		op;
+	char	   *pattern;
+	char	   *currency;		/* NULL: any currency */
+	bool		has_max;
+	int64		max_amount;
+	bool		has_daily;
+	int64		daily_limit;
+	bool		has_approval;
+	int64		approval_above;
+	int			literals;		/* non-wildcard characters: the more, the more specific */
+} Grant;
+
+/* An allowed decision waiting for its access-log row. */
+typedef struct Decision
+{
+	FintxOp		op;
+	char	   *object;
+	char	   *currency;
+	int64		amount;
+	bool		has_amount;
+	const char *reason;
+	char	   *rule;
+	int			count;			/* administrators: requests of one call folded together */
+} Decision;
+
+/* Per-backend cache of the calling role's service and grants. */
+static MemoryContext cache_cxt = NULL;
+static bool cache_valid = false;
+static uint64 cache_generation = 0;
+static Oid	cache_role = InvalidOid;
+static char *cache_service = NULL;
+static bool cache_has_key = false;
+static uint8 cache_key[32];
+static Grant *cache_grants = NULL;
+static int	cache_ngrants = 0;
+static Oid	services_relid = InvalidOid;
+static Oid	permissions_relid = InvalidOid;
+static Oid	accounts_relid = InvalidOid;
+static HTAB *account_codes = NULL;
+static bool callbacks_registered = false;
+
+/* The current call. */
+static FintxCaller caller;
+static bool active = false;
+static List *decisions = NIL;
+
+static SPIPlanPtr service_plan = NULL;
+static SPIPlanPtr grants_plan = NULL;
+static SPIPlanPtr usage_plan = NULL;
+static SPIPlanPtr log_one_plan = NULL;
+static SPIPlanPtr log_many_plan = NULL;
+static SPIPlanPtr approval_insert_plan = NULL;
+static SPIPlanPtr approval_lock_plan = NULL;
+static SPIPlanPtr approval_decide_plan = NULL;
+static SPIPlanPtr transfer_row_plan = NULL;
+static SPIPlanPtr account_code_plan = NULL;
+
+/* ------------------------------------------------------------------------
+ * Cache invalidation
+ * ------------------------------------------------------------------------
+ */
+
+static void
+RelcacheCallback(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == services_relid || relid == permissions_relid)
+	{
+		cache_valid = false;
+		cache_generation++;
+	}
+	if ((relid == InvalidOid || relid == accounts_relid) && account_codes != NULL)
+	{
+		hash_destroy(account_codes);
+		account_codes = NULL;
+	}
+}
+
+static void
+SyscacheCallback(Datum arg, int cacheid, uint32 hashvalue)
+{
+	cache_valid = false;
+	cache_generation++;
+}
+
+static void
+AuthzXactCallback(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
+		event == XACT_EVENT_PARALLEL_COMMIT || event == XACT_EVENT_PARALLEL_ABORT ||
+		event == XACT_EVENT_PREPARE)
+	{
+		active = false;
+		decisions = NIL;
+	}
+}
+
+static void
+RegisterCallbacks(void)
+{
+	if (callbacks_registered)
+		return;
+	CacheRegisterRelcacheCallback(RelcacheCallback, (Datum) 0);
+	CacheRegisterSyscacheCallback(AUTHMEMROLEMEM, SyscacheCallback, (Datum) 0);
+	CacheRegisterSyscacheCallback(AUTHOID, SyscacheCallback, (Datum) 0);
+	RegisterXactCallback(AuthzXactCallback, NULL);
+	cache_cxt = AllocSetContextCreate(TopMemoryContext, "fintx authz cache", ALLOCSET_SMALL_SIZES);
+	callbacks_registered = true;
+}
+
+/* Tells other sessions (and this one) that services or grants changed. */
+static void
+InvalidateGrants(void)
+{
+	CacheInvalidateRelcacheByRelid(services_relid);
+	CacheInvalidateRelcacheByRelid(permissions_relid);
+}
+
+static FintxOp
+OpByName(const char *name)
+{
+	for (int i = 0; i < FINTX_OP_ADMIN; i++)
+		if (strcmp(op_names[i], name) == 0)
+			return (FintxOp) i;
+	return FINTX_OP_COUNT;
+}
+
+static int
+Literals(const char *pattern)
+{
+	int			n = 0;
+
+	for (const char *p = pattern; *p; p++)
+	{
+		if (*p == '\\' && p[1])
+		{
+			p++;
+			n++;
+		}
+		else if (*p != '%' && *p != '_')
+			n++;
+	}
+	return n;
+}
+
+/* Loads the service and grants of role into the cache (SPI, nested connection). */
+static void
+LoadCache(Oid role)
+{
+	uint64		generation = cache_generation;
+	Oid			nsp = get_namespace_oid("fintx", false);
+	Datum		arg = ObjectIdGetDatum(role);
+	Oid			types[1] = {OIDOID};
+	MemoryContext old;
+
+	services_relid = get_relname_relid("services", nsp);
+	permissions_relid = get_relname_relid("permissions", nsp);
+	accounts_relid = get_relname_relid("accounts", nsp);
+	cache_valid = false;
+	MemoryContextReset(cache_cxt);
+	cache_service = NULL;
+	cache_has_key = false;
+	cache_grants = NULL;
+	cache_ngrants = 0;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
+	fintx_keep_plan(&service_plan,
+					"SELECT name, public_key FROM fintx.services WHERE role = $1", 1, types);
+	if (SPI_execute_plan(service_plan, &arg, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "reading fintx.services failed");	/* LCOV_EXCL_LINE */
+	if (SPI_processed == 1)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		Datum		key;
+		Datum		name;
+
+		old = MemoryContextSwitchTo(cache_cxt);
+		cache_service = SPI_getvalue(tup, desc, 1);
+		MemoryContextSwitchTo(old);
+		key = SPI_getbinval(tup, desc, 2, &isnull);
+		if (!isnull && VARSIZE_ANY_EXHDR(DatumGetPointer(key)) == 32)
+		{
+			memcpy(cache_key, VARDATA_ANY(DatumGetPointer(key)), 32);
+			cache_has_key = true;
+		}
+
+		name = CStringGetTextDatum(cache_service);
+		types[0] = TEXTOID;
+		fintx_keep_plan(&grants_plan,
+						"SELECT operation, account_pattern, currency, max_amount, daily_limit, approval_above"
+						"  FROM fintx.permissions WHERE service = $1",
+						1, types);
+		if (SPI_execute_plan(grants_plan, &name, NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "reading fintx.permissions failed");	/* LCOV_EXCL_LINE */
+		cache_grants = MemoryContextAllocZero(cache_cxt, sizeof(Grant) * (SPI_processed + 1));
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			Grant	   *g = &cache_grants[cache_ngrants];
+			Datum		d;
+
+			tup = SPI_tuptable->vals[i];
+			old = MemoryContextSwitchTo(cache_cxt);
+			g->op = OpByName(SPI_getvalue(tup, desc = SPI_tuptable->tupdesc, 1));
+			g->pattern = SPI_getvalue(tup, desc, 2);
+			g->currency = SPI_getvalue(tup, desc, 3);
+			MemoryContextSwitchTo(old);
+			d = SPI_getbinval(tup, desc, 4, &isnull);
+			g->has_max = !isnull;
+			g->max_amount = isnull ? 0 : DatumGetInt64(d);
+			d = SPI_getbinval(tup, desc, 5, &isnull);
+			g->has_daily = !isnull;
+			g->daily_limit = isnull ? 0 : DatumGetInt64(d);
+			d = SPI_getbinval(tup, desc, 6, &isnull);
+			g->has_approval = !isnull;
+			g->approval_above = isnull ? 0 : DatumGetInt64(d);
+			g->literals = Literals(g->pattern);
+			if (g->op != FINTX_OP_COUNT)
+				cache_ngrants++;
+		}
+	}
+	SPI_finish();
+	cache_role = role;
+	/* an invalidation that arrived while loading makes the next call reload */
+	cache_valid = (generation == cache_generation);
+}
+
+static void
+EnsureCache(Oid role)
+{
+	RegisterCallbacks();
+	if (!cache_valid || cache_role != role)
+		LoadCache(role);
+}
+
+/* ------------------------------------------------------------------------
+ * Matching grants
+ * ------------------------------------------------------------------------
+ */
+
+/* SQL LIKE with escape character '\' (patterns are checked when granted). */
+static bool
+LikeMatch(const char *s, const char *p)
+{
+	const char *star_p = NULL;
+	const char *star_s = NULL;
+
+	while (*s)
+	{
+		if (*p == '\\' && p[1] == *s)
+		{
+			p += 2;
+			s++;
+		}
+		else if (*p == '_' || (*p != '%' && *p != '\\' && *p == *s))
+		{
+			p++;
+			s++;
+		}
+		else if (*p == '%')
+		{
+			star_p = ++p;
+			star_s = s;
+		}
+		else if (star_p)
+		{
+			p = star_p;
+			s = ++star_s;
+		}
+		else
+			return false;
+	}
+	while (*p == '%')
+		p++;
+	return *p == '\0';
+}
+
+/*
+ * The grant that decides: among the caller's grants of op whose pattern
+ * matches object and whose currency is the request's (or any), the one for
+ * that exact currency, then the most specific pattern, then the first by
+ * pattern text.
+ */
+static Grant *
+BestGrant(FintxOp op, const char *object, const char *currency)
+{
+	Grant	   *best = NULL;
+
+	for (int i = 0; i < cache_ngrants; i++)
+	{
+		Grant	   *g = &cache_grants[i];
+
+		if (g->op != op || !LikeMatch(object, g->pattern))
+			continue;
+		if (g->currency && (currency == NULL || strcmp(g->currency, currency) != 0))
+			continue;
+		if (best == NULL ||
+			(g->currency != NULL) > (best->currency != NULL) ||
+			((g->currency != NULL) == (best->currency != NULL) &&
+			 (g->literals > best->literals ||
+			  (g->literals == best->literals && strcmp(g->pattern, best->pattern) < 0))))
+			best = g;
+	}
+	return best;
+}
+
+static char *
+GrantRule(Grant *g)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "grant %s on '%s'", op_names[g->op], g->pattern);
+	if (g->currency)
+		appendStringInfo(&buf, " in %s", g->currency);
+	if (g->has_max)
+		appendStringInfo(&buf, " max_amount=%lld", (long long) g->max_amount);
+	if (g->has_daily)
+		appendStringInfo(&buf, " daily_limit=%lld", (long long) g->daily_limit);
+	if (g->has_approval)
+		appendStringInfo(&buf, " approval_above=%lld", (long long) g->approval_above);
+	return buf.data;
+}
+
+/* ------------------------------------------------------------------------
+ * Decisions
+ * ------------------------------------------------------------------------
+ */
+
+/*
+ * Identifies the caller of an API function and starts recording its
+ * decisions. Must be the first thing every API function does.
+ */
+FintxCaller *
+fintx_authz_begin(void)
+{
+	Oid			role = GetOuterUserId();
+	Oid			admin_role = get_role_oid("fintx_admin", true);
+	Oid			auditor_role = get_role_oid("fintx_auditor", true);
+
+	EnsureCache(role);
+	memset(&caller, 0, sizeof(caller));
+	caller.role = role;
+	caller.role_name = GetUserNameFromId(role, false);
+	caller.admin = superuser_arg(role) ||
+		(OidIsValid(admin_role) && has_privs_of_role(role, admin_role));
+	caller.auditor = OidIsValid(auditor_role) && has_privs_of_role(role, auditor_role);
+	caller.service = cache_service ? pstrdup(cache_service) : NULL;
+	caller.has_key = cache_has_key;
+	memcpy(caller.public_key, cache_key, 32);
+	decisions = NIL;
+	active = true;
+	return &caller;
+}
+
+/* Work done by fintx itself (expiring holds, executing an approved transfer). */
+void
+fintx_authz_system(void)
+{
+	active = false;
+	decisions = NIL;
+}
+
+bool
+fintx_authz_active(void)
+{
+	return active;
+}
+
+/* Remembers an allowed decision for the access log (written by fintx_authz_flush). */
+static void
+RecordAllowed(FintxOp op, const char *object, const char *currency, int64 amount, bool has_amount,
+			  const char *reason, const char *rule)
+{
+	MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
+	Decision   *d;
+
+	if (caller.admin && decisions != NIL)
+	{
+		/* one row per call for administrators: fold batch requests together */
+		d = (Decision *) llast(decisions);
+		if (d->op == op)
+		{
+			d->count++;
+			if (!d->has_amount || !has_amount || pg_add_s64_overflow(d->amount, amount, &d->amount))
+				d->has_amount = false;
+			MemoryContextSwitchTo(old);
+			return;
+		}
+	}
+	d = palloc0(sizeof(Decision));
+	d->op = op;
+	d->object = object ? pstrdup(object) : NULL;
+	d->currency = currency ? pstrdup(currency) : NULL;
+	d->amount = amount;
+	d->has_amount = has_amount;
+	d->reason = reason;
+	d->rule = rule ? pstrdup(rule) : NULL;
+	d->count = 1;
+	decisions = lappend(decisions, d);
+	MemoryContextSwitchTo(old);
+}
+
+/* Refuses the current request: queues the denial durably, then emits 42501. */
+void
+fintx_authz_deny(FintxOp op, const char *object, const char *currency, int64 amount, bool has_amount,
+				 const char *reason, const char *rule)
+{
+	fintx_denial_enqueue(caller.role_name, GetUserNameFromId(GetSessionUserId(), false),
+						 caller.service, op_names[op], object, currency, amount, has_amount,
+						 reason, rule);
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("permission denied for %s on \"%s\"", op_names[op], object ? object : ""),
+			 errdetail("%s", reason),
+			 rule ? errhint("Decided by %s.", rule) : 0));
+}
+
+/* Counts amount against the grant's daily limit (UTC calendar day, per currency). */
+static void
+UseDailyLimit(Grant *g, FintxOp op, const char *object, const char *currency, int64 amount,
+			  const char *rule)
+{
+	Datum		args[6];
+	Oid			types[6] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT8OID, INT8OID};
+	int			ret;
+
+	if (amount > g->daily_limit)
+		fintx_authz_deny(op, object, currency, amount, true,
+						 psprintf("amount %lld exceeds the daily limit %lld",
+								  (long long) amount, (long long) g->daily_limit), rule);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
+	args[0] = CStringGetTextDatum(caller.service);
+	args[1] = CStringGetTextDatum(op_names[op]);
+	args[2] = CStringGetTextDatum(g->pattern);
+	args[3] = CStringGetTextDatum(currency ? currency : "");
+	args[4] = Int64GetDatum(amount);
+	args[5] = Int64GetDatum(g->daily_limit);
+	fintx_keep_plan(&usage_plan,
+					"INSERT INTO fintx.limit_usage AS u (service, operation, account_pattern, currency, day, used)"
+					" VALUES ($1, $2, $3, $4, (pg_catalog.now() AT TIME ZONE 'UTC')::date, $5)"
+					" ON CONFLICT (service, operation, account_pattern, currency, day)"
+					" DO UPDATE SET used = u.used + EXCLUDED.used WHERE u.used <= $6 - EXCLUDED.used"
+					" RETURNING used",
+					6, types);
+	ret = SPI_execute_plan(usage_plan, args, NULL, false, 0);
+	if (ret != SPI_OK_INSERT_RETURNING)
+		elog(ERROR, "counting the daily limit failed: %s", SPI_result_code_string(ret));	/* LCOV_EXCL_LINE */
+	if (SPI_processed != 1)
+		fintx_authz_deny(op, object, currency, amount, true,
+						 psprintf("amount %lld would exceed the daily limit %lld for %s today (UTC)",
+								  (long long) amount, (long long) g->daily_limit,
+								  currency ? currency : "this currency"), rule);
+	SPI_finish();
+}
+
+/*
+ * Decides whether the caller may perform op on object (an account code or
+ * another resource) for amount in currency; emits 42501 (after queueing the
+ * denial) if not. Returns true if the request must wait for approval (only
+ * when approval_allowed; otherwise such a request is refused).
+ */
+bool
+fintx_authorize(FintxOp op, const char *object, const char *currency, int64 amount, bool has_amount,
+				bool approval_allowed)
+{
+	Grant	   *g;
+	char	   *rule;
+	bool		approval;
+
+	if (!active)
+		return false;
+	if (caller.admin)
+	{
+		RecordAllowed(op, object, currency, amount, has_amount, "administrator",
+					  superuser_arg(caller.role) ? "superuser" : "member of fintx_admin");
+		return false;
+	}
+	if (caller.service == NULL)
+		fintx_authz_deny(op, object, currency, amount, has_amount,
+						 psprintf("role \"%s\" is not a registered fintx service", caller.role_name),
+						 NULL);
+	g = BestGrant(op, object, currency);
+	if (g == NULL)
+		fintx_authz_deny(op, object, currency, amount, has_amount,
+						 psprintf("no grant of %s to service \"%s\" covers \"%s\"%s%s",
+								  op_names[op], caller.service, object,
+								  currency ? " in " : "", currency ? currency : ""),
+						 NULL);
+	rule = GrantRule(g);
+	if (has_amount && g->has_max && amount > g->max_amount)
+		fintx_authz_deny(op, object, currency, amount, has_amount,
+						 psprintf("amount %lld exceeds the per-transfer limit %lld",
+								  (long long) amount, (long long) g->max_amount), rule);
+	approval = has_amount && g->has_approval && amount > g->approval_above;
+	if (approval && !approval_allowed)
+		fintx_authz_deny(op, object, currency, amount, has_amount,
+						 psprintf("amount %lld is above the approval threshold %lld; such a transfer must be requested alone with fintx.transfer() or fintx.transfer_signed()",
+								  (long long) amount, (long long) g->approval_above), rule);
+	if (has_amount && g->has_daily)
+		UseDailyLimit(g, op, object, currency, amount, rule);
+	RecordAllowed(op, object, currency, amount, has_amount,
+				  approval ? "allowed, awaiting approval" : "allowed", rule);
+	return approval;
+}
+
+/*
+ * For functions that act on no account (audit reading, events): staff
+ * (administrators, and auditors for audit.read) pass without a log row; a
+ * service needs a grant of op whose pattern matches object.
+ */
+void
+fintx_authz_require(FintxOp op, const char *object)
+{
+	fintx_authz_begin();
+	if (caller.admin || (op == FINTX_OP_AUDIT_READ && caller.auditor))
+		return;
+	if (op == FINTX_OP_ADMIN)
+		fintx_authz_deny(op, object, NULL, 0, false,
+						 psprintf("role \"%s\" is not an administrator (superuser or member of fintx_admin)",
+								  caller.role_name), NULL);
+	fintx_authorize(op, object, NULL, 0, false, false);
+	if (!XactReadOnly)
+	{
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
+		fintx_authz_flush();
+		SPI_finish();
+	}
+	decisions = NIL;
+}
+
+/* Writes the allowed decisions of this call to the access log (SPI connected). */
+void
+fintx_authz_flush(void)
+{
+	int			n = list_length(decisions);
+	Datum	   *cols[6];
+	bool	   *nulls[6];
+	Datum		args[9];
+	char		argnulls[9];
+	int			i = 0;
+	ListCell   *lc;
+	int			ret;
+
+	if (n == 0)
+		return;
+	for (int c = 0; c < 6; c++)
+	{
+		cols[c] = palloc(sizeof(Datum) * n);
+		nulls[c] = palloc0(sizeof(bool) * n);
+	}
+	foreach(lc, decisions)
+	{
+		Decision   *d = (Decision *) lfirst(lc);
+		const char *object = d->object;
+
+		if (d->count > 1)
+			object = psprintf("%s (and %d more in this call)", d->object ? d->object : "", d->count - 1);
+		cols[0][i] = CStringGetTextDatum(op_names[d->op]);
+		cols[1][i] = object ? CStringGetTextDatum(object) : (Datum) 0;
+		nulls[1][i] = object == NULL;
+		cols[2][i] = Int64GetDatum(d->amount);
+		nulls[2][i] = !d->has_amount;
+		cols[3][i] = d->currency ? CStringGetTextDatum(d->currency) : (Datum) 0;
+		nulls[3][i] = d->currency == NULL;
+		cols[4][i] = CStringGetTextDatum(d->reason);
+		cols[5][i] = d->rule ? CStringGetTextDatum(d->rule) : (Datum) 0;
+		nulls[5][i] = d->rule == NULL;
+		i++;
+	}
+	memset(argnulls, ' ', sizeof(argnulls));
+	args[0] = caller.service ? CStringGetTextDatum(caller.service) : (Datum) 0;
+	argnulls[0] = caller.service ? ' ' : 'n';
+	args[1] = CStringGetTextDatum(caller.role_name);
+	args[2] = CStringGetTextDatum(GetUserNameFromId(GetSessionUserId(), false));
+	if (n == 1)
+	{
+		Oid			types[9] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT8OID, TEXTOID, TEXTOID, TEXTOID};
+
+		for (int c = 0; c < 6; c++)
+		{
+			args[3 + c] = cols[c][0];
+			argnulls[3 + c] = nulls[c][0] ? 'n' : ' ';
+		}
+		fintx_keep_plan(&log_one_plan,
+						"INSERT INTO fintx.access_log_entries (at, service, role, session_user_name, operation,"
+						"       object, amount, currency, allowed, reason, rule, client_addr, application_name,"
+						"       backend_pid, recorded_by)"
+						" VALUES (pg_catalog.statement_timestamp(), $1, $2, $3, $4, $5, $6, $7, true, $8, $9,"
+						"         pg_catalog.inet_client_addr(), pg_catalog.current_setting('application_name'),"
+						"         pg_catalog.pg_backend_pid(), 'caller')",
+						9, types);
+		ret = SPI_execute_plan(log_one_plan, args, argnulls, false, 0);
+	}
+	else
+	{
+		Oid			types[9] = {TEXTOID, TEXTOID, TEXTOID, TEXTARRAYOID, TEXTARRAYOID, INT8ARRAYOID,
+			TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
+		Oid			elemtypes[6] = {TEXTOID, TEXTOID, INT8OID, TEXTOID, TEXTOID, TEXTOID};
+		int			dims[1] = {n};
+		int			lbs[1] = {1};
+
+		for (int c = 0; c < 6; c++)
+		{
+			int16		len;
+			bool		byval;
+			char		align;
+
+			get_typlenbyvalalign(elemtypes[c], &len, &byval, &align);
+			args[3 + c] = PointerGetDatum(construct_md_array(cols[c], nulls[c], 1, dims, lbs,
+															 elemtypes[c], len, byval, align));
+		}
+		fintx_keep_plan(&log_many_plan,
+						"INSERT INTO fintx.access_log_entries (at, service, role, session_user_name, operation,"
+						"       object, amount, currency, allowed, reason, rule, client_addr, application_name,"
+						"       backend_pid, recorded_by)"
+						" SELECT pg_catalog.statement_timestamp(), $1, $2, $3, u.op, u.obj, u.amt, u.cur, true,"
+						"        u.reason, u.rule, pg_catalog.inet_client_addr(),"
+						"        pg_catalog.current_setting('application_name'), pg_catalog.pg_backend_pid(), 'caller'"
+						"   FROM ROWS FROM (pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6),"
+						"                   pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9))"
+						"        AS u(op, obj, amt, cur, reason, rule)",
+						9, types);
+		ret = SPI_execute_plan(log_many_plan, args, argnulls, false, 0);
+	}
+	if (ret != SPI_OK_INSERT)
+		elog(ERROR, "writing the access log failed: %s", SPI_result_code_string(ret));	/* LCOV_EXCL_LINE */
+	decisions = NIL;
+}
+
+/* ------------------------------------------------------------------------
+ * Maker-checker
+ * ------------------------------------------------------------------------
+ */
+
+/* Records a transfer that waits for approval (SPI connected, after its row was written). */
+void
+fintx_approval_record(LedgerRequest *req)
+{
+	Datum		args[10];
+	char		nulls[10];
+	Oid			types[10] = {INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT8OID, TEXTOID, JSONBOID,
+		BOOLOID, INTERVALOID};
+
+	memset(nulls, ' ', sizeof(nulls));
+	args[0] = Int64GetDatum(req->transfer_id);
+	args[1] = CStringGetTextDatum(caller.service);
+	args[2] = CStringGetTextDatum(caller.role_name);
+	args[3] = CStringGetTextDatum(req->from_code);
+	args[4] = CStringGetTextDatum(req->to_code);
+	args[5] = Int64GetDatum(req->amount);
+	args[6] = CStringGetTextDatum(req->from->currency);
+	args[7] = PointerGetDatum(req->metadata);
+	args[8] = BoolGetDatum(req->pending);
+	args[9] = req->timeout ? IntervalPGetDatum(req->timeout) : (Datum) 0;
+	if (req->timeout == NULL)
+		nulls[9] = 'n';
+	fintx_keep_plan(&approval_insert_plan,
+					"INSERT INTO fintx.approvals (transfer_id, maker_service, maker_role, from_account,"
+					"       to_account, amount, currency, metadata, pending, timeout)"
+					" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+					10, types);
+	if (SPI_execute_plan(approval_insert_plan, args, nulls, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "recording the approval request failed");	/* LCOV_EXCL_LINE */
+}
+
+/* An approval request as read (and locked) by approve/reject. */
+typedef struct ApprovalRow
+{
+	char	   *maker_service;
+	char	   *maker_role;
+	char	   *from_account;
+	char	   *to_account;
+	int64		amount;
+	char	   *currency;
+	Jsonb	   *metadata;
+	bool		pending;
+	Interval   *timeout;
+	char	   *status;
+	char	   *decided_by_role;
+	int64		result_transfer_id;
+	bool		has_result;
+} ApprovalRow;
+
+/* A text column of an SPI row, copied to the caller's context (NULL stays NULL). */
+static char *
+CopyText(HeapTuple tup, TupleDesc desc, int col)
+{
+	char	   *v = SPI_getvalue(tup, desc, col);
+	char	   *copy;
+
+	if (v == NULL)
+		return NULL;
+	copy = SPI_palloc(strlen(v) + 1);
+	strcpy(copy, v);
+	return copy;
+}
+
+/* Locks and reads the approval request of transfer id (SPI connected). */
+static void
+LockApproval(int64 id, ApprovalRow *row)
+{
+	Datum		arg = Int64GetDatum(id);
+	Oid			types[1] = {INT8OID};
+	HeapTuple	tup;
+	TupleDesc	desc;
+	bool		isnull;
+	Datum		d;
+
+	fintx_keep_plan(&approval_lock_plan,
+					"SELECT maker_service, maker_role, from_account, to_account, amount, currency, metadata,"
+					"       pending, timeout, status, decided_by_role, result_transfer_id"
+					"  FROM fintx.approvals WHERE transfer_id = $1 FOR UPDATE",
+					1, types);
+	if (SPI_execute_plan(approval_lock_plan, &arg, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "reading the approval request failed");	/* LCOV_EXCL_LINE */
+	if (SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("transfer %lld is not a transfer that needs approval", (long long) id),
+				 errhint("fintx.pending_approvals lists the transfers awaiting approval.")));
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	row->maker_service = CopyText(tup, desc, 1);
+	row->maker_role = CopyText(tup, desc, 2);
+	row->from_account = CopyText(tup, desc, 3);
+	row->to_account = CopyText(tup, desc, 4);
+	row->amount = DatumGetInt64(SPI_getbinval(tup, desc, 5, &isnull));
+	row->currency = CopyText(tup, desc, 6);
+	d = SPI_getbinval(tup, desc, 7, &isnull);
+	row->metadata = (Jsonb *) SPI_datumTransfer(d, false, -1);
+	row->pending = DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull));
+	d = SPI_getbinval(tup, desc, 9, &isnull);
+	row->timeout = isnull ? NULL : (Interval *) SPI_datumTransfer(d, false, sizeof(Interval));
+	row->status = CopyText(tup, desc, 10);
+	row->decided_by_role = CopyText(tup, desc, 11);
+	d = SPI_getbinval(tup, desc, 12, &isnull);
+	row->has_result = !isnull;
+	row->result_transfer_id = isnull ? 0 : DatumGetInt64(d);
+}
+
+/* Fills req's result fields from the stored transfer row id (SPI connected). */
+static void
+LoadTransferResult(int64 id, LedgerRequest *req)
+{
+	Datum		arg = Int64GetDatum(id);
+	Oid			types[1] = {INT8OID};
+	HeapTuple	tup;
+	TupleDesc	desc;
+	bool		isnull;
+	Datum		d;
+
+	fintx_keep_plan(&transfer_row_plan,
+					"SELECT status, from_balance, to_balance, entry_hash, created_at"
+					"  FROM fintx.transfers WHERE id = $1",
+					1, types);
+	if (SPI_execute_plan(transfer_row_plan, &arg, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "transfer %lld not found", (long long) id);	/* LCOV_EXCL_LINE */
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	req->transfer_id = id;
+	req->status = CopyText(tup, desc, 1);
+	req->from_balance = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+	req->to_balance = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
+	d = SPI_getbinval(tup, desc, 4, &isnull);
+	req->entry_hash = isnull ? NULL : (bytea *) SPI_datumTransfer(d, false, -1);
+	req->created_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 5, &isnull));
+}
+
+/* Records the decision on an approval request (SPI connected). */
+static void
+DecideApproval(int64 id, const char *status, const char *reason, int64 result_id, bool has_result)
+{
+	Datum		args[6];
+	char		nulls[6];
+	Oid			types[6] = {INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT8OID};
+
+	memset(nulls, ' ', sizeof(nulls));
+	args[0] = Int64GetDatum(id);
+	args[1] = CStringGetTextDatum(status);
+	args[2] = caller.service ? CStringGetTextDatum(caller.service) : (Datum) 0;
+	nulls[2] = caller.service ? ' ' : 'n';
+	args[3] = CStringGetTextDatum(caller.role_name);
+	args[4] = reason ? CStringGetTextDatum(reason) : (Datum) 0;
+	nulls[4] = reason ? ' ' : 'n';
+	args[5] = Int64GetDatum(result_id);
+	nulls[5] = has_result ? ' ' : 'n';
+	fintx_keep_plan(&approval_decide_plan,
+					"UPDATE fintx.approvals SET status = $2, decided_by_service = $3, decided_by_role = $4,"
+					"       decided_at = pg_catalog.now(), reason = $5, result_transfer_id = $6"
+					" WHERE transfer_id = $1",
+					6, types);
+	if (SPI_execute_plan(approval_decide_plan, args, nulls, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "recording the approval decision failed");	/* LCOV_EXCL_LINE */
+}
+
+static void
+AuditDecision(const char *action, int64 id, ApprovalRow *row, LedgerRequest *req, const char *reason)
+{
+	StringInfoData buf;
+	char		idtext[32];
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "{\"transfer_id\": %lld, \"maker_service\": ", (long long) id);
+	escape_json(&buf, row->maker_service);
+	appendStringInfoString(&buf, ", \"decided_by_service\": ");
+	if (caller.service)
+		escape_json(&buf, caller.service);
+	else
+		appendStringInfoString(&buf, "null");
+	appendStringInfoString(&buf, ", \"decided_by_role\": ");
+	escape_json(&buf, caller.role_name);
+	if (req)
+		appendStringInfo(&buf, ", \"result_transfer_id\": %lld", (long long) req->transfer_id);
+	if (reason)
+	{
+		appendStringInfoString(&buf, ", \"reason\": ");
+		escape_json(&buf, reason);
+	}
+	appendStringInfoChar(&buf, '}');
+	snprintf(idtext, sizeof(idtext), "%lld", (long long) id);
+	fintx_audit_record(caller.role_name, action, "transfer", pstrdup(idtext),
+					   fintx_jsonb_from_text(buf.data));
+}
+
+/*
+ * Shared checks of approve/reject: the caller holds transfer.approve for the
+ * debited account and is neither the service nor the role that asked.
+ */
+static void
+AuthorizeDecision(ApprovalRow *row, bool approve)
+{
+	if (!caller.admin &&
+		((caller.service && strcmp(caller.service, row->maker_service) == 0) ||
+		 strcmp(caller.role_name, row->maker_role) == 0))
+		fintx_authz_deny(FINTX_OP_TRANSFER_APPROVE, row->from_account, row->currency, row->amount, true,
+						 psprintf("segregation of duties: service \"%s\" requested this transfer and cannot %s it",
+								  row->maker_service, approve ? "approve" : "reject"),
+						 "maker-checker");
+	fintx_authorize(FINTX_OP_TRANSFER_APPROVE, row->from_account, row->currency, row->amount, true, false);
+}
+
+/*
+ * fintx.approve_transfer(transfer_id) → transfer_result
+ * Executes a transfer awaiting approval, once, as a new transfer. A retry by
+ * the same approver returns the original result (replayed = true).
+ */
+Datum
+fintx_approve_transfer(PG_FUNCTION_ARGS)
+{
+	int64		id;
+	ApprovalRow row;
+	LedgerRequest *req = palloc0(sizeof(LedgerRequest));
+
+	if (PG_ARGISNULL(0))
+		fintx_null_argument("transfer_id");
+	id = PG_GETARG_INT64(0);
+	fintx_authz_begin();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
+	LockApproval(id, &row);
+	AuthorizeDecision(&row, true);
+	if (strcmp(row.status, "approved") == 0 && row.decided_by_role &&
+		strcmp(row.decided_by_role, caller.role_name) == 0)
+	{
+		LoadTransferResult(row.result_transfer_id, req);
+		req->replayed = true;
+		fintx_authz_flush();
+		SPI_finish();
+		PG_RETURN_DATUM(fintx_result_datum(fcinfo, req));
+	}
+	if (strcmp(row.status, "awaiting_approval") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("transfer %lld was already %s", (long long) id, row.status),
+				 errdetail("A transfer awaiting approval is approved or rejected once.")));
+	fintx_authz_flush();
+	SPI_finish();
+
+	req->op = LEDGER_TRANSFER;
+	req->key = psprintf("approval:%lld", (long long) id);
+	req->from_code = row.from_account;
+	req->to_code = row.to_account;
+	req->amount = row.amount;
+	req->metadata = row.metadata;
+	req->pending = row.pending;
+	req->timeout = row.timeout;
+	req->preauthorized = true;
+	fintx_execute(FINTX_SYSTEM_PRINCIPAL, &req, 1);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
+	DecideApproval(id, "approved", NULL, req->transfer_id, true);
+	AuditDecision("transfer.approved", id, &row, req, NULL);
+	SPI_finish();
+	PG_RETURN_DATUM(fintx_result_datum(fcinfo, req));
+}
+
+/*
+ * fintx.reject_transfer(transfer_id, reason) → transfer_result
+ * Rejects a transfer awaiting approval, once; no money moves.
+ */
+Datum
+fintx_reject_transfer(PG_FUNCTION_ARGS)
+{
+	int64		id;
+	ApprovalRow row;
+	LedgerRequest *req = palloc0(sizeof(LedgerRequest));
+	char	   *reason = NULL;
+
+	if (PG_ARGISNULL(0))
+		fintx_null_argument("transfer_id");
+	id = PG_GETARG_INT64(0);
+	if (!PG_ARGISNULL(1))
+	{
+		reason = text_to_cstring(PG_GETARG_TEXT_PP(1));
+		if (strlen(reason) > 1000)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("reason is too long"),
+					 errdetail("The limit is 1000 bytes.")));
+	}
+	fintx_authz_begin();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
+	LockApproval(id, &row);
+	AuthorizeDecision(&row, false);
+	LoadTransferResult(id, req);
+	if (strcmp(row.status, "rejected") == 0 && row.decided_by_role &&
+		strcmp(row.decided_by_role, caller.role_name) == 0)
+	{
+		req->status = "rejected";
+		req->replayed = true;
+		fintx_authz_flush();
+		SPI_finish();
+		PG_RETURN_DATUM(fintx_result_datum(fcinfo, req));
+	}
+	if (strcmp(row.status, "awaiting_approval") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("transfer %lld was already %s", (long long) id, row.status),
+				 errdetail("A transfer awaiting approval is approved or rejected once.")));
+	DecideApproval(id, "rejected", reason, 0, false);
+	AuditDecision("transfer.rejected", id, &row, NULL, reason);
+	fintx_authz_flush();
+	SPI_finish();
+	req->status = "rejected";
+	req->replayed = false;
+	PG_RETURN_DATUM(fintx_result_datum(fcinfo, req));
+}
+
+/* ------------------------------------------------------------------------
+ * Managing services and grants (administrators only)
+ * ------------------------------------------------------------------------
+ */
+
+static char *
+CheckServiceName(const char *name)
+{
+	size_t		len = strlen(name);
+	bool		ok = len > 0 && len <= MAX_SERVICE_LEN;
+
+	for (size_t i = 0; ok && i < len; i++)
+	{
+		char		c = name[i];
+
+		ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+			c == '_' || c == '.' || c == ':' || c == '/' || c == '@' || c == '-';
+	}
+	if (!ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid service name"),
+				 errdetail("Service names are 1 to %d characters from A-Z, a-z, 0-9 and _ . : / @ -.",
+						   MAX_SERVICE_LEN)));
+	return (char *) name;
+}
+
+/* Parses an optional public key argument; NULL if absent. */
+static bytea *
+ParseKeyArg(FunctionCallInfo fcinfo, int argno)
+{
+	bytea	   *key;
+
+	if (PG_ARGISNULL(argno))
+		return NULL;
+	key = palloc(VARHDRSZ + 32);
+	SET_VARSIZE(key, VARHDRSZ + 32);
+	if (!fintx_ed25519_parse_public(text_to_cstring(PG_GETARG_TEXT_PP(argno)), (uint8 *) VARDATA(key)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid public key"),
+				 errhint("Give an Ed25519 public key as PEM (openssl pkey -pubout) or as base64 of its 32 bytes.")));
+	return key;
+}
+
+/* Runs one management statement; returns SPI_processed. */
+static uint64
+RunAdmin(SPIPlanPtr *slot, const char *sql, int nargs, Oid *types, Datum *args, char *nulls, int expect)
+{
+	int			ret;
+
+	fintx_keep_plan(slot, sql, nargs, types);
+	ret = SPI_execute_plan(*slot, args, nulls, false, 0);
+	if (ret != expect)
+		elog(ERROR, "%s failed: %s", sql, SPI_result_code_string(ret));	/* LCOV_EXCL_LINE */
+	return SPI_processed;
+}
+
+static void
+AuditAdmin(const char *action, const char *object_type, const char *object_id, StringInfo details)
+{
+	fintx_audit_record(caller.role_name, action, object_type, object_id,
+					   fintx_jsonb_from_text(details->data));
+}
+
+/* fintx.register_service(name, role, public_key) → void */
+Datum
+fintx_register_service(PG_FUNCTION_ARGS)
+{
+	static SPIPlanPtr plan = NULL;
+	char	   *name;
+	Oid			role;
+	char	   *rolename;
+	bytea	   *key;
+	Datum		args[5];
+	char		nulls[5];
+	Oid			types[5] = {TEXTOID, OIDOID, TEXTOID, BYTEAOID, TEXTOID};
+	StringInfoData buf;
+	GrantRoleStmt *stmt;
+	AccessPriv *priv;
+	RoleSpec   *grantee;
+
+	if (PG_ARGISNULL(0))
+		fintx_null_argument("name");
+	if (PG_ARGISNULL(1))
+		fintx_null_argument("role");
+	name = CheckServiceName(text_to_cstring(PG_GETARG_TEXT_PP(0)));
+	fintx_authz_require(FINTX_OP_ADMIN, name);
+	role = PG_GETARG_OID(1);
+	rolename = GetUserNameFromId(role, true);
+	if (rolename == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("role with OID %u does not exist", role)));
+	if (superuser_arg(role) || strncmp(rolename, "pg_", 3) == 0 ||
+		strcmp(rolename, "fintx_admin") == 0 || strcmp(rolename, "fintx_service") == 0 ||
+		strcmp(rolename, "fintx_auditor") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("role \"%s\" cannot be registered as a service", rolename),
+				 errdetail("Superusers, predefined roles and fintx's own roles are not services.")));
+	key = ParseKeyArg(fcinfo, 2);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
+	memset(nulls, ' ', sizeof(nulls));
+	args[0] = CStringGetTextDatum(name);
+	args[1] = ObjectIdGetDatum(role);
+	args[2] = CStringGetTextDatum(rolename);
+	args[3] = key ? PointerGetDatum(key) : (Datum) 0;
+	nulls[3] = key ? ' ' : 'n';
+	args[4] = CStringGetTextDatum(caller.role_name);
+	if (RunAdmin(&plan,
+				 "INSERT INTO fintx.services (name, role, role_name, public_key, registered_by)"
+				 " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+				 5, types, args, nulls, SPI_OK_INSERT) != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNIQUE_VIOLATION),
+				 errmsg("service \"%s\" or role \"%s\" is already registered", name, rolename)));
+
+	/* GRANT fintx_service TO role, as a parse tree: no SQL text is built */
+	stmt = makeNode(GrantRoleStmt);
+	priv = makeNode(AccessPriv);
+	priv->priv_name = pstrdup("fintx_service");
+	stmt->granted_roles = list_make1(priv);
+	grantee = makeNode(RoleSpec);
+	grantee->roletype = ROLESPEC_CSTRING;
+	grantee->rolename = rolename;
+	grantee->location = -1;
+	stmt->grantee_roles = list_make1(grantee);
+	stmt->is_grant = true;
+	stmt->admin_opt = false;
+	stmt->grantor = NULL;
+	GrantRole(stmt);
+	InvalidateGrants();
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "{\"service\": ");
+	escape_json(&buf, name);
+	appendStringInfoString(&buf, ", \"role\": ");
+	escape_json(&buf, rolename);
+	appendStringInfoString(&buf, ", \"public_key\": ");
+	if (key)
+	{
+		appendStringInfoChar(&buf, '"');
+		appendStringInfoString(&buf, fintx_base64((uint8 *) VARDATA(key), 32));
+		appendStringInfoChar(&buf, '"');
+	}
+	else
+		appendStringInfoString(&buf, "null");
+	appendStringInfoChar(&buf, '}');
+	AuditAdmin("service.registered", "service", name, &buf);
+	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+/* fintx.set_service_key(name, public_key) → void: replaces (or with NULL removes) the key. */
+Datum
+fintx_set_service_key(PG_FUNCTION_ARGS)
+{
+	static SPIPlanPtr plan = NULL;
+	char	   *name;
+	bytea	   *key;
+	Datum		args[2];
+	char		nulls[2] = {' ', ' '};
+	Oid			types[2] = {TEXTOID, BYTEAOID};
+	StringInfoData buf;
+
+	if (PG_ARGISNULL(0))
+		fintx_null_argument("name");
+	name = CheckServiceName(text_to_cstring(PG_GETARG_TEXT_PP(0)));
+	fintx_authz_require(FINTX_OP_ADMIN, name);
+	key = ParseKeyArg(fcinfo, 1);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
+	args[0] = CStringGetTextDatum(name);
+	args[1] = key ? PointerGetDatum(key) : (Datum) 0;
+	nulls[1] = key ? ' ' : 'n';
+	if (RunAdmin(&plan, "UPDATE fintx.services SET public_key = $2 WHERE name = $1",
+				 2, types, args, nulls, SPI_OK_UPDATE) != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("service \"%s\" does not exist", name)));
+	InvalidateGrants();
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "{\"service\": ");
+	escape_json(&buf, name);
+	if (key)
+		appendStringInfo(&buf, ", \"public_key\": \"%s\"}", fintx_base64((uint8 *) VARDATA(key), 32));
+	else
+		appendStringInfoString(&buf, ", \"public_key\": null}");
+	AuditAdmin("service.key_changed", "service", name, &buf);
+	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+/* Checks an account pattern: code characters and the LIKE wildcards % _ with escape \. */
+static char *
+CheckPattern(const char *pattern)
+{
+	size_t		len = strlen(pattern);
+	bool		ok = len > 0 && len <= MAX_PATTERN_LEN;
+
+	for (size_t i = 0; ok && i < len; i++)
+	{
+		char		c = pattern[i];
+
+		if (c == '\\')
+		{
+			ok = i + 1 < len;
+			i++;
+			continue;
+		}
+		ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+			c == '_' || c == '.' || c == ':' || c == '/' || c == '@' || c == '-' || c == '%';
+	}
+	if (!ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid account pattern"),
+				 errdetail("Patterns are 1 to %d characters: account-code characters, the LIKE wildcards %% and _, and \\ to escape the next character.",
+						   MAX_PATTERN_LEN)));
+	return (char *) pattern;
+}
+
+static FintxOp
+CheckOperation(const char *operation)
+{
+	FintxOp		op = OpByName(operation);
+
+	if (op == FINTX_OP_COUNT)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("unknown operation \"%s\"", operation),
+				 errhint("Operations are account.open, account.close, transfer, transfer.approve, hold.resolve, audit.read, event.emit and event.consume.")));
+	return op;
+}
+
+static void
+CheckLimit(FunctionCallInfo fcinfo, int argno, const char *name)
+{
+	if (!PG_ARGISNULL(argno) && PG_GETARG_INT64(argno) <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("%s must be greater than zero", name)));
+}
+
+/*
+ * fintx.grant_permission(service, operation, account_pattern, max_amount,
+ *						  daily_limit, currency, approval_above) → void
+ * Grants (or, for the same service, operation, pattern and currency, replaces) a permission.
+ */
+Datum
+fintx_grant_permission(PG_FUNCTION_ARGS)
+{
+	static SPIPlanPtr service_exists_plan = NULL;
+	static SPIPlanPtr currency_plan = NULL;
+	static SPIPlanPtr plan = NULL;
+	char	   *service;
+	char	   *operation;
+	char	   *pattern;
+	char	   *currency = NULL;
+	Datum		args[8];
+	char		nulls[8];
+	Oid			types[8] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT8OID, INT8OID, INT8OID, TEXTOID};
+	StringInfoData buf;
+
+	if (PG_ARGISNULL(0))
+		fintx_null_argument("service");
+	if (PG_ARGISNULL(1))
+		fintx_null_argument("operation");
+	if (PG_ARGISNULL(2))
+		fintx_null_argument("account_pattern");
+	service = CheckServiceName(text_to_cstring(PG_GETARG_TEXT_PP(0)));
+	fintx_authz_require(FINTX_OP_ADMIN, service);
+	operation = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	CheckOperation(operation);
+	pattern = CheckPattern(text_to_cstring(PG_GETARG_TEXT_PP(2)));
+	CheckLimit(fcinfo, 3, "max_amount");
+	CheckLimit(fcinfo, 4, "daily_limit");
+	CheckLimit(fcinfo, 6, "approval_above");
+	if (!PG_ARGISNULL(5))
+		currency = text_to_cstring(PG_GETARG_TEXT_PP(5));
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
+	memset(nulls, ' ', sizeof(nulls));
+	args[0] = CStringGetTextDatum(service);
+	if (RunAdmin(&service_exists_plan, "SELECT 1 FROM fintx.services WHERE name = $1",
+				 1, types, args, nulls, SPI_OK_SELECT) != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("service \"%s\" does not exist", service),
+				 errhint("Register it first with fintx.register_service().")));
+	if (currency)
+	{
+		args[3] = CStringGetTextDatum(currency);
+		if (RunAdmin(&currency_plan, "SELECT 1 FROM fintx.currencies WHERE code = $1",
+					 1, &types[3], &args[3], nulls, SPI_OK_SELECT) != 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("unknown currency \"%s\"", currency)));
+	}
+	args[1] = CStringGetTextDatum(operation);
+	args[2] = CStringGetTextDatum(pattern);
+	args[3] = currency ? CStringGetTextDatum(currency) : (Datum) 0;
+	nulls[3] = currency ? ' ' : 'n';
+	for (int i = 0; i < 3; i++)
+	{
+		int			argno = (i == 2) ? 6 : 3 + i;
+
+		args[4 + i] = PG_ARGISNULL(argno) ? (Datum) 0 : PG_GETARG_DATUM(argno);
+		nulls[4 + i] = PG_ARGISNULL(argno) ? 'n' : ' ';
+	}
+	args[7] = CStringGetTextDatum(caller.role_name);
+	RunAdmin(&plan,
+			 "INSERT INTO fintx.permissions AS p (service, operation, account_pattern, currency, max_amount,"
+			 "       daily_limit, approval_above, granted_by)"
+			 " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+			 " ON CONFLICT (service, operation, account_pattern, currency) DO UPDATE"
+			 "   SET max_amount = EXCLUDED.max_amount, daily_limit = EXCLUDED.daily_limit,"
+			 "       approval_above = EXCLUDED.approval_above, granted_by = EXCLUDED.granted_by,"
+			 "       granted_at = pg_catalog.now()",
+			 8, types, args, nulls, SPI_OK_INSERT);
+	InvalidateGrants();
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "{\"service\": ");
+	escape_json(&buf, service);
+	appendStringInfoString(&buf, ", \"operation\": ");
+	escape_json(&buf, operation);
+	appendStringInfoString(&buf, ", \"account_pattern\": ");
+	escape_json(&buf, pattern);
+	appendStringInfoString(&buf, ", \"currency\": ");
+	if (currency)
+		escape_json(&buf, currency);
+	else
+		appendStringInfoString(&buf, "null");
+	appendStringInfo(&buf, ", \"max_amount\": %s, \"daily_limit\": %s, \"approval_above\": %s}",
+					 PG_ARGISNULL(3) ? "null" : psprintf("%lld", (long long) PG_GETARG_INT64(3)),
+					 PG_ARGISNULL(4) ? "null" : psprintf("%lld", (long long) PG_GETARG_INT64(4)),
+					 PG_ARGISNULL(6) ? "null" : psprintf("%lld", (long long) PG_GETARG_INT64(6)));
+	AuditAdmin("permission.granted", "service", service, &buf);
+	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+/*
+ * fintx.revoke_permission(service, operation, account_pattern) → integer
+ * Removes the matching grants (every currency); returns how many.
+ */
+Datum
+fintx_revoke_permission(PG_FUNCTION_ARGS)
+{
+	static SPIPlanPtr plan = NULL;
+	char	   *service;
+	char	   *operation;
+	char	   *pattern;
+	Datum		args[3];
+	Oid			types[3] = {TEXTOID, TEXTOID, TEXTOID};
+	uint64		n;
+	StringInfoData buf;
+
+	if (PG_ARGISNULL(0))
+		fintx_null_argument("service");
+	if (PG_ARGISNULL(1))
+		fintx_null_argument("operation");
+	if (PG_ARGISNULL(2))
+		fintx_null_argument("account_pattern");
+	service = CheckServiceName(text_to_cstring(PG_GETARG_TEXT_PP(0)));
+	fintx_authz_require(FINTX_OP_ADMIN, service);
+	operation = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	CheckOperation(operation);
+	pattern = CheckPattern(text_to_cstring(PG_GETARG_TEXT_PP(2)));
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
+	args[0] = CStringGetTextDatum(service);
+	args[1] = CStringGetTextDatum(operation);
+	args[2] = CStringGetTextDatum(pattern);
+	n = RunAdmin(&plan,
+				 "DELETE FROM fintx.permissions"
+				 " WHERE service = $1 AND operation = $2 AND account_pattern = $3",
+				 3, types, args, NULL, SPI_OK_DELETE);
+	if (n > 0)
+	{
+		InvalidateGrants();
+		initStringInfo(&buf);
+		appendStringInfoString(&buf, "{\"service\": ");
+		escape_json(&buf, service);
+		appendStringInfoString(&buf, ", \"operation\": ");
+		escape_json(&buf, operation);
+		appendStringInfoString(&buf, ", \"account_pattern\": ");
+		escape_json(&buf, pattern);
+		appendStringInfo(&buf, ", \"grants_removed\": %llu}", (unsigned long long) n);
+		AuditAdmin("permission.revoked", "service", service, &buf);
+	}
+	SPI_finish();
+	PG_RETURN_INT32((int32) n);
+}
+
+/* ------------------------------------------------------------------------
+ * Row security
+ * ------------------------------------------------------------------------
+ */
+
+/* May the calling role see rows of this account? Any grant whose pattern matches. */
+static bool
+CodeVisible(const char *code)
+{
+	Oid			role = GetOuterUserId();
+
+	EnsureCache(role);
+	for (int i = 0; i < cache_ngrants; i++)
+		if (LikeMatch(code, cache_grants[i].pattern))
+			return true;
+	return false;
+}
+
+/* fintx.account_visible(code) → boolean: the RLS predicate for services. */
+Datum
+fintx_account_visible(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(CodeVisible(text_to_cstring(PG_GETARG_TEXT_PP(0))));
+}
+
+typedef struct CodeEntry
+{
+	int64		id;
+	char		code[FINTX_MAX_CODE_LEN + 1];
+} CodeEntry;
+
+/* fintx.account_id_visible(id) → boolean: as account_visible, by account id. */
+Datum
+fintx_account_id_visible(PG_FUNCTION_ARGS)
+{
+	int64		id = PG_GETARG_INT64(0);
+	CodeEntry  *e;
+	bool		found;
+
+	RegisterCallbacks();
+	if (account_codes == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(int64);
+		ctl.entrysize = sizeof(CodeEntry);
+		account_codes = hash_create("fintx account codes", 256, &ctl, HASH_ELEM | HASH_BLOBS);
+	}
+	e = hash_search(account_codes, &id, HASH_FIND, NULL);
+	if (e == NULL)
+	{
+		Datum		arg = Int64GetDatum(id);
+		Oid			types[1] = {INT8OID};
+		char	   *code;
+
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
+		fintx_keep_plan(&account_code_plan, "SELECT code FROM fintx.accounts WHERE id = $1", 1, types);
+		if (SPI_execute_plan(account_code_plan, &arg, NULL, true, 1) != SPI_OK_SELECT)
+			elog(ERROR, "reading fintx.accounts failed");	/* LCOV_EXCL_LINE */
+		if (SPI_processed != 1)
+		{
+			SPI_finish();
+			PG_RETURN_BOOL(false);
+		}
+		code = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+		e = hash_search(account_codes, &id, HASH_ENTER, &found);
+		strlcpy(e->code, code, sizeof(e->code));
+		SPI_finish();
+	}
+	PG_RETURN_BOOL(CodeVisible(e->code));
+}

@@ -1,0 +1,510 @@
+/*-------------------------------------------------------------------------
+ * denials.c
+ *	  The durable denial queue. A denied request aborts its transaction, so
+ *	  its access-log row cannot be written there. When fintx is preloaded, the
+ *	  denying backend puts the denial in a ring in shared memory and wakes the
+ *	  background worker, which writes it to fintx.access_log_entries (and an
+ *	  'access.denied' audit entry) in its own transaction. The backend waits
+ *	  up to fintx.denial_wait for that transaction to commit before it raises
+ *	  the error, so a denial the client has seen is on disk.
+ *
+ *	  Errors with SQLSTATE 42501 that PostgreSQL itself raises (writing a
+ *	  fintx table directly, SET ROLE to a role not held, calling a function
+ *	  without EXECUTE) are caught by an emit_log_hook and queued the same way
+ *	  (without waiting).
+ *
+ *	  Without preload there is no shared memory: a denial is written to the
+ *	  server log (the ERROR line) and, with wal_level = logical, also as a
+ *	  non-transactional logical decoding message with prefix
+ *	  "fintx.access_denied".
+ *-------------------------------------------------------------------------
+ */
+#include "fintx.h"
+
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "commands/extension.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "replication/message.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/lwlock.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/json.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+PG_FUNCTION_INFO_V1(fintx_denial_queue_stats);
+
+#define DENIAL_QUEUE_SIZE 1024
+
+int			fintx_denial_wait_ms = 1000;
+
+typedef struct DenialRecord
+{
+	Oid			dbid;
+	Oid			roleid;			/* InvalidOid: role given by name */
+	Oid			session_roleid;
+	int			pid;
+	TimestampTz at;
+	bool		has_amount;
+	int64		amount;
+	char		role[NAMEDATALEN];
+	char		session_user[NAMEDATALEN];
+	char		service[NAMEDATALEN + 16];
+	char		operation[32];
+	char		object[200];
+	char		currency[8];
+	char		reason[300];
+	char		rule[200];
+	char		client_addr[64];
+	char		application_name[NAMEDATALEN];
+} DenialRecord;
+
+typedef struct DenialQueue
+{
+	LWLock	   *lock;
+	uint64		head;			/* next sequence number to fill */
+	uint64		tail;			/* first not yet written */
+	uint64		written;		/* all below this are committed (or given up) */
+	uint64		dropped;		/* queue full: only in the server log */
+	Latch	   *worker_latch;
+	DenialRecord ring[DENIAL_QUEUE_SIZE];
+} DenialQueue;
+
+static DenialQueue *queue = NULL;
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+static emit_log_hook_type prev_emit_log_hook = NULL;
+static bool own_denial = false;
+
+static SPIPlanPtr write_plan = NULL;
+
+static void
+DenialShmemRequest(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(MAXALIGN(sizeof(DenialQueue)));
+	RequestNamedLWLockTranche("fintx_denials", 1);
+}
+
+static void
+DenialShmemStartup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	queue = ShmemInitStruct("fintx denial queue", sizeof(DenialQueue), &found);
+	if (!found)
+	{
+		memset(queue, 0, sizeof(DenialQueue));
+		queue->lock = &(GetNamedLWLockTranche("fintx_denials"))->lock;
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/* Client address of this backend as text ("" for a Unix socket or none). */
+static void
+ClientAddr(char *out, size_t len)
+{
+	LOCAL_FCINFO(fcinfo, 0);
+	Datum		addr;
+
+	out[0] = '\0';
+	InitFunctionCallInfoData(*fcinfo, NULL, 0, InvalidOid, NULL, NULL);
+	addr = inet_client_addr(fcinfo);
+	if (!fcinfo->isnull)
+		strlcpy(out, DatumGetCString(DirectFunctionCall1(inet_out, addr)), len);
+}
+
+/* Puts a record in the ring; returns its sequence number, or 0 if the ring is full. */
+static uint64
+Enqueue(DenialRecord *rec)
+{
+	uint64		seq = 0;
+	Latch	   *latch;
+
+	LWLockAcquire(queue->lock, LW_EXCLUSIVE);
+	if (queue->head - queue->tail < DENIAL_QUEUE_SIZE)
+	{
+		memcpy(&queue->ring[queue->head % DENIAL_QUEUE_SIZE], rec, sizeof(DenialRecord));
+		seq = ++queue->head;
+	}
+	else
+		queue->dropped++;
+	latch = queue->worker_latch;
+	LWLockRelease(queue->lock);
+	if (latch)
+		SetLatch(latch);
+	return seq;
+}
+
+/* Fills the fields every record has. */
+static void
+InitRecord(DenialRecord *rec)
+{
+	memset(rec, 0, sizeof(DenialRecord));
+	rec->dbid = MyDatabaseId;
+	rec->pid = MyProcPid;
+	rec->at = GetCurrentTimestamp();
+	ClientAddr(rec->client_addr, sizeof(rec->client_addr));
+	if (application_name)
+		strlcpy(rec->application_name, application_name, sizeof(rec->application_name));
+}
+
+/*
+ * Records a denial decided by fintx, before the error is raised. With the
+ * queue, waits up to fintx.denial_wait for the worker to commit it; the
+ * caller raises the 42501 error afterwards (own_denial keeps the log hook
+ * from queueing it a second time).
+ */
+void
+fintx_denial_enqueue(const char *role, const char *session_user, const char *service,
+					 const char *operation, const char *object, const char *currency,
+					 int64 amount, bool has_amount, const char *reason, const char *rule)
+{
+	DenialRecord rec;
+	uint64		seq;
+
+	own_denial = true;
+	InitRecord(&rec);
+	strlcpy(rec.role, role, sizeof(rec.role));
+	strlcpy(rec.session_user, session_user, sizeof(rec.session_user));
+	if (service)
+		strlcpy(rec.service, service, sizeof(rec.service));
+	strlcpy(rec.operation, operation, sizeof(rec.operation));
+	if (object)
+		strlcpy(rec.object, object, sizeof(rec.object));
+	if (currency)
+		strlcpy(rec.currency, currency, sizeof(rec.currency));
+	rec.amount = amount;
+	rec.has_amount = has_amount;
+	strlcpy(rec.reason, reason, sizeof(rec.reason));
+	if (rule)
+		strlcpy(rec.rule, rule, sizeof(rec.rule));
+
+	if (queue == NULL)
+	{
+		/* fallback without preload: a WAL message that outlives the abort, if decodable */
+		if (XLogLogicalInfoActive())
+		{
+			StringInfoData buf;
+
+			initStringInfo(&buf);
+			appendStringInfoString(&buf, "{\"role\": ");
+			escape_json(&buf, rec.role);
+			appendStringInfoString(&buf, ", \"service\": ");
+			escape_json(&buf, rec.service);
+			appendStringInfoString(&buf, ", \"operation\": ");
+			escape_json(&buf, rec.operation);
+			appendStringInfoString(&buf, ", \"object\": ");
+			escape_json(&buf, rec.object);
+			appendStringInfoString(&buf, ", \"reason\": ");
+			escape_json(&buf, rec.reason);
+			appendStringInfoChar(&buf, '}');
+			LogLogicalMessage("fintx.access_denied", buf.data, buf.len, false);
+		}
+		return;
+	}
+
+	seq = Enqueue(&rec);
+	if (seq == 0)
+	{
+		ereport(LOG,
+				(errmsg("fintx denial queue is full; denial recorded only in the server log")));
+		return;
+	}
+	if (fintx_denial_wait_ms > 0 && queue->worker_latch != NULL)
+	{
+		TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), fintx_denial_wait_ms);
+
+		for (;;)
+		{
+			uint64		written;
+
+			LWLockAcquire(queue->lock, LW_SHARED);
+			written = queue->written;
+			LWLockRelease(queue->lock);
+			if (written >= seq || GetCurrentTimestamp() >= deadline)
+				break;
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 1,
+							 PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+		}
+	}
+}
+
+/* emit_log_hook: queues permission errors that PostgreSQL raised on its own. */
+static void
+DenialLogHook(ErrorData *edata)
+{
+	if (edata->elevel >= ERROR && edata->sqlerrcode == ERRCODE_INSUFFICIENT_PRIVILEGE)
+	{
+		if (own_denial)
+			own_denial = false;
+		else if (queue != NULL && MyBackendType == B_BACKEND && OidIsValid(MyDatabaseId) &&
+				 MyProc != NULL)
+		{
+			DenialRecord rec;
+
+			InitRecord(&rec);
+			rec.roleid = GetOuterUserId();
+			rec.session_roleid = GetSessionUserId();
+			strlcpy(rec.operation, "sql", sizeof(rec.operation));
+			if (edata->message)
+				strlcpy(rec.object, edata->message, sizeof(rec.object));
+			snprintf(rec.reason, sizeof(rec.reason), "denied by PostgreSQL: %s",
+					 edata->message ? edata->message : "permission denied");
+			strlcpy(rec.rule, "PostgreSQL privileges", sizeof(rec.rule));
+			(void) Enqueue(&rec);
+		}
+	}
+	if (prev_emit_log_hook)
+		prev_emit_log_hook(edata);
+}
+
+/* Called from _PG_init when preloaded. */
+void
+fintx_denials_init(void)
+{
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = DenialShmemRequest;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = DenialShmemStartup;
+	prev_emit_log_hook = emit_log_hook;
+	emit_log_hook = DenialLogHook;
+}
+
+/* ------------------------------------------------------------------------
+ * Worker side
+ * ------------------------------------------------------------------------
+ */
+
+static void
+DetachWorker(int code, Datum arg)
+{
+	LWLockAcquire(queue->lock, LW_EXCLUSIVE);
+	queue->worker_latch = NULL;
+	LWLockRelease(queue->lock);
+}
+
+/* The worker announces itself so that backends wake it and wait for it. */
+void
+fintx_denials_worker_attach(void)
+{
+	if (queue == NULL)
+		return;
+	LWLockAcquire(queue->lock, LW_EXCLUSIVE);
+	queue->worker_latch = MyLatch;
+	LWLockRelease(queue->lock);
+	before_shmem_exit(DetachWorker, (Datum) 0);
+}
+
+bool
+fintx_denials_pending(void)
+{
+	bool		pending;
+
+	if (queue == NULL)
+		return false;
+	LWLockAcquire(queue->lock, LW_SHARED);
+	pending = queue->head != queue->tail;
+	LWLockRelease(queue->lock);
+	return pending;
+}
+
+static Datum
+TextOrNull(const char *s, char *null)
+{
+	*null = (s == NULL || s[0] == '\0') ? 'n' : ' ';
+	return *null == 'n' ? (Datum) 0 : CStringGetTextDatum(s);
+}
+
+/* Writes one record (SPI connected): its access-log row and its audit entry. */
+static void
+WriteRecord(DenialRecord *r)
+{
+	Datum		args[13];
+	char		nulls[13];
+	Oid			types[13] = {TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT8OID,
+		TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT4OID, TEXTOID};
+	char	   *role = r->role;
+	char	   *session_user = r->session_user;
+	StringInfoData buf;
+	FintxAuditEntry e;
+
+	if (OidIsValid(r->roleid))
+	{
+		role = GetUserNameFromId(r->roleid, true);
+		if (role == NULL)
+			role = psprintf("role %u", r->roleid);
+		session_user = GetUserNameFromId(r->session_roleid, true);
+		if (session_user == NULL)
+			session_user = psprintf("role %u", r->session_roleid);
+	}
+	memset(nulls, ' ', sizeof(nulls));
+	args[0] = TimestampTzGetDatum(r->at);
+	args[1] = TextOrNull(r->service, &nulls[1]);
+	args[2] = CStringGetTextDatum(role);
+	args[3] = CStringGetTextDatum(session_user);
+	args[4] = CStringGetTextDatum(r->operation);
+	args[5] = TextOrNull(r->object, &nulls[5]);
+	args[6] = Int64GetDatum(r->amount);
+	nulls[6] = r->has_amount ? ' ' : 'n';
+	args[7] = TextOrNull(r->currency, &nulls[7]);
+	args[8] = CStringGetTextDatum(r->reason);
+	args[9] = TextOrNull(r->rule, &nulls[9]);
+	args[10] = TextOrNull(r->client_addr, &nulls[10]);
+	args[11] = Int32GetDatum(r->pid);
+	args[12] = TextOrNull(r->application_name, &nulls[12]);
+	/* the service of a PostgreSQL-decided denial is looked up from the role */
+	fintx_keep_plan(&write_plan,
+					"INSERT INTO fintx.access_log_entries (at, service, role, session_user_name, operation,"
+					"       object, amount, currency, allowed, reason, rule, client_addr, application_name,"
+					"       backend_pid, recorded_by)"
+					" SELECT $1, COALESCE($2, (SELECT s.name FROM fintx.services s WHERE s.role_name = $3)),"
+					"        $3, $4, $5, $6, $7, $8, false, $9, $10, $11::inet, $13, $12, 'denial queue'",
+					13, types);
+	if (SPI_execute_plan(write_plan, args, nulls, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "writing a denial failed");	/* LCOV_EXCL_LINE */
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "{\"at\": ");
+	escape_json(&buf, timestamptz_to_str(r->at));
+	appendStringInfoString(&buf, ", \"service\": ");
+	if (r->service[0])
+		escape_json(&buf, r->service);
+	else
+		appendStringInfoString(&buf, "null");
+	appendStringInfoString(&buf, ", \"role\": ");
+	escape_json(&buf, role);
+	appendStringInfoString(&buf, ", \"operation\": ");
+	escape_json(&buf, r->operation);
+	appendStringInfoString(&buf, ", \"object\": ");
+	escape_json(&buf, r->object);
+	if (r->has_amount)
+		appendStringInfo(&buf, ", \"amount\": %lld", (long long) r->amount);
+	if (r->currency[0])
+	{
+		appendStringInfoString(&buf, ", \"currency\": ");
+		escape_json(&buf, r->currency);
+	}
+	appendStringInfoString(&buf, ", \"reason\": ");
+	escape_json(&buf, r->reason);
+	appendStringInfoString(&buf, ", \"client_addr\": ");
+	escape_json(&buf, r->client_addr);
+	appendStringInfoString(&buf, ", \"application_name\": ");
+	escape_json(&buf, r->application_name);
+	appendStringInfo(&buf, ", \"backend_pid\": %d}", r->pid);
+	fintx_audit_init(&e, role, "access.denied", "access", r->operation, fintx_jsonb_from_text(buf.data));
+	e.session_role = session_user;
+	fintx_audit_hash(&e);
+	fintx_audit_insert(&e, 1);
+}
+
+/*
+ * Worker: writes the queued denials of its database in one transaction and,
+ * once it has committed, releases them from the ring. Denials of other
+ * databases cannot be written here: they go to the server log.
+ */
+void
+fintx_denials_worker_flush(void)
+{
+	uint64		from;
+	uint64		to;
+	DenialRecord *batch;
+	int			n;
+	MemoryContext oldcxt = CurrentMemoryContext;
+	volatile bool ok = false;
+
+	if (queue == NULL)
+		return;
+	LWLockAcquire(queue->lock, LW_SHARED);
+	from = queue->tail;
+	to = queue->head;
+	LWLockRelease(queue->lock);
+	if (from == to)
+		return;
+	n = (int) (to - from);
+	batch = palloc(sizeof(DenialRecord) * n);
+	/* slots in [tail, head) are not overwritten until tail moves */
+	for (int i = 0; i < n; i++)
+		memcpy(&batch[i], &queue->ring[(from + i) % DENIAL_QUEUE_SIZE], sizeof(DenialRecord));
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, "fintx: writing access denials");
+	PG_TRY();
+	{
+		if (OidIsValid(get_extension_oid("fintx", true)))
+		{
+			if (SPI_connect() != SPI_OK_CONNECT)
+				elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
+			for (int i = 0; i < n; i++)
+			{
+				if (batch[i].dbid == MyDatabaseId)
+					WriteRecord(&batch[i]);
+				else
+					ereport(LOG,
+							(errmsg("fintx: access denied to role \"%s\" for %s on \"%s\" in database %u: %s",
+									batch[i].role, batch[i].operation, batch[i].object,
+									batch[i].dbid, batch[i].reason)));
+			}
+			SPI_finish();
+			ok = true;
+		}
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(oldcxt);
+		EmitErrorReport();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		ok = false;
+	}
+	PG_END_TRY();
+	pgstat_report_activity(STATE_IDLE, NULL);
+	if (!ok)
+		return;					/* retried on the next pass; backends fall back after their wait */
+
+	LWLockAcquire(queue->lock, LW_EXCLUSIVE);
+	queue->tail = to;
+	queue->written = to;
+	LWLockRelease(queue->lock);
+	pfree(batch);
+}
+
+/* fintx.denial_queue_stats() → (queued, written, dropped, pending) */
+Datum
+fintx_denial_queue_stats(PG_FUNCTION_ARGS)
+{
+	TupleDesc	tupdesc;
+	Datum		values[4];
+	bool		nulls[4] = {false, false, false, false};
+
+	if (queue == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the fintx denial queue needs shared memory"),
+				 errhint("Add fintx to shared_preload_libraries and restart the server.")));
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");	/* LCOV_EXCL_LINE */
+	LWLockAcquire(queue->lock, LW_SHARED);
+	values[0] = Int64GetDatum((int64) queue->head);
+	values[1] = Int64GetDatum((int64) queue->written);
+	values[2] = Int64GetDatum((int64) queue->dropped);
+	values[3] = Int32GetDatum((int32) (queue->head - queue->tail));
+	LWLockRelease(queue->lock);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls)));
+}

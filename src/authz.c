@@ -790,11 +790,11 @@ LockApproval(int64 id, ApprovalRow *row)
 	row->to_account = CopyText(tup, desc, 4);
 	row->amount = DatumGetInt64(SPI_getbinval(tup, desc, 5, &isnull));
 	row->currency = CopyText(tup, desc, 6);
-	d = SPI_getbinval(tup, desc, 7, &isnull);
-	row->metadata = (Jsonb *) SPI_datumTransfer(d, false, -1);
+	d = PointerGetDatum(PG_DETOAST_DATUM(SPI_getbinval(tup, desc, 7, &isnull)));
+	row->metadata = (Jsonb *) DatumGetPointer(SPI_datumTransfer(d, false, -1));
 	row->pending = DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull));
 	d = SPI_getbinval(tup, desc, 9, &isnull);
-	row->timeout = isnull ? NULL : (Interval *) SPI_datumTransfer(d, false, sizeof(Interval));
+	row->timeout = isnull ? NULL : (Interval *) DatumGetPointer(SPI_datumTransfer(d, false, sizeof(Interval)));
 	row->status = CopyText(tup, desc, 10);
 	row->decided_by_role = CopyText(tup, desc, 11);
 	d = SPI_getbinval(tup, desc, 12, &isnull);
@@ -817,7 +817,7 @@ LoadTransferResult(int64 id, LedgerRequest *req)
 					"SELECT status, from_balance, to_balance, entry_hash, created_at"
 					"  FROM fintx.transfers WHERE id = $1",
 					1, types);
-	if (SPI_execute_plan(transfer_row_plan, &arg, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+	if (SPI_execute_plan(transfer_row_plan, &arg, NULL, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "transfer %lld not found", (long long) id);	/* LCOV_EXCL_LINE */
 	tup = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
@@ -826,7 +826,8 @@ LoadTransferResult(int64 id, LedgerRequest *req)
 	req->from_balance = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
 	req->to_balance = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
 	d = SPI_getbinval(tup, desc, 4, &isnull);
-	req->entry_hash = isnull ? NULL : (bytea *) SPI_datumTransfer(d, false, -1);
+	req->entry_hash = isnull ? NULL :
+		(bytea *) DatumGetPointer(SPI_datumTransfer(PointerGetDatum(PG_DETOAST_DATUM(d)), false, -1));
 	req->created_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 5, &isnull));
 }
 

@@ -23,7 +23,8 @@ SELECT * FROM fintx.account_balances;
 RESET ROLE;
 -- services may call the API but not write the tables directly
 CREATE ROLE fintx_regress_svc;
-GRANT fintx_service TO fintx_regress_svc;
+SELECT fintx.register_service('regress-svc', 'fintx_regress_svc');
+SELECT fintx.grant_permission('regress-svc', 'transfer', 't:bank', 1000);
 SET ROLE fintx_regress_svc;
 SELECT status FROM fintx.transfer('s-2', 't:bank', 't:a', 1);
 UPDATE fintx.accounts SET credits_posted = 0;
@@ -48,5 +49,7 @@ SELECT * FROM fintx.reconcile();
 RESET search_path;
 DROP SCHEMA evil CASCADE;
 DROP OWNED BY fintx_regress_nobody, fintx_regress_svc;
+DELETE FROM fintx.permissions WHERE service = 'regress-svc';
+DELETE FROM fintx.services WHERE name = 'regress-svc';
 DROP ROLE fintx_regress_nobody;
 DROP ROLE fintx_regress_svc;

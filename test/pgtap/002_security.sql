@@ -112,13 +112,13 @@ SELECT function_privs_are('fintx', 'transfer', ARRAY['text', 'text', 'text', 'bi
 SELECT function_privs_are('fintx', 'transfer_batch', ARRAY['jsonb'], 'fintx_service', ARRAY['EXECUTE'],
                           'fintx_service may execute transfer_batch');
 SELECT function_privs_are('fintx', 'open_account', ARRAY['text', 'text', 'boolean', 'boolean', 'jsonb'],
-                          'fintx_service', ARRAY[]::text[], 'fintx_service may not execute open_account');
+                          'fintx_service', ARRAY['EXECUTE'], 'fintx_service may execute open_account (its grants decide)');
 SELECT function_privs_are('fintx', 'reconcile', ARRAY[]::text[], 'fintx_auditor', ARRAY['EXECUTE'],
                           'fintx_auditor may execute reconcile');
 SELECT function_privs_are('fintx', 'transfer', ARRAY['text', 'text', 'text', 'bigint', 'jsonb', 'boolean', 'interval'],
                           'fintx_auditor', ARRAY[]::text[], 'fintx_auditor may not execute transfer');
-SELECT table_privs_are('fintx', 'accounts', 'fintx_service', ARRAY[]::text[],
-                       'fintx_service has no privilege on fintx.accounts');
+SELECT table_privs_are('fintx', 'accounts', 'fintx_service', ARRAY['SELECT'],
+                       'fintx_service may only SELECT fintx.accounts (rows limited by RLS)');
 SELECT table_privs_are('fintx', 'account_balances', 'fintx_service', ARRAY['SELECT'],
                        'fintx_service may only SELECT account_balances');
 SELECT table_privs_are('fintx', 'accounts', 'fintx_admin', ARRAY['SELECT'],
@@ -219,6 +219,9 @@ CREATE ROLE tap002_nobody LOGIN;
 CREATE ROLE tap002_service LOGIN IN ROLE fintx_service;
 CREATE ROLE tap002_auditor LOGIN IN ROLE fintx_auditor;
 CREATE ROLE tap002_admin LOGIN IN ROLE fintx_admin;
+SELECT fintx.register_service('tap002-svc', 'tap002_service');
+SELECT fintx.grant_permission('tap002-svc', 'transfer', 'sec.alice');
+SELECT fintx.grant_permission('tap002-svc', 'hold.resolve', 'sec.alice');
 
 SELECT lives_ok($$SELECT fintx.open_account('sec.bob', 'EUR')$$, 'superuser opens sec.bob');
 
@@ -255,8 +258,8 @@ SELECT is((SELECT t.principal FROM fintx.transfers t JOIN fintx.idempotency_keys
           'the principal of a transfer is the calling role, not the function owner');
 SELECT is(pg_temp.run_as('tap002_service', $q$SELECT (fintx.transfer('sec-s1', 'sec.alice', 'sec.bob', 100)).replayed::text$q$),
           'true', 'the service replays its own key');
-SELECT is(pg_temp.run_as('tap002_service', $q$SELECT available::text FROM fintx.account_balances WHERE code = 'sec.bob'$q$),
-          '100', 'fintx_service can read account_balances');
+SELECT is(pg_temp.run_as('tap002_service', $q$SELECT string_agg(code || '=' || posted, ',') FROM fintx.account_balances$q$),
+          'sec.alice=9250', 'fintx_service reads account_balances, only for accounts its grants cover');
 SELECT is(pg_temp.run_as('tap002_service',
           $q$SELECT string_agg(status, ',') FROM fintx.transfer_batch('[{"idempotency_key": "sec-s2", "from_account": "sec.alice", "to_account": "sec.bob", "amount": 1}]')$q$),
           'posted', 'fintx_service can execute transfer_batch');
@@ -267,8 +270,8 @@ SELECT is(pg_temp.run_as('tap002_service',
           format('SELECT (fintx.void_pending(%L, %s)).status', 'sec-s4',
                  (SELECT transfer_id FROM fintx.idempotency_keys WHERE idempotency_key = 'sec-s3'))),
           'voided', 'fintx_service can void its hold');
-SELECT throws_ok($$SELECT pg_temp.run_as('tap002_service', 'SELECT count(*) FROM fintx.accounts')$$,
-                 '42501', 'permission denied for table accounts', 'fintx_service cannot select fintx.accounts');
+SELECT is(pg_temp.run_as('tap002_service', 'SELECT string_agg(code, '','' ORDER BY code) FROM fintx.accounts'),
+          'sec.alice', 'fintx_service sees only the accounts its grants cover in fintx.accounts');
 SELECT throws_ok($$SELECT pg_temp.run_as('tap002_service', 'SELECT count(*) FROM fintx.idempotency_keys')$$,
                  '42501', 'permission denied for table idempotency_keys', 'fintx_service cannot read the journal');
 SELECT throws_ok($$SELECT pg_temp.run_as('tap002_service', 'UPDATE fintx.accounts SET credits_posted = 0')$$,
@@ -278,9 +281,9 @@ SELECT throws_ok($$SELECT pg_temp.run_as('tap002_service', 'DELETE FROM fintx.id
 SELECT throws_ok($$SELECT pg_temp.run_as('tap002_service', 'INSERT INTO fintx.pending_holds VALUES (1, NULL)')$$,
                  '42501', 'permission denied for table pending_holds', 'fintx_service cannot insert holds');
 SELECT throws_ok($$SELECT pg_temp.run_as('tap002_service', 'SELECT fintx.open_account(''sec.s'', ''EUR'')')$$,
-                 '42501', 'permission denied for function open_account', 'fintx_service cannot open accounts');
+                 '42501', 'permission denied for account.open on "sec.s"', 'fintx_service without a grant cannot open accounts');
 SELECT throws_ok($$SELECT pg_temp.run_as('tap002_service', 'SELECT fintx.close_account(''sec.bob'')')$$,
-                 '42501', 'permission denied for function close_account', 'fintx_service cannot close accounts');
+                 '42501', 'permission denied for account.close on "sec.bob"', 'fintx_service without a grant cannot close accounts');
 SELECT throws_ok($$SELECT pg_temp.run_as('tap002_service', 'SELECT fintx.expire_pending()')$$,
                  '42501', 'permission denied for function expire_pending', 'fintx_service cannot run expiry');
 SELECT throws_ok($$SELECT pg_temp.run_as('tap002_service', 'SELECT count(*) FROM fintx.reconcile()')$$,
@@ -301,10 +304,10 @@ SELECT throws_ok($$SELECT pg_temp.run_as('tap002_auditor', 'SELECT fintx.transfe
                  '42501', 'permission denied for function transfer', 'fintx_auditor cannot execute transfer');
 SELECT throws_ok($$SELECT pg_temp.run_as('tap002_auditor', 'SELECT fintx.post_pending(''sec-a2'', 1)')$$,
                  '42501', 'permission denied for function post_pending', 'fintx_auditor cannot post holds');
-SELECT throws_ok($$SELECT pg_temp.run_as('tap002_auditor', 'SELECT count(*) FROM fintx.accounts')$$,
-                 '42501', 'permission denied for table accounts', 'fintx_auditor cannot select fintx.accounts');
-SELECT throws_ok($$SELECT pg_temp.run_as('tap002_auditor', 'SELECT count(*) FROM fintx.transfers')$$,
-                 '42501', 'permission denied for table transfers', 'fintx_auditor cannot select fintx.transfers');
+SELECT throws_ok($$SELECT pg_temp.run_as('tap002_auditor', 'UPDATE fintx.accounts SET closed_at = now()')$$,
+                 '42501', 'permission denied for table accounts', 'fintx_auditor cannot write fintx.accounts');
+SELECT throws_ok($$SELECT pg_temp.run_as('tap002_auditor', 'DELETE FROM fintx.transfers')$$,
+                 '42501', 'permission denied for table transfers', 'fintx_auditor cannot write fintx.transfers');
 
 -- an admin: may do everything through the API, still no direct writes
 SELECT lives_ok($$SELECT pg_temp.run_as('tap002_admin', 'SELECT fintx.open_account(''sec.adm'', ''EUR'')')$$,

@@ -170,7 +170,7 @@ FindByKey(LedgerRequest **reqs, int nreqs, const char *key)
 static const char *
 StatusName(const char *s)
 {
-	static const char *const names[] = {"posted", "pending", "voided", "expired"};
+	static const char *const names[] = {"posted", "pending", "voided", "expired", "awaiting_approval"};
 
 	for (size_t i = 0; i < lengthof(names); i++)
 		if (strcmp(s, names[i]) == 0)

@@ -477,6 +477,7 @@ fintx_seal_log(void)
 Datum
 fintx_seal(PG_FUNCTION_ARGS)
 {
+	fintx_authz_require(FINTX_OP_AUDIT_READ, "audit log");
 	PG_RETURN_INT64(fintx_seal_log());
 }
 
@@ -484,6 +485,7 @@ fintx_seal(PG_FUNCTION_ARGS)
 Datum
 fintx_tree_size(PG_FUNCTION_ARGS)
 {
+	fintx_authz_require(FINTX_OP_AUDIT_READ, "audit log");
 	PG_RETURN_INT64(fintx_seal_log());
 }
 
@@ -527,6 +529,7 @@ fintx_root_hash(PG_FUNCTION_ARGS)
 	uint8		root[MERKLE_HASH_LEN];
 	int64		n;
 
+	fintx_authz_require(FINTX_OP_AUDIT_READ, "audit log");
 	if (PG_ARGISNULL(0))
 		NullArg("tree_size");
 	n = PG_GETARG_INT64(0);
@@ -580,6 +583,7 @@ Proof(FunctionCallInfo fcinfo, bool inclusion)
 Datum
 fintx_inclusion_proof(PG_FUNCTION_ARGS)
 {
+	fintx_authz_require(FINTX_OP_AUDIT_READ, "audit log");
 	PG_RETURN_DATUM(Proof(fcinfo, true));
 }
 
@@ -587,6 +591,7 @@ fintx_inclusion_proof(PG_FUNCTION_ARGS)
 Datum
 fintx_consistency_proof(PG_FUNCTION_ARGS)
 {
+	fintx_authz_require(FINTX_OP_AUDIT_READ, "audit log");
 	PG_RETURN_DATUM(Proof(fcinfo, false));
 }
 
@@ -621,6 +626,7 @@ fintx_leaf_data(PG_FUNCTION_ARGS)
 	int64		i;
 	bytea	   *out;
 
+	fintx_authz_require(FINTX_OP_AUDIT_READ, "audit log");
 	if (PG_ARGISNULL(0))
 		NullArg("leaf_index");
 	i = PG_GETARG_INT64(0);
@@ -680,13 +686,15 @@ Datum
 fintx_checkpoint(PG_FUNCTION_ARGS)
 {
 	BlockInfo	b;
-	EVP_PKEY   *key = RequireKey();
+	EVP_PKEY   *key;
 	char	   *name;
 	char	   *body;
 	uint8		pub[32];
 	uint8		blob[68];
 	char	   *note;
 
+	fintx_authz_require(FINTX_OP_AUDIT_READ, "audit log");
+	key = RequireKey();
 	fintx_seal_log();
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -708,12 +716,14 @@ fintx_checkpoint(PG_FUNCTION_ARGS)
 Datum
 fintx_public_key(PG_FUNCTION_ARGS)
 {
-	EVP_PKEY   *key = RequireKey();
+	EVP_PKEY   *key;
 	BlockInfo	b;
 	uint8		pub[33];
 	char	   *label;
 	char	   *out;
 
+	fintx_authz_require(FINTX_OP_AUDIT_READ, "audit log");
+	key = RequireKey();
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	ReadBlock(&b);
@@ -845,9 +855,9 @@ Datum
 fintx_audit_export(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	int64		size = fintx_seal_log();
-	int64		from = PG_ARGISNULL(0) ? 0 : PG_GETARG_INT64(0);
-	int64		to = PG_ARGISNULL(1) ? size - 1 : PG_GETARG_INT64(1);
+	int64		size;
+	int64		from;
+	int64		to;
 	Oid			types[2] = {INT8OID, INT8OID};
 	Datum		args[2];
 	SPIPlanPtr	plan;
@@ -856,6 +866,10 @@ fintx_audit_export(PG_FUNCTION_ARGS)
 	StringInfoData line;
 	MemoryContext rowcxt;
 
+	fintx_authz_require(FINTX_OP_AUDIT_READ, "audit log");
+	size = fintx_seal_log();
+	from = PG_ARGISNULL(0) ? 0 : PG_GETARG_INT64(0);
+	to = PG_ARGISNULL(1) ? size - 1 : PG_GETARG_INT64(1);
 	if (from < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

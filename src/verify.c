@@ -517,6 +517,7 @@ fintx_verify_audit(PG_FUNCTION_ARGS)
 				unsigned_blocks = 0;
 	uint8	   *leaves = NULL;
 
+	fintx_authz_require(FINTX_OP_AUDIT_READ, "audit log");
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
 	tupdesc = BlessTupleDesc(tupdesc);

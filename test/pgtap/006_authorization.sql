@@ -1,0 +1,311 @@
+-- 006_authorization: services, grants, limits, maker-checker, row security, the access log
+-- and signed-request inputs, against the contract in DESIGN.md and docs/authorization.md.
+-- Denials written by the background worker are checked by test/t/012_attack_matrix.pl
+-- (this file runs inside one transaction in a database the worker does not serve).
+\set ON_ERROR_STOP 1
+\set QUIET 1
+\pset format unaligned
+\pset tuples_only true
+\pset pager off
+
+BEGIN;
+CREATE EXTENSION IF NOT EXISTS pgtap;
+CREATE EXTENSION fintx;
+SELECT plan(120);
+
+CREATE FUNCTION pg_temp.run_as(r text, q text) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    v text;
+BEGIN
+    PERFORM pg_catalog.set_config('role', r, true);
+    EXECUTE q INTO v;
+    PERFORM pg_catalog.set_config('role', 'none', true);
+    RETURN v;
+EXCEPTION WHEN OTHERS THEN
+    PERFORM pg_catalog.set_config('role', 'none', true);
+    RAISE;
+END
+$$;
+
+CREATE ROLE t6_pay LOGIN;
+CREATE ROLE t6_risk LOGIN;
+CREATE ROLE t6_other LOGIN;
+CREATE ROLE t6_plain LOGIN;
+CREATE ROLE t6_admin LOGIN IN ROLE fintx_admin;
+CREATE ROLE t6_auditor LOGIN IN ROLE fintx_auditor;
+
+SELECT fintx.open_account('pay:ops', 'EUR', true);
+SELECT fintx.open_account('pay:cust:1', 'EUR');
+SELECT fintx.open_account('pay:cust:2', 'EUR');
+SELECT fintx.open_account('pay:usd', 'USD', true);
+SELECT fintx.open_account('pay:usd2', 'USD');
+SELECT fintx.open_account('risk:pool', 'EUR', true);
+SELECT fintx.open_account('lit_1', 'EUR', true);
+SELECT fintx.open_account('litX1', 'EUR', true);
+
+-- ===========================================================================
+-- 1. register_service
+-- ===========================================================================
+SELECT lives_ok($$SELECT fintx.register_service('payments', 't6_pay')$$, 'register a service without a key');
+SELECT is(pg_has_role('t6_pay', 'fintx_service', 'MEMBER'), true, 'registration grants fintx_service to the role');
+SELECT lives_ok($$SELECT fintx.register_service('risk', 't6_risk', 'Gb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=')$$,
+                'register a service with a base64 raw Ed25519 key');
+SELECT throws_ok($$SELECT fintx.register_service('other', 't6_other', 'MCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=')$$,
+                 '22023', 'invalid public key', 'base64 of a DER key (not 32 bytes) is refused');
+SELECT throws_ok($$SELECT fintx.register_service('other', 't6_other', 'not a key')$$, '22023', 'invalid public key',
+                 'a malformed key is refused');
+SELECT throws_ok($$SELECT fintx.register_service('other', 't6_other', 'AAAA')$$, '22023', 'invalid public key',
+                 'a key of the wrong length is refused');
+SELECT throws_ok($$SELECT fintx.register_service('other', 't6_other', '-----BEGIN PUBLIC KEY-----
+MCowBQYDK2VuAyEAhSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=
+-----END PUBLIC KEY-----')$$, '22023', 'invalid public key', 'a PEM key that is not Ed25519 (X25519) is refused');
+SELECT lives_ok($$SELECT fintx.register_service('other', 't6_other', '-----BEGIN PUBLIC KEY-----
+MCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=
+-----END PUBLIC KEY-----')$$, 'a PEM Ed25519 key is accepted');
+SELECT is((SELECT encode(public_key, 'base64') FROM fintx.services WHERE name = 'other'),
+          'Gb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=', 'the raw 32-byte key is stored');
+SELECT throws_ok($$SELECT fintx.register_service('payments', 't6_plain')$$, '23505', NULL, 'a service name is unique');
+SELECT throws_ok($$SELECT fintx.register_service('payments2', 't6_pay')$$, '23505', NULL, 'a role is one service');
+SELECT throws_ok($$SELECT fintx.register_service(NULL, 't6_plain')$$, '22023', 'name must not be null', 'NULL name');
+SELECT throws_ok($$SELECT fintx.register_service('x', NULL)$$, '22023', 'role must not be null', 'NULL role');
+SELECT throws_ok($$SELECT fintx.register_service('bad name', 't6_plain')$$, '22023', 'invalid service name', 'space in name');
+SELECT throws_ok($$SELECT fintx.register_service(repeat('a', 65), 't6_plain')$$, '22023', 'invalid service name', 'name too long');
+SELECT throws_ok($$SELECT fintx.register_service('x''; DROP TABLE fintx.accounts; --', 't6_plain')$$, '22023',
+                 'invalid service name', 'hostile name refused');
+SELECT throws_ok($$SELECT fintx.register_service('su', 'postgres')$$, '22023', NULL, 'a superuser is not a service');
+SELECT throws_ok($$SELECT fintx.register_service('grp', 'fintx_admin')$$, '22023', NULL, 'fintx roles are not services');
+SELECT throws_ok($$SELECT fintx.register_service('pgr', 'pg_monitor')$$, '22023', NULL, 'predefined roles are not services');
+SELECT throws_ok($$SELECT pg_temp.run_as('t6_pay', 'SELECT fintx.register_service(''me2'', ''t6_plain'')')$$,
+                 '42501', NULL, 'a service cannot register services');
+CREATE ROLE t6_adm_svc LOGIN;
+SELECT lives_ok($$SELECT pg_temp.run_as('t6_admin', 'SELECT fintx.register_service(''adm-made'', ''t6_adm_svc'')')$$,
+                'a fintx_admin member registers services');
+
+-- ===========================================================================
+-- 2. grant_permission / revoke_permission inputs
+-- ===========================================================================
+SELECT throws_ok($$SELECT fintx.grant_permission('nobody', 'transfer', '%')$$, '22023', 'service "nobody" does not exist', 'unknown service');
+SELECT throws_ok($$SELECT fintx.grant_permission('payments', 'steal', '%')$$, '22023', 'unknown operation "steal"', 'unknown operation');
+SELECT throws_ok($$SELECT fintx.grant_permission('payments', 'transfer', '')$$, '22023', 'invalid account pattern', 'empty pattern');
+SELECT throws_ok($$SELECT fintx.grant_permission('payments', 'transfer', 'a b')$$, '22023', 'invalid account pattern', 'space in pattern');
+SELECT throws_ok($$SELECT fintx.grant_permission('payments', 'transfer', 'pay\')$$, '22023', 'invalid account pattern', 'trailing escape');
+SELECT throws_ok($$SELECT fintx.grant_permission('payments', 'transfer', repeat('%', 129))$$, '22023', 'invalid account pattern', 'pattern too long');
+SELECT throws_ok($$SELECT fintx.grant_permission('payments', 'transfer', 'pay:%', 0)$$, '22003', 'max_amount must be greater than zero', 'zero max_amount');
+SELECT throws_ok($$SELECT fintx.grant_permission('payments', 'transfer', 'pay:%', NULL, -5)$$, '22003', 'daily_limit must be greater than zero', 'negative daily limit');
+SELECT throws_ok($$SELECT fintx.grant_permission('payments', 'transfer', 'pay:%', NULL, NULL, NULL, -1)$$, '22003', 'approval_above must be greater than zero', 'negative approval threshold');
+SELECT throws_ok($$SELECT fintx.grant_permission('payments', 'transfer', 'pay:%', NULL, NULL, 'XXX')$$, '22023', 'unknown currency "XXX"', 'unknown currency');
+SELECT throws_ok($$SELECT fintx.grant_permission(NULL, 'transfer', 'pay:%')$$, '22023', 'service must not be null', 'NULL service');
+SELECT throws_ok($$SELECT fintx.grant_permission('payments', NULL, 'pay:%')$$, '22023', 'operation must not be null', 'NULL operation');
+SELECT throws_ok($$SELECT fintx.grant_permission('payments', 'transfer', NULL)$$, '22023', 'account_pattern must not be null', 'NULL pattern');
+SELECT throws_ok($$SELECT pg_temp.run_as('t6_pay', 'SELECT fintx.grant_permission(''payments'', ''transfer'', ''%'')')$$,
+                 '42501', NULL, 'a service cannot grant itself permissions');
+SELECT throws_ok($$SELECT pg_temp.run_as('t6_plain', 'SELECT fintx.grant_permission(''payments'', ''transfer'', ''%'')')$$,
+                 '42501', NULL, 'an unregistered role cannot grant');
+SELECT lives_ok($$SELECT pg_temp.run_as('t6_admin', 'SELECT fintx.grant_permission(''payments'', ''account.open'', ''pay:%'')')$$,
+                'a fintx_admin member grants permissions');
+
+SELECT fintx.grant_permission('payments', 'transfer', 'pay:%', 1000, 2500);
+SELECT fintx.grant_permission('payments', 'transfer', 'pay:ops', 5000, NULL, 'EUR', 3000);
+SELECT fintx.grant_permission('payments', 'transfer', 'pay:usd%', 100, NULL, 'USD');
+SELECT fintx.grant_permission('payments', 'hold.resolve', 'pay:%');
+SELECT fintx.grant_permission('payments', 'account.close', 'pay:cust:%');
+SELECT fintx.grant_permission('payments', 'transfer', 'lit\_1');
+SELECT fintx.grant_permission('risk', 'transfer.approve', 'pay:%', 4000);
+SELECT fintx.grant_permission('risk', 'audit.read', '%');
+SELECT fintx.grant_permission('other', 'transfer.approve', 'risk:%');
+
+SELECT is((SELECT count(*)::int FROM fintx.permissions WHERE service = 'payments'), 7, 'grants are stored');
+SELECT lives_ok($$SELECT fintx.grant_permission('payments', 'transfer', 'pay:%', 1000, 2500)$$, 'granting again replaces');
+SELECT is((SELECT count(*)::int FROM fintx.permissions WHERE service = 'payments'), 7, 'a re-grant does not duplicate');
+SELECT is((SELECT count(*)::int FROM fintx.audit_log WHERE action = 'permission.granted'), 11,
+          'every grant enters the audit log');
+SELECT is((SELECT count(*)::int FROM fintx.audit_log WHERE action = 'service.registered'), 4,
+          'every registration enters the audit log');
+
+-- ===========================================================================
+-- 3. scope: the debited account decides; least privilege by default
+-- ===========================================================================
+SELECT fintx.transfer('seed-1', 'pay:ops', 'pay:cust:1', 100);  -- admin seeds
+SELECT is(pg_temp.run_as('t6_pay', $q$SELECT status FROM fintx.transfer('p-1', 'pay:ops', 'pay:cust:2', 10)$q$),
+          'posted', 'a service moves money from an account its grant covers');
+SELECT throws_ok($$SELECT pg_temp.run_as('t6_pay', 'SELECT status FROM fintx.transfer(''p-2'', ''risk:pool'', ''pay:cust:1'', 10)')$$,
+                 '42501', 'permission denied for transfer on "risk:pool"', 'debiting another service''s account is refused');
+SELECT throws_ok($$SELECT pg_temp.run_as('t6_pay', 'SELECT status FROM fintx.transfer(''p-3'', ''nosuch'', ''pay:cust:1'', 10)')$$,
+                 '42501', NULL, 'an account outside the grants is refused whether or not it exists');
+SELECT throws_ok($$SELECT pg_temp.run_as('t6_pay', 'SELECT status FROM fintx.transfer(''p-3b'', ''pay:nosuch'', ''pay:cust:1'', 10)')$$,
+                 '22023', 'account "pay:nosuch" does not exist', 'inside its grants a service learns an account is missing');
+SELECT throws_ok($$SELECT pg_temp.run_as('t6_plain', 'SELECT status FROM fintx.transfer(''p-4'', ''pay:ops'', ''pay:cust:1'', 10)')$$,
+                 '42501', NULL, 'a role that is not a service cannot move money');
+GRANT fintx_service TO t6_plain;
+SELECT throws_ok($$SELECT pg_temp.run_as('t6_plain', 'SELECT status FROM fintx.transfer(''p-5'', ''pay:ops'', ''pay:cust:1'', 10)')$$,
+                 '42501', 'permission denied for transfer on "pay:ops"', 'membership in fintx_service without registration is refused');
+REVOKE fintx_service FROM t6_plain;
+SELECT is(pg_temp.run_as('t6_pay', $q$SELECT status FROM fintx.transfer('p-6', 'lit_1', 'pay:cust:1', 1)$q$),
+          'posted', 'an escaped % matches a literal %');
+SELECT throws_ok($$SELECT pg_temp.run_as('t6_pay', 'SELECT status FROM fintx.transfer(''p-7'', ''litX1'', ''pay:cust:1'', 1)')$$,
+                 '42501', NULL, 'an escaped % is not a wildcard');
+SELECT throws_ok($$SELECT pg_temp.run_as('t6_risk', 'SELECT status FROM fintx.transfer(''r-1'', ''pay:ops'', ''pay:cust:1'', 1)')$$,
+                 '42501', NULL, 'transfer.approve does not allow transfer');
+SELECT throws_ok($$SELECT pg_temp.run_as('t6_pay', 'SELECT fintx.open_account(''risk:new'', ''EUR'')')$$,
+                 '42501', 'permission denied for account.open on "risk:new"', 'account.open is scoped by pattern');
+SELECT is(pg_temp.run_as('t6_pay', $q$SELECT fintx.open_account('pay:new', 'EUR') > 0$q$)::boolean, true,
+          'account.open within the pattern');
+SELECT lives_ok($$SELECT pg_temp.run_as('t6_pay', 'SELECT fintx.transfer(''p-8'', ''pay:ops'', ''pay:new'', 5)')$$, 'fund pay:new');
+SELECT throws_ok($$SELECT pg_temp.run_as('t6_pay', 'SELECT fintx.close_account(''pay:new'')')$$,
+                 '42501', 'permission denied for account.close on "pay:new"', 'account.close needs its own grant');
+SELECT throws_ok($$SELECT pg_temp.run_as('t6_pay', 'SELECT fintx.close_account(''pay:cust:9'')')$$,
+                 '22023', 'account "pay:cust:9" does not exist', 'close within the grant reaches the ledger checks');
+
+-- ===========================================================================
+-- 4. limits: per transfer, per currency, per day (also split into small transfers)
+-- ===========================================================================
+SELECT throws_ok($$SELECT pg_temp.run_as('t6_pay', 'SELECT status FROM fintx.transfer(''l-1'', ''pay:cust:1'', ''pay:cust:2'', 1001)')$$,
+                 '42501', NULL, 'amount above max_amount is refused');
+SELECT is(pg_temp.run_as('t6_pay', $q$SELECT status FROM fintx.transfer('l-2', 'pay:ops', 'pay:cust:1', 2500)$q$),
+          'posted', 'the more specific EUR grant on pay:ops (max 5000) decides for pay:ops');
+SELECT throws_ok($$SELECT pg_temp.run_as('t6_pay', 'SELECT status FROM fintx.transfer(''l-3'', ''pay:usd'', ''pay:usd2'', 101)')$$,
+                 '42501', NULL, 'the USD grant limits USD transfers to 100');
+SELECT is(pg_temp.run_as('t6_pay', $q$SELECT status FROM fintx.transfer('l-4', 'pay:usd', 'pay:usd2', 100)$q$),
+          'posted', 'a USD transfer within its limit');
+-- daily limit 2500 on pay:% (EUR): pay:cust:1 holds 2601 now; split into small transfers
+SELECT is(pg_temp.run_as('t6_pay', $q$SELECT string_agg(status, ',') FROM generate_series(1, 5) g,
+          LATERAL fintx.transfer('d-' || g, 'pay:cust:1', 'pay:cust:2', 500) $q$),
+          'posted,posted,posted,posted,posted', 'five transfers of 500 use the daily limit of 2500');
+SELECT throws_ok($$SELECT pg_temp.run_as('t6_pay', 'SELECT status FROM fintx.transfer(''d-6'', ''pay:cust:1'', ''pay:cust:2'', 1)')$$,
+                 '42501', NULL, 'the sixth small transfer is over the daily limit');
+SELECT is((SELECT used FROM fintx.limit_usage WHERE service = 'payments' AND account_pattern = 'pay:%' AND currency = 'EUR'),
+          2500::bigint, 'the day''s usage is exactly the limit');
+SELECT is(pg_temp.run_as('t6_pay', $q$SELECT replayed::text FROM fintx.transfer('d-1', 'pay:cust:1', 'pay:cust:2', 500)$q$),
+          'true', 'a replay is not counted again and not refused');
+SELECT throws_ok($$SELECT pg_temp.run_as('t6_pay', 'SELECT count(*) FROM fintx.transfer_batch(''[{"idempotency_key":"b-1","from_account":"pay:cust:1","to_account":"pay:cust:2","amount":1}]'')')$$,
+                 '42501', NULL, 'a batch is held to the same daily limit');
+SELECT is((SELECT count(*)::int FROM fintx.transfers WHERE principal = 't6_pay' AND amount = 1 AND from_account = (SELECT id FROM fintx.accounts WHERE code = 'pay:cust:1')),
+          0, 'nothing of a refused batch was applied');
+
+-- ===========================================================================
+-- 5. holds: hold.resolve is scoped by the debited account
+-- ===========================================================================
+SELECT is(pg_temp.run_as('t6_pay', $q$SELECT status FROM fintx.transfer('h-1', 'pay:ops', 'pay:cust:1', 7, pending => true)$q$),
+          'pending', 'a service places a hold');
+SELECT is(pg_temp.run_as('t6_pay', format('SELECT status FROM fintx.post_pending(%L, %s)', 'h-2',
+          (SELECT transfer_id FROM fintx.idempotency_keys WHERE idempotency_key = 'h-1'))), 'posted', 'and posts it');
+SELECT fintx.transfer('h-3', 'risk:pool', 'pay:cust:1', 3, pending => true);
+SELECT throws_ok(format($$SELECT pg_temp.run_as('t6_pay', 'SELECT status FROM fintx.void_pending(''h-4'', %s)')$$,
+                 (SELECT transfer_id FROM fintx.idempotency_keys WHERE idempotency_key = 'h-3')),
+                 '42501', 'permission denied for hold.resolve on "risk:pool"', 'a service cannot void another service''s hold');
+
+-- ===========================================================================
+-- 6. maker-checker
+-- ===========================================================================
+SELECT is(pg_temp.run_as('t6_pay', $q$SELECT status || ':' || from_balance FROM fintx.transfer('m-1', 'pay:ops', 'pay:cust:2', 3500, '{"why": "big"}')$q$),
+          'awaiting_approval:' || (SELECT posted FROM fintx.account_balances WHERE code = 'pay:ops'),
+          'above approval_above the transfer awaits approval and moves no money');
+SELECT is((SELECT count(*)::int FROM fintx.pending_approvals), 1, 'it is listed in pending_approvals');
+SELECT is(pg_temp.run_as('t6_pay', $q$SELECT status || ':' || replayed FROM fintx.transfer('m-1', 'pay:ops', 'pay:cust:2', 3500, '{"why": "big"}')$q$),
+          'awaiting_approval:true', 'a retry gets the original answer');
+SELECT throws_ok($$SELECT pg_temp.run_as('t6_pay', format('SELECT status FROM fintx.approve_transfer(%s)', (SELECT transfer_id FROM fintx.pending_approvals)))$$,
+                 '42501', NULL, 'the maker cannot approve its own transfer');
+SELECT throws_ok($$SELECT pg_temp.run_as('t6_other', format('SELECT status FROM fintx.approve_transfer(%s)', (SELECT transfer_id FROM fintx.pending_approvals)))$$,
+                 '42501', NULL, 'a checker without transfer.approve on the account cannot approve');
+SELECT is(pg_temp.run_as('t6_risk', format('SELECT status FROM fintx.approve_transfer(%s)', (SELECT transfer_id FROM fintx.pending_approvals))),
+          'posted', 'a different service holding transfer.approve approves: the money moves');
+SELECT is((SELECT status || ':' || decided_by_service FROM fintx.approvals WHERE maker_service = 'payments' AND amount = 3500),
+          'approved:risk', 'the decision is recorded');
+SELECT is(pg_temp.run_as('t6_risk', format('SELECT replayed::text FROM fintx.approve_transfer(%s)',
+          (SELECT transfer_id FROM fintx.approvals WHERE amount = 3500))), 'true', 'the approver''s retry replays');
+SELECT throws_ok($$SELECT pg_temp.run_as('t6_risk', format('SELECT status FROM fintx.reject_transfer(%s)', (SELECT transfer_id FROM fintx.approvals WHERE amount = 3500)))$$,
+                 '55000', NULL, 'an approved transfer cannot be rejected');
+SELECT is(pg_temp.run_as('t6_pay', $q$SELECT status FROM fintx.transfer('m-2', 'pay:ops', 'pay:cust:2', 3100)$q$),
+          'awaiting_approval', 'another transfer awaits approval');
+SELECT is(pg_temp.run_as('t6_risk', format('SELECT status FROM fintx.reject_transfer(%s, %L)',
+          (SELECT transfer_id FROM fintx.pending_approvals), 'no invoice')), 'rejected', 'the checker rejects it');
+SELECT throws_ok($$SELECT pg_temp.run_as('t6_risk', format('SELECT status FROM fintx.approve_transfer(%s)', (SELECT transfer_id FROM fintx.approvals WHERE amount = 3100)))$$,
+                 '55000', NULL, 'a rejected transfer cannot be approved');
+SELECT throws_ok($$SELECT fintx.approve_transfer(-1)$$, '22023', NULL, 'approving an unknown transfer');
+SELECT throws_ok($$SELECT fintx.approve_transfer(NULL)$$, '22023', 'transfer_id must not be null', 'NULL transfer id');
+SELECT throws_ok($$SELECT fintx.reject_transfer(1, repeat('x', 1001))$$, '22023', 'reason is too long', 'reason too long');
+SELECT throws_ok($$SELECT pg_temp.run_as('t6_pay', 'SELECT count(*) FROM fintx.transfer_batch(''[{"idempotency_key":"mb-1","from_account":"pay:ops","to_account":"pay:cust:2","amount":3200},{"idempotency_key":"mb-2","from_account":"pay:ops","to_account":"pay:cust:2","amount":1}]'')')$$,
+                 '42501', NULL, 'a batch cannot carry a transfer that needs approval');
+SELECT is((SELECT count(*)::int FROM fintx.reconcile()), 0, 'the ledger reconciles with awaiting and approved transfers');
+
+-- ===========================================================================
+-- 7. row security and the auditor
+-- ===========================================================================
+SELECT is(pg_temp.run_as('t6_pay', $q$SELECT string_agg(code, ',' ORDER BY code) FROM fintx.account_balances$q$),
+          'lit_1,pay:cust:1,pay:cust:2,pay:new,pay:ops,pay:usd,pay:usd2', 'a service sees only the accounts its grants cover');
+SELECT is(pg_temp.run_as('t6_other', $q$SELECT count(*)::text FROM fintx.transfer_history WHERE from_account LIKE 'pay:%' AND to_account LIKE 'pay:%'$q$),
+          '0', 'another service sees none of those transfers');
+SELECT is(pg_temp.run_as('t6_other', $q$SELECT count(*)::text FROM fintx.transfers$q$),
+          (SELECT count(*)::text FROM fintx.transfers t JOIN fintx.accounts a ON a.id IN (t.from_account, t.to_account) WHERE a.code LIKE 'risk:%'),
+          'reading the table directly gives the same rows as its grants');
+SELECT is(pg_temp.run_as('t6_auditor', $q$SELECT (count(*) > 0)::text FROM fintx.access_log$q$), 'true', 'the auditor reads the access log');
+SELECT is(pg_temp.run_as('t6_auditor', $q$SELECT count(*)::text FROM fintx.account_balances$q$),
+          (SELECT count(*)::text FROM fintx.accounts), 'the auditor reads every balance');
+SELECT throws_ok($$SELECT pg_temp.run_as('t6_auditor', 'SELECT status FROM fintx.transfer(''a-1'', ''pay:ops'', ''pay:cust:1'', 1)')$$,
+                 '42501', NULL, 'the auditor cannot move money');
+SELECT throws_ok($$SELECT pg_temp.run_as('t6_pay', 'SELECT count(*) FROM fintx.access_log')$$,
+                 '42501', NULL, 'a service cannot read the access log');
+SELECT throws_ok($$SELECT pg_temp.run_as('t6_pay', 'INSERT INTO fintx.access_log_entries (at, role, session_user_name, operation, allowed, reason, backend_pid, recorded_by) VALUES (now(), ''x'', ''x'', ''x'', true, ''x'', 1, ''x'')')$$,
+                 '42501', NULL, 'a service cannot forge access-log rows');
+SELECT throws_ok($$DELETE FROM fintx.access_log_entries$$, '42501', NULL, 'access-log rows cannot be deleted, even by a superuser');
+SELECT throws_ok($$SELECT pg_temp.run_as('t6_pay', 'SELECT fintx.verify_audit()')$$, '42501', NULL,
+                 'audit.read is needed for audit functions');
+SELECT is(pg_temp.run_as('t6_risk', $q$SELECT (fintx.tree_size() >= 0)::text$q$), 'true', 'a service with audit.read may read the audit log');
+
+-- ===========================================================================
+-- 8. the access log holds every allowed decision, with the PCI DSS fields
+-- ===========================================================================
+SELECT is((SELECT count(*)::int FROM fintx.access_log WHERE service = 'payments' AND allowed AND operation = 'transfer' AND object = 'pay:ops' AND amount = 10),
+          1, 'an allowed transfer has its access-log row');
+SELECT is((SELECT rule FROM fintx.access_log WHERE service = 'payments' AND allowed AND amount = 2500 AND object = 'pay:ops'),
+          'grant transfer on ''pay:ops'' in EUR max_amount=5000 approval_above=3000', 'the deciding rule is named');
+SELECT is((SELECT reason FROM fintx.access_log WHERE service = 'payments' AND amount = 3500 AND object = 'pay:ops' AND operation = 'transfer'),
+          'allowed, awaiting approval', 'a transfer sent for approval is logged as such');
+SELECT is((SELECT count(*)::int FROM fintx.access_log WHERE role = 'postgres' AND reason = 'administrator' AND rule = 'superuser'),
+          (SELECT count(*)::int FROM fintx.access_log WHERE role = 'postgres'), 'superuser decisions are logged as administrator');
+SELECT is((SELECT count(*)::int FROM fintx.access_log WHERE at IS NULL OR role IS NULL OR operation IS NULL OR reason IS NULL OR application_name IS NULL),
+          0, 'every row has time, role, operation, reason and application_name');
+
+-- ===========================================================================
+-- 9. revoke, fail closed
+-- ===========================================================================
+SELECT is(fintx.revoke_permission('payments', 'transfer', 'lit\_1'), 1, 'revoke returns how many grants it removed');
+SELECT throws_ok($$SELECT pg_temp.run_as('t6_pay', 'SELECT status FROM fintx.transfer(''v-1'', ''lit_1'', ''pay:cust:1'', 1)')$$,
+                 '42501', NULL, 'after revoke the transfer is refused in the same transaction');
+SELECT is(fintx.revoke_permission('payments', 'transfer', 'lit\_1'), 0, 'revoking again removes nothing');
+SELECT throws_ok($$SELECT fintx.revoke_permission('payments', 'nope', '%')$$, '22023', NULL, 'revoke with an unknown operation');
+SELECT throws_ok($$SELECT pg_temp.run_as('t6_pay', 'SELECT fintx.revoke_permission(''risk'', ''transfer.approve'', ''pay:%'')')$$,
+                 '42501', NULL, 'a service cannot revoke another''s grants');
+ALTER TABLE fintx.permissions RENAME TO permissions_gone;
+SELECT throws_ok($$SELECT pg_temp.run_as('t6_risk', 'SELECT status FROM fintx.transfer(''fc-1'', ''pay:ops'', ''pay:cust:1'', 1)')$$,
+                 '42P01', NULL, 'if the grants cannot be read the call fails (fails closed)');
+ALTER TABLE fintx.permissions_gone RENAME TO permissions;
+
+-- ===========================================================================
+-- 10. signed requests: inputs (signatures themselves: test/t/013_signed_requests.pl)
+-- ===========================================================================
+SELECT throws_ok($$SELECT fintx.transfer_signed(NULL, '\x00')$$, '22023', 'request must not be null', 'NULL request');
+SELECT throws_ok($$SELECT fintx.transfer_signed('{}', NULL)$$, '22023', 'signature must not be null', 'NULL signature');
+SELECT throws_ok($$SELECT fintx.transfer_signed('{}', '\x0011')$$, '22023', 'signature must be 64 bytes (Ed25519)', 'short signature');
+SELECT throws_ok($$SELECT fintx.transfer_signed('[]', decode(repeat('00', 64), 'hex'))$$, '22023', 'request must be a JSON object', 'array to transfer_signed');
+SELECT throws_ok($$SELECT fintx.transfer_signed('{"idempotency_key":"s","from_account":"pay:ops","to_account":"pay:cust:1","amount":1}', decode(repeat('00', 64), 'hex'))$$,
+                 '42501', NULL, 'a superuser is not a service and cannot sign');
+SELECT throws_ok($$SELECT pg_temp.run_as('t6_pay', $s$SELECT status FROM fintx.transfer_signed('{"idempotency_key":"s","from_account":"pay:ops","to_account":"pay:cust:1","amount":1}', decode(repeat('00', 64), 'hex'))$s$)$$,
+                 '42501', NULL, 'a service without a key cannot sign');
+SELECT throws_ok($$SELECT pg_temp.run_as('t6_risk', $s$SELECT status FROM fintx.transfer_signed('{"idempotency_key":"s","from_account":"pay:ops","to_account":"pay:cust:1","amount":1}', decode(repeat('00', 64), 'hex'))$s$)$$,
+                 '42501', NULL, 'a forged (zero) signature is refused');
+SELECT throws_ok($$SELECT count(*) FROM fintx.transfer_batch_signed('[]', decode(repeat('00', 64), 'hex'))$$, '22023', NULL, 'an empty signed batch');
+SELECT is(length(fintx.signing_message('payments', '{"idempotency_key":"k","from_account":"a","to_account":"b","amount":1}')) > 23, true,
+          'signing_message returns the bytes to sign');
+SELECT is(fintx.signing_message('payments', '{"idempotency_key":"k","from_account":"a","to_account":"b","amount":1}'),
+          fintx.signing_message('payments', '{"amount":1,"to_account":"b","from_account":"a","idempotency_key":"k"}'),
+          'the message does not depend on field order');
+SELECT isnt(fintx.signing_message('payments', '{"idempotency_key":"k","from_account":"a","to_account":"b","amount":1}'),
+            fintx.signing_message('risk', '{"idempotency_key":"k","from_account":"a","to_account":"b","amount":1}'),
+            'the message names the service');
+SELECT isnt(fintx.signing_message('payments', '{"idempotency_key":"k","from_account":"a","to_account":"b","amount":1}'),
+            fintx.signing_message('payments', '[{"idempotency_key":"k","from_account":"a","to_account":"b","amount":1}]'),
+            'a single request and a batch of one are different messages');
+
+SELECT * FROM finish();
+ROLLBACK;

@@ -1,0 +1,257 @@
+# Copyright fintx contributors
+#
+# 012_attack_matrix.pl — the authorization attack matrix, run as real login
+# roles over their own connections (issue: service authorization).
+#
+# Two services (pay, risk) and an auditor are registered. Each attack is run
+# by the attacking role in its own session (application_name = the attack's
+# name); it must be refused with the documented SQLSTATE, change nothing, and
+# afterwards be visible to the auditor in fintx.access_log as a denial, with
+# the attacking role, the operation and the application name. Also: parallel
+# sessions racing against one daily limit never exceed it; signed requests
+# (Ed25519 keys made with the openssl CLI) are accepted when genuine and
+# refused when forged, signed by another service's key, replayed after a key
+# rotation or reused for a different request. A summary table of the matrix is
+# printed with diag().
+
+use strict;
+use warnings;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use FintxTest;
+
+my $node = fintx_node('attacks', "fintx.expire_interval = '1h'");
+my $tmp = $PostgreSQL::Test::Utils::tmp_check;
+
+# keys for the two services, and a key nobody registered
+for my $k (qw(pay risk rogue newpay))
+{
+	system('openssl', 'genpkey', '-algorithm', 'ed25519', '-out', "$tmp/$k.pem") == 0
+	  or die "openssl genpkey failed";
+	system("openssl pkey -in $tmp/$k.pem -pubout -out $tmp/$k.pub") == 0
+	  or die "openssl pkey failed";
+}
+my %pub = map { $_ => slurp_file("$tmp/$_.pub") } qw(pay risk rogue newpay);
+
+$node->safe_psql('postgres', qq{
+	CREATE ROLE pay LOGIN;
+	CREATE ROLE risk LOGIN;
+	CREATE ROLE mallory LOGIN;
+	CREATE ROLE audit LOGIN IN ROLE fintx_auditor;
+	SELECT fintx.open_account('pay:ops', 'EUR', true);
+	SELECT fintx.open_account('pay:cust', 'EUR');
+	SELECT fintx.open_account('risk:pool', 'EUR', true);
+	SELECT fintx.open_account('risk:res', 'EUR');
+	SELECT fintx.register_service('pay', 'pay', '$pub{pay}');
+	SELECT fintx.register_service('risk', 'risk', '$pub{risk}');
+	SELECT fintx.grant_permission('pay', 'transfer', 'pay:%', 1000, 5000, 'EUR', 800);
+	SELECT fintx.grant_permission('pay', 'transfer.approve', 'pay:%');
+	SELECT fintx.grant_permission('risk', 'transfer', 'risk:%', NULL, 2000);
+	SELECT fintx.grant_permission('risk', 'transfer.approve', 'pay:%');
+	SELECT fintx.transfer('seed', 'risk:pool', 'risk:res', 10);
+});
+
+# Runs $sql as $role (a login role) with application_name $app; returns (sqlstate or '', stdout).
+sub run_as
+{
+	my ($role, $app, $sql) = @_;
+	local $ENV{PGAPPNAME} = $app;
+	my ($rc, $out, $err) = $node->psql('postgres', $sql,
+		extra_params => [ '-U', $role, '-v', 'VERBOSITY=sqlstate', '-v', 'ON_ERROR_STOP=1' ]);
+	return (first_sqlstate($err) // ($rc == 0 ? '' : "rc=$rc"), $out);
+}
+
+# The ledger as a string, to show an attack changed nothing.
+sub ledger
+{
+	return $node->safe_psql('postgres',
+		q{SELECT string_agg(code || '=' || debits_posted || '/' || credits_posted || '/' || debits_pending
+		                    || '/' || credits_pending, ',' ORDER BY code) || ' t=' || (SELECT count(*) FROM fintx.transfers)
+		    FROM fintx.accounts});
+}
+
+# Denials the auditor sees for an application name. Denials that PostgreSQL
+# itself raised are queued without waiting: give the worker up to 10 s.
+sub denials_seen
+{
+	my ($app) = @_;
+	my $out = 0;
+	for (1 .. 500)
+	{
+		(undef, $out) = $node->psql('postgres',
+			"SELECT count(*) FROM fintx.access_log WHERE NOT allowed AND application_name = '$app'",
+			extra_params => [ '-U', 'audit' ]);
+		last if $out > 0;
+		select(undef, undef, undef, 0.02);
+	}
+	return $out;
+}
+
+my @matrix;
+
+sub attack
+{
+	my (%a) = @_;
+	my $before = ledger();
+	my ($state) = run_as($a{role}, $a{name}, $a{sql});
+	my $after = ledger();
+	my $seen = denials_seen($a{name});
+	my $logged = $a{logged} // 1;
+	is($state, $a{expect}, "$a{name}: refused with $a{expect}");
+	is($after, $before, "$a{name}: the ledger is unchanged");
+	ok($seen >= 1, "$a{name}: the auditor sees the denial in fintx.access_log") if $logged;
+	push @matrix, sprintf('%-38s %-8s %-6s %s', $a{name}, $a{role}, $state, $logged ? "logged=$seen" : 'n/a');
+}
+
+attack(name => 'debit-other-service-account', role => 'pay', expect => '42501',
+	sql => q{SELECT * FROM fintx.transfer('a1', 'risk:pool', 'pay:cust', 5)});
+attack(name => 'exceed-per-transfer-limit', role => 'pay', expect => '42501',
+	sql => q{SELECT * FROM fintx.transfer('a2', 'pay:ops', 'pay:cust', 1001)});
+attack(name => 'exceed-daily-by-splitting', role => 'risk', expect => '42501',
+	sql => q{SELECT count(*) FROM generate_series(1, 21) g, LATERAL fintx.transfer('split-' || g, 'risk:pool', 'risk:res', 100)});
+attack(name => 'write-accounts-directly', role => 'pay', expect => '42501',
+	sql => q{UPDATE fintx.accounts SET credits_posted = credits_posted + 1000000 WHERE code = 'pay:cust'});
+attack(name => 'insert-transfer-directly', role => 'pay', expect => '42501',
+	sql => q{INSERT INTO fintx.transfers (id, status, from_account, to_account, amount, metadata, from_balance, to_balance, principal, created_at) VALUES (999999, 'posted', 1, 2, 5, '{}', 0, 0, 'pay', now())});
+attack(name => 'grant-self-permission', role => 'pay', expect => '42501',
+	sql => q{SELECT fintx.grant_permission('pay', 'transfer', '%')});
+attack(name => 'write-grant-table', role => 'pay', expect => '42501',
+	sql => q{INSERT INTO fintx.permissions (service, operation, account_pattern, granted_by) VALUES ('pay', 'transfer', '%', 'pay')});
+attack(name => 'erase-access-log', role => 'pay', expect => '42501',
+	sql => q{DELETE FROM fintx.access_log_entries});
+attack(name => 'read-access-log', role => 'pay', expect => '42501',
+	sql => q{SELECT count(*) FROM fintx.access_log});
+attack(name => 'set-role-not-held', role => 'pay', expect => '42501',
+	sql => q{SET ROLE risk; SELECT * FROM fintx.transfer('a3', 'risk:pool', 'pay:cust', 5)});
+attack(name => 'set-role-admin', role => 'mallory', expect => '42501',
+	sql => q{SET ROLE fintx_admin});
+attack(name => 'unregistered-role', role => 'mallory', expect => '42501',
+	sql => q{SELECT * FROM fintx.transfer('a4', 'pay:ops', 'pay:cust', 5)});
+attack(name => 'create-in-fintx-schema', role => 'pay', expect => '42501',
+	sql => q{CREATE FUNCTION fintx.now() RETURNS timestamptz LANGUAGE sql AS 'SELECT now()'});
+
+# hijack search_path: shadowing objects in the caller's schema change nothing
+$node->safe_psql('postgres', 'CREATE SCHEMA hijack AUTHORIZATION pay');
+my ($st, $out) = run_as('pay', 'hijack-search-path', q{
+	CREATE TABLE hijack.permissions (service text, operation text, account_pattern text);
+	INSERT INTO hijack.permissions VALUES ('pay', 'transfer', '%');
+	CREATE TABLE hijack.accounts (code text);
+	CREATE FUNCTION hijack.now() RETURNS timestamptz LANGUAGE sql AS $$ SELECT '2000-01-01'::timestamptz $$;
+	CREATE FUNCTION hijack.like_matches(text, text) RETURNS boolean LANGUAGE sql AS $$ SELECT true $$;
+	CREATE OPERATOR hijack.~~ (LEFTARG = text, RIGHTARG = text, FUNCTION = hijack.like_matches);
+	SET search_path = hijack, public;
+	SELECT * FROM fintx.transfer('a5', 'risk:pool', 'pay:cust', 5);
+});
+is($st, '42501', 'hijack-search-path: shadowing grants, tables, functions and LIKE changes nothing');
+push @matrix, sprintf('%-38s %-8s %-6s %s', 'hijack-search-path', 'pay', $st, 'logged=' . denials_seen('hijack-search-path'));
+ok(denials_seen('hijack-search-path') >= 1, 'hijack-search-path: the auditor sees the denial');
+
+# reading other services' rows: no error, no rows
+($st, $out) = run_as('pay', 'read-other-rows',
+	q{SELECT count(*) FROM fintx.account_balances WHERE code LIKE 'risk:%'});
+is("$st|$out", '|0', 'read-other-rows: another service\'s balances are invisible');
+($st, $out) = run_as('pay', 'read-other-rows2',
+	q{SELECT count(*) FROM fintx.transfers t JOIN fintx.accounts a ON a.id = t.from_account WHERE a.code LIKE 'risk:%'});
+is("$st|$out", '|0', 'read-other-rows: another service\'s transfers are invisible, also in the tables');
+push @matrix, sprintf('%-38s %-8s %-6s %s', 'read-other-services-rows', 'pay', 'rows=0', 'RLS');
+
+# maker-checker: approving one's own transfer
+($st, $out) = run_as('pay', 'maker', q{SELECT transfer_id || '|' || status FROM fintx.transfer('big-1', 'pay:ops', 'pay:cust', 900)});
+my ($big_id, $big_status) = split /\|/, $out;
+is("$st|$big_status", '|awaiting_approval', 'a transfer above the threshold awaits approval');
+attack(name => 'approve-own-transfer', role => 'pay', expect => '42501',
+	sql => "SELECT * FROM fintx.approve_transfer($big_id)");
+($st, $out) = run_as('risk', 'checker', "SELECT status FROM fintx.approve_transfer($big_id)");
+is("$st|$out", '|posted', 'a different service approves it');
+
+# signed requests
+sub sign_request
+{
+	my ($service, $key, $req) = @_;
+	my $hex = $node->safe_psql('postgres',
+		"SELECT encode(fintx.signing_message('$service', '$req'), 'hex')");
+	open my $fh, '>:raw', "$tmp/msg.bin" or die;
+	print $fh pack('H*', $hex);
+	close $fh;
+	system('openssl', 'pkeyutl', '-sign', '-inkey', "$tmp/$key.pem", '-rawin',
+		'-in', "$tmp/msg.bin", '-out', "$tmp/sig.bin") == 0
+	  or die 'openssl pkeyutl failed';
+	return unpack('H*', slurp_file("$tmp/sig.bin"));
+}
+my $req = '{"idempotency_key": "sig-1", "from_account": "pay:ops", "to_account": "pay:cust", "amount": 25}';
+my $sig = sign_request('pay', 'pay', $req);
+($st, $out) = run_as('pay', 'signed-ok', "SELECT status FROM fintx.transfer_signed('$req', '\\x$sig')");
+is("$st|$out", '|posted', 'a genuine signed request is applied');
+is($node->safe_psql('postgres',
+	"SELECT count(*) FROM fintx.signed_requests s JOIN fintx.transfers t ON t.id = ANY (s.transfer_ids) WHERE s.service = 'pay' AND s.signature = '\\x$sig'"),
+	'1', 'the signature is stored with the transfer');
+($st, $out) = run_as('pay', 'signed-retry', "SELECT status || '|' || replayed FROM fintx.transfer_signed('$req', '\\x$sig')");
+is("$st|$out", '|posted|t', 'a retried signed request replays');
+
+my $batch = '[{"idempotency_key": "sb-1", "from_account": "pay:ops", "to_account": "pay:cust", "amount": 3},'
+  . ' {"idempotency_key": "sb-2", "from_account": "pay:ops", "to_account": "pay:cust", "amount": 4}]';
+my $bsig = sign_request('pay', 'pay', $batch);
+($st, $out) = run_as('pay', 'signed-batch', "SELECT string_agg(status, ',') FROM fintx.transfer_batch_signed('$batch', '\\x$bsig')");
+is("$st|$out", '|posted,posted', 'a genuine signed batch is applied');
+
+my $req2 = '{"idempotency_key": "sig-2", "from_account": "pay:ops", "to_account": "pay:cust", "amount": 999}';
+attack(name => 'reuse-signature-other-request', role => 'pay', expect => '42501',
+	sql => "SELECT * FROM fintx.transfer_signed('$req2', '\\x$sig')");
+my $forged = '00' x 64;
+attack(name => 'forge-signature', role => 'pay', expect => '42501',
+	sql => "SELECT * FROM fintx.transfer_signed('$req2', '\\x$forged')");
+my $rogue = sign_request('pay', 'rogue', $req2);
+attack(name => 'sign-with-unregistered-key', role => 'pay', expect => '42501',
+	sql => "SELECT * FROM fintx.transfer_signed('$req2', '\\x$rogue')");
+my $riskkey = sign_request('pay', 'risk', $req2);
+attack(name => 'sign-with-other-service-key', role => 'pay', expect => '42501',
+	sql => "SELECT * FROM fintx.transfer_signed('$req2', '\\x$riskkey')");
+attack(name => 'replay-signed-request-as-other-service', role => 'risk', expect => '42501',
+	sql => "SELECT * FROM fintx.transfer_signed('$req2', '\\x" . sign_request('pay', 'pay', $req2) . "')");
+my $req3 = '{"idempotency_key": "sig-3", "from_account": "pay:ops", "to_account": "pay:cust", "amount": 7}';
+my $old = sign_request('pay', 'pay', $req3);
+$node->safe_psql('postgres', "SELECT fintx.set_service_key('pay', '$pub{newpay}')");
+attack(name => 'replay-signed-under-new-key', role => 'pay', expect => '42501',
+	sql => "SELECT * FROM fintx.transfer_signed('$req3', '\\x$old')");
+my $new = sign_request('pay', 'newpay', $req3);
+($st, $out) = run_as('pay', 'signed-new-key', "SELECT status FROM fintx.transfer_signed('$req3', '\\x$new')");
+is("$st|$out", '|posted', 'after rotation the new key signs');
+($st) = run_as('postgres', 'bad-key', "SELECT fintx.set_service_key('pay', 'AAAA')");
+is($st, '22023', 'a malformed key is refused with 22023');
+
+# parallel sessions racing against one daily limit (risk: 2000 a day, 2100 used above? no: split attack rolled back)
+my $used = $node->safe_psql('postgres',
+	q{SELECT coalesce(sum(used), 0) FROM fintx.limit_usage WHERE service = 'risk'});
+my @p;
+for my $i (1 .. 8)
+{
+	my $script = join('', map { "SELECT 'R', status FROM fintx.transfer('race-$i-$_', 'risk:pool', 'risk:res', 50);\n" } 1 .. 10);
+	local $ENV{PGUSER} = 'risk';
+	push @p, psql_start($node, "race$i", $script);
+}
+my ($ok, $denied) = (0, 0);
+for my $p (@p)
+{
+	my $r = psql_finish($p);
+	$ok += scalar @{ psql_result_rows($r->{out}, 'R') };
+	$denied += scalar grep { $_ eq '42501' } @{ all_sqlstates($r->{err}) };
+}
+my $posted = $node->safe_psql('postgres',
+	q{SELECT coalesce(sum(amount), 0) FROM fintx.transfers t JOIN fintx.idempotency_keys j ON j.transfer_id = t.id
+	   WHERE j.principal = 'risk' AND j.idempotency_key LIKE 'race-%'});
+is($ok + $denied, 80, 'race: every one of the 80 racing transfers was either applied or refused');
+is($posted + $used, 2000, "race: the racers used exactly the daily limit ($ok applied, $denied refused)");
+push @matrix, sprintf('%-38s %-8s %-6s %s', 'race-daily-limit (8 sessions x 10)', 'risk', '42501', "applied=$ok refused=$denied total=" . ($posted + $used) . "/2000");
+is(reconcile_rows($node), '', 'the ledger reconciles after the attacks');
+
+# every denial also entered the audit log
+is($node->safe_psql('postgres',
+	q{SELECT count(*) >= (SELECT count(*) FROM fintx.access_log_entries WHERE NOT allowed) FROM fintx.audit_log WHERE action = 'access.denied'}),
+	't', 'every denial has an access.denied audit entry');
+is($node->safe_psql('postgres', 'SELECT ok FROM fintx.verify_audit()'), 't', 'the audit log verifies');
+
+diag("attack matrix (attack, role, SQLSTATE, auditor view):\n" . join("\n", @matrix));
+$node->stop;
+done_testing();

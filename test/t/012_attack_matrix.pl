@@ -188,7 +188,7 @@ is($node->safe_psql('postgres',
 	"SELECT count(*) FROM fintx.signed_requests s JOIN fintx.transfers t ON t.id = ANY (s.transfer_ids) WHERE s.service = 'pay' AND s.signature = '\\x$sig'"),
 	'1', 'the signature is stored with the transfer');
 ($st, $out) = run_as('pay', 'signed-retry', "SELECT status || '|' || replayed FROM fintx.transfer_signed('$req', '\\x$sig')");
-is("$st|$out", '|posted|t', 'a retried signed request replays');
+is("$st|$out", '|posted|true', 'a retried signed request replays');
 
 my $batch = '[{"idempotency_key": "sb-1", "from_account": "pay:ops", "to_account": "pay:cust", "amount": 3},'
   . ' {"idempotency_key": "sb-2", "from_account": "pay:ops", "to_account": "pay:cust", "amount": 4}]';

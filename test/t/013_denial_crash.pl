@@ -44,8 +44,11 @@ sub burst_then_crash
 {
 	my ($app, $kill_after) = @_;
 	my $script = join('', map { "SELECT fintx.transfer('$app-$_', 'x:1', 'b:1', 1);\n" } 1 .. $N);
-	local $ENV{PGUSER} = 'burst';
-	my $p = psql_start($node, $app, $script);
+	my $p;
+	{
+		local $ENV{PGUSER} = 'burst';
+		$p = psql_start($node, $app, $script);
+	}
 	my $start = time;
 	if ($kill_after > 0)
 	{
@@ -80,11 +83,11 @@ cmp_ok($rows, '>=', $received, "crash mid-burst: every denial the client saw sur
 diag("denial_wait=1s, crash mid-burst: $received denials received by the client, $rows in the access log");
 
 $node->safe_psql('postgres', 'ALTER ROLE burst SET fintx.denial_wait = 0');
-($received, $rows) = burst_then_crash('nowait', 0);
-is($received, $N, "without the wait all $N denials still reach the client");
+($received, $rows) = burst_then_crash('nowait', 150);
+cmp_ok($received, '>=', 150, 'without the wait the burst runs until the crash');
 cmp_ok($rows, '<=', $N, 'without the wait no denial is written twice');
-diag("denial_wait=0, crash right after the burst: $received denials received, $rows survived, "
-	  . ($received - $rows) . ' lost');
+diag("denial_wait=0, crash mid-burst: $received denials received by the client, $rows in the access log, "
+	  . ($received > $rows ? $received - $rows : 0) . ' lost');
 
 # a clean (fast) shutdown flushes the queue; denials also enter the audit log
 my $script = join('', map { "SELECT fintx.transfer('clean-$_', 'x:1', 'b:1', 1);\n" } 1 .. 50);

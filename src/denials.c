@@ -89,7 +89,7 @@ static void
 DenialShmemRequest(void)
 {
 	if (prev_shmem_request_hook)
-		prev_shmem_request_hook();
+		prev_shmem_request_hook();	/* LCOV_EXCL_LINE: another module's hook */
 	RequestAddinShmemSpace(MAXALIGN(sizeof(DenialQueue)));
 	RequestNamedLWLockTranche("fintx_denials", 1);
 }
@@ -100,7 +100,7 @@ DenialShmemStartup(void)
 	bool		found;
 
 	if (prev_shmem_startup_hook)
-		prev_shmem_startup_hook();
+		prev_shmem_startup_hook();	/* LCOV_EXCL_LINE: another module's hook */
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	queue = ShmemInitStruct("fintx denial queue", sizeof(DenialQueue), &found);
 	if (!found)
@@ -210,7 +210,8 @@ fintx_denial_enqueue(const char *role, const char *session_user, const char *ser
 			appendStringInfoString(&buf, ", \"reason\": ");
 			escape_json(&buf, rec.reason);
 			appendStringInfoChar(&buf, '}');
-			LogLogicalMessage("fintx.access_denied", buf.data, buf.len, false);
+			/* flushed now: the denied transaction's abort will not flush it */
+			XLogFlush(LogLogicalMessage("fintx.access_denied", buf.data, buf.len, false));
 		}
 		return;
 	}
@@ -268,7 +269,7 @@ DenialLogHook(ErrorData *edata)
 		}
 	}
 	if (prev_emit_log_hook)
-		prev_emit_log_hook(edata);
+		prev_emit_log_hook(edata);	/* LCOV_EXCL_LINE: another module's hook */
 }
 
 /* Called from _PG_init when preloaded. */
@@ -301,7 +302,7 @@ void
 fintx_denials_worker_attach(void)
 {
 	if (queue == NULL)
-		return;
+		return;					/* LCOV_EXCL_LINE: the worker only runs when preloaded */
 	LWLockAcquire(queue->lock, LW_EXCLUSIVE);
 	queue->worker_latch = MyLatch;
 	LWLockRelease(queue->lock);
@@ -314,7 +315,7 @@ fintx_denials_pending(void)
 	bool		pending;
 
 	if (queue == NULL)
-		return false;
+		return false;			/* LCOV_EXCL_LINE: the worker only runs when preloaded */
 	LWLockAcquire(queue->lock, LW_SHARED);
 	pending = queue->head != queue->tail;
 	LWLockRelease(queue->lock);
@@ -326,6 +327,15 @@ TextOrNull(const char *s, char *null)
 {
 	*null = (s == NULL || s[0] == '\0') ? 'n' : ' ';
 	return *null == 'n' ? (Datum) 0 : CStringGetTextDatum(s);
+}
+
+/* A role's name, or "role <oid>" if it was dropped since the denial. */
+static char *
+RoleName(Oid roleid)
+{
+	char	   *name = GetUserNameFromId(roleid, true);
+
+	return name ? name : psprintf("role %u", roleid);
 }
 
 /* Writes one record (SPI connected): its access-log row and its audit entry. */
@@ -343,12 +353,8 @@ WriteRecord(DenialRecord *r)
 
 	if (OidIsValid(r->roleid))
 	{
-		role = GetUserNameFromId(r->roleid, true);
-		if (role == NULL)
-			role = psprintf("role %u", r->roleid);
-		session_user = GetUserNameFromId(r->session_roleid, true);
-		if (session_user == NULL)
-			session_user = psprintf("role %u", r->session_roleid);
+		role = RoleName(r->roleid);
+		session_user = RoleName(r->session_roleid);
 	}
 	memset(nulls, ' ', sizeof(nulls));
 	args[0] = TimestampTzGetDatum(r->at);
@@ -425,14 +431,11 @@ fintx_denials_worker_flush(void)
 	MemoryContext oldcxt = CurrentMemoryContext;
 	volatile bool ok = false;
 
-	if (queue == NULL)
-		return;
+	Assert(queue != NULL);		/* called by the worker when fintx_denials_pending() */
 	LWLockAcquire(queue->lock, LW_SHARED);
 	from = queue->tail;
 	to = queue->head;
 	LWLockRelease(queue->lock);
-	if (from == to)
-		return;
 	n = (int) (to - from);
 	batch = palloc(sizeof(DenialRecord) * n);
 	/* slots in [tail, head) are not overwritten until tail moves */
@@ -445,23 +448,25 @@ fintx_denials_worker_flush(void)
 	pgstat_report_activity(STATE_RUNNING, "fintx: writing access denials");
 	PG_TRY();
 	{
-		if (OidIsValid(get_extension_oid("fintx", true)))
+		bool		installed = OidIsValid(get_extension_oid("fintx", true));
+
+		if (installed && SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
+		for (int i = 0; i < n; i++)
 		{
-			if (SPI_connect() != SPI_OK_CONNECT)
-				elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
-			for (int i = 0; i < n; i++)
-			{
-				if (batch[i].dbid == MyDatabaseId)
-					WriteRecord(&batch[i]);
-				else
-					ereport(LOG,
-							(errmsg("fintx: access denied to role \"%s\" for %s on \"%s\" in database %u: %s",
-									batch[i].role, batch[i].operation, batch[i].object,
-									batch[i].dbid, batch[i].reason)));
-			}
-			SPI_finish();
-			ok = true;
+			if (installed && batch[i].dbid == MyDatabaseId)
+				WriteRecord(&batch[i]);
+			else
+				ereport(LOG,
+						(errmsg("fintx: access denied to role \"%s\" for %s on \"%s\" in database %u: %s",
+								batch[i].role, batch[i].operation, batch[i].object,
+								batch[i].dbid, batch[i].reason),
+						 errdetail("The fintx worker runs in database \"%s\" (fintx.database); denials of other databases are only logged.",
+								   fintx_database)));
 		}
+		if (installed)
+			SPI_finish();
+		ok = true;
 		PopActiveSnapshot();
 		CommitTransactionCommand();
 	}

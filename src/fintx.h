@@ -176,7 +176,6 @@ extern int	fintx_expire_holds(int max_holds);
 extern char *fintx_principal(void);
 
 /* ledger.c: helpers shared with the authorization module */
-extern LedgerRequest *fintx_parse_request(JsonbValue *elem, int index);
 extern void fintx_result_values(LedgerRequest *req, Datum *values, bool *nulls);
 extern Datum fintx_result_datum(FunctionCallInfo fcinfo, LedgerRequest *req);
 extern void fintx_null_argument(const char *name);

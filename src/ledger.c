@@ -1485,13 +1485,6 @@ ParseBatchRequest(JsonbValue *elem, int index)
 	return req;
 }
 
-/* Parses one transfer request (a JSON object) for the authorization module. */
-LedgerRequest *
-fintx_parse_request(JsonbValue *elem, int index)
-{
-	return ParseBatchRequest(elem, index);
-}
-
 /*
  * The bytes a service signs for transfer_signed / transfer_batch_signed
  * (docs/authorization.md): a domain tag, the service, the database, whether

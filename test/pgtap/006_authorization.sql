@@ -11,7 +11,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION fintx;
-SELECT plan(120);
+SELECT plan(147);
 
 CREATE FUNCTION pg_temp.run_as(r text, q text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
@@ -306,6 +306,57 @@ SELECT isnt(fintx.signing_message('payments', '{"idempotency_key":"k","from_acco
 SELECT isnt(fintx.signing_message('payments', '{"idempotency_key":"k","from_account":"a","to_account":"b","amount":1}'),
             fintx.signing_message('payments', '[{"idempotency_key":"k","from_account":"a","to_account":"b","amount":1}]'),
             'a single request and a batch of one are different messages');
+
+-- ===========================================================================
+-- 11. more inputs and paths
+-- ===========================================================================
+GRANT EXECUTE ON FUNCTION fintx.register_service(text, regrole, text) TO t6_other;
+SELECT throws_ok($$SELECT pg_temp.run_as('t6_other', 'SELECT fintx.register_service(''x2'', ''t6_plain'')')$$,
+                 '42501', 'permission denied for fintx.admin on "x2"', 'EXECUTE granted by mistake still does not make a service an administrator');
+REVOKE EXECUTE ON FUNCTION fintx.register_service(text, regrole, text) FROM t6_other;
+SELECT throws_ok($$SELECT fintx.register_service('ghost', 999999::oid::regrole)$$, '22023', 'role with OID 999999 does not exist', 'a dropped role');
+SELECT throws_ok($$SELECT fintx.register_service('longkey', 't6_plain', repeat('A', 100))$$, '22023', 'invalid public key', 'an overlong key');
+SELECT throws_ok($$SELECT fintx.set_service_key(NULL, 'x')$$, '22023', 'name must not be null', 'set_service_key: NULL name');
+SELECT throws_ok($$SELECT fintx.set_service_key('nobody', NULL)$$, '22023', 'service "nobody" does not exist', 'set_service_key: unknown service');
+SELECT throws_ok($$SELECT fintx.set_service_key('other', 'bad key')$$, '22023', 'invalid public key', 'set_service_key: malformed key');
+SELECT lives_ok($$SELECT fintx.set_service_key('other', NULL)$$, 'set_service_key(NULL) removes the key');
+SELECT is((SELECT public_key IS NULL FROM fintx.services WHERE name = 'other'), true, 'the key is gone');
+SELECT is((SELECT count(*)::int FROM fintx.audit_log WHERE action = 'service.key_changed'), 1, 'a key change is audited');
+SELECT throws_ok($$SELECT fintx.revoke_permission(NULL, 'transfer', '%')$$, '22023', 'service must not be null', 'revoke: NULL service');
+SELECT throws_ok($$SELECT fintx.revoke_permission('payments', NULL, '%')$$, '22023', 'operation must not be null', 'revoke: NULL operation');
+SELECT throws_ok($$SELECT fintx.revoke_permission('payments', 'transfer', NULL)$$, '22023', 'account_pattern must not be null', 'revoke: NULL pattern');
+SELECT throws_ok($$SELECT fintx.reject_transfer(NULL)$$, '22023', 'transfer_id must not be null', 'reject: NULL transfer id');
+SELECT throws_ok($$SELECT count(*) FROM fintx.transfer_batch_signed(NULL, decode(repeat('00', 64), 'hex'))$$, '22023', 'requests must not be null', 'signed batch: NULL requests');
+SELECT throws_ok($$SELECT fintx.signing_message(NULL, '{}')$$, '22023', 'service must not be null', 'signing_message: NULL service');
+SELECT throws_ok($$SELECT fintx.signing_message('s', NULL)$$, '22023', 'requests must not be null', 'signing_message: NULL requests');
+SELECT is(pg_temp.run_as('t6_pay', 'SELECT fintx.account_id_visible(-1)::text'), 'false', 'an unknown account id is not visible');
+SELECT is(pg_temp.run_as('t6_pay', $q$SELECT fintx.account_visible('risk:pool')::text$q$), 'false', 'an account outside the grants is not visible');
+
+-- a checker retries its rejection; an administrator approves (no service of its own)
+SELECT is(pg_temp.run_as('t6_pay', $q$SELECT status FROM fintx.transfer('m-3', 'pay:ops', 'pay:cust:2', 3050)$q$),
+          'awaiting_approval', 'a third transfer awaits approval');
+SELECT is(pg_temp.run_as('t6_risk', format('SELECT status || '':'' || replayed FROM fintx.reject_transfer(%s)', (SELECT transfer_id FROM fintx.pending_approvals))),
+          'rejected:false', 'rejected');
+SELECT is(pg_temp.run_as('t6_risk', format('SELECT status || '':'' || replayed FROM fintx.reject_transfer(%s)', (SELECT transfer_id FROM fintx.approvals WHERE amount = 3050))),
+          'rejected:true', 'the checker''s retry replays the rejection');
+SELECT is(pg_temp.run_as('t6_pay', $q$SELECT status FROM fintx.transfer('m-4', 'pay:ops', 'pay:cust:2', 3060)$q$),
+          'awaiting_approval', 'a fourth transfer awaits approval');
+SELECT is((SELECT status FROM fintx.approve_transfer((SELECT transfer_id FROM fintx.pending_approvals))), 'posted',
+          'an administrator may approve');
+SELECT is((SELECT details->>'decided_by_service' FROM fintx.audit_log WHERE action = 'transfer.approved' ORDER BY entry_id DESC LIMIT 1),
+          NULL, 'the audit entry of an administrator''s approval names no service');
+
+-- which grant decides: exact currency first, then the most specific pattern, then pattern order
+SELECT fintx.grant_permission('payments', 'transfer', 'pay:cust:%', 1, NULL, 'GBP');
+SELECT fintx.grant_permission('payments', 'transfer', 'pay:cust:_', 9);
+SELECT fintx.grant_permission('payments', 'transfer', 'pay:cus_:2', 7);
+SELECT throws_ok($$SELECT pg_temp.run_as('t6_pay', 'SELECT status FROM fintx.transfer(''g-1'', ''pay:cust:2'', ''pay:cust:1'', 8)')$$,
+                 '42501', 'permission denied for transfer on "pay:cust:2"', 'of two equally specific patterns the first in byte order decides');
+SELECT is(pg_temp.run_as('t6_pay', $q$SELECT status FROM fintx.transfer('g-2', 'pay:cust:2', 'pay:cust:1', 7)$q$),
+          'posted', 'within that grant''s limit the transfer passes (the GBP grant does not apply to EUR)');
+SELECT fintx.grant_permission('payments', 'transfer', 'pay:cust:2', NULL, 50);
+SELECT throws_ok($$SELECT pg_temp.run_as('t6_pay', 'SELECT status FROM fintx.transfer(''g-3'', ''pay:cust:2'', ''pay:cust:1'', 60)')$$,
+                 '42501', 'permission denied for transfer on "pay:cust:2"', 'an amount above the daily limit is refused at once');
 
 SELECT * FROM finish();
 ROLLBACK;

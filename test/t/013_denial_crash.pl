@@ -98,6 +98,23 @@ my $script = join('', map { "SELECT fintx.transfer('clean-$_', 'x:1', 'b:1', 1);
 $node->stop('fast');
 $node->start;
 is(denied_rows('clean'), 50, 'a fast shutdown right after a burst (without the wait) loses nothing');
+# the worker cannot write (the table is gone): denials stay queued, the ring overflows into
+# the server log, and once the table is back every queued denial is written
+$node->safe_psql('postgres', 'ALTER TABLE fintx.access_log_entries RENAME TO access_log_broken');
+$script = join('', map { "SELECT fintx.transfer('ovf-$_', 'x:1', 'b:1', 1);\n" } 1 .. 1100);
+{
+	local $ENV{PGUSER} = 'burst';
+	psql_finish(psql_start($node, 'overflow', $script));
+}
+is($node->safe_psql('postgres', 'SELECT pending || \' \' || dropped FROM fintx.denial_queue_stats()'),
+	'1024 76', 'while the worker cannot write, the ring holds 1024 denials and 76 overflow to the server log');
+like(slurp_file($node->logfile), qr/fintx denial queue is full/, 'the overflow is reported in the server log');
+$node->safe_psql('postgres', 'ALTER TABLE fintx.access_log_broken RENAME TO access_log_entries');
+my ($done) = poll_until(quiet_session($node), "SELECT count(*) FROM fintx.access_log WHERE application_name = 'overflow'",
+	'1024', 30);
+ok($done, 'once the table is back the worker writes all 1024 queued denials');
+is($node->safe_psql('postgres', 'SELECT pending FROM fintx.denial_queue_stats()'), '0', 'the ring is empty again');
+
 is($node->safe_psql('postgres',
 	q{SELECT count(*) FROM fintx.audit_log WHERE action = 'access.denied' AND details->>'application_name' = 'full'}),
 	$N, 'each denial also entered the audit log');

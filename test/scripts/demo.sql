@@ -78,3 +78,41 @@ SELECT * FROM fintx.verify_audit();
 \echo '== 15. Nobody may rewrite history, not even a superuser'
 UPDATE fintx.audit_entries SET actor = 'mallory';
 \echo '   -> SQLSTATE' :LAST_ERROR_SQLSTATE
+
+\echo '== 16. Services: a role registered as a service may do only what it was granted'
+DROP ROLE IF EXISTS demo_pay;
+DROP ROLE IF EXISTS demo_risk;
+CREATE ROLE demo_pay LOGIN;
+CREATE ROLE demo_risk LOGIN;
+SELECT fintx.register_service('payments', 'demo_pay');
+SELECT fintx.register_service('risk', 'demo_risk');
+SELECT fintx.grant_permission('payments', 'transfer', 'customer:%', max_amount => 50000,
+                              daily_limit => 200000, currency => 'EUR', approval_above => 30000);
+SELECT fintx.grant_permission('risk', 'transfer.approve', 'customer:%');
+SET ROLE demo_pay;
+\echo '   payments pays 120.00 EUR from a customer account it is granted:'
+SELECT transfer_id, status, from_balance, to_balance FROM fintx.transfer('svc-0001', 'customer:alice', 'merchant:shop', 12000);
+\echo '   payments tries to debit the merchant (no grant covers merchant:%) -> refused:'
+SELECT * FROM fintx.transfer('svc-0002', 'merchant:shop', 'customer:alice', 100);
+\echo '   -> SQLSTATE' :LAST_ERROR_SQLSTATE
+\echo '   payments tries 600.00 EUR (over its per-transfer limit of 500.00) -> refused:'
+SELECT * FROM fintx.transfer('svc-0003', 'customer:alice', 'merchant:shop', 60000);
+\echo '   -> SQLSTATE' :LAST_ERROR_SQLSTATE
+\echo '   payments asks for 400.00 EUR (over its approval threshold of 300.00) -> awaits approval:'
+SELECT transfer_id, status FROM fintx.transfer('svc-0004', 'customer:alice', 'merchant:shop', 40000) \gset big_
+SELECT :big_transfer_id AS transfer_id, :'big_status' AS status;
+\echo '   payments cannot approve its own transfer (segregation of duties):'
+SELECT * FROM fintx.approve_transfer(:big_transfer_id);
+\echo '   -> SQLSTATE' :LAST_ERROR_SQLSTATE
+\echo '   payments sees only the accounts its grants cover:'
+SELECT code, posted FROM fintx.account_balances ORDER BY code;
+RESET ROLE;
+SET ROLE demo_risk;
+\echo '   risk, a different service with transfer.approve, approves it:'
+SELECT transfer_id, status, from_balance, to_balance FROM fintx.approve_transfer(:big_transfer_id);
+RESET ROLE;
+
+\echo '== 17. Every decision is in the access log, denials included (written by the worker, they survive the abort)'
+SELECT pg_sleep(0.2);
+SELECT service, role, operation, object, amount, allowed, reason
+  FROM fintx.access_log WHERE role IN ('demo_pay', 'demo_risk') ORDER BY at;

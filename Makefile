@@ -13,7 +13,7 @@ SQL_PARTS  = src/schema.sql src/currency.sql src/ledger.sql src/idempotency.sql 
              src/reconcile.sql src/audit.sql src/authz.sql src/privileges.sql
 DATA_built = $(EXTENSION)--$(EXTVERSION).sql
 
-REGRESS      = setup accounts transfer idempotency pending batch reconcile audit security
+REGRESS      = setup accounts transfer idempotency pending batch reconcile audit authorization security
 REGRESS_OPTS = --inputdir=. --dbname=fintx_regress
 
 PG_CPPFLAGS = -I$(srcdir)/src -Wall -Wextra -Werror -Wno-unused-parameter \

@@ -1,0 +1,48 @@
+-- authorization: services, grants with limits, maker-checker, row security, the access log
+CREATE ROLE fintx_regress_pay;
+CREATE ROLE fintx_regress_risk;
+SELECT fintx.open_account('az:ops', 'EUR', allow_negative => true) > 0 AS opened;
+SELECT fintx.open_account('az:cust', 'EUR') > 0 AS opened;
+SELECT fintx.open_account('az:usd', 'USD', allow_negative => true) > 0 AS opened;
+SELECT fintx.open_account('bz:other', 'EUR', allow_negative => true) > 0 AS opened;
+SELECT fintx.register_service('az-pay', 'fintx_regress_pay');
+SELECT fintx.register_service('az-risk', 'fintx_regress_risk', 'Gb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=');
+SELECT fintx.grant_permission('az-pay', 'transfer', 'az:%', 1000, 1500, 'EUR', 500);
+SELECT fintx.grant_permission('az-pay', 'hold.resolve', 'az:%');
+SELECT fintx.grant_permission('az-risk', 'transfer.approve', 'az:%');
+SELECT service, operation, account_pattern, currency, max_amount, daily_limit, approval_above
+  FROM fintx.permissions WHERE service LIKE 'az-%' ORDER BY 1, 2;
+
+SET ROLE fintx_regress_pay;
+SELECT status, replayed, from_balance, to_balance FROM fintx.transfer('az-1', 'az:ops', 'az:cust', 100);
+SELECT status, replayed FROM fintx.transfer('az-1', 'az:ops', 'az:cust', 100);
+SELECT status FROM fintx.transfer('az-2', 'bz:other', 'az:cust', 1);
+SELECT status FROM fintx.transfer('az-3', 'az:ops', 'az:cust', 1001);
+SELECT status FROM fintx.transfer('az-4', 'az:usd', 'az:cust', 1);
+SELECT status FROM fintx.transfer('az-5', 'az:ops', 'az:cust', 700);
+SELECT status FROM fintx.transfer('az-6', 'az:ops', 'az:cust', 800);
+SELECT status FROM fintx.transfer('az-7', 'az:ops', 'az:cust', 90, pending => true);
+SELECT status FROM fintx.void_pending('az-8', (SELECT transfer_id FROM fintx.transfer_history WHERE status = 'pending' AND amount = 90));
+SELECT code, posted, pending_debits, available FROM fintx.account_balances ORDER BY code;
+SELECT fintx.approve_transfer((SELECT transfer_id FROM fintx.pending_approvals));
+UPDATE fintx.accounts SET credits_posted = 0;
+SELECT fintx.grant_permission('az-pay', 'transfer', '%');
+RESET ROLE;
+
+SET ROLE fintx_regress_risk;
+SELECT maker_service, from_account, to_account, amount FROM fintx.pending_approvals;
+SELECT status, replayed FROM fintx.approve_transfer((SELECT transfer_id FROM fintx.pending_approvals));
+SELECT status, replayed FROM fintx.approve_transfer((SELECT transfer_id FROM fintx.approvals WHERE maker_service = 'az-pay'));
+SELECT status FROM fintx.transfer_signed('{"idempotency_key": "az-s", "from_account": "az:ops", "to_account": "az:cust", "amount": 1}',
+                                         decode(repeat('00', 64), 'hex'));
+RESET ROLE;
+
+SELECT code, posted FROM fintx.account_balances WHERE code LIKE 'az:%' ORDER BY code;
+SELECT service, role, operation, object, amount, currency, allowed, reason, rule
+  FROM fintx.access_log WHERE service LIKE 'az-%' AND allowed ORDER BY at, operation;
+SELECT action, object_type FROM fintx.audit_log
+ WHERE action IN ('service.registered', 'permission.granted', 'transfer.awaiting_approval', 'transfer.approved')
+   AND (details->>'service' LIKE 'az-%' OR details->>'maker_service' LIKE 'az-%' OR details->>'idempotency_key' LIKE 'az-%')
+ ORDER BY entry_id;
+SELECT fintx.revoke_permission('az-pay', 'transfer', 'az:%');
+SELECT * FROM fintx.reconcile();

@@ -1259,6 +1259,34 @@ CheckLimit(FunctionCallInfo fcinfo, int argno, const char *name)
 }
 
 /*
+ * The first three arguments of grant_permission and revoke_permission,
+ * checked (after the caller is known to be an administrator); the audit
+ * details are started with them in buf.
+ */
+static void
+GrantKeyArgs(FunctionCallInfo fcinfo, char **service, char **operation, char **pattern, StringInfo buf)
+{
+	if (PG_ARGISNULL(0))
+		fintx_null_argument("service");
+	if (PG_ARGISNULL(1))
+		fintx_null_argument("operation");
+	if (PG_ARGISNULL(2))
+		fintx_null_argument("account_pattern");
+	*service = CheckServiceName(text_to_cstring(PG_GETARG_TEXT_PP(0)));
+	fintx_authz_require(FINTX_OP_ADMIN, *service);
+	*operation = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	CheckOperation(*operation);
+	*pattern = CheckPattern(text_to_cstring(PG_GETARG_TEXT_PP(2)));
+	initStringInfo(buf);
+	appendStringInfoString(buf, "{\"service\": ");
+	escape_json(buf, *service);
+	appendStringInfoString(buf, ", \"operation\": ");
+	escape_json(buf, *operation);
+	appendStringInfoString(buf, ", \"account_pattern\": ");
+	escape_json(buf, *pattern);
+}
+
+/*
  * fintx.grant_permission(service, operation, account_pattern, max_amount,
  *						  daily_limit, currency, approval_above) → void
  * Grants (or, for the same service, operation, pattern and currency, replaces) a permission.
@@ -1278,17 +1306,7 @@ fintx_grant_permission(PG_FUNCTION_ARGS)
 	Oid			types[8] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT8OID, INT8OID, INT8OID, TEXTOID};
 	StringInfoData buf;
 
-	if (PG_ARGISNULL(0))
-		fintx_null_argument("service");
-	if (PG_ARGISNULL(1))
-		fintx_null_argument("operation");
-	if (PG_ARGISNULL(2))
-		fintx_null_argument("account_pattern");
-	service = CheckServiceName(text_to_cstring(PG_GETARG_TEXT_PP(0)));
-	fintx_authz_require(FINTX_OP_ADMIN, service);
-	operation = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	CheckOperation(operation);
-	pattern = CheckPattern(text_to_cstring(PG_GETARG_TEXT_PP(2)));
+	GrantKeyArgs(fcinfo, &service, &operation, &pattern, &buf);
 	CheckLimit(fcinfo, 3, "max_amount");
 	CheckLimit(fcinfo, 4, "daily_limit");
 	CheckLimit(fcinfo, 6, "approval_above");
@@ -1337,13 +1355,6 @@ fintx_grant_permission(PG_FUNCTION_ARGS)
 			 8, types, args, nulls, SPI_OK_INSERT);
 	InvalidateGrants();
 
-	initStringInfo(&buf);
-	appendStringInfoString(&buf, "{\"service\": ");
-	escape_json(&buf, service);
-	appendStringInfoString(&buf, ", \"operation\": ");
-	escape_json(&buf, operation);
-	appendStringInfoString(&buf, ", \"account_pattern\": ");
-	escape_json(&buf, pattern);
 	appendStringInfoString(&buf, ", \"currency\": ");
 	if (currency)
 		escape_json(&buf, currency);
@@ -1374,17 +1385,7 @@ fintx_revoke_permission(PG_FUNCTION_ARGS)
 	uint64		n;
 	StringInfoData buf;
 
-	if (PG_ARGISNULL(0))
-		fintx_null_argument("service");
-	if (PG_ARGISNULL(1))
-		fintx_null_argument("operation");
-	if (PG_ARGISNULL(2))
-		fintx_null_argument("account_pattern");
-	service = CheckServiceName(text_to_cstring(PG_GETARG_TEXT_PP(0)));
-	fintx_authz_require(FINTX_OP_ADMIN, service);
-	operation = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	CheckOperation(operation);
-	pattern = CheckPattern(text_to_cstring(PG_GETARG_TEXT_PP(2)));
+	GrantKeyArgs(fcinfo, &service, &operation, &pattern, &buf);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
 	args[0] = CStringGetTextDatum(service);
@@ -1397,13 +1398,6 @@ fintx_revoke_permission(PG_FUNCTION_ARGS)
 	if (n > 0)
 	{
 		InvalidateGrants();
-		initStringInfo(&buf);
-		appendStringInfoString(&buf, "{\"service\": ");
-		escape_json(&buf, service);
-		appendStringInfoString(&buf, ", \"operation\": ");
-		escape_json(&buf, operation);
-		appendStringInfoString(&buf, ", \"account_pattern\": ");
-		escape_json(&buf, pattern);
 		appendStringInfo(&buf, ", \"grants_removed\": %llu}", (unsigned long long) n);
 		AuditAdmin("permission.revoked", "service", service, &buf);
 	}

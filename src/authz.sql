@@ -105,18 +105,9 @@ CREATE TABLE fintx.signed_requests (
 CREATE INDEX signed_requests_transfer_ids ON fintx.signed_requests USING gin (transfer_ids);
 COMMENT ON TABLE fintx.signed_requests IS 'signed requests with their Ed25519 signatures; insert-only';
 
-DO $immutable$
-DECLARE
-    t text;
-BEGIN
-    FOREACH t IN ARRAY ARRAY['access_log_entries', 'signed_requests'] LOOP
-        EXECUTE pg_catalog.format('CREATE TRIGGER refuse_update_delete BEFORE UPDATE OR DELETE ON fintx.%I'
-                                  ' FOR EACH ROW EXECUTE FUNCTION fintx.refuse_change()', t);
-        EXECUTE pg_catalog.format('CREATE TRIGGER refuse_truncate BEFORE TRUNCATE ON fintx.%I'
-                                  ' FOR EACH STATEMENT EXECUTE FUNCTION fintx.refuse_change()', t);
-    END LOOP;
-END
-$immutable$;
+-- UPDATE, DELETE and TRUNCATE refused for everyone, as for the audit tables.
+SELECT fintx.append_only('fintx.access_log_entries');
+SELECT fintx.append_only('fintx.signed_requests');
 
 CREATE VIEW fintx.access_log AS
 SELECT at, service, role, operation, object, amount, allowed, reason, client_addr, application_name,

@@ -416,6 +416,38 @@ WriteRecord(DenialRecord *r)
 	fintx_audit_insert(&e, 1);
 }
 
+typedef struct DenialBatch
+{
+	DenialRecord *records;
+	int			n;
+} DenialBatch;
+
+/* Writes a batch of denials (in the worker's transaction). */
+static void
+WriteBatch(void *arg)
+{
+	DenialBatch *wb = arg;
+	bool		installed = OidIsValid(get_extension_oid("fintx", true));
+
+	if (installed && SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
+	for (int i = 0; i < wb->n; i++)
+	{
+		DenialRecord *r = &wb->records[i];
+
+		if (installed && r->dbid == MyDatabaseId)
+			WriteRecord(r);
+		else
+			ereport(LOG,
+					(errmsg("fintx: access denied to role \"%s\" for %s on \"%s\" in database %u: %s",
+							r->role, r->operation, r->object, r->dbid, r->reason),
+					 errdetail("The fintx worker runs in database \"%s\" (fintx.database); denials of other databases are only logged.",
+							   fintx_database)));
+	}
+	if (installed)
+		SPI_finish();
+}
+
 /*
  * Worker: writes the queued denials of its database in one transaction and,
  * once it has committed, releases them from the ring. Denials of other
@@ -426,68 +458,28 @@ fintx_denials_worker_flush(void)
 {
 	uint64		from;
 	uint64		to;
-	DenialRecord *batch;
-	int			n;
-	MemoryContext oldcxt = CurrentMemoryContext;
-	volatile bool ok = false;
+	DenialBatch wb;
 
 	Assert(queue != NULL);		/* called by the worker when fintx_denials_pending() */
 	LWLockAcquire(queue->lock, LW_SHARED);
 	from = queue->tail;
 	to = queue->head;
 	LWLockRelease(queue->lock);
-	n = (int) (to - from);
-	batch = palloc(sizeof(DenialRecord) * n);
+	wb.n = (int) (to - from);
+	wb.records = palloc(sizeof(DenialRecord) * wb.n);
 	/* slots in [tail, head) are not overwritten until tail moves */
-	for (int i = 0; i < n; i++)
-		memcpy(&batch[i], &queue->ring[(from + i) % DENIAL_QUEUE_SIZE], sizeof(DenialRecord));
+	for (int i = 0; i < wb.n; i++)
+		memcpy(&wb.records[i], &queue->ring[(from + i) % DENIAL_QUEUE_SIZE], sizeof(DenialRecord));
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, "fintx: writing access denials");
-	PG_TRY();
+	if (fintx_worker_transaction("fintx: writing access denials", WriteBatch, &wb))
 	{
-		bool		installed = OidIsValid(get_extension_oid("fintx", true));
-
-		if (installed && SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
-		for (int i = 0; i < n; i++)
-		{
-			if (installed && batch[i].dbid == MyDatabaseId)
-				WriteRecord(&batch[i]);
-			else
-				ereport(LOG,
-						(errmsg("fintx: access denied to role \"%s\" for %s on \"%s\" in database %u: %s",
-								batch[i].role, batch[i].operation, batch[i].object,
-								batch[i].dbid, batch[i].reason),
-						 errdetail("The fintx worker runs in database \"%s\" (fintx.database); denials of other databases are only logged.",
-								   fintx_database)));
-		}
-		if (installed)
-			SPI_finish();
-		ok = true;
-		PopActiveSnapshot();
-		CommitTransactionCommand();
+		LWLockAcquire(queue->lock, LW_EXCLUSIVE);
+		queue->tail = to;
+		queue->written = to;
+		LWLockRelease(queue->lock);
 	}
-	PG_CATCH();
-	{
-		MemoryContextSwitchTo(oldcxt);
-		EmitErrorReport();
-		FlushErrorState();
-		AbortCurrentTransaction();
-		ok = false;
-	}
-	PG_END_TRY();
-	pgstat_report_activity(STATE_IDLE, NULL);
-	if (!ok)
-		return;					/* retried on the next pass; backends fall back after their wait */
-
-	LWLockAcquire(queue->lock, LW_EXCLUSIVE);
-	queue->tail = to;
-	queue->written = to;
-	LWLockRelease(queue->lock);
-	pfree(batch);
+	/* else: retried on the next pass; waiting backends fall back after fintx.denial_wait */
+	pfree(wb.records);
 }
 
 /* fintx.denial_queue_stats() → (queued, written, dropped, pending) */

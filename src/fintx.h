@@ -182,6 +182,7 @@ extern void fintx_null_argument(const char *name);
 
 /* worker.c */
 extern void fintx_register_worker(void);
+extern bool fintx_worker_transaction(const char *activity, void (*body) (void *), void *arg);
 
 /* authz.c: who is calling and what they may do */
 typedef enum FintxOp

@@ -43,11 +43,15 @@ fintx_register_worker(void)
 	RegisterBackgroundWorker(&worker);
 }
 
-/* Runs sql in its own transaction if fintx is installed; errors are logged and the loop goes on. */
-static void
-WorkerPass(const char *activity, const char *sql)
+/*
+ * Runs body(arg) in a transaction of its own with a snapshot; an error is
+ * logged and rolled back, and the loop goes on. Returns whether it committed.
+ */
+bool
+fintx_worker_transaction(const char *activity, void (*body) (void *), void *arg)
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
+	volatile bool ok = false;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -55,17 +59,10 @@ WorkerPass(const char *activity, const char *sql)
 	pgstat_report_activity(STATE_RUNNING, activity);
 	PG_TRY();
 	{
-		if (OidIsValid(get_extension_oid("fintx", true)))
-		{
-			if (SPI_connect() != SPI_OK_CONNECT)
-				elog(ERROR, "SPI_connect failed");
-			/* through the SQL functions, so search_path is pinned */
-			if (SPI_execute(sql, false, 1) != SPI_OK_SELECT)
-				elog(ERROR, "%s failed", sql);
-			SPI_finish();
-		}
+		body(arg);
 		PopActiveSnapshot();
 		CommitTransactionCommand();
+		ok = true;
 	}
 	PG_CATCH();
 	{
@@ -77,6 +74,29 @@ WorkerPass(const char *activity, const char *sql)
 	PG_END_TRY();
 	pgstat_report_stat(true);
 	pgstat_report_activity(STATE_IDLE, NULL);
+	return ok;
+}
+
+/* Runs the SQL statement arg if fintx is installed in this database. */
+static void
+RunIfInstalled(void *arg)
+{
+	const char *sql = arg;
+
+	if (!OidIsValid(get_extension_oid("fintx", true)))
+		return;
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	/* through the SQL functions, so search_path is pinned */
+	if (SPI_execute(sql, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "%s failed", sql);
+	SPI_finish();
+}
+
+static void
+WorkerPass(const char *activity, const char *sql)
+{
+	(void) fintx_worker_transaction(activity, RunIfInstalled, (void *) sql);
 }
 
 /* Entry point of the background worker. */

@@ -461,6 +461,24 @@ RecordAllowed(FintxOp op, const char *object, const char *currency, int64 amount
 	MemoryContextSwitchTo(old);
 }
 
+/*
+ * For the audit entry of the i-th request of this call: the service and the
+ * grant that allowed it. False for administrators and system work (their
+ * audit entries carry the calling role as actor).
+ */
+bool
+fintx_authz_decision(int i, const char **service, const char **rule)
+{
+	Decision   *d;
+
+	if (!active || caller.admin || i >= list_length(decisions))
+		return false;
+	d = (Decision *) list_nth(decisions, i);
+	*service = caller.service;
+	*rule = d->rule;
+	return true;
+}
+
 /* Refuses the current request: queues the denial durably, then emits 42501. */
 void
 fintx_authz_deny(FintxOp op, const char *object, const char *currency, int64 amount, bool has_amount,

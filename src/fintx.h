@@ -218,6 +218,7 @@ extern bool fintx_authorize(FintxOp op, const char *object, const char *currency
 extern void fintx_authz_deny(FintxOp op, const char *object, const char *currency, int64 amount,
 							 bool has_amount, const char *reason, const char *rule) pg_attribute_noreturn();
 extern void fintx_authz_flush(void);
+extern bool fintx_authz_decision(int i, const char **service, const char **rule);
 extern void fintx_approval_record(LedgerRequest *req);
 extern void fintx_authz_require(FintxOp op, const char *object);
 

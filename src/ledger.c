@@ -760,11 +760,13 @@ PushString(JsonbParseState **st, const char *key, const char *str)
  * are built as a jsonb value directly (no JSON text to parse).
  */
 static void
-AuditTransfer(const char *principal, LedgerRequest *r, Datum *timeout_at, FintxAuditEntry *e)
+AuditTransfer(const char *principal, LedgerRequest *r, int i, Datum *timeout_at, FintxAuditEntry *e)
 {
 	JsonbParseState *st = NULL;
 	JsonbValue *obj;
 	char		id[32];
+	const char *service;
+	const char *rule;
 
 	pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);
 	PushInt(&st, "transfer_id", r->transfer_id);
@@ -788,6 +790,12 @@ AuditTransfer(const char *principal, LedgerRequest *r, Datum *timeout_at, FintxA
 		md.val.binary.data = &r->metadata->root;
 		md.val.binary.len = VARSIZE(r->metadata) - VARHDRSZ;
 		PushKey(&st, "metadata", &md);
+	}
+	/* the access decision that allowed a service's request */
+	if (fintx_authz_decision(i, &service, &rule))
+	{
+		PushString(&st, "service", service);
+		PushString(&st, "authorized_by", rule);
 	}
 	obj = pushJsonbValue(&st, WJB_END_OBJECT, NULL);
 	snprintf(id, sizeof(id), "%lld", (long long) r->transfer_id);
@@ -879,7 +887,7 @@ WriteBack(const char *principal, LedgerRequest **reqs, int n, LedgerAccount *acc
 		cols[7][i] = PointerGetDatum(r->op == LEDGER_TRANSFER ? r->metadata : empty);
 		cols[8][i] = Int64GetDatum(r->from_balance);
 		cols[9][i] = Int64GetDatum(r->to_balance);
-		AuditTransfer(principal, r, timeout_null[i] ? NULL : &timeout_at[i], &entries[i]);
+		AuditTransfer(principal, r, i, timeout_null[i] ? NULL : &timeout_at[i], &entries[i]);
 		cols[10][i] = fintx_hash_datum(entries[i].hash);
 		/* the result outlives SPI: copy the hash into the caller's context */
 		r->entry_hash = SPI_palloc(VARHDRSZ + 32);

@@ -11,7 +11,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION fintx;
-SELECT plan(147);
+SELECT plan(149);
 
 CREATE FUNCTION pg_temp.run_as(r text, q text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
@@ -263,6 +263,12 @@ SELECT is((SELECT reason FROM fintx.access_log WHERE service = 'payments' AND am
           'allowed, awaiting approval', 'a transfer sent for approval is logged as such');
 SELECT is((SELECT count(*)::int FROM fintx.access_log WHERE role = 'postgres' AND reason = 'administrator' AND rule = 'superuser'),
           (SELECT count(*)::int FROM fintx.access_log WHERE role = 'postgres'), 'superuser decisions are logged as administrator');
+SELECT is((SELECT details->>'service' || ' / ' || (details->>'authorized_by') FROM fintx.audit_log
+            WHERE details->>'idempotency_key' = 'p-1' AND action = 'transfer.posted'),
+          'payments / grant transfer on ''pay:ops'' in EUR max_amount=5000 approval_above=3000',
+          'the audit entry of a service''s transfer names the service and the grant that allowed it');
+SELECT is((SELECT details ? 'authorized_by' FROM fintx.audit_log WHERE details->>'idempotency_key' = 'seed-1'),
+          false, 'an administrator''s transfer carries no grant (its actor is the role)');
 SELECT is((SELECT count(*)::int FROM fintx.access_log WHERE at IS NULL OR role IS NULL OR operation IS NULL OR reason IS NULL OR application_name IS NULL),
           0, 'every row has time, role, operation, reason and application_name');
 

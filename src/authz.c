@@ -46,6 +46,7 @@ PG_FUNCTION_INFO_V1(fintx_approve_transfer);
 PG_FUNCTION_INFO_V1(fintx_reject_transfer);
 PG_FUNCTION_INFO_V1(fintx_account_visible);
 PG_FUNCTION_INFO_V1(fintx_account_id_visible);
+PG_FUNCTION_INFO_V1(fintx_transfer_visible);
 
 static const char *const op_names[FINTX_OP_COUNT] = {
 	"account.open", "account.close", "transfer", "transfer.approve", "hold.resolve",
@@ -222,12 +223,10 @@ LoadCache(Oid role)
 	cache_grants = NULL;
 	cache_ngrants = 0;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
+	fintx_spi_connect();
 	fintx_keep_plan(&service_plan,
 					"SELECT name, public_key FROM fintx.services WHERE role = $1", 1, types);
-	if (SPI_execute_plan(service_plan, &arg, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "reading fintx.services failed");	/* LCOV_EXCL_LINE */
+	fintx_spi_expect(SPI_execute_plan(service_plan, &arg, NULL, true, 1), SPI_OK_SELECT, "reading fintx.services failed");
 	if (SPI_processed == 1)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[0];
@@ -252,8 +251,7 @@ LoadCache(Oid role)
 						"SELECT operation, account_pattern, currency, max_amount, daily_limit, approval_above"
 						"  FROM fintx.permissions WHERE service = $1",
 						1, types);
-		if (SPI_execute_plan(grants_plan, &name, NULL, true, 0) != SPI_OK_SELECT)
-			elog(ERROR, "reading fintx.permissions failed");	/* LCOV_EXCL_LINE */
+		fintx_spi_expect(SPI_execute_plan(grants_plan, &name, NULL, true, 0), SPI_OK_SELECT, "reading fintx.permissions failed");
 		cache_grants = MemoryContextAllocZero(cache_cxt, sizeof(Grant) * (SPI_processed + 1));
 		for (uint64 i = 0; i < SPI_processed; i++)
 		{
@@ -507,8 +505,7 @@ UseDailyLimit(Grant *g, FintxOp op, const char *object, const char *currency, in
 		fintx_authz_deny(op, object, currency, amount, true,
 						 psprintf("amount %lld exceeds the daily limit %lld",
 								  (long long) amount, (long long) g->daily_limit), rule);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
+	fintx_spi_connect();
 	args[0] = CStringGetTextDatum(caller.service);
 	args[1] = CStringGetTextDatum(op_names[op]);
 	args[2] = CStringGetTextDatum(g->pattern);
@@ -523,8 +520,7 @@ UseDailyLimit(Grant *g, FintxOp op, const char *object, const char *currency, in
 					" RETURNING used",
 					6, types);
 	ret = SPI_execute_plan(usage_plan, args, NULL, false, 0);
-	if (ret != SPI_OK_INSERT_RETURNING)
-		elog(ERROR, "counting the daily limit failed: %s", SPI_result_code_string(ret));	/* LCOV_EXCL_LINE */
+	fintx_spi_expect(ret, SPI_OK_INSERT_RETURNING, "counting the daily limit failed");
 	if (SPI_processed != 1)
 		fintx_authz_deny(op, object, currency, amount, true,
 						 psprintf("amount %lld would exceed the daily limit %lld for %s today (UTC)",
@@ -600,8 +596,7 @@ fintx_authz_require(FintxOp op, const char *object)
 	fintx_authorize(op, object, NULL, 0, false, false);
 	if (!XactReadOnly)
 	{
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
+		fintx_spi_connect();
 		fintx_authz_flush();
 		SPI_finish();
 	}
@@ -702,8 +697,7 @@ fintx_authz_flush(void)
 						9, types);
 		ret = SPI_execute_plan(log_many_plan, args, argnulls, false, 0);
 	}
-	if (ret != SPI_OK_INSERT)
-		elog(ERROR, "writing the access log failed: %s", SPI_result_code_string(ret));	/* LCOV_EXCL_LINE */
+	fintx_spi_expect(ret, SPI_OK_INSERT, "writing the access log failed");
 	decisions = NIL;
 }
 
@@ -739,8 +733,7 @@ fintx_approval_record(LedgerRequest *req)
 					"       to_account, amount, currency, metadata, pending, timeout)"
 					" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
 					10, types);
-	if (SPI_execute_plan(approval_insert_plan, args, nulls, false, 0) != SPI_OK_INSERT)
-		elog(ERROR, "recording the approval request failed");	/* LCOV_EXCL_LINE */
+	fintx_spi_expect(SPI_execute_plan(approval_insert_plan, args, nulls, false, 0), SPI_OK_INSERT, "recording the approval request failed");
 }
 
 /* An approval request as read (and locked) by approve/reject. */
@@ -791,8 +784,7 @@ LockApproval(int64 id, ApprovalRow *row)
 					"       pending, timeout, status, decided_by_role, result_transfer_id"
 					"  FROM fintx.approvals WHERE transfer_id = $1 FOR UPDATE",
 					1, types);
-	if (SPI_execute_plan(approval_lock_plan, &arg, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "reading the approval request failed");	/* LCOV_EXCL_LINE */
+	fintx_spi_expect(SPI_execute_plan(approval_lock_plan, &arg, NULL, false, 0), SPI_OK_SELECT, "reading the approval request failed");
 	if (SPI_processed != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -833,8 +825,9 @@ LoadTransferResult(int64 id, LedgerRequest *req)
 					"SELECT status, from_balance, to_balance, entry_hash, created_at"
 					"  FROM fintx.transfers WHERE id = $1",
 					1, types);
-	if (SPI_execute_plan(transfer_row_plan, &arg, NULL, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "transfer %lld not found", (long long) id);	/* LCOV_EXCL_LINE */
+	fintx_spi_expect(SPI_execute_plan(transfer_row_plan, &arg, NULL, false, 1), SPI_OK_SELECT,
+					 "reading a transfer failed");
+	fintx_spi_expect(SPI_processed == 1 ? SPI_OK_SELECT : 0, SPI_OK_SELECT, "transfer not found");
 	tup = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
 	req->transfer_id = id;
@@ -870,8 +863,7 @@ DecideApproval(int64 id, const char *status, const char *reason, int64 result_id
 					"       decided_at = pg_catalog.now(), reason = $5, result_transfer_id = $6"
 					" WHERE transfer_id = $1",
 					6, types);
-	if (SPI_execute_plan(approval_decide_plan, args, nulls, false, 0) != SPI_OK_UPDATE)
-		elog(ERROR, "recording the approval decision failed");	/* LCOV_EXCL_LINE */
+	fintx_spi_expect(SPI_execute_plan(approval_decide_plan, args, nulls, false, 0), SPI_OK_UPDATE, "recording the approval decision failed");
 }
 
 static void
@@ -936,8 +928,7 @@ fintx_approve_transfer(PG_FUNCTION_ARGS)
 		fintx_null_argument("transfer_id");
 	id = PG_GETARG_INT64(0);
 	fintx_authz_begin();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
+	fintx_spi_connect();
 	LockApproval(id, &row);
 	AuthorizeDecision(&row, true);
 	if (strcmp(row.status, "approved") == 0 && row.decided_by_role &&
@@ -968,8 +959,7 @@ fintx_approve_transfer(PG_FUNCTION_ARGS)
 	req->preauthorized = true;
 	fintx_execute(FINTX_SYSTEM_PRINCIPAL, &req, 1);
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
+	fintx_spi_connect();
 	DecideApproval(id, "approved", NULL, req->transfer_id, true);
 	AuditDecision("transfer.approved", id, &row, req, NULL);
 	SPI_finish();
@@ -1001,8 +991,7 @@ fintx_reject_transfer(PG_FUNCTION_ARGS)
 					 errdetail("The limit is 1000 bytes.")));
 	}
 	fintx_authz_begin();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
+	fintx_spi_connect();
 	LockApproval(id, &row);
 	AuthorizeDecision(&row, false);
 	LoadTransferResult(id, req);
@@ -1082,8 +1071,7 @@ RunAdmin(SPIPlanPtr *slot, const char *sql, int nargs, Oid *types, Datum *args, 
 
 	fintx_keep_plan(slot, sql, nargs, types);
 	ret = SPI_execute_plan(*slot, args, nulls, false, 0);
-	if (ret != expect)
-		elog(ERROR, "%s failed: %s", sql, SPI_result_code_string(ret));	/* LCOV_EXCL_LINE */
+	fintx_spi_expect(ret, expect, sql);
 	return SPI_processed;
 }
 
@@ -1132,8 +1120,7 @@ fintx_register_service(PG_FUNCTION_ARGS)
 				 errdetail("Superusers, predefined roles and fintx's own roles are not services.")));
 	key = ParseKeyArg(fcinfo, 2);
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
+	fintx_spi_connect();
 	memset(nulls, ' ', sizeof(nulls));
 	args[0] = CStringGetTextDatum(name);
 	args[1] = ObjectIdGetDatum(role);
@@ -1202,8 +1189,7 @@ fintx_set_service_key(PG_FUNCTION_ARGS)
 	name = CheckServiceName(text_to_cstring(PG_GETARG_TEXT_PP(0)));
 	fintx_authz_require(FINTX_OP_ADMIN, name);
 	key = ParseKeyArg(fcinfo, 1);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
+	fintx_spi_connect();
 	args[0] = CStringGetTextDatum(name);
 	args[1] = key ? PointerGetDatum(key) : (Datum) 0;
 	nulls[1] = key ? ' ' : 'n';
@@ -1331,8 +1317,7 @@ fintx_grant_permission(PG_FUNCTION_ARGS)
 	if (!PG_ARGISNULL(5))
 		currency = text_to_cstring(PG_GETARG_TEXT_PP(5));
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
+	fintx_spi_connect();
 	memset(nulls, ' ', sizeof(nulls));
 	args[0] = CStringGetTextDatum(service);
 	if (RunAdmin(&service_exists_plan, "SELECT 1 FROM fintx.services WHERE name = $1",
@@ -1404,8 +1389,7 @@ fintx_revoke_permission(PG_FUNCTION_ARGS)
 	StringInfoData buf;
 
 	GrantKeyArgs(fcinfo, &service, &operation, &pattern, &buf);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
+	fintx_spi_connect();
 	args[0] = CStringGetTextDatum(service);
 	args[1] = CStringGetTextDatum(operation);
 	args[2] = CStringGetTextDatum(pattern);
@@ -1454,11 +1438,10 @@ typedef struct CodeEntry
 	char		code[FINTX_MAX_CODE_LEN + 1];
 } CodeEntry;
 
-/* fintx.account_id_visible(id) → boolean: as account_visible, by account id. */
-Datum
-fintx_account_id_visible(PG_FUNCTION_ARGS)
+/* Whether the account with this id is visible to the calling role. */
+static bool
+IdVisible(int64 id)
 {
-	int64		id = PG_GETARG_INT64(0);
 	CodeEntry  *e;
 	bool		found;
 
@@ -1478,20 +1461,45 @@ fintx_account_id_visible(PG_FUNCTION_ARGS)
 		Oid			types[1] = {INT8OID};
 		char	   *code;
 
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
+		fintx_spi_connect();
 		fintx_keep_plan(&account_code_plan, "SELECT code FROM fintx.accounts WHERE id = $1", 1, types);
-		if (SPI_execute_plan(account_code_plan, &arg, NULL, true, 1) != SPI_OK_SELECT)
-			elog(ERROR, "reading fintx.accounts failed");	/* LCOV_EXCL_LINE */
+		fintx_spi_expect(SPI_execute_plan(account_code_plan, &arg, NULL, true, 1), SPI_OK_SELECT, "reading fintx.accounts failed");
 		if (SPI_processed != 1)
 		{
 			SPI_finish();
-			PG_RETURN_BOOL(false);
+			return false;
 		}
 		code = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 		e = hash_search(account_codes, &id, HASH_ENTER, &found);
 		strlcpy(e->code, code, sizeof(e->code));
 		SPI_finish();
 	}
-	PG_RETURN_BOOL(CodeVisible(e->code));
+	return CodeVisible(e->code);
+}
+
+/* fintx.account_id_visible(id) → boolean: as account_visible, by account id. */
+Datum
+fintx_account_id_visible(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(IdVisible(PG_GETARG_INT64(0)));
+}
+
+/*
+ * fintx.transfer_visible(from_id, to_id) → boolean: the filter of the views
+ * transfer_history and open_holds. Administrators and auditors see every
+ * transfer; a service those that debit or credit an account its grants cover
+ * (with the counterparty's code, which account_balances does not show it).
+ */
+Datum
+fintx_transfer_visible(PG_FUNCTION_ARGS)
+{
+	Oid			role = GetOuterUserId();
+	Oid			admin_role = get_role_oid("fintx_admin", true);
+	Oid			auditor_role = get_role_oid("fintx_auditor", true);
+
+	if (superuser_arg(role) ||
+		(OidIsValid(admin_role) && has_privs_of_role(role, admin_role)) ||
+		(OidIsValid(auditor_role) && has_privs_of_role(role, auditor_role)))
+		PG_RETURN_BOOL(true);
+	PG_RETURN_BOOL(IdVisible(PG_GETARG_INT64(0)) || IdVisible(PG_GETARG_INT64(1)));
 }

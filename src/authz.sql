@@ -169,6 +169,11 @@ RETURNS boolean
 AS 'MODULE_PATHNAME', 'fintx_account_visible'
 LANGUAGE C STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
+CREATE FUNCTION fintx.transfer_visible(from_id bigint, to_id bigint)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'fintx_transfer_visible'
+LANGUAGE C STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
 CREATE FUNCTION fintx.account_id_visible(id bigint)
 RETURNS boolean
 AS 'MODULE_PATHNAME', 'fintx_account_id_visible'
@@ -210,8 +215,26 @@ CREATE POLICY staff ON fintx.idempotency_keys FOR SELECT TO fintx_admin, fintx_a
 CREATE POLICY staff ON fintx.access_log_entries FOR SELECT TO fintx_admin, fintx_auditor USING (true);
 CREATE POLICY staff ON fintx.signed_requests FOR SELECT TO fintx_admin, fintx_auditor USING (true);
 
--- The views read with the caller's rights, so the policies above apply to services.
+-- account_balances and pending_approvals read with the caller's rights, so the policies
+-- above apply to services. transfer_history and open_holds show both accounts of a transfer:
+-- they read as their owner and keep the transfers the caller may see (transfer_visible), so
+-- a service sees its transfers with their counterparty's code.
 ALTER VIEW fintx.account_balances SET (security_invoker = true);
-ALTER VIEW fintx.open_holds SET (security_invoker = true);
-ALTER VIEW fintx.transfer_history SET (security_invoker = true);
 ALTER VIEW fintx.pending_approvals SET (security_invoker = true);
+CREATE OR REPLACE VIEW fintx.open_holds WITH (security_barrier) AS
+SELECT t.id AS transfer_id, fa.code AS from_account, ta.code AS to_account, t.amount,
+       fa.currency, t.created_at, h.timeout_at,
+       (h.timeout_at IS NOT NULL AND h.timeout_at OPERATOR(pg_catalog.<=) pg_catalog.now()) AS expired
+  FROM fintx.pending_holds h
+  JOIN fintx.transfers t ON t.id OPERATOR(pg_catalog.=) h.transfer_id
+  JOIN fintx.accounts fa ON fa.id OPERATOR(pg_catalog.=) t.from_account
+  JOIN fintx.accounts ta ON ta.id OPERATOR(pg_catalog.=) t.to_account
+ WHERE fintx.transfer_visible(t.from_account, t.to_account);
+CREATE OR REPLACE VIEW fintx.transfer_history WITH (security_barrier) AS
+SELECT t.id AS transfer_id, t.status, t.pending_id, fa.code AS from_account, ta.code AS to_account,
+       t.amount, fa.currency, t.metadata, t.from_balance, t.to_balance, t.principal, t.created_at,
+       t.timeout_at
+  FROM fintx.transfers t
+  JOIN fintx.accounts fa ON fa.id OPERATOR(pg_catalog.=) t.from_account
+  JOIN fintx.accounts ta ON ta.id OPERATOR(pg_catalog.=) t.to_account
+ WHERE fintx.transfer_visible(t.from_account, t.to_account);

@@ -379,8 +379,7 @@ WriteRecord(DenialRecord *r)
 					" SELECT $1, COALESCE($2, (SELECT s.name FROM fintx.services s WHERE s.role_name = $3)),"
 					"        $3, $4, $5, $6, $7, $8, false, $9, $10, $11::inet, $13, $12, 'denial queue'",
 					13, types);
-	if (SPI_execute_plan(write_plan, args, nulls, false, 0) != SPI_OK_INSERT)
-		elog(ERROR, "writing a denial failed");	/* LCOV_EXCL_LINE */
+	fintx_spi_expect(SPI_execute_plan(write_plan, args, nulls, false, 0), SPI_OK_INSERT, "writing a denial failed");
 
 	initStringInfo(&buf);
 	appendStringInfoString(&buf, "{\"at\": ");
@@ -429,8 +428,8 @@ WriteBatch(void *arg)
 	DenialBatch *wb = arg;
 	bool		installed = OidIsValid(get_extension_oid("fintx", true));
 
-	if (installed && SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
+	if (installed)
+		fintx_spi_connect();
 	for (int i = 0; i < wb->n; i++)
 	{
 		DenialRecord *r = &wb->records[i];
@@ -495,8 +494,8 @@ fintx_denial_queue_stats(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("the fintx denial queue needs shared memory"),
 				 errhint("Add fintx to shared_preload_libraries and restart the server.")));
-	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "return type must be a row type");	/* LCOV_EXCL_LINE */
+	fintx_spi_expect(get_call_result_type(fcinfo, NULL, &tupdesc) == TYPEFUNC_COMPOSITE ? 1 : 0, 1,
+					 "return type must be a row type");
 	LWLockAcquire(queue->lock, LW_SHARED);
 	values[0] = Int64GetDatum((int64) queue->head);
 	values[1] = Int64GetDatum((int64) queue->written);

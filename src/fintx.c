@@ -146,3 +146,23 @@ fintx_put_string(StringInfo buf, char tag, const char *s)
 {
 	fintx_put_field(buf, tag, s, (int32) strlen(s));
 }
+
+/*
+ * SPI_connect, for callers with nothing to clean up on failure (which would
+ * be a broken backend, not a condition fintx can cause or test).
+ */
+void
+fintx_spi_connect(void)
+{
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
+}
+
+/* Emits an internal error unless an SPI (or similar) result code is the expected one. */
+void
+fintx_spi_expect(int ret, int expect, const char *what)
+{
+	if (ret != expect)
+		elog(ERROR, "%s: unexpected result %s", what,
+			 SPI_result_code_string(ret));	/* LCOV_EXCL_LINE */
+}

@@ -107,6 +107,8 @@ typedef struct LedgerRequest
 } LedgerRequest;
 
 /* fintx.c */
+extern void fintx_spi_connect(void);
+extern void fintx_spi_expect(int ret, int expect, const char *what);
 extern SPIPlanPtr fintx_keep_plan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *types);
 extern SPIPlanPtr fintx_keep_plan_opts(SPIPlanPtr *slot, const char *sql, int nargs, Oid *types,
 									   int opts);

@@ -34,6 +34,7 @@ GRANT EXECUTE ON FUNCTION
     fintx.account_visible(text),
     fintx.account_id_visible(bigint)
   TO fintx_service;
+GRANT EXECUTE ON FUNCTION fintx.transfer_visible(bigint, bigint) TO fintx_service, fintx_auditor;
 GRANT EXECUTE ON FUNCTION fintx.reconcile() TO fintx_auditor;
 GRANT SELECT ON fintx.audit_log, fintx.audit_account_trail, fintx.audit_actor_activity,
                 fintx.audit_checkpoints TO fintx_auditor;

@@ -11,7 +11,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION fintx;
-SELECT plan(149);
+SELECT plan(152);
 
 CREATE FUNCTION pg_temp.run_as(r text, q text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
@@ -233,6 +233,13 @@ SELECT is((SELECT count(*)::int FROM fintx.reconcile()), 0, 'the ledger reconcil
 -- ===========================================================================
 SELECT is(pg_temp.run_as('t6_pay', $q$SELECT string_agg(code, ',' ORDER BY code) FROM fintx.account_balances$q$),
           'lit_1,pay:cust:1,pay:cust:2,pay:new,pay:ops,pay:usd,pay:usd2', 'a service sees only the accounts its grants cover');
+SELECT fintx.open_account('ext:shop', 'EUR');
+SELECT is(pg_temp.run_as('t6_pay', $q$SELECT status FROM fintx.transfer('x-1', 'pay:ops', 'ext:shop', 3)$q$), 'posted',
+          'a service may credit an account outside its grants');
+SELECT is(pg_temp.run_as('t6_pay', $q$SELECT to_account || ':' || amount FROM fintx.transfer_history WHERE to_account = 'ext:shop'$q$),
+          'ext:shop:3', 'it sees its transfer with the counterparty in transfer_history');
+SELECT is(pg_temp.run_as('t6_pay', $q$SELECT count(*)::text FROM fintx.account_balances WHERE code = 'ext:shop'$q$),
+          '0', 'but not the counterparty''s balance');
 SELECT is(pg_temp.run_as('t6_other', $q$SELECT count(*)::text FROM fintx.transfer_history WHERE from_account LIKE 'pay:%' AND to_account LIKE 'pay:%'$q$),
           '0', 'another service sees none of those transfers');
 SELECT is(pg_temp.run_as('t6_other', $q$SELECT count(*)::text FROM fintx.transfers$q$),

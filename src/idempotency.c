@@ -175,8 +175,8 @@ StatusName(const char *s)
 	for (size_t i = 0; i < lengthof(names); i++)
 		if (strcmp(s, names[i]) == 0)
 			return names[i];
-	elog(ERROR, "unknown transfer status \"%s\"", s);
-	return NULL;				/* keep compiler quiet */
+	elog(ERROR, "unknown transfer status \"%s\"", s);	/* LCOV_EXCL_LINE */
+	return NULL;				/* LCOV_EXCL_LINE: keep compiler quiet */
 }
 
 /*
@@ -245,7 +245,7 @@ fintx_journal_claim(const char *principal, LedgerRequest **reqs, int nreqs)
 		ret = SPI_execute_plan(claim_plan, args, NULL, false, 0);
 	}
 	if (ret != SPI_OK_INSERT_RETURNING)
-		elog(ERROR, "claiming idempotency keys failed: %s", SPI_result_code_string(ret));
+		elog(ERROR, "claiming idempotency keys failed: %s", SPI_result_code_string(ret));	/* LCOV_EXCL_LINE */
 
 	nclaimed = (int) SPI_processed;
 	for (uint64 r = 0; r < SPI_processed; r++)
@@ -257,7 +257,7 @@ fintx_journal_claim(const char *principal, LedgerRequest **reqs, int nreqs)
 		LedgerRequest *req = FindByKey(reqs, nreqs, key);
 
 		if (req == NULL)
-			elog(ERROR, "claimed idempotency key \"%s\" is not in the request", key);
+			elog(ERROR, "claimed idempotency key \"%s\" is not in the request", key);	/* LCOV_EXCL_LINE */
 		req->claimed = true;
 		req->transfer_id = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
 	}
@@ -286,7 +286,7 @@ fintx_journal_claim(const char *principal, LedgerRequest **reqs, int nreqs)
 				 2, rtypes);
 		ret = SPI_execute_plan(replay_plan, rargs, NULL, false, 0);
 		if (ret != SPI_OK_SELECT)
-			elog(ERROR, "reading idempotency journal failed: %s", SPI_result_code_string(ret));
+			elog(ERROR, "reading idempotency journal failed: %s", SPI_result_code_string(ret));	/* LCOV_EXCL_LINE */
 
 		for (uint64 r = 0; r < SPI_processed; r++)
 		{
@@ -299,7 +299,7 @@ fintx_journal_claim(const char *principal, LedgerRequest **reqs, int nreqs)
 			Datum		hash;
 
 			if (req == NULL || req->claimed)
-				elog(ERROR, "replayed idempotency key \"%s\" is not in the request", key);
+				elog(ERROR, "replayed idempotency key \"%s\" is not in the request", key);	/* LCOV_EXCL_LINE */
 			if (VARSIZE_ANY_EXHDR(fp) != FINTX_FINGERPRINT_LEN ||
 				memcmp(VARDATA_ANY(fp), req->fingerprint, FINTX_FINGERPRINT_LEN) != 0)
 				KeyReused(req);
@@ -313,6 +313,11 @@ fintx_journal_claim(const char *principal, LedgerRequest **reqs, int nreqs)
 			req->created_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 8, &isnull));
 		}
 
+		/*
+		 * Defensive: PostgreSQL itself raises 40001 when ON CONFLICT meets a
+		 * row this snapshot cannot see, so this is not reached in practice.
+		 */
+		/* LCOV_EXCL_START */
 		for (int i = 0; i < nreqs; i++)
 			if (!reqs[i]->dup_of && !reqs[i]->claimed && !reqs[i]->replayed)
 				ereport(ERROR,
@@ -320,6 +325,7 @@ fintx_journal_claim(const char *principal, LedgerRequest **reqs, int nreqs)
 						 errmsg("could not serialize access to idempotency key \"%s\"", reqs[i]->key),
 						 errdetail("The key was claimed by a transaction this snapshot cannot see."),
 						 errhint("Retry the request in a new transaction.")));
+		/* LCOV_EXCL_STOP */
 	}
 }
 

@@ -251,7 +251,7 @@ fintx_result_datum(FunctionCallInfo fcinfo, LedgerRequest *req)
 	bool		nulls[7];
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "return type must be a row type");
+		elog(ERROR, "return type must be a row type");	/* LCOV_EXCL_LINE */
 	tupdesc = BlessTupleDesc(tupdesc);
 	fintx_result_values(req, values, nulls);
 	return HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls));
@@ -321,7 +321,7 @@ AccountById(LedgerAccount *accts, int n, int64 id)
 	key.id = id;
 	found = bsearch(&key, accts, n, sizeof(LedgerAccount), CompareAccountId);
 	if (found == NULL)
-		elog(ERROR, "account %lld referenced by a hold does not exist", (long long) id);
+		elog(ERROR, "account %lld referenced by a hold does not exist", (long long) id);	/* LCOV_EXCL_LINE */
 	return found;
 }
 
@@ -383,7 +383,7 @@ LockAccounts(LedgerRequest **reqs, int n, LedgerHold *holds, int nholds, int *na
 		ret = SPI_execute_plan(lock_by_code_plan, &arg, NULL, false, 0);
 	}
 	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "locking accounts failed: %s", SPI_result_code_string(ret));
+		elog(ERROR, "locking accounts failed: %s", SPI_result_code_string(ret));	/* LCOV_EXCL_LINE */
 
 	*naccts = (int) SPI_processed;
 	accts = palloc0(sizeof(LedgerAccount) * (*naccts + 1));
@@ -457,7 +457,7 @@ ClaimHolds(LedgerRequest **reqs, int n, int *nholds)
 					1, types);
 	ret = SPI_execute_plan(hold_load_plan, &arg, NULL, false, 0);
 	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "loading holds failed: %s", SPI_result_code_string(ret));
+		elog(ERROR, "loading holds failed: %s", SPI_result_code_string(ret));	/* LCOV_EXCL_LINE */
 	*nholds = (int) SPI_processed;
 	holds = palloc0(sizeof(LedgerHold) * (*nholds + 1));
 	for (int i = 0; i < *nholds; i++)
@@ -501,7 +501,7 @@ ClaimHolds(LedgerRequest **reqs, int n, int *nholds)
 					1, types);
 	ret = SPI_execute_plan(hold_claim_plan, &arg, NULL, false, 0);
 	if (ret != SPI_OK_DELETE_RETURNING)
-		elog(ERROR, "claiming holds failed: %s", SPI_result_code_string(ret));
+		elog(ERROR, "claiming holds failed: %s", SPI_result_code_string(ret));	/* LCOV_EXCL_LINE */
 	for (uint64 r = 0; r < SPI_processed; r++)
 	{
 		LedgerHold	key;
@@ -542,7 +542,7 @@ static void
 ReleaseCounter(LedgerAccount *a, int64 *counter, int64 amount)
 {
 	if (*counter < amount)
-		elog(ERROR, "pending counter of account \"%s\" is smaller than a hold on it", a->code);
+		elog(ERROR, "pending counter of account \"%s\" is smaller than a hold on it", a->code);	/* LCOV_EXCL_LINE */
 	*counter -= amount;
 	a->dirty = true;
 }
@@ -666,7 +666,7 @@ ApplyResolution(LedgerRequest *req, LedgerAccount *accts, int naccts, TimestampT
 	bool		expired = h->has_timeout && h->timeout_at <= clock;
 
 	if (h->used)
-		HoldAlreadyResolved(h->id);
+		HoldAlreadyResolved(h->id);	/* LCOV_EXCL_LINE: one hold per request of a call */
 	h->used = true;
 	if (req->op == LEDGER_POST && expired)
 		ereport(ERROR,
@@ -674,7 +674,7 @@ ApplyResolution(LedgerRequest *req, LedgerAccount *accts, int naccts, TimestampT
 				 errmsg("pending transfer %lld has expired", (long long) h->id),
 				 errdetail("The hold expired at %s.", timestamptz_to_str(h->timeout_at))));
 	if (req->op == LEDGER_EXPIRE && !expired)
-		elog(ERROR, "hold %lld has not expired", (long long) h->id);
+		elog(ERROR, "hold %lld has not expired", (long long) h->id);	/* LCOV_EXCL_LINE */
 	if (req->op == LEDGER_POST && req->amount_given && req->amount > h->amount)
 		ereport(ERROR,
 				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
@@ -718,7 +718,7 @@ AuditAction(LedgerRequest *r)
 		case LEDGER_EXPIRE:
 			return "transfer.expired";
 	}
-	return "transfer";			/* keep compiler quiet */
+	return "transfer";			/* LCOV_EXCL_LINE: keep compiler quiet */
 }
 
 /* Pushes "key": value (value NULL: only the key) onto a jsonb object being built. */
@@ -849,7 +849,7 @@ WriteBack(const char *principal, LedgerRequest **reqs, int n, LedgerAccount *acc
 						10, types);
 		ret = SPI_execute_plan(update_one_plan, args, nulls, false, 0);
 		if (ret != SPI_OK_UPDATE || SPI_processed != (uint64) nd)
-			elog(ERROR, "updating accounts failed: %s", SPI_result_code_string(ret));
+			elog(ERROR, "updating accounts failed: %s", SPI_result_code_string(ret));	/* LCOV_EXCL_LINE */
 	}
 	else if (nd > 2)
 	{
@@ -866,7 +866,7 @@ WriteBack(const char *principal, LedgerRequest **reqs, int n, LedgerAccount *acc
 						5, types);
 		ret = SPI_execute_plan(update_plan, args, NULL, false, 0);
 		if (ret != SPI_OK_UPDATE || SPI_processed != (uint64) nd)
-			elog(ERROR, "updating accounts failed: %s", SPI_result_code_string(ret));
+			elog(ERROR, "updating accounts failed: %s", SPI_result_code_string(ret));	/* LCOV_EXCL_LINE */
 	}
 
 	/* transfers, each with the hash of its audit entry */
@@ -931,7 +931,7 @@ WriteBack(const char *principal, LedgerRequest **reqs, int n, LedgerAccount *acc
 						21, types);
 		ret = SPI_execute_plan(insert_one_plan, a, nulls, false, 0);
 		if (ret != SPI_OK_INSERT || SPI_processed != 1)
-			elog(ERROR, "inserting transfer failed: %s", SPI_result_code_string(ret));
+			elog(ERROR, "inserting transfer failed: %s", SPI_result_code_string(ret));	/* LCOV_EXCL_LINE */
 	}
 	else
 	{
@@ -961,7 +961,7 @@ WriteBack(const char *principal, LedgerRequest **reqs, int n, LedgerAccount *acc
 						12, types);
 		ret = SPI_execute_plan(insert_plan, args, NULL, false, 0);
 		if (ret != SPI_OK_INSERT || SPI_processed != (uint64) n)
-			elog(ERROR, "inserting transfers failed: %s", SPI_result_code_string(ret));
+			elog(ERROR, "inserting transfers failed: %s", SPI_result_code_string(ret));	/* LCOV_EXCL_LINE */
 	}
 
 	/* the audit entries, in the same transaction (a single one went with its transfer) */
@@ -991,7 +991,7 @@ WriteBack(const char *principal, LedgerRequest **reqs, int n, LedgerAccount *acc
 						2, types);
 		ret = SPI_execute_plan(hold_insert_plan, args, NULL, false, 0);
 		if (ret != SPI_OK_INSERT)
-			elog(ERROR, "recording holds failed: %s", SPI_result_code_string(ret));
+			elog(ERROR, "recording holds failed: %s", SPI_result_code_string(ret));	/* LCOV_EXCL_LINE */
 	}
 }
 
@@ -1099,7 +1099,7 @@ fintx_execute(const char *principal, LedgerRequest **reqs, int n)
 	fintx_journal_dedup(sorted, n);
 
 	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
 	fintx_journal_claim(principal, sorted, n);
 	for (int i = 0; i < n; i++)
 		if (reqs[i]->claimed)
@@ -1162,7 +1162,7 @@ fintx_open_account(PG_FUNCTION_ARGS)
 	fintx_authz_begin();
 
 	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
 	args[0] = CStringGetTextDatum(code);
 	args[1] = CStringGetTextDatum(currency);
 	fintx_keep_plan(&currency_plan, "SELECT 1 FROM fintx.currencies WHERE code = $1", 1, &types[1]);
@@ -1184,7 +1184,7 @@ fintx_open_account(PG_FUNCTION_ARGS)
 					6, types);
 	ret = SPI_execute_plan(open_plan, args, NULL, false, 0);
 	if (ret != SPI_OK_INSERT_RETURNING)
-		elog(ERROR, "inserting account failed: %s", SPI_result_code_string(ret));
+		elog(ERROR, "inserting account failed: %s", SPI_result_code_string(ret));	/* LCOV_EXCL_LINE */
 	if (SPI_processed != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNIQUE_VIOLATION),
@@ -1231,7 +1231,7 @@ fintx_close_account(PG_FUNCTION_ARGS)
 	code = CheckCode(NULL, text_to_cstring(PG_GETARG_TEXT_PP(0)));
 	fintx_authz_begin();
 	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
 	arg = CStringGetTextDatum(code);
 	fintx_keep_plan(&close_lock_plan,
 					"SELECT id, closed_at IS NOT NULL, debits_posted, credits_posted,"
@@ -1239,7 +1239,7 @@ fintx_close_account(PG_FUNCTION_ARGS)
 					"  FROM fintx.accounts WHERE code = $1 FOR UPDATE",
 					1, types);
 	if (SPI_execute_plan(close_lock_plan, &arg, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "locking account failed");
+		elog(ERROR, "locking account failed");	/* LCOV_EXCL_LINE */
 	fintx_authorize(FINTX_OP_ACCOUNT_CLOSE, code,
 					SPI_processed == 1 ? SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 7) : NULL,
 					0, false, false);
@@ -1273,7 +1273,7 @@ fintx_close_account(PG_FUNCTION_ARGS)
 	fintx_keep_plan(&close_plan,
 					"UPDATE fintx.accounts SET closed_at = pg_catalog.now() WHERE id = $1", 1, types);
 	if (SPI_execute_plan(close_plan, &id, NULL, false, 0) != SPI_OK_UPDATE)
-		elog(ERROR, "closing account failed");
+		elog(ERROR, "closing account failed");	/* LCOV_EXCL_LINE */
 	{
 		StringInfoData buf;
 
@@ -1407,7 +1407,7 @@ JsonAmount(JsonbValue *v)
 		return pg_strtoint64(s);
 	}
 	BadField("amount", "an integer number of minor units");
-	return 0;					/* keep compiler quiet */
+	return 0;					/* LCOV_EXCL_LINE: keep compiler quiet */
 }
 
 /* Parses one element of a transfer_batch array into a request. */
@@ -1617,13 +1617,13 @@ StoreSignedRequest(FintxCaller *c, LedgerRequest **reqs, int n, Jsonb *request, 
 	args[4] = PointerGetDatum(sig);
 	args[5] = MakeArray(ids, NULL, n, INT8OID);
 	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
 	fintx_keep_plan(&plan,
 					"INSERT INTO fintx.signed_requests (service, public_key, request, message, signature, transfer_ids)"
 					" VALUES ($1, $2, $3, $4, $5, $6)",
 					6, types);
 	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_INSERT)
-		elog(ERROR, "storing the signed request failed");
+		elog(ERROR, "storing the signed request failed");	/* LCOV_EXCL_LINE */
 	SPI_finish();
 }
 
@@ -1797,7 +1797,7 @@ fintx_expire_holds(int max_holds)
 	int			n;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
 	args[0] = TimestampTzGetDatum(GetCurrentTimestamp());
 	args[1] = Int32GetDatum(max_holds);
 	fintx_keep_plan(&expired_plan,
@@ -1806,7 +1806,7 @@ fintx_expire_holds(int max_holds)
 					" FOR UPDATE SKIP LOCKED",
 					2, types);
 	if (SPI_execute_plan(expired_plan, args, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "finding expired holds failed");
+		elog(ERROR, "finding expired holds failed");	/* LCOV_EXCL_LINE */
 	n = (int) SPI_processed;
 	reqs = SPI_palloc(sizeof(LedgerRequest *) * (n + 1));
 	for (int i = 0; i < n; i++)

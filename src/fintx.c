@@ -71,6 +71,7 @@ _PG_init(void)
 							   PGC_SIGHUP,
 							   0,
 							   NULL, NULL, NULL);
+	fintx_outbox_init();
 	MarkGUCPrefixReserved("fintx");
 
 	if (process_shared_preload_libraries_in_progress)

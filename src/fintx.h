@@ -172,6 +172,15 @@ extern void fintx_execute(const char *principal, LedgerRequest **reqs, int nreqs
 extern int	fintx_expire_holds(int max_holds);
 extern char *fintx_principal(void);
 
+/* outbox.c */
+extern int	fintx_outbox_retention_s;
+extern void fintx_outbox_init(void);
+extern Datum fintx_outbox_new_id(void);
+extern Datum fintx_outbox_record(const char *aggregatetype, const char *aggregateid, const char *type,
+								 Jsonb *payload, Jsonb *headers, const char *actor);
+extern void fintx_outbox_from_audit(FintxAuditEntry *entries, int n);
+extern int64 fintx_outbox_sequence(Datum snap, Datum own, bool own_null);
+
 /* worker.c */
 extern void fintx_register_worker(void);
 

@@ -17,6 +17,19 @@ GRANT EXECUTE ON FUNCTION
     fintx.transfer_batch(jsonb),
     fintx.request_fingerprint(text, text, bigint, jsonb, boolean, interval)
   TO fintx_service;
+GRANT EXECUTE ON FUNCTION
+    fintx.emit(text, text, text, jsonb, jsonb),
+    fintx.create_consumer(text),
+    fintx.create_consumer(text, integer, integer, text[], text[], integer),
+    fintx.poll(text, integer),
+    fintx.ack(text, bigint),
+    fintx.reject(text, bigint, text),
+    fintx.inbox_accept(text, uuid),
+    fintx.outbox_tail(),
+    fintx.relay_checkpoint(text, bigint, bigint),
+    fintx.consumer_state(text)
+  TO fintx_service;
+GRANT SELECT ON fintx.outbox_lag TO fintx_service, fintx_auditor;
 GRANT EXECUTE ON FUNCTION fintx.reconcile() TO fintx_auditor;
 GRANT SELECT ON fintx.audit_log, fintx.audit_account_trail, fintx.audit_actor_activity,
                 fintx.audit_checkpoints TO fintx_auditor;
@@ -40,3 +53,15 @@ SELECT pg_catalog.pg_extension_config_dump('fintx.audit_entry_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('fintx.audit_leaves', '');
 SELECT pg_catalog.pg_extension_config_dump('fintx.audit_nodes', '');
 SELECT pg_catalog.pg_extension_config_dump('fintx.audit_blocks', '');
+SELECT pg_catalog.pg_extension_config_dump('fintx.outbox_event_no_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('fintx.outbox_0', '');
+SELECT pg_catalog.pg_extension_config_dump('fintx.outbox_1', '');
+SELECT pg_catalog.pg_extension_config_dump('fintx.outbox_2', '');
+SELECT pg_catalog.pg_extension_config_dump('fintx.outbox_positions_0', '');
+SELECT pg_catalog.pg_extension_config_dump('fintx.outbox_positions_1', '');
+SELECT pg_catalog.pg_extension_config_dump('fintx.outbox_positions_2', '');
+SELECT pg_catalog.pg_extension_config_dump('fintx.outbox_batches', '');
+SELECT pg_catalog.pg_extension_config_dump('fintx.outbox_consumers', '');
+SELECT pg_catalog.pg_extension_config_dump('fintx.outbox_attempts', '');
+SELECT pg_catalog.pg_extension_config_dump('fintx.outbox_dead_letters', '');
+SELECT pg_catalog.pg_extension_config_dump('fintx.inbox', '');

@@ -226,6 +226,7 @@ MakeArray(Datum *elems, int n, Oid type)
 /*
  * Seals every committed entry not yet in the log: assigns leaf indexes,
  * stores the new complete subtrees and appends a signed, chained block.
+ * Sequences the committed outbox events in the same pass (outbox.c).
  * Returns the tree size. Under REPEATABLE READ or SERIALIZABLE it only
  * reports the current size (its snapshot could be stale).
  */
@@ -234,6 +235,7 @@ fintx_seal_log(void)
 {
 	BlockInfo	prev;
 	Datum		snap;
+	SPITupleTable *scan;
 	int			ret;
 	int64		n0,
 				k,
@@ -324,6 +326,15 @@ fintx_seal_log(void)
 		(void) SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
 		k = isnull ? 0 : (int64) SPI_processed;
 	}
+	/* the outbox is sequenced in the same pass, under the same snapshot */
+	scan = SPI_tuptable;
+	{
+		TransactionId own = GetTopTransactionIdIfAny();
+
+		(void) fintx_outbox_sequence(snap,
+									 TransactionIdIsValid(own) ? FullTransactionIdGetDatum(GetTopFullTransactionId()) : (Datum) 0,
+									 !TransactionIdIsValid(own));
+	}
 	if (k == 0)
 	{
 		SPI_finish();
@@ -334,7 +345,7 @@ fintx_seal_log(void)
 
 	/* leaves */
 	{
-		SPITupleTable *tt = SPI_tuptable;
+		SPITupleTable *tt = scan;
 		Datum	   *idx = palloc(sizeof(Datum) * k);
 		Datum	   *ent = palloc(sizeof(Datum) * k);
 		Oid			types[3] = {INT8ARRAYOID, INT8ARRAYOID, INT8OID};

@@ -683,7 +683,6 @@ fintx_poll(PG_FUNCTION_ARGS)
 	char	   *name = CheckConsumerName(fcinfo, 0);
 	int32		max_events;
 	Consumer	c;
-	bool		filtered;
 	int64		scan;
 	Oid			types[8] = {TEXTOID, INT8OID, INT8OID, INT4OID, INT4OID, TEXTARRAYOID, TEXTARRAYOID, INT4OID};
 	Datum		args[8];
@@ -707,8 +706,7 @@ fintx_poll(PG_FUNCTION_ARGS)
 		return (Datum) 0;
 	}
 	SealIfNoWorker();
-	filtered = c.group_size > 1 || c.aggregatetypes != (Datum) 0 || c.types != (Datum) 0;
-	scan = filtered ? Max(OUTBOX_SCAN_FILTERED, max_events) : max_events;
+	scan = Max(OUTBOX_SCAN_FILTERED, max_events);	/* rows are pulled lazily */
 	args[0] = CStringGetTextDatum(name);
 	args[1] = Int64GetDatum(c.committed);
 	args[2] = Int64GetDatum(scan);

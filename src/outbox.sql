@@ -212,7 +212,7 @@ BEGIN
             EXECUTE pg_catalog.format(
                 'SELECT EXISTS (SELECT 1 FROM fintx.%1$I o WHERE NOT EXISTS (SELECT 1 FROM fintx.%2$I p WHERE p.event_no OPERATOR(pg_catalog.=) o.event_no))'
                 ' OR EXISTS (SELECT 1 FROM fintx.%2$I p WHERE p.position OPERATOR(pg_catalog.>) $1)'
-                ' OR EXISTS (SELECT 1 FROM fintx.%1$I o WHERE o.created_at OPERATOR(pg_catalog.>) pg_catalog.now() OPERATOR(pg_catalog.-) $2)'
+                ' OR EXISTS (SELECT 1 FROM fintx.%1$I o WHERE o.created_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) $2))'
                 ' OR NOT EXISTS (SELECT 1 FROM fintx.%1$I)',
                 'outbox_' || s, 'outbox_positions_' || s) INTO bad USING min_off, retention;
             IF NOT bad THEN

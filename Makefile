@@ -73,4 +73,10 @@ all: fintx-verify
 install: install-verify
 clean: clean-verify
 
+# the outbox relay to NATS JetStream (libpq, libnats)
+include tools/relay.mk
+all: fintx-relay
+install: install-relay
+clean: clean-relay
+
 endif

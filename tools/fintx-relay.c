@@ -57,6 +57,8 @@ typedef struct Config
 	bool		once;
 	bool		create_stream;
 	int			health_s;
+	int64_t		dup_window_ms;	/* duplicate window of a stream we create; 0: server default */
+	bool		dump;
 } Config;
 
 /* PubAck bookkeeping of one batch, shared with the ack handler thread. */
@@ -392,6 +394,7 @@ nats_connect(void)
 			sc.Subjects = subjects;
 			sc.SubjectsLen = 1;
 			sc.Storage = js_FileStorage;
+			sc.Duplicates = cfg.dup_window_ms * 1000000;	/* nanoseconds */
 			s = js_AddStream(&si, js, &sc, NULL, &jerr);
 			if (s == NATS_OK)
 				logmsg("created stream %s for subjects %s", cfg.stream, subj);
@@ -582,12 +585,61 @@ relay_batch(void)
 		return -1;
 	}
 	pthread_mutex_unlock(&acks.mu);
+	/* fault injection for the tests: widen the window between PubAck and checkpoint */
+	if (getenv("FINTX_RELAY_TEST_ACK_PAUSE_MS"))
+		sleep_ms(atoi(getenv("FINTX_RELAY_TEST_ACK_PAUSE_MS")));
 	if (!pg_checkpoint(acks.max_position, acks.max_sequence))
 		return -1;
 	published += n;
 	if (tail < committed)
 		tail = committed;
 	return n;
+}
+
+/*
+ * --dump-stream: prints "sequence<TAB>Nats-Msg-Id<TAB>Fintx-Position<TAB>subject"
+ * for every message of the stream, to compare it with the outbox.
+ */
+static int
+dump_stream(void)
+{
+	jsStreamInfo *si = NULL;
+	jsErrCode	jerr = 0;
+	natsStatus	s;
+	uint64_t	first,
+				last;
+
+	if (!nats_connect())
+		return 1;
+	s = js_GetStreamInfo(&si, js, cfg.stream, NULL, &jerr);
+	if (s != NATS_OK)
+	{
+		logmsg("could not read stream %s: %s", cfg.stream, natsStatus_GetText(s));
+		return 1;
+	}
+	first = si->State.FirstSeq;
+	last = si->State.LastSeq;
+	jsStreamInfo_Destroy(si);
+	for (uint64_t q = first; q >= 1 && q <= last; q++)
+	{
+		natsMsg    *m = NULL;
+		const char *id = NULL;
+		const char *pos = NULL;
+
+		s = js_GetMsg(&m, js, cfg.stream, q, NULL, &jerr);
+		if (s != NATS_OK)
+		{
+			logmsg("could not read message %" PRIu64 ": %s", q, natsStatus_GetText(s));
+			return 1;
+		}
+		natsMsgHeader_Get(m, "Nats-Msg-Id", &id);
+		natsMsgHeader_Get(m, "Fintx-Position", &pos);
+		printf("%" PRIu64 "\t%s\t%s\t%s\n", q, id ? id : "", pos ? pos : "", natsMsg_GetSubject(m));
+		natsMsg_Destroy(m);
+	}
+	fflush(stdout);
+	nats_close();
+	return 0;
 }
 
 static void
@@ -604,7 +656,10 @@ usage(void)
 			"  -b, --batch=N               events per batch, 1-10000      (FINTX_RELAY_BATCH, default 1000)\n"
 			"  -1, --once                  publish what is available, then exit (0 ok, 1 error)\n"
 			"      --no-create-stream      fail instead of creating a missing stream\n"
-			"      --health-interval=SECS  seconds between health lines on stderr (default 10)\n");
+			"      --duplicate-window=MS   duplicate window of a stream fintx-relay creates (default: server's, 2 min)\n"
+			"      --health-interval=SECS  seconds between health lines on stderr (default 10)\n"
+			"      --dump-stream           print sequence, Nats-Msg-Id, Fintx-Position and subject of every\n"
+			"                              message in the stream, then exit\n");
 }
 
 static const char *
@@ -628,6 +683,8 @@ main(int argc, char **argv)
 		{"once", no_argument, NULL, '1'},
 		{"no-create-stream", no_argument, NULL, 'N'},
 		{"health-interval", required_argument, NULL, 'H'},
+		{"duplicate-window", required_argument, NULL, 'W'},
+		{"dump-stream", no_argument, NULL, 'D'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0}
 	};
@@ -656,15 +713,19 @@ main(int argc, char **argv)
 			case '1': cfg.once = true; break;
 			case 'N': cfg.create_stream = false; break;
 			case 'H': cfg.health_s = atoi(optarg); break;
+			case 'W': cfg.dup_window_ms = atoll(optarg); break;
+			case 'D': cfg.dump = true; break;
 			case 'h': usage(); return 0;
 			default: usage(); return 2;
 		}
 	}
-	if (cfg.batch < 1 || cfg.batch > 10000 || cfg.health_s < 1 || optind < argc)
+	if (cfg.batch < 1 || cfg.batch > 10000 || cfg.health_s < 1 || cfg.dup_window_ms < 0 || optind < argc)
 	{
 		usage();
 		return 2;
 	}
+	if (cfg.dump)
+		return dump_stream();
 	signal(SIGINT, on_signal);
 	signal(SIGTERM, on_signal);
 	signal(SIGPIPE, SIG_IGN);

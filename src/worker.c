@@ -3,7 +3,8 @@
  *	  Background worker started when fintx is in shared_preload_libraries.
  *	  In the database named by fintx.database (if fintx is installed there) it
  *	  seals the audit log every fintx.seal_interval and releases expired holds
- *	  every fintx.expire_interval, each pass in its own transaction.
+ *	  every fintx.expire_interval (the sealing pass also sequences the outbox),
+ *	  and rotates the outbox every minute, each pass in its own transaction.
  *-------------------------------------------------------------------------
  */
 #include "fintx.h"
@@ -93,6 +94,7 @@ fintx_worker_main(Datum arg)
 	{
 		TimestampTz next_seal = GetCurrentTimestamp();
 		TimestampTz next_expire = GetCurrentTimestamp();
+		TimestampTz next_rotate = GetCurrentTimestamp();
 
 		while (!ShutdownRequestPending)
 		{
@@ -110,7 +112,12 @@ fintx_worker_main(Datum arg)
 				WorkerPass("fintx: releasing expired holds", "SELECT fintx.expire_pending(1000)");
 				next_expire = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), fintx_expire_interval_ms);
 			}
-			next = Min(next_seal, next_expire);
+			if (now >= next_rotate)
+			{
+				WorkerPass("fintx: rotating the outbox", "SELECT fintx.outbox_rotate()");
+				next_rotate = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 60 * 1000);
+			}
+			next = Min(Min(next_seal, next_expire), next_rotate);
 			wait_ms = (long) ((next - GetCurrentTimestamp()) / 1000);
 			if (wait_ms < 1)
 				wait_ms = 1;

@@ -156,4 +156,33 @@ $watcher->quit;
 $listener->quit;
 is(invariants(), '', 'invariants hold with the worker sealing');
 
+# 8. rotation: whole slots are truncated once every consumer has passed them and they are
+#    older than fintx.outbox_retention; positions continue after the tail
+is(sql('SELECT fintx.outbox_rotate()'), '0', 'no rotation while the current slot is the only one with events');
+sql("SELECT setval('fintx.outbox_event_no_seq', 1048576)");    # the next event goes to slot 1
+emit('slot1-a');
+seal();
+is(sql('SELECT fintx.outbox_rotate()'), '0', 'no rotation while consumer t12 has not passed slot 0');
+sql("SELECT fintx.ack('t12', fintx.outbox_tail())");
+is(sql('SELECT fintx.outbox_rotate()'), '0', 'no rotation while the events are younger than the retention');
+$node->append_conf('postgresql.conf', "fintx.outbox_retention = 0");
+$node->reload;
+usleep(200_000);
+my $tail_before = sql('SELECT fintx.outbox_tail()');
+my $slot0 = sql('SELECT count(*) FROM fintx.outbox_0');
+cmp_ok($slot0, '>', 10, "slot 0 holds $slot0 events");
+is(sql('SELECT fintx.outbox_rotate()'), '1', 'slot 0 is truncated once acknowledged and old enough');
+is(sql('SELECT count(*) FROM fintx.outbox_0') . ' ' . sql('SELECT count(*) FROM fintx.outbox_positions_0'), '0 0',
+	'slot 0 of the outbox and of the positions is empty');
+is(sql('SELECT fintx.outbox_tail()'), $tail_before, 'the tail is unchanged by rotation');
+is(sql("SELECT aggregateid FROM fintx.outbox"), 'slot1-a', 'the event in the current slot is kept');
+emit('after-rotate');
+seal();
+is(position_of('after-rotate'), $tail_before + 1, 'the next event gets the next position');
+is(sql("SELECT string_agg(aggregateid, ',' ORDER BY position) FROM fintx.poll('t12', 100)"), 'after-rotate',
+	'the consumer continues after rotation');
+sql("SELECT fintx.create_consumer('late-joiner')");
+is(sql("SELECT string_agg(aggregateid, ',' ORDER BY position) FROM fintx.poll('late-joiner', 100)"), 'slot1-a,after-rotate',
+	'a new consumer starts at the oldest retained event');
+
 done_testing();

@@ -60,7 +60,8 @@ CREATE TABLE fintx.outbox_batches (
     last_position  bigint      NOT NULL,
     sealed_at      timestamptz NOT NULL
 );
-COMMENT ON TABLE fintx.outbox_batches IS 'one row per sealing pass that sequenced outbox events; insert-only';
+CREATE INDEX outbox_batches_last_position ON fintx.outbox_batches (last_position);
+COMMENT ON TABLE fintx.outbox_batches IS 'one row per sealing pass that sequenced outbox events; old rows are pruned by outbox_rotate()';
 
 CREATE TABLE fintx.outbox_consumers (
     name               text        PRIMARY KEY,
@@ -175,7 +176,7 @@ SELECT c.name AS consumer,
        (SELECT pg_catalog.now() OPERATOR(pg_catalog.-) b.sealed_at
           FROM fintx.outbox_batches b
          WHERE b.last_position OPERATOR(pg_catalog.>) c.committed_position
-         ORDER BY b.batch_id LIMIT 1) AS lag_time,
+         ORDER BY b.last_position LIMIT 1) AS lag_time,
        (SELECT pg_catalog.count(*) FROM fintx.outbox_dead_letters d
          WHERE d.consumer OPERATOR(pg_catalog.=) c.name) AS dead_letters,
        c.acked_at
@@ -223,6 +224,11 @@ BEGIN
             NULL;   -- busy: next time
         END;
     END LOOP;
+    -- batch rows every consumer has passed, except the last (the sequencer's snapshot)
+    DELETE FROM fintx.outbox_batches b
+     WHERE b.last_position OPERATOR(pg_catalog.<=) min_off
+       AND b.sealed_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) retention)
+       AND b.batch_id OPERATOR(pg_catalog.<) (SELECT pg_catalog.max(x.batch_id) FROM fintx.outbox_batches x);
     RETURN removed;
 END
 $rotate$;

@@ -23,6 +23,9 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "storage/procarray.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -50,6 +53,13 @@ PG_FUNCTION_INFO_V1(fintx_consumer_state);
 #define CONSUMER_MAX_NAME	64
 
 int			fintx_outbox_retention_s = 86400;
+
+/* waking the worker when a transaction that wrote events commits */
+#define WORKER_PID_TTL_MS	10000
+static bool outbox_written = false;
+static bool xact_callback_set = false;
+static int	worker_pid = 0;
+static TimestampTz worker_pid_at = 0;
 
 static SPIPlanPtr emit_plan = NULL;
 static SPIPlanPtr emit_many_plan = NULL;
@@ -159,6 +169,51 @@ CheckConsumerName(FunctionCallInfo fcinfo, int arg)
 	return s;
 }
 
+static int	WorkerPid(void);
+
+/*
+ * At commit of a transaction that wrote outbox events, sets the worker's
+ * latch so that it seals soon instead of at the end of its interval (it
+ * limits itself to one pass per fintx.seal_interval / 5). A stale pid only
+ * causes a spurious wake-up of some other process, which latches tolerate.
+ */
+static void
+OutboxXactCallback(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_COMMIT && outbox_written && worker_pid != 0)
+	{
+		PGPROC	   *proc = BackendPidGetProc(worker_pid);
+
+		if (proc != NULL)
+			SetLatch(&proc->procLatch);
+	}
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT || event == XACT_EVENT_PREPARE ||
+		event == XACT_EVENT_PARALLEL_COMMIT || event == XACT_EVENT_PARALLEL_ABORT)
+		outbox_written = false;
+}
+
+/* Notes that this transaction writes events (SPI connected: may look up the worker). */
+static void
+NoteOutboxWrite(void)
+{
+	TimestampTz now;
+
+	if (outbox_written)
+		return;
+	outbox_written = true;
+	if (!xact_callback_set)
+	{
+		RegisterXactCallback(OutboxXactCallback, NULL);
+		xact_callback_set = true;
+	}
+	now = GetCurrentTimestamp();
+	if (worker_pid_at == 0 || TimestampDifferenceExceeds(worker_pid_at, now, WORKER_PID_TTL_MS))
+	{
+		worker_pid = WorkerPid();
+		worker_pid_at = now;
+	}
+}
+
 /* A new event id: a UUID version 7 (48-bit Unix milliseconds, then random bits). */
 static Datum
 NewEventId(void)
@@ -178,10 +233,11 @@ NewEventId(void)
 	return UUIDPGetDatum(u);
 }
 
-/* Datum of a new event id, for ledger.c's single-statement insert. */
+/* Datum of a new event id, for ledger.c's single-statement insert (SPI connected). */
 Datum
 fintx_outbox_new_id(void)
 {
+	NoteOutboxWrite();
 	return NewEventId();
 }
 
@@ -197,6 +253,7 @@ fintx_outbox_record(const char *aggregatetype, const char *aggregateid, const ch
 	Datum		args[7];
 	int			ret;
 
+	NoteOutboxWrite();
 	args[0] = NewEventId();
 	args[1] = CStringGetTextDatum(aggregatetype);
 	args[2] = CStringGetTextDatum(aggregateid);
@@ -230,6 +287,7 @@ fintx_outbox_from_audit(FintxAuditEntry *entries, int n)
 
 	if (n < 1)
 		return;
+	NoteOutboxWrite();
 	for (int c = 0; c < 6; c++)
 		cols[c] = palloc(sizeof(Datum) * n);
 	for (int i = 0; i < n; i++)
@@ -358,21 +416,30 @@ fintx_outbox_sequence(Datum snap, Datum own, bool own_null)
  * ------------------------------------------------------------------------
  */
 
+/* The pid of the fintx worker of this database, 0 if none runs (SPI connected). */
+static int
+WorkerPid(void)
+{
+	bool		isnull;
+	Datum		d;
+
+	fintx_keep_plan(&worker_plan,
+					"SELECT pg_catalog.max(pid) FROM pg_catalog.pg_stat_activity"
+					" WHERE backend_type OPERATOR(pg_catalog.=) 'fintx worker'"
+					"   AND datid OPERATOR(pg_catalog.=) (SELECT oid FROM pg_catalog.pg_database"
+					"         WHERE datname OPERATOR(pg_catalog.=) pg_catalog.current_database())",
+					0, NULL);
+	if (SPI_execute_plan(worker_plan, NULL, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "reading pg_stat_activity failed");
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	return isnull ? 0 : DatumGetInt32(d);
+}
+
 /* True if the fintx worker runs in this database (it seals; poll need not). */
 static bool
 WorkerSeals(void)
 {
-	bool		isnull;
-
-	fintx_keep_plan(&worker_plan,
-					"SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity"
-					"                WHERE backend_type OPERATOR(pg_catalog.=) 'fintx worker'"
-					"                  AND datid OPERATOR(pg_catalog.=) (SELECT oid FROM pg_catalog.pg_database"
-					"                        WHERE datname OPERATOR(pg_catalog.=) pg_catalog.current_database()))",
-					0, NULL);
-	if (SPI_execute_plan(worker_plan, NULL, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "reading pg_stat_activity failed");
-	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	return WorkerPid() != 0;
 }
 
 /* Seals lazily when no worker does (SPI connected; seal connects on its own). */
@@ -722,7 +789,12 @@ fintx_poll(PG_FUNCTION_ARGS)
 					"       o.txid, o.created_at, o.event_no"
 					"  FROM (SELECT position, event_no FROM fintx.outbox_positions"
 					"         WHERE position OPERATOR(pg_catalog.>) $2 ORDER BY position LIMIT $3) p"
-					"  JOIN fintx.outbox o ON o.event_no OPERATOR(pg_catalog.=) p.event_no"
+					/*
+					 * a LATERAL subquery that cannot be pulled up: always an index probe
+					 * per position, whatever the (generic, possibly stale) estimates say
+					 */
+					"  CROSS JOIN LATERAL (SELECT * FROM fintx.outbox o1"
+					"                       WHERE o1.event_no OPERATOR(pg_catalog.=) p.event_no OFFSET 0) o"
 					" WHERE ($4 OPERATOR(pg_catalog.=) 1 OR"
 					"        ((pg_catalog.hashtextextended(o.aggregateid, 0) OPERATOR(pg_catalog.&) 9223372036854775807)"
 					"          OPERATOR(pg_catalog.%) $4) OPERATOR(pg_catalog.=) $5)"
@@ -733,8 +805,22 @@ fintx_poll(PG_FUNCTION_ARGS)
 					"                      AND d.position OPERATOR(pg_catalog.=) p.position)"
 					" ORDER BY p.position LIMIT $8",
 					8, types);
-	if (SPI_execute_plan(poll_plan, args, nulls, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "polling outbox failed");
+	{
+		/*
+		 * The plan is generic and kept for the session; a slot that was empty
+		 * when it was made must not be read by a sequential scan per position
+		 * once it fills up: plan (and replan) with enable_seqscan off.
+		 */
+		int			nestlevel = NewGUCNestLevel();
+		int			ret;
+
+		(void) set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
+		ret = SPI_execute_plan(poll_plan, args, nulls, false, 0);
+		AtEOXact_GUC(true, nestlevel);
+		if (ret != SPI_OK_SELECT)
+			elog(ERROR, "polling outbox failed");
+	}
 	nrows = SPI_processed;
 	for (uint64 r = 0; r < nrows; r++)
 	{

@@ -95,17 +95,20 @@ fintx_worker_main(Datum arg)
 		TimestampTz next_seal = GetCurrentTimestamp();
 		TimestampTz next_expire = GetCurrentTimestamp();
 		TimestampTz next_rotate = GetCurrentTimestamp();
+		TimestampTz last_seal = 0;
 
 		while (!ShutdownRequestPending)
 		{
 			TimestampTz now = GetCurrentTimestamp();
 			TimestampTz next;
 			long		wait_ms;
+			int			rc;
 
 			if (now >= next_seal)
 			{
 				WorkerPass("fintx: sealing the audit log", "SELECT fintx.seal()");
-				next_seal = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), fintx_seal_interval_ms);
+				last_seal = GetCurrentTimestamp();
+				next_seal = TimestampTzPlusMilliseconds(last_seal, fintx_seal_interval_ms);
 			}
 			if (now >= next_expire)
 			{
@@ -121,9 +124,21 @@ fintx_worker_main(Datum arg)
 			wait_ms = (long) ((next - GetCurrentTimestamp()) / 1000);
 			if (wait_ms < 1)
 				wait_ms = 1;
-			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-							 wait_ms, PG_WAIT_EXTENSION);
+			rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						   wait_ms, PG_WAIT_EXTENSION);
 			ResetLatch(MyLatch);
+			if (rc & WL_LATCH_SET)
+			{
+				/*
+				 * A transaction that wrote outbox events committed (outbox.c
+				 * sets our latch): seal soon, but at most once per fifth of
+				 * the interval, so that a busy system does not seal per commit.
+				 */
+				TimestampTz soon = TimestampTzPlusMilliseconds(last_seal, Max(fintx_seal_interval_ms / 5, 1));
+
+				if (soon < next_seal)
+					next_seal = soon;
+			}
 			CHECK_FOR_INTERRUPTS();
 			if (ConfigReloadPending)
 			{

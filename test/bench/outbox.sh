@@ -20,10 +20,10 @@ BATCH=${BATCH:-1000}
 WORK=$(mktemp -d /tmp/fintx-bench-outbox.XXXXXX)
 chmod 755 "$WORK"
 NATS_PID=
-trap '[ -n "$NATS_PID" ] && kill $NATS_PID 2>/dev/null; cluster_stop; rm -rf "$WORK"' EXIT
+trap '[ -n "$NATS_PID" ] && kill $NATS_PID 2>/dev/null; cluster_stop; cp "$WORK/pg/server.log" /tmp/wt5bench-server.log 2>/dev/null; rm -rf "$WORK"' EXIT
 
 cluster_start "$WORK/pg" "fsync = on" "synchronous_commit = on" "shared_buffers = '512MB'" \
-    "max_wal_size = '4GB'" "fintx.database = 'bench'" "fintx.seal_interval = '$SEAL_INTERVAL'" >/dev/null
+    "max_wal_size = '4GB'" "fintx.database = 'bench'" "log_lock_waits = on" "deadlock_timeout = '100ms'" "log_min_messages = log" "log_min_duration_statement = '300ms'" "fintx.seal_interval = '$SEAL_INTERVAL'" >/dev/null
 PSQL="$PGBIN/psql -X -q -v ON_ERROR_STOP=1 -d bench"
 "$PGBIN/createdb" bench
 $PSQL <<'SQL'
@@ -34,9 +34,7 @@ SELECT count(*) FROM fintx.transfer_batch(
   (SELECT jsonb_agg(jsonb_build_object('idempotency_key', 'fund-' || i, 'from_account', 'bench:funding',
                                        'to_account', 'acct:' || i, 'amount', 1000000000000))
      FROM generate_series(1, 1000) i));
-SELECT fintx.create_consumer('bench');
-SELECT fintx.ack('bench', fintx.seal() * 0 + fintx.outbox_tail());
-CREATE TABLE lat (position bigint, ms double precision);
+CREATE TABLE lat (position bigint, ms double precision, at timestamptz DEFAULT clock_timestamp());
 -- a consumer polling every 5 ms, each poll in its own transaction
 CREATE PROCEDURE consume(seconds double precision) LANGUAGE plpgsql AS $$
 DECLARE
@@ -45,7 +43,7 @@ DECLARE
 BEGIN
     WHILE clock_timestamp() < stop LOOP
         WITH ev AS (SELECT position, created_at FROM fintx.poll('bench', 10000)),
-             ins AS (INSERT INTO lat SELECT position, extract(epoch FROM clock_timestamp() - created_at) * 1000 FROM ev
+             ins AS (INSERT INTO lat (position, ms) SELECT position, extract(epoch FROM clock_timestamp() - created_at) * 1000 FROM ev
                      RETURNING position)
         SELECT max(position) INTO last FROM ins;
         IF last IS NOT NULL THEN PERFORM fintx.ack('bench', last); END IF;
@@ -55,6 +53,12 @@ BEGIN
 END $$;
 VACUUM ANALYZE;
 SQL
+# the worker started before database "bench" existed; wait until it runs there (it restarts every 5 s)
+for _ in $(seq 100); do
+    [ "$($PSQL -At -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'fintx worker' AND datname = 'bench'")" = 1 ] && break
+    sleep 0.2
+done
+$PSQL -c "SELECT fintx.create_consumer('bench')" -c "SELECT fintx.seal()" -c "SELECT fintx.ack('bench', fintx.outbox_tail())" >/dev/null
 cat > "$WORK/transfer.sql" <<'SQL'
 \set a random(1, 1000)
 \set b 1 + (:a + random(0, 998)) % 1000
@@ -74,6 +78,8 @@ $PSQL -At -F' ' -c "SELECT count(*), round(percentile_cont(0.5) WITHIN GROUP (OR
     echo "latency   commit -> visible to poll: $n events, P50 $p50 ms, P99 $p99 ms, max $max ms (target P99 <= 100 ms); transfers $tps/s"
 }
 
+[ -n "${VERBOSE:-}" ] && $PSQL -c "SELECT date_trunc('second', at) AS second, count(*), round(avg(ms)) AS avg_ms, round(max(ms)) AS max_ms FROM lat GROUP BY 1 ORDER BY 1"
+
 # relay throughput
 RELAY=$("$PGBIN/pg_config" --bindir)/fintx-relay
 [ -x "$RELAY" ] || RELAY=$ROOT/fintx-relay
@@ -83,7 +89,7 @@ mkdir -p "$WORK/nats"
 "$NATS" -a 127.0.0.1 -p "$NPORT" -js -sd "$WORK/nats" > "$WORK/nats.log" 2>&1 &
 NATS_PID=$!
 for _ in $(seq 50); do grep -q "Server is ready" "$WORK/nats.log" && break; sleep 0.1; done
-$PSQL -c "SELECT fintx.create_consumer('relay-bench')" -c "SELECT fintx.ack('relay-bench', fintx.seal() * 0 + fintx.outbox_tail())" >/dev/null
+$PSQL -c "SELECT fintx.create_consumer('relay-bench')" -c "SELECT fintx.seal()" -c "SELECT fintx.ack('relay-bench', fintx.outbox_tail())" >/dev/null
 for i in $(seq 1 $(( (EVENTS + 9999) / 10000 ))); do
     $PSQL -c "SELECT count(fintx.emit('bench', 'b-' || g, 'bench.created', jsonb_build_object('g', g, 'note', 'payload of a typical size'))) FROM generate_series(1, 10000) g" >/dev/null
 done

@@ -174,6 +174,7 @@ extern char *fintx_principal(void);
 
 /* outbox.c */
 extern int	fintx_outbox_retention_s;
+extern int	fintx_outbox_wakeup_ms;
 extern void fintx_outbox_init(void);
 extern Datum fintx_outbox_new_id(void);
 extern Datum fintx_outbox_record(const char *aggregatetype, const char *aggregateid, const char *type,

@@ -53,6 +53,7 @@ PG_FUNCTION_INFO_V1(fintx_consumer_state);
 #define CONSUMER_MAX_NAME	64
 
 int			fintx_outbox_retention_s = 86400;
+int			fintx_outbox_wakeup_ms = 40;
 
 /* waking the worker when a transaction that wrote events commits */
 #define WORKER_PID_TTL_MS	10000
@@ -99,6 +100,16 @@ fintx_outbox_init(void)
 							86400, 0, INT_MAX,
 							PGC_SIGHUP,
 							GUC_UNIT_S,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("fintx.outbox_wakeup",
+							"Shortest time between two sealing passes when committed outbox events wake the worker.",
+							"A transaction that wrote outbox events wakes the worker at commit; it seals once this "
+							"long has passed since its last pass. 0 disables the wake-up (sealing every "
+							"fintx.seal_interval only).",
+							&fintx_outbox_wakeup_ms,
+							40, 0, 3600 * 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 }
 
@@ -173,14 +184,14 @@ static int	WorkerPid(void);
 
 /*
  * At commit of a transaction that wrote outbox events, sets the worker's
- * latch so that it seals soon instead of at the end of its interval (it
- * limits itself to one pass per fintx.seal_interval / 5). A stale pid only
+ * latch so that it seals soon instead of at the end of its interval. A stale pid only
  * causes a spurious wake-up of some other process, which latches tolerate.
+ * The worker seals at most once per fintx.outbox_wakeup.
  */
 static void
 OutboxXactCallback(XactEvent event, void *arg)
 {
-	if (event == XACT_EVENT_COMMIT && outbox_written && worker_pid != 0)
+	if (event == XACT_EVENT_COMMIT && outbox_written && worker_pid != 0 && fintx_outbox_wakeup_ms > 0)
 	{
 		PGPROC	   *proc = BackendPidGetProc(worker_pid);
 

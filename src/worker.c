@@ -127,14 +127,15 @@ fintx_worker_main(Datum arg)
 			rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						   wait_ms, PG_WAIT_EXTENSION);
 			ResetLatch(MyLatch);
-			if (rc & WL_LATCH_SET)
+			if ((rc & WL_LATCH_SET) && fintx_outbox_wakeup_ms > 0)
 			{
 				/*
 				 * A transaction that wrote outbox events committed (outbox.c
-				 * sets our latch): seal soon, but at most once per fifth of
-				 * the interval, so that a busy system does not seal per commit.
+				 * sets our latch): seal soon, but at most once per
+				 * fintx.outbox_wakeup, so that a busy system does not seal per
+				 * commit.
 				 */
-				TimestampTz soon = TimestampTzPlusMilliseconds(last_seal, Max(fintx_seal_interval_ms / 5, 1));
+				TimestampTz soon = TimestampTzPlusMilliseconds(last_seal, fintx_outbox_wakeup_ms);
 
 				if (soon < next_seal)
 					next_seal = soon;

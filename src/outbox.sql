@@ -150,6 +150,13 @@ RETURNS boolean
 AS 'MODULE_PATHNAME', 'fintx_inbox_accept'
 LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
+-- Sequences committed outbox events without sealing the audit log (the worker's pass when
+-- committed events wake it); returns the number of events sequenced.
+CREATE FUNCTION fintx.sequence_outbox()
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'fintx_sequence_outbox'
+LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
 CREATE FUNCTION fintx.outbox_tail()
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'fintx_outbox_tail'

@@ -96,6 +96,7 @@ fintx_worker_main(Datum arg)
 		TimestampTz next_expire = GetCurrentTimestamp();
 		TimestampTz next_rotate = GetCurrentTimestamp();
 		TimestampTz last_seal = 0;
+		TimestampTz next_outbox = 0;	/* 0: not woken */
 
 		while (!ShutdownRequestPending)
 		{
@@ -109,6 +110,13 @@ fintx_worker_main(Datum arg)
 				WorkerPass("fintx: sealing the audit log", "SELECT fintx.seal()");
 				last_seal = GetCurrentTimestamp();
 				next_seal = TimestampTzPlusMilliseconds(last_seal, fintx_seal_interval_ms);
+				next_outbox = 0;	/* the seal sequenced the outbox too */
+			}
+			if (next_outbox != 0 && now >= next_outbox)
+			{
+				WorkerPass("fintx: sequencing the outbox", "SELECT fintx.sequence_outbox()");
+				last_seal = GetCurrentTimestamp();
+				next_outbox = 0;
 			}
 			if (now >= next_expire)
 			{
@@ -121,6 +129,8 @@ fintx_worker_main(Datum arg)
 				next_rotate = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 60 * 1000);
 			}
 			next = Min(Min(next_seal, next_expire), next_rotate);
+			if (next_outbox != 0)
+				next = Min(next, next_outbox);
 			wait_ms = (long) ((next - GetCurrentTimestamp()) / 1000);
 			if (wait_ms < 1)
 				wait_ms = 1;
@@ -131,14 +141,15 @@ fintx_worker_main(Datum arg)
 			{
 				/*
 				 * A transaction that wrote outbox events committed (outbox.c
-				 * sets our latch): seal soon, but at most once per
-				 * fintx.outbox_wakeup, so that a busy system does not seal per
-				 * commit.
+				 * sets our latch): sequence the outbox (not the audit log,
+				 * which keeps its interval) soon, but at most once per
+				 * fintx.outbox_wakeup, so that a busy system does not do it
+				 * per commit.
 				 */
 				TimestampTz soon = TimestampTzPlusMilliseconds(last_seal, fintx_outbox_wakeup_ms);
 
-				if (soon < next_seal)
-					next_seal = soon;
+				if (next_outbox == 0 && soon < next_seal)
+					next_outbox = soon;
 			}
 			CHECK_FOR_INTERRUPTS();
 			if (ConfigReloadPending)

@@ -15,7 +15,9 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time usleep);
 
-my $node = fintx_node('outbox_seq', "fintx.seal_interval = '1h'", "fintx.expire_interval = '1h'");
+# no wake-up by committed events either: sealing happens only when the test calls seal()
+my $node = fintx_node('outbox_seq', "fintx.seal_interval = '1h'", "fintx.expire_interval = '1h'",
+	"fintx.outbox_wakeup = 0");
 
 sub sql { return $node->safe_psql('postgres', $_[0]); }
 sub seal { return sql('SELECT fintx.seal()'); }
@@ -156,7 +158,28 @@ $watcher->quit;
 $listener->quit;
 is(invariants(), '', 'invariants hold with the worker sealing');
 
-# 8. rotation: whole slots are truncated once every consumer has passed them and they are
+# 8. wake-up: with passes only every hour, a committed event wakes the worker
+$node->append_conf('postgresql.conf', "fintx.seal_interval = '1h'\nfintx.outbox_wakeup = '30ms'");
+$node->reload;
+usleep(300_000);
+sql("SELECT fintx.open_account('woken', 'EUR')");    # an audit entry and an event
+my $w = quiet_session($node);
+my ($woke, $after) = poll_until($w, "SELECT count(*) FROM fintx.outbox_positions p JOIN fintx.outbox o USING (event_no) WHERE o.aggregateid = 'woken'", '1', 10);
+ok($woke, "a committed event wakes the worker, which sequences it (after ${after}s; the interval is 1 h)");
+is(sql("SELECT count(*) FROM fintx.audit_entries e WHERE e.object_id = 'woken'
+          AND NOT EXISTS (SELECT 1 FROM fintx.audit_leaves l WHERE l.entry_id = e.entry_id)"), '1',
+	'the wake-up pass sequences the outbox only: the audit entry waits for the seal interval');
+$node->append_conf('postgresql.conf', "fintx.outbox_wakeup = 0");
+$node->reload;
+usleep(300_000);
+emit('not-woken');
+usleep(1_500_000);
+is(quiet_query($w, "SELECT count(*) FROM fintx.outbox_positions p JOIN fintx.outbox o USING (event_no) WHERE o.aggregateid = 'not-woken'"),
+	'0', 'with fintx.outbox_wakeup = 0 the event waits for the next interval');
+$w->quit;
+seal();
+
+# 9. rotation: whole slots are truncated once every consumer has passed them and they are
 #    older than fintx.outbox_retention; positions continue after the tail
 is(sql('SELECT fintx.outbox_rotate()'), '0', 'no rotation while the current slot is the only one with events');
 sql("SELECT setval('fintx.outbox_event_no_seq', 1048576)");    # the next event goes to slot 1

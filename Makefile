@@ -6,14 +6,14 @@ EXTVERSION = 0.1.0
 
 MODULE_big = fintx
 OBJS       = src/fintx.o src/crypto.o src/idempotency.o src/ledger.o src/worker.o \
-             src/merkle.o src/audit.o src/sequencer.o src/verify.o src/authz.o src/denials.o
+             src/merkle.o src/audit.o src/sequencer.o src/verify.o src/authz.o src/denials.o src/outbox.o
 
 # SQL beside each module, assembled in dependency order into the install script.
 SQL_PARTS  = src/schema.sql src/currency.sql src/ledger.sql src/idempotency.sql \
-             src/reconcile.sql src/audit.sql src/authz.sql src/privileges.sql
+             src/reconcile.sql src/audit.sql src/authz.sql src/outbox.sql src/privileges.sql
 DATA_built = $(EXTENSION)--$(EXTVERSION).sql
 
-REGRESS      = setup accounts transfer idempotency pending batch reconcile audit authorization security
+REGRESS      = setup accounts transfer idempotency pending batch reconcile audit authorization security outbox
 REGRESS_OPTS = --inputdir=. --dbname=fintx_regress
 
 PG_CPPFLAGS = -I$(srcdir)/src -Wall -Wextra -Werror -Wno-unused-parameter \
@@ -72,5 +72,11 @@ include tools/verify.mk
 all: fintx-verify
 install: install-verify
 clean: clean-verify
+
+# the outbox relay to NATS JetStream (libpq, libnats)
+include tools/relay.mk
+all: fintx-relay
+install: install-relay
+clean: clean-relay
 
 endif

@@ -79,6 +79,7 @@ _PG_init(void)
 							PGC_SUSET,
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
+	fintx_outbox_init();
 	MarkGUCPrefixReserved("fintx");
 
 	if (process_shared_preload_libraries_in_progress)

@@ -150,6 +150,7 @@ extern char *fintx_signing_key_file;
 extern char *fintx_checkpoint_origin;
 extern char *fintx_trusted_keys;
 extern int64 fintx_seal_log(void);
+extern int64 fintx_sequence_outbox_only(void);
 extern char *fintx_key_label(const char *name, EVP_PKEY *key);
 extern void fintx_block_hash(int64 id, int64 size, const uint8 *root, const uint8 *prev,
 							 TimestampTz sealed_at, uint8 *out);
@@ -181,6 +182,16 @@ extern char *fintx_principal(void);
 extern void fintx_result_values(LedgerRequest *req, Datum *values, bool *nulls);
 extern Datum fintx_result_datum(FunctionCallInfo fcinfo, LedgerRequest *req);
 extern void fintx_null_argument(const char *name);
+
+/* outbox.c */
+extern int	fintx_outbox_retention_s;
+extern int	fintx_outbox_wakeup_ms;
+extern void fintx_outbox_init(void);
+extern Datum fintx_outbox_new_id(void);
+extern Datum fintx_outbox_record(const char *aggregatetype, const char *aggregateid, const char *type,
+								 Jsonb *payload, Jsonb *headers, const char *actor);
+extern void fintx_outbox_from_audit(FintxAuditEntry *entries, int n);
+extern int64 fintx_outbox_sequence(Datum snap, Datum own, bool own_null);
 
 /* worker.c */
 extern void fintx_register_worker(void);

@@ -895,12 +895,12 @@ WriteBack(const char *principal, LedgerRequest **reqs, int n, LedgerAccount *acc
 	}
 	if (n == 1)
 	{
-		/* a single request: the transfer and its audit entry in one statement */
-		Oid			types[21] = {TEXTOID, INT8OID, TEXTOID, INT8OID, INT8OID, INT8OID, INT8OID,
+		/* a single request: the transfer, its audit entry and its outbox event in one statement */
+		Oid			types[22] = {TEXTOID, INT8OID, TEXTOID, INT8OID, INT8OID, INT8OID, INT8OID,
 			TIMESTAMPTZOID, JSONBOID, INT8OID, INT8OID, BYTEAOID,
-		INT8OID, XID8OID, TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, JSONBOID};
-		char		nulls[21];
-		Datum		a[21];
+		INT8OID, XID8OID, TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, JSONBOID, UUIDOID};
+		char		nulls[22];
+		Datum		a[22];
 		FintxAuditEntry *e = &entries[0];
 
 		memset(nulls, ' ', sizeof(nulls));
@@ -920,15 +920,18 @@ WriteBack(const char *principal, LedgerRequest **reqs, int n, LedgerAccount *acc
 		a[18] = CStringGetTextDatum(e->object_type);
 		a[19] = CStringGetTextDatum(e->object_id);
 		a[20] = JsonbPGetDatum(e->details);
+		a[21] = fintx_outbox_new_id();
 		fintx_keep_plan(&insert_one_plan,
 						"WITH audit AS (INSERT INTO fintx.audit_entries (entry_id, txid, recorded_at, actor,"
 						"       session_role, action, object_type, object_id, details, entry_hash)"
-						"   VALUES ($13, $14, $15, $16, $17, $18, $19, $20, $21, $12))"
+						"   VALUES ($13, $14, $15, $16, $17, $18, $19, $20, $21, $12)),"
+						" event AS (INSERT INTO fintx.outbox (id, aggregatetype, aggregateid, type, payload, headers)"
+						"   VALUES ($22, $19, $20, $18, $21, pg_catalog.jsonb_build_object('actor', $16, 'audit_entry_id', $13)))"
 						"INSERT INTO fintx.transfers (id, status, from_account, to_account, amount,"
 						"       pending_id, timeout_at, metadata, from_balance, to_balance, entry_hash, principal,"
 						"       created_at)"
 						" VALUES ($2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $1, pg_catalog.now())",
-						21, types);
+						22, types);
 		ret = SPI_execute_plan(insert_one_plan, a, nulls, false, 0);
 		if (ret != SPI_OK_INSERT || SPI_processed != 1)
 			elog(ERROR, "inserting transfer failed: %s", SPI_result_code_string(ret));	/* LCOV_EXCL_LINE */
@@ -964,9 +967,12 @@ WriteBack(const char *principal, LedgerRequest **reqs, int n, LedgerAccount *acc
 			elog(ERROR, "inserting transfers failed: %s", SPI_result_code_string(ret));	/* LCOV_EXCL_LINE */
 	}
 
-	/* the audit entries, in the same transaction (a single one went with its transfer) */
+	/* the audit entries and outbox events, in the same transaction (a single one went with its transfer) */
 	if (n > 1)
+	{
 		fintx_audit_insert(entries, n);
+		fintx_outbox_from_audit(entries, n);
+	}
 
 	/* open holds */
 	for (int i = 0; i < n; i++)
@@ -1192,6 +1198,7 @@ fintx_open_account(PG_FUNCTION_ARGS)
 	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	{
 		StringInfoData buf;
+		Jsonb	   *details;
 
 		initStringInfo(&buf);
 		appendStringInfo(&buf, "{\"account_id\": %lld, \"code\": ", (long long) id);
@@ -1201,8 +1208,10 @@ fintx_open_account(PG_FUNCTION_ARGS)
 		appendStringInfo(&buf, ", \"allow_negative\": %s, \"allow_positive\": %s, \"metadata\": %s}",
 						 DatumGetBool(args[2]) ? "true" : "false", DatumGetBool(args[3]) ? "true" : "false",
 						 JsonbToCString(NULL, &md->root, VARSIZE(md)));
-		fintx_audit_record(TextDatumGetCString(args[5]), "account.opened", "account", code,
-						   fintx_jsonb_from_text(buf.data));
+		details = fintx_jsonb_from_text(buf.data);
+		fintx_audit_record(TextDatumGetCString(args[5]), "account.opened", "account", code, details);
+		fintx_outbox_record("account", code, "account.opened", details, fintx_jsonb_from_text("{}"),
+							TextDatumGetCString(args[5]));
 	}
 	fintx_authz_flush();
 	SPI_finish();
@@ -1276,13 +1285,16 @@ fintx_close_account(PG_FUNCTION_ARGS)
 		elog(ERROR, "closing account failed");	/* LCOV_EXCL_LINE */
 	{
 		StringInfoData buf;
+		Jsonb	   *details;
 
 		initStringInfo(&buf);
 		appendStringInfo(&buf, "{\"account_id\": %lld, \"code\": ", (long long) DatumGetInt64(id));
 		escape_json(&buf, code);
 		appendStringInfoChar(&buf, '}');
-		fintx_audit_record(fintx_principal(), "account.closed", "account", code,
-						   fintx_jsonb_from_text(buf.data));
+		details = fintx_jsonb_from_text(buf.data);
+		fintx_audit_record(fintx_principal(), "account.closed", "account", code, details);
+		fintx_outbox_record("account", code, "account.closed", details, fintx_jsonb_from_text("{}"),
+							fintx_principal());
 	}
 	fintx_authz_flush();
 	SPI_finish();

@@ -35,6 +35,19 @@ GRANT EXECUTE ON FUNCTION
     fintx.account_id_visible(bigint)
   TO fintx_service;
 GRANT EXECUTE ON FUNCTION fintx.transfer_visible(bigint, bigint) TO fintx_service, fintx_auditor;
+GRANT EXECUTE ON FUNCTION
+    fintx.emit(text, text, text, jsonb, jsonb),
+    fintx.create_consumer(text),
+    fintx.create_consumer(text, integer, integer, text[], text[], integer),
+    fintx.poll(text, integer),
+    fintx.ack(text, bigint),
+    fintx.reject(text, bigint, text),
+    fintx.inbox_accept(text, uuid),
+    fintx.outbox_tail(),
+    fintx.relay_checkpoint(text, bigint, bigint),
+    fintx.consumer_state(text)
+  TO fintx_service;
+GRANT SELECT ON fintx.outbox_lag TO fintx_service, fintx_auditor;
 GRANT EXECUTE ON FUNCTION fintx.reconcile() TO fintx_auditor;
 GRANT SELECT ON fintx.audit_log, fintx.audit_account_trail, fintx.audit_actor_activity,
                 fintx.audit_checkpoints TO fintx_auditor;
@@ -65,3 +78,15 @@ SELECT pg_catalog.pg_extension_config_dump('fintx.approvals', '');
 SELECT pg_catalog.pg_extension_config_dump('fintx.access_log_entries', '');
 SELECT pg_catalog.pg_extension_config_dump('fintx.signed_requests', '');
 SELECT pg_catalog.pg_extension_config_dump('fintx.signed_requests_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('fintx.outbox_event_no_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('fintx.outbox_0', '');
+SELECT pg_catalog.pg_extension_config_dump('fintx.outbox_1', '');
+SELECT pg_catalog.pg_extension_config_dump('fintx.outbox_2', '');
+SELECT pg_catalog.pg_extension_config_dump('fintx.outbox_positions_0', '');
+SELECT pg_catalog.pg_extension_config_dump('fintx.outbox_positions_1', '');
+SELECT pg_catalog.pg_extension_config_dump('fintx.outbox_positions_2', '');
+SELECT pg_catalog.pg_extension_config_dump('fintx.outbox_batches', '');
+SELECT pg_catalog.pg_extension_config_dump('fintx.outbox_consumers', '');
+SELECT pg_catalog.pg_extension_config_dump('fintx.outbox_attempts', '');
+SELECT pg_catalog.pg_extension_config_dump('fintx.outbox_dead_letters', '');
+SELECT pg_catalog.pg_extension_config_dump('fintx.inbox', '');

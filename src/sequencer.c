@@ -31,6 +31,7 @@
 #include "utils/xid8.h"
 
 PG_FUNCTION_INFO_V1(fintx_seal);
+PG_FUNCTION_INFO_V1(fintx_sequence_outbox);
 PG_FUNCTION_INFO_V1(fintx_tree_size);
 PG_FUNCTION_INFO_V1(fintx_root_hash);
 PG_FUNCTION_INFO_V1(fintx_leaf_data);
@@ -78,6 +79,7 @@ static SPIPlanPtr leaves_plan = NULL;
 static SPIPlanPtr nodes_plan = NULL;
 static SPIPlanPtr node_plan = NULL;
 static SPIPlanPtr block_plan = NULL;
+static SPIPlanPtr outbox_snap_plan = NULL;
 
 /* The latest block (tree_size 0 and block_id 0 if none). */
 typedef struct BlockInfo
@@ -226,6 +228,7 @@ MakeArray(Datum *elems, int n, Oid type)
 /*
  * Seals every committed entry not yet in the log: assigns leaf indexes,
  * stores the new complete subtrees and appends a signed, chained block.
+ * Sequences the committed outbox events in the same pass (outbox.c).
  * Returns the tree size. Under REPEATABLE READ or SERIALIZABLE it only
  * reports the current size (its snapshot could be stale).
  */
@@ -234,6 +237,7 @@ fintx_seal_log(void)
 {
 	BlockInfo	prev;
 	Datum		snap;
+	SPITupleTable *scan;
 	int			ret;
 	int64		n0,
 				k,
@@ -324,6 +328,15 @@ fintx_seal_log(void)
 		(void) SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
 		k = isnull ? 0 : (int64) SPI_processed;
 	}
+	/* the outbox is sequenced in the same pass, under the same snapshot */
+	scan = SPI_tuptable;
+	{
+		TransactionId own = GetTopTransactionIdIfAny();
+
+		(void) fintx_outbox_sequence(snap,
+									 TransactionIdIsValid(own) ? FullTransactionIdGetDatum(GetTopFullTransactionId()) : (Datum) 0,
+									 !TransactionIdIsValid(own));
+	}
 	if (k == 0)
 	{
 		SPI_finish();
@@ -334,7 +347,7 @@ fintx_seal_log(void)
 
 	/* leaves */
 	{
-		SPITupleTable *tt = SPI_tuptable;
+		SPITupleTable *tt = scan;
 		Datum	   *idx = palloc(sizeof(Datum) * k);
 		Datum	   *ent = palloc(sizeof(Datum) * k);
 		Oid			types[3] = {INT8ARRAYOID, INT8ARRAYOID, INT8OID};
@@ -473,12 +486,61 @@ fintx_seal_log(void)
 	return m;
 }
 
+/*
+ * Sequences committed outbox events only, without sealing the audit log
+ * (the worker's pass when committed events woke it; outbox.c). Same lock and
+ * same snapshot rule as fintx_seal_log(). Returns the number of events
+ * sequenced; 0 under REPEATABLE READ or SERIALIZABLE.
+ */
+int64
+fintx_sequence_outbox_only(void)
+{
+	Oid			types[2] = {INT8OID, XID8OID};
+	Datum		args[2];
+	char		nulls[2] = {'n', ' '};
+	TransactionId own = GetTopTransactionIdIfAny();
+	Datum		snap;
+	bool		isnull;
+	int64		n;
+
+	if (IsolationUsesXactSnapshot())
+		return 0;
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute(psprintf("SELECT pg_catalog.pg_advisory_xact_lock(%lld)", (long long) SEAL_LOCK_KEY),
+					false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not take the sealing lock");
+	args[0] = (Datum) 0;
+	if (TransactionIdIsValid(own))
+		args[1] = FullTransactionIdGetDatum(GetTopFullTransactionId());
+	else
+	{
+		args[1] = (Datum) 0;
+		nulls[1] = 'n';
+	}
+	fintx_keep_plan(&outbox_snap_plan, SCAN_SNAPSHOT_CTE " x AS (SELECT $1) SELECT s.snap FROM s",
+					2, types);
+	if (SPI_execute_plan(outbox_snap_plan, args, nulls, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "reading the snapshot failed");
+	snap = SPI_datumTransfer(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull), false, -1);
+	n = fintx_outbox_sequence(snap, args[1], nulls[1] == 'n');
+	SPI_finish();
+	return n;
+}
+
 /* fintx.seal() → bigint: seals committed entries now; returns the tree size. */
 Datum
 fintx_seal(PG_FUNCTION_ARGS)
 {
 	fintx_authz_require(FINTX_OP_AUDIT_READ, "audit log");
 	PG_RETURN_INT64(fintx_seal_log());
+}
+
+/* fintx.sequence_outbox() → bigint: sequences committed outbox events now; returns their number. */
+Datum
+fintx_sequence_outbox(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT64(fintx_sequence_outbox_only());
 }
 
 /* fintx.tree_size() → bigint: seals, then returns the number of leaves. */

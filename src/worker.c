@@ -3,7 +3,8 @@
  *	  Background worker started when fintx is in shared_preload_libraries.
  *	  In the database named by fintx.database (if fintx is installed there) it
  *	  seals the audit log every fintx.seal_interval and releases expired holds
- *	  every fintx.expire_interval, each pass in its own transaction, and
+ *	  every fintx.expire_interval (the sealing pass also sequences the outbox),
+ *	  rotates the outbox every minute, each pass in its own transaction, and
  *	  writes queued access denials as soon as a backend queues one.
  *-------------------------------------------------------------------------
  */
@@ -115,12 +116,16 @@ fintx_worker_main(Datum arg)
 	{
 		TimestampTz next_seal = GetCurrentTimestamp();
 		TimestampTz next_expire = GetCurrentTimestamp();
+		TimestampTz next_rotate = GetCurrentTimestamp();
+		TimestampTz last_seal = 0;
+		TimestampTz next_outbox = 0;	/* 0: not woken */
 
 		while (!ShutdownRequestPending)
 		{
 			TimestampTz now = GetCurrentTimestamp();
 			TimestampTz next;
 			long		wait_ms;
+			int			rc;
 
 			/* denials first: a denied caller is waiting for its row to commit */
 			if (fintx_denials_pending())
@@ -129,20 +134,49 @@ fintx_worker_main(Datum arg)
 			if (now >= next_seal)
 			{
 				WorkerPass("fintx: sealing the audit log", "SELECT fintx.seal()");
-				next_seal = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), fintx_seal_interval_ms);
+				last_seal = GetCurrentTimestamp();
+				next_seal = TimestampTzPlusMilliseconds(last_seal, fintx_seal_interval_ms);
+				next_outbox = 0;	/* the seal sequenced the outbox too */
+			}
+			if (next_outbox != 0 && now >= next_outbox)
+			{
+				WorkerPass("fintx: sequencing the outbox", "SELECT fintx.sequence_outbox()");
+				last_seal = GetCurrentTimestamp();
+				next_outbox = 0;
 			}
 			if (now >= next_expire)
 			{
 				WorkerPass("fintx: releasing expired holds", "SELECT fintx.expire_pending(1000)");
 				next_expire = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), fintx_expire_interval_ms);
 			}
-			next = Min(next_seal, next_expire);
+			if (now >= next_rotate)
+			{
+				WorkerPass("fintx: rotating the outbox", "SELECT fintx.outbox_rotate()");
+				next_rotate = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 60 * 1000);
+			}
+			next = Min(Min(next_seal, next_expire), next_rotate);
+			if (next_outbox != 0)
+				next = Min(next, next_outbox);
 			wait_ms = (long) ((next - GetCurrentTimestamp()) / 1000);
 			if (wait_ms < 1)
 				wait_ms = 1;
-			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-							 wait_ms, PG_WAIT_EXTENSION);
+			rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						   wait_ms, PG_WAIT_EXTENSION);
 			ResetLatch(MyLatch);
+			if ((rc & WL_LATCH_SET) && fintx_outbox_wakeup_ms > 0)
+			{
+				/*
+				 * A transaction that wrote outbox events committed (outbox.c
+				 * sets our latch): sequence the outbox (not the audit log,
+				 * which keeps its interval) soon, but at most once per
+				 * fintx.outbox_wakeup, so that a busy system does not do it
+				 * per commit.
+				 */
+				TimestampTz soon = TimestampTzPlusMilliseconds(last_seal, fintx_outbox_wakeup_ms);
+
+				if (next_outbox == 0 && soon < next_seal)
+					next_outbox = soon;
+			}
 			CHECK_FOR_INTERRUPTS();
 			if (ConfigReloadPending)
 			{

@@ -14,7 +14,7 @@ trap 'rm -rf "$WORK"' EXIT
 as_pg "$PGBIN/initdb" -D "$WORK/data" -U postgres -A trust --no-sync --encoding=UTF8 --locale=C.UTF-8 >/dev/null
 {
     echo "CREATE EXTENSION fintx;"
-    for t in accounts transfer idempotency pending batch reconcile audit authorization; do
+    for t in accounts transfer idempotency pending batch reconcile audit authorization outbox; do
         grep -v '^\\' "$ROOT/sql/$t.sql" | grep -v '^--' | sed 's/;\s*$/;\n/'
     done
 } > "$WORK/script.sql"

@@ -1,0 +1,1074 @@
+/*-------------------------------------------------------------------------
+ * outbox.c
+ *	  The transactional outbox: events written in the producer's transaction
+ *	  (fintx.emit() and every ledger change), commit-ordered gap-free
+ *	  positions assigned by the sealing pass of sequencer.c, consumers with
+ *	  committed offsets (poll/ack), filters, groups by hash of aggregateid,
+ *	  a retry limit with dead letters, and the inbox (inbox_accept).
+ *
+ * The producer path only inserts into fintx.outbox. The sealing pass takes
+ * the events whose transaction is visible in its snapshot but was not in the
+ * previous batch's snapshot (PgQ-style batching, the same snapshot the audit
+ * log is sealed with), numbers them after the last position and inserts
+ * position -> event_no into fintx.outbox_positions. A late committer joins
+ * the next batch; an aborted transaction is never visible.
+ *-------------------------------------------------------------------------
+ */
+#include "fintx.h"
+
+#include "access/htup_details.h"
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "commands/async.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "nodes/parsenodes.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "storage/procarray.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/timestamp.h"
+#include "utils/uuid.h"
+#include "utils/xid8.h"
+
+PG_FUNCTION_INFO_V1(fintx_emit);
+PG_FUNCTION_INFO_V1(fintx_create_consumer);
+PG_FUNCTION_INFO_V1(fintx_drop_consumer);
+PG_FUNCTION_INFO_V1(fintx_poll);
+PG_FUNCTION_INFO_V1(fintx_ack);
+PG_FUNCTION_INFO_V1(fintx_reject);
+PG_FUNCTION_INFO_V1(fintx_inbox_accept);
+PG_FUNCTION_INFO_V1(fintx_outbox_tail);
+PG_FUNCTION_INFO_V1(fintx_relay_checkpoint);
+PG_FUNCTION_INFO_V1(fintx_consumer_state);
+
+#define OUTBOX_MAX_NAME		128
+#define OUTBOX_MAX_ID		255
+#define OUTBOX_MAX_PAYLOAD	(1024 * 1024)
+#define OUTBOX_MAX_HEADERS	65536
+#define OUTBOX_MAX_POLL		10000
+#define OUTBOX_SCAN_FILTERED 10000
+#define CONSUMER_MAX_NAME	64
+
+int			fintx_outbox_retention_s = 86400;
+int			fintx_outbox_wakeup_ms = 40;
+
+/* waking the worker when a transaction that wrote events commits */
+#define WORKER_PID_TTL_MS	10000
+static bool outbox_written = false;
+static bool xact_callback_set = false;
+static int	worker_pid = 0;
+static TimestampTz worker_pid_at = 0;
+
+static SPIPlanPtr emit_plan = NULL;
+static SPIPlanPtr emit_many_plan = NULL;
+static SPIPlanPtr last_batch_plan = NULL;
+static SPIPlanPtr seq_first_plan = NULL;
+static SPIPlanPtr seq_next_plan = NULL;
+static SPIPlanPtr batch_plan = NULL;
+static SPIPlanPtr consumer_plan = NULL;
+static SPIPlanPtr consumer_lock_plan = NULL;
+static SPIPlanPtr poll_plan = NULL;
+static SPIPlanPtr window_plan = NULL;
+static SPIPlanPtr advance_plan = NULL;
+static SPIPlanPtr ack_plan = NULL;
+static SPIPlanPtr inbox_plan = NULL;
+static SPIPlanPtr worker_plan = NULL;
+
+/* One consumer row. */
+typedef struct Consumer
+{
+	int64		committed;
+	int32		group_size;
+	int32		group_member;
+	Datum		aggregatetypes;	/* text[] or 0 */
+	Datum		types;			/* text[] or 0 */
+	int32		max_retries;
+	int64		stream_sequence;
+} Consumer;
+
+/* Registers the outbox GUCs (called from _PG_init). */
+void
+fintx_outbox_init(void)
+{
+	DefineCustomIntVariable("fintx.outbox_retention",
+							"Minimum age of outbox events before fintx.outbox_rotate() may remove them.",
+							"Events are removed only after every consumer has acknowledged them.",
+							&fintx_outbox_retention_s,
+							86400, 0, INT_MAX,
+							PGC_SIGHUP,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("fintx.outbox_wakeup",
+							"Shortest time between two sealing passes when committed outbox events wake the worker.",
+							"A transaction that wrote outbox events wakes the worker at commit; it seals once this "
+							"long has passed since its last pass. 0 disables the wake-up (sealing every "
+							"fintx.seal_interval only).",
+							&fintx_outbox_wakeup_ms,
+							40, 0, 3600 * 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+}
+
+static void
+NullArg(const char *name)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("%s must not be null", name)));
+}
+
+/*
+ * Checks an aggregate type or event type: 1-128 characters from A-Z a-z 0-9
+ * and _ . : - (they become NATS subject tokens); emits 22023 otherwise.
+ */
+static char *
+CheckTypeName(const char *what, text *t)
+{
+	char	   *s = text_to_cstring(t);
+	size_t		len = strlen(s);
+	bool		ok = len > 0 && len <= OUTBOX_MAX_NAME && s[0] != '.' && s[len - 1] != '.';
+
+	for (size_t i = 0; ok && i < len; i++)
+	{
+		char		c = s[i];
+
+		ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+			c == '_' || c == '.' || c == ':' || c == '-';
+		if (c == '.' && i + 1 < len && s[i + 1] == '.')
+			ok = false;
+	}
+	if (!ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid %s", what),
+				 errdetail("An %s is 1 to %d characters from A-Z, a-z, 0-9 and _ . : -, without empty dot-separated parts.",
+						   what, OUTBOX_MAX_NAME)));
+	return s;
+}
+
+/* Checks a consumer name (1-64 of A-Z a-z 0-9 _ . : -, starting alphanumeric); emits 22023 otherwise. */
+static char *
+CheckConsumerName(FunctionCallInfo fcinfo, int arg)
+{
+	char	   *s;
+	size_t		len;
+	bool		ok;
+
+	if (PG_ARGISNULL(arg))
+		NullArg("consumer");
+	s = text_to_cstring(PG_GETARG_TEXT_PP(arg));
+	len = strlen(s);
+	ok = len > 0 && len <= CONSUMER_MAX_NAME &&
+		((s[0] >= 'A' && s[0] <= 'Z') || (s[0] >= 'a' && s[0] <= 'z') || (s[0] >= '0' && s[0] <= '9'));
+	for (size_t i = 1; ok && i < len; i++)
+	{
+		char		c = s[i];
+
+		ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+			c == '_' || c == '.' || c == ':' || c == '-';
+	}
+	if (!ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid consumer name"),
+				 errdetail("Consumer names are 1 to %d characters from A-Z, a-z, 0-9 and _ . : -, starting with a letter or digit.",
+						   CONSUMER_MAX_NAME)));
+	return s;
+}
+
+static int	WorkerPid(void);
+
+/*
+ * At commit of a transaction that wrote outbox events, sets the worker's
+ * latch so that it seals soon instead of at the end of its interval. A stale pid only
+ * causes a spurious wake-up of some other process, which latches tolerate.
+ * The worker seals at most once per fintx.outbox_wakeup.
+ */
+static void
+OutboxXactCallback(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_COMMIT && outbox_written && worker_pid != 0 && fintx_outbox_wakeup_ms > 0)
+	{
+		PGPROC	   *proc = BackendPidGetProc(worker_pid);
+
+		if (proc != NULL)
+			SetLatch(&proc->procLatch);
+	}
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT || event == XACT_EVENT_PREPARE ||
+		event == XACT_EVENT_PARALLEL_COMMIT || event == XACT_EVENT_PARALLEL_ABORT)
+		outbox_written = false;
+}
+
+/* Notes that this transaction writes events (SPI connected: may look up the worker). */
+static void
+NoteOutboxWrite(void)
+{
+	TimestampTz now;
+
+	if (outbox_written)
+		return;
+	outbox_written = true;
+	if (!xact_callback_set)
+	{
+		RegisterXactCallback(OutboxXactCallback, NULL);
+		xact_callback_set = true;
+	}
+	now = GetCurrentTimestamp();
+	if (worker_pid_at == 0 || TimestampDifferenceExceeds(worker_pid_at, now, WORKER_PID_TTL_MS))
+	{
+		worker_pid = WorkerPid();
+		worker_pid_at = now;
+	}
+}
+
+/* A new event id: a UUID version 7 (48-bit Unix milliseconds, then random bits). */
+static Datum
+NewEventId(void)
+{
+	pg_uuid_t  *u = palloc(sizeof(pg_uuid_t));
+	uint64		ms = (uint64) (GetCurrentTimestamp() / 1000 +
+							   (int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000);
+
+	if (!pg_strong_random(u->data, UUID_LEN))
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not generate random values")));
+	for (int i = 0; i < 6; i++)
+		u->data[i] = (unsigned char) (ms >> (8 * (5 - i)));
+	u->data[6] = (u->data[6] & 0x0f) | 0x70;
+	u->data[8] = (u->data[8] & 0x3f) | 0x80;
+	return UUIDPGetDatum(u);
+}
+
+/* Datum of a new event id, for ledger.c's single-statement insert (SPI connected). */
+Datum
+fintx_outbox_new_id(void)
+{
+	NoteOutboxWrite();
+	return NewEventId();
+}
+
+/*
+ * Inserts one event in the current transaction (SPI connected); the actor is
+ * added to the headers. Returns the event id.
+ */
+Datum
+fintx_outbox_record(const char *aggregatetype, const char *aggregateid, const char *type,
+					Jsonb *payload, Jsonb *headers, const char *actor)
+{
+	Oid			types[7] = {UUIDOID, TEXTOID, TEXTOID, TEXTOID, JSONBOID, JSONBOID, TEXTOID};
+	Datum		args[7];
+	int			ret;
+
+	NoteOutboxWrite();
+	args[0] = NewEventId();
+	args[1] = CStringGetTextDatum(aggregatetype);
+	args[2] = CStringGetTextDatum(aggregateid);
+	args[3] = CStringGetTextDatum(type);
+	args[4] = JsonbPGetDatum(payload);
+	args[5] = JsonbPGetDatum(headers);
+	args[6] = CStringGetTextDatum(actor);
+	fintx_keep_plan(&emit_plan,
+					"INSERT INTO fintx.outbox (id, aggregatetype, aggregateid, type, payload, headers)"
+					" VALUES ($1, $2, $3, $4, $5,"
+					"         $6 OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('actor', $7))",
+					7, types);
+	ret = SPI_execute_plan(emit_plan, args, NULL, false, 0);
+	if (ret != SPI_OK_INSERT || SPI_processed != 1)
+		elog(ERROR, "inserting outbox event failed: %s", SPI_result_code_string(ret));
+	return args[0];
+}
+
+/*
+ * Inserts one event per audit entry (a batch of ledger changes, all of one
+ * actor; SPI connected): type = action, aggregate = object, payload = details.
+ */
+void
+fintx_outbox_from_audit(FintxAuditEntry *entries, int n)
+{
+	Oid			types[7] = {UUIDARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, JSONBARRAYOID,
+		INT8ARRAYOID, TEXTOID};
+	Datum		args[7];
+	Datum	   *cols[6];
+	int			ret;
+
+	if (n < 1)
+		return;
+	NoteOutboxWrite();
+	for (int c = 0; c < 6; c++)
+		cols[c] = palloc(sizeof(Datum) * n);
+	for (int i = 0; i < n; i++)
+	{
+		cols[0][i] = NewEventId();
+		cols[1][i] = CStringGetTextDatum(entries[i].object_type);
+		cols[2][i] = CStringGetTextDatum(entries[i].object_id);
+		cols[3][i] = CStringGetTextDatum(entries[i].action);
+		cols[4][i] = JsonbPGetDatum(entries[i].details);
+		cols[5][i] = Int64GetDatum(entries[i].entry_id);
+	}
+	args[0] = PointerGetDatum(construct_array(cols[0], n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
+	args[1] = PointerGetDatum(construct_array(cols[1], n, TEXTOID, -1, false, TYPALIGN_INT));
+	args[2] = PointerGetDatum(construct_array(cols[2], n, TEXTOID, -1, false, TYPALIGN_INT));
+	args[3] = PointerGetDatum(construct_array(cols[3], n, TEXTOID, -1, false, TYPALIGN_INT));
+	args[4] = PointerGetDatum(construct_array(cols[4], n, JSONBOID, -1, false, TYPALIGN_INT));
+	args[5] = PointerGetDatum(construct_array(cols[5], n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[6] = CStringGetTextDatum(entries[0].actor);
+	fintx_keep_plan(&emit_many_plan,
+					"INSERT INTO fintx.outbox (id, aggregatetype, aggregateid, type, payload, headers)"
+					" SELECT u.id, u.at, u.ai, u.ty, u.pl,"
+					"        pg_catalog.jsonb_build_object('actor', $7, 'audit_entry_id', u.ae)"
+					"   FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3),"
+					"                   pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6))"
+					"        WITH ORDINALITY AS u(id, at, ai, ty, pl, ae, ord)"
+					"  ORDER BY u.ord",
+					7, types);
+	ret = SPI_execute_plan(emit_many_plan, args, NULL, false, 0);
+	if (ret != SPI_OK_INSERT || SPI_processed != (uint64) n)
+		elog(ERROR, "inserting outbox events failed: %s", SPI_result_code_string(ret));
+}
+
+/* ------------------------------------------------------------------------
+ * Sequencing (called by the sealing pass of sequencer.c)
+ * ------------------------------------------------------------------------
+ */
+
+/*
+ * Assigns positions to the events whose transaction is visible in snap but
+ * was not visible in the previous batch's snapshot; own (an xid8 datum, or 0
+ * when the sealing transaction has none) is skipped, as snap lists it as in
+ * progress. Writes a batch row and notifies channel fintx_outbox with the new
+ * tail. The caller holds the sealing lock and is SPI connected. Returns the
+ * number of events sequenced.
+ */
+int64
+fintx_outbox_sequence(Datum snap, Datum own, bool own_null)
+{
+	Oid			types[5] = {PG_SNAPSHOTOID, PG_SNAPSHOTOID, XID8OID, INT8OID, INT8OID};
+	Datum		args[5];
+	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+	bool		isnull;
+	bool		exists;
+	int64		batch_id = 0;
+	int64		tail = 0;
+	int64		count;
+	int			ret;
+
+	fintx_keep_plan(&last_batch_plan,
+					"SELECT batch_id, snapshot, last_position FROM fintx.outbox_batches"
+					" ORDER BY batch_id DESC LIMIT 1", 0, NULL);
+	if (SPI_execute_plan(last_batch_plan, NULL, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "reading outbox batches failed");
+	exists = SPI_processed == 1;
+	if (exists)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+
+		batch_id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		args[0] = SPI_datumTransfer(SPI_getbinval(tup, desc, 2, &isnull), false, -1);
+		tail = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
+	}
+	else
+	{
+		args[0] = (Datum) 0;
+		nulls[0] = 'n';
+	}
+	args[1] = snap;
+	args[2] = own;
+	nulls[2] = own_null ? 'n' : ' ';
+	args[3] = Int64GetDatum(tail);
+	args[4] = Int64GetDatum(batch_id + 1);
+#define SEQ_HEAD "WITH e AS (SELECT o.event_no FROM fintx.outbox o WHERE "
+#define SEQ_TAIL \
+	" AND pg_catalog.pg_visible_in_snapshot(o.txid, $2) AND o.txid IS DISTINCT FROM $3)," \
+	" ins AS (INSERT INTO fintx.outbox_positions (position, event_no, batch_id)" \
+	"         SELECT $4 + pg_catalog.row_number() OVER (ORDER BY e.event_no), e.event_no, $5 FROM e" \
+	"         RETURNING position)" \
+	" SELECT pg_catalog.count(*) FROM ins"
+	/* custom plans, as for the audit scan: the planner must see the xmin to use the txid index */
+	fintx_keep_plan_opts(exists ? &seq_next_plan : &seq_first_plan,
+						 exists ?
+						 SEQ_HEAD "o.txid >= pg_catalog.pg_snapshot_xmin($1)"
+						 " AND NOT pg_catalog.pg_visible_in_snapshot(o.txid, $1)" SEQ_TAIL
+						 :
+						 SEQ_HEAD "$1 IS NULL" SEQ_TAIL,
+						 5, types, CURSOR_OPT_CUSTOM_PLAN);
+	ret = SPI_execute_plan(exists ? seq_next_plan : seq_first_plan, args, nulls, false, 0);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "sequencing outbox events failed: %s", SPI_result_code_string(ret));
+	count = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	if (count == 0)
+		return 0;
+	{
+		Oid			btypes[4] = {INT8OID, PG_SNAPSHOTOID, INT8OID, INT8OID};
+		Datum		bargs[4];
+
+		bargs[0] = Int64GetDatum(batch_id + 1);
+		bargs[1] = snap;
+		bargs[2] = Int64GetDatum(tail + 1);
+		bargs[3] = Int64GetDatum(tail + count);
+		fintx_keep_plan(&batch_plan,
+						"INSERT INTO fintx.outbox_batches (batch_id, snapshot, first_position, last_position, sealed_at)"
+						" VALUES ($1, $2, $3, $4, pg_catalog.clock_timestamp())",
+						4, btypes);
+		if (SPI_execute_plan(batch_plan, bargs, NULL, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "writing outbox batch failed");
+	}
+	Async_Notify("fintx_outbox", psprintf("%lld", (long long) (tail + count)));
+	return count;
+}
+
+/* ------------------------------------------------------------------------
+ * Consumers
+ * ------------------------------------------------------------------------
+ */
+
+/* The pid of the fintx worker of this database, 0 if none runs (SPI connected). */
+static int
+WorkerPid(void)
+{
+	bool		isnull;
+	Datum		d;
+
+	fintx_keep_plan(&worker_plan,
+					"SELECT pg_catalog.max(pid) FROM pg_catalog.pg_stat_activity"
+					" WHERE backend_type OPERATOR(pg_catalog.=) 'fintx worker'"
+					"   AND datid OPERATOR(pg_catalog.=) (SELECT oid FROM pg_catalog.pg_database"
+					"         WHERE datname OPERATOR(pg_catalog.=) pg_catalog.current_database())",
+					0, NULL);
+	if (SPI_execute_plan(worker_plan, NULL, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "reading pg_stat_activity failed");
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	return isnull ? 0 : DatumGetInt32(d);
+}
+
+/* True if the fintx worker runs in this database (it seals; poll need not). */
+static bool
+WorkerSeals(void)
+{
+	return WorkerPid() != 0;
+}
+
+/* Seals lazily when no worker does (SPI connected; seal connects on its own). */
+static void
+SealIfNoWorker(void)
+{
+	if (!WorkerSeals())
+		(void) fintx_seal_log();
+}
+
+/* The sequenced tail: last assigned position, 0 if none (SPI connected). */
+static int64
+Tail(void)
+{
+	bool		isnull;
+	int64		tail;
+
+	fintx_keep_plan(&last_batch_plan,
+					"SELECT batch_id, snapshot, last_position FROM fintx.outbox_batches"
+					" ORDER BY batch_id DESC LIMIT 1", 0, NULL);
+	if (SPI_execute_plan(last_batch_plan, NULL, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "reading outbox batches failed");
+	if (SPI_processed == 0)
+		return 0;
+	tail = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
+	return tail;
+}
+
+/* Reads a consumer (FOR UPDATE if lock); emits 22023 if it does not exist (SPI connected). */
+static void
+ReadConsumer(const char *name, bool lock, Consumer *c)
+{
+	Oid			types[1] = {TEXTOID};
+	Datum		arg = CStringGetTextDatum(name);
+	HeapTuple	tup;
+	TupleDesc	desc;
+	bool		isnull;
+	const char *sql =
+		"SELECT committed_position, group_size, group_member, aggregatetypes, types, max_retries,"
+		"       stream_sequence FROM fintx.outbox_consumers WHERE name OPERATOR(pg_catalog.=) $1";
+
+	if (lock)
+		fintx_keep_plan(&consumer_lock_plan, psprintf("%s FOR UPDATE", sql), 1, types);
+	else
+		fintx_keep_plan(&consumer_plan, sql, 1, types);
+	if (SPI_execute_plan(lock ? consumer_lock_plan : consumer_plan, &arg, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "reading outbox consumer failed");
+	if (SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("consumer \"%s\" does not exist", name),
+				 errhint("Create it with fintx.create_consumer().")));
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	c->committed = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+	c->group_size = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
+	c->group_member = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
+	c->aggregatetypes = SPI_getbinval(tup, desc, 4, &isnull);
+	c->aggregatetypes = isnull ? (Datum) 0 : SPI_datumTransfer(c->aggregatetypes, false, -1);
+	c->types = SPI_getbinval(tup, desc, 5, &isnull);
+	c->types = isnull ? (Datum) 0 : SPI_datumTransfer(c->types, false, -1);
+	c->max_retries = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
+	c->stream_sequence = DatumGetInt64(SPI_getbinval(tup, desc, 7, &isnull));
+}
+
+/* Sets a consumer's offset (and stream sequence if given) (SPI connected). */
+static void
+SetOffset(const char *name, int64 position, int64 stream_sequence, bool set_sequence)
+{
+	Oid			types[4] = {TEXTOID, INT8OID, INT8OID, BOOLOID};
+	Datum		args[4];
+
+	args[0] = CStringGetTextDatum(name);
+	args[1] = Int64GetDatum(position);
+	args[2] = Int64GetDatum(stream_sequence);
+	args[3] = BoolGetDatum(set_sequence);
+	fintx_keep_plan(&ack_plan,
+					"WITH c AS (UPDATE fintx.outbox_consumers"
+					"              SET committed_position = $2, acked_at = pg_catalog.now(),"
+					"                  stream_sequence = CASE WHEN $4 THEN $3 ELSE stream_sequence END"
+					"            WHERE name OPERATOR(pg_catalog.=) $1 RETURNING name)"
+					" DELETE FROM fintx.outbox_attempts a USING c"
+					"  WHERE a.consumer OPERATOR(pg_catalog.=) c.name AND a.position OPERATOR(pg_catalog.<=) $2",
+					4, types);
+	if (SPI_execute_plan(ack_plan, args, NULL, false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "updating outbox consumer failed");
+}
+
+/* Checks an acknowledged position against offset and tail: 55000 backwards, 22023 beyond the tail. */
+static void
+CheckAckPosition(const char *name, Consumer *c, int64 up_to)
+{
+	int64		tail;
+
+	if (up_to < c->committed)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot move consumer \"%s\" back to position %lld", name, (long long) up_to),
+				 errdetail("Its committed offset is %lld.", (long long) c->committed)));
+	tail = Tail();
+	if (up_to > tail)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("position %lld is beyond the sequenced tail", (long long) up_to),
+				 errdetail("The last sequenced position is %lld.", (long long) tail)));
+}
+
+/*
+ * fintx.emit(aggregatetype, aggregateid, type, payload, headers) → uuid
+ * Writes an application event into the outbox in the caller's transaction;
+ * emits 22023 for invalid input and 42501 for aggregate types reserved for
+ * fintx's own events.
+ */
+Datum
+fintx_emit(PG_FUNCTION_ARGS)
+{
+	char	   *aggtype;
+	char	   *aggid;
+	char	   *type;
+	Jsonb	   *payload;
+	Jsonb	   *headers;
+	Datum		id;
+
+	if (PG_ARGISNULL(0))
+		NullArg("aggregatetype");
+	if (PG_ARGISNULL(1))
+		NullArg("aggregateid");
+	if (PG_ARGISNULL(2))
+		NullArg("type");
+	if (PG_ARGISNULL(3))
+		NullArg("payload");
+	aggtype = CheckTypeName("aggregate type", PG_GETARG_TEXT_PP(0));
+	type = CheckTypeName("event type", PG_GETARG_TEXT_PP(2));
+	aggid = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	if (aggid[0] == '\0' || strlen(aggid) > OUTBOX_MAX_ID)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("aggregate id must be 1 to %d bytes long", OUTBOX_MAX_ID)));
+	if (strcmp(aggtype, "transfer") == 0 || strcmp(aggtype, "account") == 0 ||
+		strncmp(aggtype, "fintx", 5) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("aggregate type \"%s\" is reserved for fintx's own events", aggtype)));
+	payload = PG_GETARG_JSONB_P(3);
+	if (VARSIZE(payload) > OUTBOX_MAX_PAYLOAD)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("payload is too large"),
+				 errdetail("The payload is %zu bytes in binary form; the limit is %d bytes.",
+						   (size_t) VARSIZE(payload), OUTBOX_MAX_PAYLOAD)));
+	headers = PG_ARGISNULL(4) ? NULL : PG_GETARG_JSONB_P(4);
+	if (headers && !JB_ROOT_IS_OBJECT(headers))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("headers must be a JSON object")));
+	if (headers && VARSIZE(headers) > OUTBOX_MAX_HEADERS)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("headers are too large"),
+				 errdetail("The limit is %d bytes in binary form.", OUTBOX_MAX_HEADERS)));
+	if (headers == NULL)
+		headers = fintx_jsonb_from_text("{}");
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	id = fintx_outbox_record(aggtype, aggid, type, payload, headers, fintx_principal());
+	{
+		pg_uuid_t  *u = SPI_palloc(sizeof(pg_uuid_t));
+
+		memcpy(u, DatumGetUUIDP(id), sizeof(pg_uuid_t));
+		id = UUIDPGetDatum(u);
+	}
+	SPI_finish();
+	PG_RETURN_DATUM(id);
+}
+
+/* Checks a text[] filter argument: no NULL elements, each a valid type name. */
+static void
+CheckFilter(const char *what, ArrayType *arr)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+
+	if (ARR_NDIM(arr) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be a one-dimensional array", what)));
+	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
+	if (n == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be empty", what),
+				 errhint("Pass NULL to receive every %s.", what)));
+	for (int i = 0; i < n; i++)
+	{
+		if (nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("%s must not contain null elements", what)));
+		(void) CheckTypeName(what, DatumGetTextPP(elems[i]));
+	}
+}
+
+/*
+ * fintx.create_consumer(name [, group_size, group_member, aggregatetypes,
+ * types, max_retries]) → boolean
+ * Creates a consumer at offset 0 (it reads every retained event); returns
+ * false if it exists already (its settings are left as they are). Members of
+ * a group receive the events whose aggregateid hashes to their number.
+ */
+Datum
+fintx_create_consumer(PG_FUNCTION_ARGS)
+{
+	char	   *name = CheckConsumerName(fcinfo, 0);
+	int32		group_size = 1;
+	int32		group_member = 0;
+	int32		max_retries = 5;
+	Datum		args[6];
+	char		nulls[6] = {' ', ' ', ' ', 'n', 'n', ' '};
+	Oid			types[6] = {TEXTOID, INT4OID, INT4OID, TEXTARRAYOID, TEXTARRAYOID, INT4OID};
+	int			ret;
+	bool		created;
+
+	if (PG_NARGS() > 1)
+	{
+		if (PG_ARGISNULL(1))
+			NullArg("group_size");
+		if (PG_ARGISNULL(2))
+			NullArg("group_member");
+		group_size = PG_GETARG_INT32(1);
+		group_member = PG_GETARG_INT32(2);
+		if (group_size < 1 || group_size > 1024)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("group_size must be between 1 and 1024")));
+		if (group_member < 0 || group_member >= group_size)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("group_member must be between 0 and group_size - 1")));
+		if (!PG_ARGISNULL(3))
+		{
+			CheckFilter("aggregate type", PG_GETARG_ARRAYTYPE_P(3));
+			args[3] = PG_GETARG_DATUM(3);
+			nulls[3] = ' ';
+		}
+		if (!PG_ARGISNULL(4))
+		{
+			CheckFilter("event type", PG_GETARG_ARRAYTYPE_P(4));
+			args[4] = PG_GETARG_DATUM(4);
+			nulls[4] = ' ';
+		}
+		if (PG_ARGISNULL(5))
+			NullArg("max_retries");
+		max_retries = PG_GETARG_INT32(5);
+		if (max_retries < 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("max_retries must be at least 1")));
+	}
+	args[0] = CStringGetTextDatum(name);
+	args[1] = Int32GetDatum(group_size);
+	args[2] = Int32GetDatum(group_member);
+	args[5] = Int32GetDatum(max_retries);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	ret = SPI_execute_with_args("INSERT INTO fintx.outbox_consumers (name, group_size, group_member,"
+								"       aggregatetypes, types, max_retries)"
+								" VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING",
+								6, types, args, nulls, false, 0);
+	if (ret != SPI_OK_INSERT)
+		elog(ERROR, "creating consumer failed: %s", SPI_result_code_string(ret));
+	created = SPI_processed == 1;
+	SPI_finish();
+	PG_RETURN_BOOL(created);
+}
+
+/* fintx.drop_consumer(name) → boolean: removes a consumer, its inbox and dead letters. */
+Datum
+fintx_drop_consumer(PG_FUNCTION_ARGS)
+{
+	char	   *name = CheckConsumerName(fcinfo, 0);
+	Oid			types[1] = {TEXTOID};
+	Datum		arg = CStringGetTextDatum(name);
+	bool		dropped;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args("DELETE FROM fintx.outbox_consumers WHERE name OPERATOR(pg_catalog.=) $1",
+							  1, types, &arg, NULL, false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "dropping consumer failed");
+	dropped = SPI_processed == 1;
+	SPI_finish();
+	PG_RETURN_BOOL(dropped);
+}
+
+/*
+ * fintx.poll(consumer, max_events) → SETOF fintx.outbox
+ * Returns up to max_events events after the consumer's committed offset, in
+ * position order, with position set; applies the consumer's filters and
+ * group and skips its dead letters. Seals first when no worker does. When a
+ * whole scanned window holds nothing for the consumer, its offset moves past
+ * the window. Emits 22023 for invalid input or an unknown consumer.
+ */
+Datum
+fintx_poll(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	char	   *name = CheckConsumerName(fcinfo, 0);
+	int32		max_events;
+	Consumer	c;
+	int64		scan;
+	Oid			types[8] = {TEXTOID, INT8OID, INT8OID, INT4OID, INT4OID, TEXTARRAYOID, TEXTARRAYOID, INT4OID};
+	Datum		args[8];
+	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	uint64		nrows;
+
+	if (PG_ARGISNULL(1))
+		NullArg("max_events");
+	max_events = PG_GETARG_INT32(1);
+	if (max_events < 0 || max_events > OUTBOX_MAX_POLL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max_events must be between 0 and %d", OUTBOX_MAX_POLL)));
+	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	ReadConsumer(name, false, &c);	/* 22023 before sealing */
+	if (max_events == 0)
+	{
+		SPI_finish();
+		return (Datum) 0;
+	}
+	SealIfNoWorker();
+	scan = Max(OUTBOX_SCAN_FILTERED, max_events);	/* rows are pulled lazily */
+	args[0] = CStringGetTextDatum(name);
+	args[1] = Int64GetDatum(c.committed);
+	args[2] = Int64GetDatum(scan);
+	args[3] = Int32GetDatum(c.group_size);
+	args[4] = Int32GetDatum(c.group_member);
+	args[5] = c.aggregatetypes;
+	nulls[5] = c.aggregatetypes ? ' ' : 'n';
+	args[6] = c.types;
+	nulls[6] = c.types ? ' ' : 'n';
+	args[7] = Int32GetDatum(max_events);
+	fintx_keep_plan(&poll_plan,
+					"SELECT o.id, o.aggregatetype, o.aggregateid, o.type, o.payload, o.headers, p.position,"
+					"       o.txid, o.created_at, o.event_no"
+					"  FROM (SELECT position, event_no FROM fintx.outbox_positions"
+					"         WHERE position OPERATOR(pg_catalog.>) $2 ORDER BY position LIMIT $3) p"
+					/*
+					 * a LATERAL subquery that cannot be pulled up: always an index probe
+					 * per position, whatever the (generic, possibly stale) estimates say
+					 */
+					"  CROSS JOIN LATERAL (SELECT * FROM fintx.outbox o1"
+					"                       WHERE o1.event_no OPERATOR(pg_catalog.=) p.event_no OFFSET 0) o"
+					" WHERE ($4 OPERATOR(pg_catalog.=) 1 OR"
+					"        ((pg_catalog.hashtextextended(o.aggregateid, 0) OPERATOR(pg_catalog.&) 9223372036854775807)"
+					"          OPERATOR(pg_catalog.%) $4) OPERATOR(pg_catalog.=) $5)"
+					"   AND ($6 IS NULL OR o.aggregatetype OPERATOR(pg_catalog.=) ANY ($6))"
+					"   AND ($7 IS NULL OR o.type OPERATOR(pg_catalog.=) ANY ($7))"
+					"   AND NOT EXISTS (SELECT 1 FROM fintx.outbox_dead_letters d"
+					"                    WHERE d.consumer OPERATOR(pg_catalog.=) $1"
+					"                      AND d.position OPERATOR(pg_catalog.=) p.position)"
+					" ORDER BY p.position LIMIT $8",
+					8, types);
+	{
+		/*
+		 * The plan is generic and kept for the session; a slot that was empty
+		 * when it was made must not be read by a sequential scan per position
+		 * once it fills up: plan (and replan) with enable_seqscan off.
+		 */
+		int			nestlevel = NewGUCNestLevel();
+		int			ret;
+
+		(void) set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
+		ret = SPI_execute_plan(poll_plan, args, nulls, false, 0);
+		AtEOXact_GUC(true, nestlevel);
+		if (ret != SPI_OK_SELECT)
+			elog(ERROR, "polling outbox failed");
+	}
+	nrows = SPI_processed;
+	for (uint64 r = 0; r < nrows; r++)
+	{
+		Datum		values[10];
+		bool		isnull[10];
+
+		CHECK_FOR_INTERRUPTS();
+		heap_deform_tuple(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, values, isnull);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, isnull);
+	}
+	if (nrows == 0)
+	{
+		/* nothing for this consumer in the window: move past it */
+		bool		isnull;
+		Datum		wmax;
+
+		fintx_keep_plan(&window_plan,
+						"SELECT pg_catalog.max(position) FROM (SELECT position FROM fintx.outbox_positions"
+						"  WHERE position OPERATOR(pg_catalog.>) $1 ORDER BY position LIMIT $2) w",
+						2, &types[1]);
+		if (SPI_execute_plan(window_plan, &args[1], NULL, false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "scanning outbox window failed");
+		wmax = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		if (!isnull)
+		{
+			Oid			atypes[3] = {TEXTOID, INT8OID, INT8OID};
+			Datum		aargs[3];
+
+			aargs[0] = args[0];
+			aargs[1] = wmax;
+			aargs[2] = args[1];
+			fintx_keep_plan(&advance_plan,
+							"UPDATE fintx.outbox_consumers SET committed_position = $2"
+							" WHERE name OPERATOR(pg_catalog.=) $1 AND committed_position OPERATOR(pg_catalog.=) $3",
+							3, atypes);
+			if (SPI_execute_plan(advance_plan, aargs, NULL, false, 0) != SPI_OK_UPDATE)
+				elog(ERROR, "advancing consumer failed");
+		}
+	}
+	SPI_finish();
+	return (Datum) 0;
+}
+
+/*
+ * fintx.ack(consumer, up_to_position) → void
+ * Commits the consumer's offset: poll() returns events after it from now on.
+ * Acknowledging the current offset again is a no-op. Emits 22023 for invalid
+ * input, an unknown consumer or a position beyond the sequenced tail, and
+ * 55000 for a position before the committed offset.
+ */
+Datum
+fintx_ack(PG_FUNCTION_ARGS)
+{
+	char	   *name = CheckConsumerName(fcinfo, 0);
+	int64		up_to;
+	Consumer	c;
+
+	if (PG_ARGISNULL(1))
+		NullArg("up_to_position");
+	up_to = PG_GETARG_INT64(1);
+	if (up_to < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("up_to_position must not be negative")));
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	ReadConsumer(name, true, &c);
+	CheckAckPosition(name, &c, up_to);
+	if (up_to > c.committed)
+		SetOffset(name, up_to, 0, false);
+	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+/*
+ * fintx.relay_checkpoint(consumer, up_to_position, stream_sequence) → void
+ * As ack(), and stores the broker's sequence of the last event published
+ * (fintx-relay); emits 55000 if the stream sequence would go back.
+ */
+Datum
+fintx_relay_checkpoint(PG_FUNCTION_ARGS)
+{
+	char	   *name = CheckConsumerName(fcinfo, 0);
+	int64		up_to;
+	int64		seq;
+	Consumer	c;
+
+	if (PG_ARGISNULL(1))
+		NullArg("up_to_position");
+	if (PG_ARGISNULL(2))
+		NullArg("stream_sequence");
+	up_to = PG_GETARG_INT64(1);
+	seq = PG_GETARG_INT64(2);
+	if (up_to < 0 || seq < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("positions and sequences must not be negative")));
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	ReadConsumer(name, true, &c);
+	CheckAckPosition(name, &c, up_to);
+	if (seq < c.stream_sequence)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot move the stream sequence of consumer \"%s\" back to %lld", name, (long long) seq),
+				 errdetail("The stored stream sequence is %lld.", (long long) c.stream_sequence)));
+	SetOffset(name, up_to, seq, true);
+	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+/*
+ * fintx.consumer_state(consumer) → (committed_position, stream_sequence, tail_position)
+ * Seals first when no worker does; emits 22023 for an unknown consumer.
+ */
+Datum
+fintx_consumer_state(PG_FUNCTION_ARGS)
+{
+	char	   *name = CheckConsumerName(fcinfo, 0);
+	Consumer	c;
+	TupleDesc	desc;
+	Datum		values[3];
+	bool		isnull[3] = {false, false, false};
+	HeapTuple	tup;
+
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	ReadConsumer(name, false, &c);
+	SealIfNoWorker();
+	values[0] = Int64GetDatum(c.committed);
+	values[1] = Int64GetDatum(c.stream_sequence);
+	values[2] = Int64GetDatum(Tail());
+	SPI_finish();
+	tup = heap_form_tuple(BlessTupleDesc(desc), values, isnull);
+	PG_RETURN_DATUM(HeapTupleGetDatum(tup));
+}
+
+/* fintx.outbox_tail() → bigint: seals when no worker does; the last sequenced position. */
+Datum
+fintx_outbox_tail(PG_FUNCTION_ARGS)
+{
+	int64		tail;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	SealIfNoWorker();
+	tail = Tail();
+	SPI_finish();
+	PG_RETURN_INT64(tail);
+}
+
+/*
+ * fintx.reject(consumer, event_position, error) → boolean
+ * Records a failed delivery of one event; once the consumer's max_retries is
+ * reached the event becomes a dead letter that poll() skips, and true is
+ * returned. Call it in its own transaction (the failed one rolled back).
+ */
+Datum
+fintx_reject(PG_FUNCTION_ARGS)
+{
+	char	   *name = CheckConsumerName(fcinfo, 0);
+	int64		pos;
+	Consumer	c;
+	Oid			types[4] = {TEXTOID, INT8OID, TEXTOID, INT4OID};
+	Datum		args[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
+	bool		isnull;
+	bool		dead;
+	int			ret;
+
+	if (PG_ARGISNULL(1))
+		NullArg("event_position");
+	pos = PG_GETARG_INT64(1);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	ReadConsumer(name, true, &c);
+	if (pos <= c.committed || pos > Tail())
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("position %lld is not an unacknowledged event of consumer \"%s\"", (long long) pos, name)));
+	args[0] = CStringGetTextDatum(name);
+	args[1] = Int64GetDatum(pos);
+	args[2] = PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2);
+	nulls[2] = PG_ARGISNULL(2) ? 'n' : ' ';
+	args[3] = Int32GetDatum(c.max_retries);
+	ret = SPI_execute_with_args(
+		"WITH a AS (INSERT INTO fintx.outbox_attempts AS t (consumer, position, attempts, last_error)"
+		"           VALUES ($1, $2, 1, pg_catalog.left($3, 1000))"
+		"           ON CONFLICT (consumer, position) DO UPDATE"
+		"             SET attempts = t.attempts OPERATOR(pg_catalog.+) 1, last_error = EXCLUDED.last_error"
+		"           RETURNING attempts, last_error),"
+		"     d AS (INSERT INTO fintx.outbox_dead_letters (consumer, position, event_id, attempts, last_error)"
+		"           SELECT $1, $2, o.id, a.attempts, a.last_error"
+		"             FROM a, fintx.outbox_positions p JOIN fintx.outbox o ON o.event_no OPERATOR(pg_catalog.=) p.event_no"
+		"            WHERE p.position OPERATOR(pg_catalog.=) $2 AND a.attempts OPERATOR(pg_catalog.>=) $4"
+		"           ON CONFLICT DO NOTHING RETURNING 1)"
+		" SELECT EXISTS (SELECT 1 FROM d)",
+		4, types, args, nulls, false, 0);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "recording rejection failed: %s", SPI_result_code_string(ret));
+	dead = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	SPI_finish();
+	PG_RETURN_BOOL(dead);
+}
+
+/*
+ * fintx.inbox_accept(consumer, event_id) → boolean
+ * Records the event as processed by the consumer in the caller's transaction:
+ * true the first time, false afterwards (a concurrent accept waits for the
+ * first one's transaction; if it rolls back, the event was never accepted).
+ * Emits 22023 for invalid input or an unknown consumer.
+ */
+Datum
+fintx_inbox_accept(PG_FUNCTION_ARGS)
+{
+	char	   *name = CheckConsumerName(fcinfo, 0);
+	Consumer	c;
+	Oid			types[2] = {TEXTOID, UUIDOID};
+	Datum		args[2];
+	bool		accepted;
+
+	if (PG_ARGISNULL(1))
+		NullArg("event_id");
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	ReadConsumer(name, false, &c);
+	args[0] = CStringGetTextDatum(name);
+	args[1] = PG_GETARG_DATUM(1);
+	fintx_keep_plan(&inbox_plan,
+					"INSERT INTO fintx.inbox (consumer, event_id) VALUES ($1, $2)"
+					" ON CONFLICT (consumer, event_id) DO NOTHING",
+					2, types);
+	if (SPI_execute_plan(inbox_plan, args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "inbox insert failed");
+	accepted = SPI_processed == 1;
+	SPI_finish();
+	PG_RETURN_BOOL(accepted);
+}

@@ -1,0 +1,135 @@
+-- 007_outbox: the outbox API inside one transaction (sequencing after commit is covered by
+-- sql/outbox.sql and test/t/016_outbox_sequencing.pl):
+--   1. bad inputs of every outbox function: NULLs, unknown consumer, negative or huge
+--      max_events, malformed and hostile names, ack backwards or beyond the sequenced tail
+--   2. emit() and the ledger write events in the caller's transaction; a transaction does not
+--      see its own events in poll() (they are sequenced after commit)
+--   3. inbox_accept(): true once, false after, a rolled-back accept does not count
+--   4. privileges: fintx_service may emit/poll/ack/inbox_accept, others may not; SECURITY
+--      DEFINER with a pinned search_path
+\set ON_ERROR_STOP 1
+\set QUIET 1
+\pset format unaligned
+\pset tuples_only true
+\pset pager off
+
+BEGIN;
+CREATE EXTENSION IF NOT EXISTS pgtap;
+CREATE EXTENSION fintx;
+SELECT plan(60);
+
+CREATE FUNCTION pg_temp.run_as(r text, q text) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    v text;
+BEGIN
+    PERFORM pg_catalog.set_config('role', r, true);
+    EXECUTE q INTO v;
+    PERFORM pg_catalog.set_config('role', 'none', true);
+    RETURN v;
+END
+$$;
+
+-- 1. bad inputs
+SELECT ok(fintx.create_consumer('t6'), 'create_consumer creates');
+SELECT ok(NOT fintx.create_consumer('t6'), 'create_consumer again returns false');
+SELECT throws_ok($$SELECT fintx.create_consumer(NULL)$$, '22023', 'consumer must not be null', 'create_consumer(NULL)');
+SELECT throws_ok($$SELECT fintx.create_consumer('')$$, '22023', 'invalid consumer name', 'empty consumer name');
+SELECT throws_ok($$SELECT fintx.create_consumer('x''; DROP TABLE fintx.outbox; --')$$, '22023', 'invalid consumer name',
+                 'hostile consumer name');
+SELECT throws_ok($$SELECT fintx.create_consumer(repeat('a', 65))$$, '22023', 'invalid consumer name', 'too long a name');
+SELECT throws_ok($$SELECT fintx.create_consumer('-x')$$, '22023', 'invalid consumer name', 'name must start alphanumeric');
+SELECT throws_ok($$SELECT fintx.create_consumer(E'a\nb')$$, '22023', 'invalid consumer name', 'control characters');
+SELECT throws_ok($$SELECT fintx.create_consumer('g', 0, 0)$$, '22023', 'group_size must be between 1 and 1024', 'group_size 0');
+SELECT throws_ok($$SELECT fintx.create_consumer('g', 2, -1)$$, '22023', NULL, 'negative group_member');
+SELECT throws_ok($$SELECT fintx.create_consumer('g', NULL, 0)$$, '22023', 'group_size must not be null', 'NULL group_size');
+SELECT throws_ok($$SELECT fintx.create_consumer('g', 1, 0, ARRAY[NULL]::text[])$$, '22023', NULL, 'NULL in filter');
+SELECT throws_ok($$SELECT fintx.create_consumer('g', 1, 0, NULL, '{"a b"}')$$, '22023', 'invalid event type', 'bad type in filter');
+SELECT throws_ok($$SELECT fintx.create_consumer('g', 1, 0, max_retries => 0)$$, '22023', NULL, 'max_retries 0');
+SELECT throws_ok($$SELECT * FROM fintx.poll('nobody')$$, '22023', 'consumer "nobody" does not exist', 'poll unknown consumer');
+SELECT throws_ok($$SELECT * FROM fintx.poll(NULL)$$, '22023', 'consumer must not be null', 'poll NULL consumer');
+SELECT throws_ok($$SELECT * FROM fintx.poll('t6', NULL)$$, '22023', 'max_events must not be null', 'poll NULL max_events');
+SELECT throws_ok($$SELECT * FROM fintx.poll('t6', -1)$$, '22023', 'max_events must be between 0 and 10000', 'poll negative max_events');
+SELECT throws_ok($$SELECT * FROM fintx.poll('t6', 10001)$$, '22023', 'max_events must be between 0 and 10000', 'poll huge max_events');
+SELECT is((SELECT count(*)::int FROM fintx.poll('t6', 0)), 0, 'poll with max_events 0 returns nothing');
+SELECT throws_ok($$SELECT * FROM fintx.poll('t6%')$$, '22023', 'invalid consumer name', 'LIKE pattern as a name');
+SELECT throws_ok($$SELECT fintx.ack('nobody', 0)$$, '22023', 'consumer "nobody" does not exist', 'ack unknown consumer');
+SELECT throws_ok($$SELECT fintx.ack('t6', NULL)$$, '22023', 'up_to_position must not be null', 'ack NULL position');
+SELECT throws_ok($$SELECT fintx.ack(NULL, 1)$$, '22023', 'consumer must not be null', 'ack NULL consumer');
+SELECT throws_ok($$SELECT fintx.ack('t6', -1)$$, '22023', 'up_to_position must not be negative', 'ack negative');
+SELECT throws_ok(format('SELECT fintx.ack(%L, %s)', 't6', fintx.outbox_tail() + 1), '22023',
+                 format('position %s is beyond the sequenced tail', fintx.outbox_tail() + 1), 'ack beyond the tail');
+SELECT lives_ok(format('SELECT fintx.ack(%L, %s)', 't6', fintx.outbox_tail()), 'ack up to the tail');
+SELECT throws_ok($$SELECT fintx.inbox_accept('nobody', gen_random_uuid())$$, '22023', NULL, 'inbox_accept unknown consumer');
+SELECT throws_ok($$SELECT fintx.inbox_accept('t6', NULL)$$, '22023', 'event_id must not be null', 'inbox_accept NULL id');
+SELECT throws_ok($$SELECT fintx.reject('t6', NULL)$$, '22023', 'event_position must not be null', 'reject NULL position');
+SELECT throws_ok($$SELECT fintx.reject('t6', 0)$$, '22023', NULL, 'reject an acknowledged position');
+SELECT throws_ok($$SELECT fintx.emit(NULL, 'a', 't', '{}')$$, '22023', 'aggregatetype must not be null', 'emit NULL aggregatetype');
+SELECT throws_ok($$SELECT fintx.emit('o', NULL, 't', '{}')$$, '22023', 'aggregateid must not be null', 'emit NULL aggregateid');
+SELECT throws_ok($$SELECT fintx.emit('o', 'a', NULL, '{}')$$, '22023', 'type must not be null', 'emit NULL type');
+SELECT throws_ok($$SELECT fintx.emit('o', 'a', 't', NULL)$$, '22023', 'payload must not be null', 'emit NULL payload');
+SELECT throws_ok($$SELECT fintx.emit('o', 'a', 't', '{}', '"x"')$$, '22023', 'headers must be a JSON object', 'headers not an object');
+SELECT throws_ok($$SELECT fintx.emit('o*', 'a', 't', '{}')$$, '22023', 'invalid aggregate type', 'wildcard in aggregate type');
+SELECT throws_ok($$SELECT fintx.emit('o', 'a', 'x..y', '{}')$$, '22023', 'invalid event type', 'empty subject token');
+SELECT throws_ok($$SELECT fintx.emit('o', 'a', 't>', '{}')$$, '22023', 'invalid event type', '> in event type');
+SELECT throws_ok($$SELECT fintx.emit('o', repeat('a', 256), 't', '{}')$$, '22023', NULL, 'aggregate id too long');
+SELECT throws_ok($$SELECT fintx.emit('account', 'a', 'account.opened', '{}')$$, '42501', NULL, 'account events cannot be forged');
+SELECT throws_ok($$SELECT fintx.emit('fintx.x', 'a', 't', '{}')$$, '42501', NULL, 'fintx* aggregate types are reserved');
+SELECT throws_ok($$SELECT fintx.emit('o', 'a', 't', (SELECT jsonb_agg(repeat('x', 1000)) FROM generate_series(1, 1100)))$$,
+                 '22023', 'payload is too large', 'payload over 1 MiB');
+
+-- 2. events in the caller's transaction
+SELECT isa_ok(fintx.emit('order', 'o-1', 'order.created', '{"n": 1}'), 'uuid', 'emit returns a uuid');
+SELECT is((SELECT count(*)::int FROM fintx.outbox WHERE aggregateid = 'o-1' AND txid = pg_current_xact_id()), 1,
+          'the event is in fintx.outbox with the caller''s transaction id');
+SELECT is((SELECT substr(id::text, 15, 1) FROM fintx.outbox WHERE aggregateid = 'o-1'), '7', 'event ids are UUIDv7');
+\o /dev/null
+SELECT fintx.open_account('t6:bank', 'EUR', allow_negative => true);
+\o
+\o /dev/null
+SELECT fintx.open_account('t6:a', 'EUR');
+\o
+\o /dev/null
+SELECT fintx.transfer('t6-1', 't6:bank', 't6:a', 10);
+\o
+SELECT is((SELECT string_agg(type, ',' ORDER BY event_no) FROM fintx.outbox WHERE txid = pg_current_xact_id()),
+          'order.created,account.opened,account.opened,transfer.posted', 'ledger changes emit their events in order');
+SELECT is((SELECT count(*)::int FROM fintx.poll('t6', 100) WHERE txid = pg_current_xact_id()), 0,
+          'a transaction does not get its own events sequenced');
+SAVEPOINT s;
+\o /dev/null
+SELECT fintx.emit('order', 'o-2', 'order.created', '{}');
+\o
+ROLLBACK TO SAVEPOINT s;
+SELECT is((SELECT count(*)::int FROM fintx.outbox WHERE aggregateid = 'o-2'), 0, 'a rolled-back emit leaves nothing');
+
+-- 3. inbox
+SELECT ok(fintx.inbox_accept('t6', '11111111-1111-7111-8111-111111111111'), 'first accept is true');
+SELECT ok(NOT fintx.inbox_accept('t6', '11111111-1111-7111-8111-111111111111'), 'second accept is false');
+SAVEPOINT s2;
+SELECT ok(fintx.inbox_accept('t6', '22222222-2222-7222-8222-222222222222'), 'accept in a subtransaction');
+ROLLBACK TO SAVEPOINT s2;
+SELECT ok(fintx.inbox_accept('t6', '22222222-2222-7222-8222-222222222222'), 'a rolled-back accept does not count');
+
+-- 4. privileges
+CREATE ROLE tap006_service IN ROLE fintx_service;
+CREATE ROLE tap006_auditor IN ROLE fintx_auditor;
+SELECT ok(pg_temp.run_as('tap006_service', $q$SELECT fintx.emit('order', 'o-3', 'order.created', '{}')::text$q$) IS NOT NULL,
+          'fintx_service may emit');
+SELECT is((SELECT headers->>'actor' FROM fintx.outbox WHERE aggregateid = 'o-3'), 'tap006_service',
+          'the emitting role is recorded as actor in the headers');
+SELECT is(pg_temp.run_as('tap006_service', $q$SELECT fintx.inbox_accept('t6', gen_random_uuid())::text$q$), 'true',
+          'fintx_service may use the inbox');
+SELECT throws_ok($$SELECT pg_temp.run_as('tap006_auditor', 'SELECT fintx.emit(''o'', ''a'', ''t'', ''{}'')')$$,
+                 '42501', NULL, 'fintx_auditor may not emit');
+SELECT throws_ok($$SELECT pg_temp.run_as('tap006_service', 'SELECT count(*) FROM fintx.outbox')$$,
+                 '42501', NULL, 'fintx_service cannot read the outbox table directly');
+SELECT throws_ok($$SELECT pg_temp.run_as('tap006_service', 'SELECT fintx.outbox_rotate()')$$,
+                 '42501', NULL, 'fintx_service cannot rotate');
+SELECT is_empty($$SELECT p.oid::regprocedure::text FROM pg_proc p
+                   WHERE p.pronamespace = 'fintx'::regnamespace
+                     AND p.proname IN ('emit', 'poll', 'ack', 'inbox_accept', 'create_consumer', 'reject', 'outbox_rotate')
+                     AND (NOT p.prosecdef OR p.proconfig IS DISTINCT FROM ARRAY['search_path=pg_catalog, pg_temp'])$$,
+                'outbox functions are SECURITY DEFINER with a pinned search_path');
+
+SELECT * FROM finish();
+ROLLBACK;

@@ -1,0 +1,181 @@
+# fintx-relay against a real nats-server with JetStream (file store in a temporary directory,
+# loopback, a free port). While producers commit (and roll back) events, the relay is killed
+# with SIGKILL again and again, some restarts only after the stream's duplicate window (500 ms)
+# has passed, NATS is stopped for a while and brought back (the relay backs off and
+# reconciles), and NATS is restarted with its store. At the end the stream holds exactly the
+# outbox: message i has sequence i, Fintx-Position i and Nats-Msg-Id = id of the event at
+# position i, no duplicates, none missing, none from rolled-back transactions.
+use strict;
+use warnings;
+use FintxTest;
+use File::Path qw(make_path);
+use IPC::Run;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time usleep);
+
+my $nats_bin = (grep { -x $_ } ('/usr/sbin/nats-server', '/usr/bin/nats-server',
+		map { "$_/nats-server" } split /:/, $ENV{PATH}))[0];
+plan skip_all => 'nats-server is not installed (apt-get install nats-server)' unless $nats_bin;
+
+my $node = fintx_node('relay', "fintx.seal_interval = '20ms'", "fintx.expire_interval = '1h'");
+sub sql { return $node->safe_psql('postgres', $_[0]); }
+my $relay_bin = $node->installed_command('fintx-relay');
+ok(IPC::Run::run([ $relay_bin, '--help' ], '>', \my $help_out, '2>', \my $help_err), 'fintx-relay is installed beside the server programs');
+
+my $tmp = PostgreSQL::Test::Utils::tempdir();
+my $store = "$tmp/nats-store";
+make_path($store);
+my $nats_port = PostgreSQL::Test::Cluster::get_free_port();
+my $nats_url = "nats://127.0.0.1:$nats_port";
+my $nats;
+my $nats_runs = 0;
+
+sub nats_start
+{
+	$nats_runs++;
+	$nats = IPC::Run::start([ $nats_bin, '-a', '127.0.0.1', '-p', $nats_port, '-js', '-sd', $store ],
+		'<', '/dev/null', '>', "$tmp/nats-$nats_runs.log", '2>&1');
+	my $deadline = time + 20;
+	until (slurp_file("$tmp/nats-$nats_runs.log") =~ /Server is ready/)
+	{
+		die 'nats-server did not start: ' . slurp_file("$tmp/nats-$nats_runs.log") if time > $deadline;
+		usleep(50_000);
+	}
+}
+
+sub nats_stop
+{
+	$nats->signal('TERM');
+	eval { $nats->finish; };
+}
+
+my $relay_runs = 0;
+my @relay_logs;
+sub relay_cmd
+{
+	return [ $relay_bin, '-d', $node->connstr('postgres'), '-s', $nats_url, '-S', 'FINTX', '-p', 'fx',
+		'-b', '50', '--duplicate-window=500', '--health-interval=1', @_ ];
+}
+sub relay_start
+{
+	$relay_runs++;
+	my $log = "$tmp/relay-$relay_runs.log";
+	push @relay_logs, $log;
+	return IPC::Run::start(relay_cmd(), '<', '/dev/null', '>', '/dev/null', '2>', $log);
+}
+sub relay_kill9
+{
+	my ($h) = @_;
+	$h->signal('KILL');
+	eval { $h->finish; };
+}
+
+nats_start();
+
+# producers: committed and rolled-back batches of application events and transfers
+sql(q{
+	SELECT fintx.open_account('r:bank', 'EUR', allow_negative => true);
+	SELECT fintx.open_account('r:a', 'EUR');
+});
+my @producers;
+for my $w (1 .. 2)
+{
+	my $script = '';
+	for my $k (1 .. 150)
+	{
+		my $end = $k % 5 == 0 ? 'ROLLBACK' : 'COMMIT';
+		$script .= "BEGIN;\n"
+		  . "SELECT count(fintx.emit('job', 'w$w-$k-' || g, 'job.created', jsonb_build_object('g', g))) FROM generate_series(1, 40) g;\n"
+		  . "SELECT status FROM fintx.transfer('r-$w-$k', 'r:bank', 'r:a', $k);\n"
+		  . "$end;\nSELECT pg_sleep(0.05);\n";
+	}
+	push @producers, psql_start($node, "producer$w", $script);
+}
+
+# 1. SIGKILL the relay mid-stream, again and again; every other restart after the duplicate
+# window. FINTX_RELAY_TEST_ACK_PAUSE_MS widens the window between the PubAcks of a batch and
+# its checkpoint in PostgreSQL, so that most kills land there: the stream is then ahead of
+# PostgreSQL and the next relay must reconcile instead of publishing the batch again.
+$ENV{FINTX_RELAY_TEST_ACK_PAUSE_MS} = 150;
+for my $i (1 .. 10)
+{
+	my $h = relay_start();
+	usleep(200_000 + int(rand(600_000)));
+	relay_kill9($h);
+	usleep(700_000) if $i % 2 == 0;
+}
+delete $ENV{FINTX_RELAY_TEST_ACK_PAUSE_MS};
+my $mid = sql("SELECT committed_position || ' ' || stream_sequence FROM fintx.consumer_state('fintx-relay')");
+my ($mid_pos, $mid_seq) = split / /, $mid;
+cmp_ok($mid_pos, '>', 0, "the killed relays made progress (position $mid_pos)");
+
+# 2. NATS goes away for a while and comes back
+my $h = relay_start();
+usleep(500_000);
+nats_stop();
+sleep(3);
+nats_start();
+my ($ok) = (0);
+my $deadline = time + 30;
+while (time < $deadline)
+{
+	last if slurp_file($relay_logs[-1]) =~ /reconciled|health state=running.*nats=up/s
+	  && slurp_file($relay_logs[-1]) =~ /state=backing-off/;
+	usleep(100_000);
+}
+like(slurp_file($relay_logs[-1]), qr/health state=backing-off/, 'the relay backs off while NATS is down');
+usleep(1_500_000);
+
+# 3. NATS restarts with its store while the relay runs; then the relay is killed once more
+nats_stop();
+nats_start();
+usleep(1_500_000);
+relay_kill9($h);
+
+# the producers finish; a last relay with --once publishes the rest and exits 0
+for my $p (@producers)
+{
+	my $r = psql_finish($p);
+	is(first_sqlstate($r->{err}), undef, "$r->{app} ran without errors");
+}
+sql('SELECT fintx.seal()');
+my ($out, $err) = ('', '');
+my $once = IPC::Run::run(relay_cmd('--once'), '<', '/dev/null', '>', \$out, '2>', \$err);
+ok($once, 'fintx-relay --once exits 0') or diag($err);
+like($err, qr/health state=done .* lag=0 pg=up nats=up/, 'the --once run ends with a health line showing no lag');
+
+# compare the stream with the outbox
+my $tail = sql('SELECT fintx.outbox_tail()');
+cmp_ok($tail, '>', 3000, "the outbox holds $tail sequenced events");
+my $stream = '';
+IPC::Run::run(relay_cmd('--dump-stream'), '<', '/dev/null', '>', \$stream, '2>', \$err)
+  or die "dump failed: $err";
+my @msgs = map { [ split /\t/ ] } split /\n/, $stream;
+my %outbox = map { split /\|/ } split /\n/,
+  sql('SELECT p.position || \'|\' || o.id FROM fintx.outbox_positions p JOIN fintx.outbox o USING (event_no)');
+is(scalar(@msgs), $tail, 'the stream holds as many messages as the outbox has events');
+my %ids;
+my ($bad_order, $bad_id, $dups) = (0, 0, 0);
+for my $i (0 .. $#msgs)
+{
+	my ($seq, $id, $pos, $subject) = @{ $msgs[$i] };
+	$bad_order++ unless $seq == $i + 1 && $pos == $i + 1;
+	$bad_id++ unless defined $outbox{$pos} && $outbox{$pos} eq $id;
+	$dups++ if $ids{$id}++;
+}
+is($bad_order, 0, 'message i has stream sequence i and Fintx-Position i (order kept, no gap)');
+is($bad_id, 0, 'each message carries the id of the outbox event at its position');
+is($dups, 0, 'no event is in the stream twice');
+is(sql("SELECT count(*) FROM fintx.outbox WHERE aggregateid ~ '^w[12]-[0-9]*[05]-'"), '0',
+	'nothing of the rolled-back producer transactions reached the outbox');
+like($msgs[-1][3], qr/^fx\.(job\.job\.created|transfer\.transfer\.posted)$/, 'subjects are <prefix>.<aggregatetype>.<type>');
+is(sql("SELECT committed_position || ' ' || stream_sequence FROM fintx.consumer_state('fintx-relay')"), "$tail $tail",
+	'PostgreSQL stores the last position and stream sequence');
+my $all_logs = join '', map { slurp_file($_) } @relay_logs;
+like($all_logs, qr/reconciled: stream FINTX is at sequence/, 'a killed relay\'s successor reconciled from the stream');
+note("relay runs: $relay_runs, NATS runs: $nats_runs");
+
+nats_stop();
+done_testing();

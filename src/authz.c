@@ -47,6 +47,7 @@ PG_FUNCTION_INFO_V1(fintx_reject_transfer);
 PG_FUNCTION_INFO_V1(fintx_account_visible);
 PG_FUNCTION_INFO_V1(fintx_account_id_visible);
 PG_FUNCTION_INFO_V1(fintx_transfer_visible);
+PG_FUNCTION_INFO_V1(fintx_event_visible);
 
 static const char *const op_names[FINTX_OP_COUNT] = {
 	"account.open", "account.close", "transfer", "transfer.approve", "hold.resolve",
@@ -1484,6 +1485,51 @@ fintx_account_id_visible(PG_FUNCTION_ARGS)
 	PG_RETURN_BOOL(IdVisible(PG_GETARG_INT64(0)));
 }
 
+/* Whether the calling role sees every row: superuser, fintx_admin or fintx_auditor member. */
+bool
+fintx_authz_sees_all(void)
+{
+	Oid			role = GetOuterUserId();
+	Oid			admin_role = get_role_oid("fintx_admin", true);
+	Oid			auditor_role = get_role_oid("fintx_auditor", true);
+
+	return superuser_arg(role) ||
+		(OidIsValid(admin_role) && has_privs_of_role(role, admin_role)) ||
+		(OidIsValid(auditor_role) && has_privs_of_role(role, auditor_role));
+}
+
+/*
+ * fintx.event_visible(aggregatetype, aggregateid, payload) → boolean: the
+ * filter poll() applies for services. Ledger events (aggregate types
+ * "account" and "transfer") are visible if they concern an account the
+ * service's grants cover; application events (emitted with fintx.emit) are
+ * visible to every consumer the service may read.
+ */
+Datum
+fintx_event_visible(PG_FUNCTION_ARGS)
+{
+	char	   *aggtype = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	Jsonb	   *payload = PG_GETARG_JSONB_P(2);
+
+	if (strcmp(aggtype, "account") == 0)
+		PG_RETURN_BOOL(CodeVisible(text_to_cstring(PG_GETARG_TEXT_PP(1))));
+	if (strcmp(aggtype, "transfer") == 0)
+	{
+		static const char *const keys[2] = {"from_account", "to_account"};
+
+		for (int i = 0; i < 2; i++)
+		{
+			JsonbValue *v = getKeyJsonValueFromContainer(&payload->root, keys[i], strlen(keys[i]), NULL);
+
+			if (v && v->type == jbvString &&
+				CodeVisible(pnstrdup(v->val.string.val, v->val.string.len)))
+				PG_RETURN_BOOL(true);
+		}
+		PG_RETURN_BOOL(false);
+	}
+	PG_RETURN_BOOL(true);
+}
+
 /*
  * fintx.transfer_visible(from_id, to_id) → boolean: the filter of the views
  * transfer_history and open_holds. Administrators and auditors see every
@@ -1493,13 +1539,7 @@ fintx_account_id_visible(PG_FUNCTION_ARGS)
 Datum
 fintx_transfer_visible(PG_FUNCTION_ARGS)
 {
-	Oid			role = GetOuterUserId();
-	Oid			admin_role = get_role_oid("fintx_admin", true);
-	Oid			auditor_role = get_role_oid("fintx_auditor", true);
-
-	if (superuser_arg(role) ||
-		(OidIsValid(admin_role) && has_privs_of_role(role, admin_role)) ||
-		(OidIsValid(auditor_role) && has_privs_of_role(role, auditor_role)))
+	if (fintx_authz_sees_all())
 		PG_RETURN_BOOL(true);
 	PG_RETURN_BOOL(IdVisible(PG_GETARG_INT64(0)) || IdVisible(PG_GETARG_INT64(1)));
 }

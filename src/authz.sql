@@ -174,6 +174,11 @@ RETURNS boolean
 AS 'MODULE_PATHNAME', 'fintx_transfer_visible'
 LANGUAGE C STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
+CREATE FUNCTION fintx.event_visible(aggregatetype text, aggregateid text, payload jsonb)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'fintx_event_visible'
+LANGUAGE C STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
 CREATE FUNCTION fintx.account_id_visible(id bigint)
 RETURNS boolean
 AS 'MODULE_PATHNAME', 'fintx_account_id_visible'

@@ -234,6 +234,7 @@ extern void fintx_authz_flush(void);
 extern bool fintx_authz_decision(int i, const char **service, const char **rule);
 extern void fintx_approval_record(LedgerRequest *req);
 extern void fintx_authz_require(FintxOp op, const char *object);
+extern bool fintx_authz_sees_all(void);
 
 /* denials.c: the durable denial queue (shared memory + worker) */
 extern int	fintx_denial_wait_ms;

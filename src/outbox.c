@@ -177,6 +177,8 @@ CheckConsumerName(FunctionCallInfo fcinfo, int arg)
 				 errmsg("invalid consumer name"),
 				 errdetail("Consumer names are 1 to %d characters from A-Z, a-z, 0-9 and _ . : -, starting with a letter or digit.",
 						   CONSUMER_MAX_NAME)));
+	/* a service needs an event.consume grant whose pattern matches the consumer's name */
+	fintx_authz_require(FINTX_OP_EVENT_CONSUME, s);
 	return s;
 }
 
@@ -594,6 +596,8 @@ fintx_emit(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("aggregate type \"%s\" is reserved for fintx's own events", aggtype)));
+	/* a service needs an event.emit grant whose pattern matches the aggregate type */
+	fintx_authz_require(FINTX_OP_EVENT_EMIT, aggtype);
 	payload = PG_GETARG_JSONB_P(3);
 	if (VARSIZE(payload) > OUTBOX_MAX_PAYLOAD)
 		ereport(ERROR,
@@ -762,9 +766,10 @@ fintx_poll(PG_FUNCTION_ARGS)
 	int32		max_events;
 	Consumer	c;
 	int64		scan;
-	Oid			types[8] = {TEXTOID, INT8OID, INT8OID, INT4OID, INT4OID, TEXTARRAYOID, TEXTARRAYOID, INT4OID};
-	Datum		args[8];
-	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	Oid			types[9] = {TEXTOID, INT8OID, INT8OID, INT4OID, INT4OID, TEXTARRAYOID, TEXTARRAYOID, INT4OID,
+		BOOLOID};
+	Datum		args[9];
+	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	uint64		nrows;
 
 	if (PG_ARGISNULL(1))
@@ -795,6 +800,8 @@ fintx_poll(PG_FUNCTION_ARGS)
 	args[6] = c.types;
 	nulls[6] = c.types ? ' ' : 'n';
 	args[7] = Int32GetDatum(max_events);
+	/* a service sees only the ledger events of accounts its grants cover */
+	args[8] = BoolGetDatum(fintx_authz_sees_all());
 	fintx_keep_plan(&poll_plan,
 					"SELECT o.id, o.aggregatetype, o.aggregateid, o.type, o.payload, o.headers, p.position,"
 					"       o.txid, o.created_at, o.event_no"
@@ -814,8 +821,9 @@ fintx_poll(PG_FUNCTION_ARGS)
 					"   AND NOT EXISTS (SELECT 1 FROM fintx.outbox_dead_letters d"
 					"                    WHERE d.consumer OPERATOR(pg_catalog.=) $1"
 					"                      AND d.position OPERATOR(pg_catalog.=) p.position)"
+					"   AND ($9 OR fintx.event_visible(o.aggregatetype, o.aggregateid, o.payload))"
 					" ORDER BY p.position LIMIT $8",
-					8, types);
+					9, types);
 	{
 		/*
 		 * The plan is generic and kept for the session; a slot that was empty

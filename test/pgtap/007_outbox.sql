@@ -5,7 +5,8 @@
 --   2. emit() and the ledger write events in the caller's transaction; a transaction does not
 --      see its own events in poll() (they are sequenced after commit)
 --   3. inbox_accept(): true once, false after, a rolled-back accept does not count
---   4. privileges: fintx_service may emit/poll/ack/inbox_accept, others may not; SECURITY
+--   4. privileges: a registered service with event.emit / event.consume grants may emit and
+--      use its consumers, others may not; SECURITY
 --      DEFINER with a pinned search_path
 \set ON_ERROR_STOP 1
 \set QUIET 1
@@ -16,7 +17,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION fintx;
-SELECT plan(60);
+SELECT plan(62);
 
 CREATE FUNCTION pg_temp.run_as(r text, q text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
@@ -111,8 +112,15 @@ ROLLBACK TO SAVEPOINT s2;
 SELECT ok(fintx.inbox_accept('t6', '22222222-2222-7222-8222-222222222222'), 'a rolled-back accept does not count');
 
 -- 4. privileges
-CREATE ROLE tap006_service IN ROLE fintx_service;
+CREATE ROLE tap006_service;
 CREATE ROLE tap006_auditor IN ROLE fintx_auditor;
+SELECT fintx.register_service('tap006-svc', 'tap006_service');
+SELECT fintx.grant_permission('tap006-svc', 'event.emit', 'order');
+SELECT fintx.grant_permission('tap006-svc', 'event.consume', 't6');
+SELECT throws_ok($$SELECT pg_temp.run_as('tap006_service', 'SELECT fintx.emit(''invoice'', ''i-1'', ''invoice.created'', ''{}'')')$$,
+                 '42501', 'permission denied for event.emit on "invoice"', 'a service may emit only the aggregate types it was granted');
+SELECT throws_ok($$SELECT pg_temp.run_as('tap006_service', 'SELECT fintx.inbox_accept(''t7'', gen_random_uuid())')$$,
+                 '42501', 'permission denied for event.consume on "t7"', 'a service may use only the consumers it was granted');
 SELECT ok(pg_temp.run_as('tap006_service', $q$SELECT fintx.emit('order', 'o-3', 'order.created', '{}')::text$q$) IS NOT NULL,
           'fintx_service may emit');
 SELECT is((SELECT headers->>'actor' FROM fintx.outbox WHERE aggregateid = 'o-3'), 'tap006_service',

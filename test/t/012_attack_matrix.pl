@@ -244,6 +244,47 @@ my $posted = $node->safe_psql('postgres',
 is($ok + $denied, 80, 'race: every one of the 80 racing transfers was either applied or refused');
 is($posted + $used, 2000, "race: the racers used exactly the daily limit ($ok applied, $denied refused)");
 push @matrix, sprintf('%-38s %-8s %-6s %s', 'race-daily-limit (8 sessions x 10)', 'risk', '42501', "applied=$ok refused=$denied total=" . ($posted + $used) . "/2000");
+# events: emitting needs event.emit on the aggregate type, consuming event.consume on the
+# consumer's name; a service's consumer sees only the ledger events of its own accounts
+$node->safe_psql('postgres', q{
+	SELECT fintx.grant_permission('pay', 'event.emit', 'payments.%');
+	SELECT fintx.grant_permission('pay', 'event.consume', 'pay-%');
+	SELECT fintx.create_consumer('all-events');
+});
+attack(name => 'emit-without-grant', role => 'pay', expect => '42501',
+	sql => q{SELECT fintx.emit('orders', 'o-1', 'created', '{}')});
+($st, $out) = run_as('pay', 'emit-ok', q{SELECT fintx.emit('payments.order', 'o-1', 'created', '{"n": 1}') IS NOT NULL});
+is("$st|$out", '|t', 'a service emits events of an aggregate type its grant covers');
+attack(name => 'consume-other-services-consumer', role => 'pay', expect => '42501',
+	sql => q{SELECT fintx.create_consumer('risk-feed')});
+attack(name => 'poll-consumer-not-granted', role => 'pay', expect => '42501',
+	sql => q{SELECT count(*) FROM fintx.poll('all-events', 10)});
+($st, $out) = run_as('pay', 'consumer-ok', q{SELECT fintx.create_consumer('pay-feed')});
+is($st, '', 'a service creates a consumer its grant covers');
+# everything so far is sequenced once the admin's consumer sees the emitted event
+my $admin_poll = quiet_session($node);
+my ($seen_all) = poll_until($admin_poll,
+	q{SELECT count(*) > 0 FROM fintx.poll('all-events', 10000) WHERE aggregatetype = 'payments.order'}, 't', 30);
+ok($seen_all, 'the events are sequenced');
+my $risk_events = $node->safe_psql('postgres',
+	q{SELECT count(*) FROM fintx.poll('all-events', 10000)
+	   WHERE (aggregatetype = 'transfer' AND (payload->>'from_account' LIKE 'risk:%' AND payload->>'to_account' LIKE 'risk:%'))
+	      OR (aggregatetype = 'account' AND aggregateid LIKE 'risk:%')});
+ok($risk_events > 0, "the outbox holds events of risk's accounts ($risk_events)");
+($st, $out) = run_as('pay', 'poll-own', q{
+	SELECT count(*) FILTER (WHERE (aggregatetype = 'transfer' AND payload->>'from_account' NOT LIKE 'pay:%'
+	                                                          AND payload->>'to_account' NOT LIKE 'pay:%')
+	                            OR (aggregatetype = 'account' AND aggregateid NOT LIKE 'pay:%'))
+	       || '|' || count(*) FILTER (WHERE aggregatetype IN ('transfer', 'account'))
+	       || '|' || count(*) FILTER (WHERE aggregatetype = 'payments.order')
+	  FROM fintx.poll('pay-feed', 10000)});
+my ($foreign, $ledger_events, $app_events) = split /\|/, $out;
+is("$st|$foreign", '|0', 'a service\'s consumer receives no event of another service\'s accounts');
+ok($ledger_events > 0, "it receives the ledger events of its own accounts ($ledger_events)");
+is($app_events, '1', 'and the application events');
+push @matrix, sprintf('%-38s %-8s %-6s %s', 'poll-other-services-events', 'pay', 'rows=0', "own ledger events=$ledger_events");
+$admin_poll->quit;
+
 is(reconcile_rows($node), '', 'the ledger reconciles after the attacks');
 
 # every denial also entered the audit log

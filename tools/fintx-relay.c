@@ -463,6 +463,12 @@ reconcile(void)
 	}
 	p = strtoll(pos, NULL, 10);
 	natsMsg_Destroy(m);
+	if (p > tail)
+	{
+		logmsg("message %" PRIu64 " of stream %s carries position %" PRId64 ", beyond the outbox's tail %"
+			   PRId64 ": the stream belongs to another outbox; refusing to continue", last, cfg.stream, p, tail);
+		return -2;
+	}
 	if (p < committed)
 	{
 		logmsg("message %" PRIu64 " of stream %s carries position %" PRId64 ", before the committed %"

@@ -9,6 +9,7 @@
 #   relay     $EVENTS events emitted and sequenced, then fintx-relay --once publishes them to a
 #             nats-server with JetStream (file store, loopback); events/s.
 # Env: CLIENTS (8) DURATION (15) EVENTS (100000) SEAL_INTERVAL (100ms) BATCH (1000)
+#      VERBOSE=1 also prints the latency per second
 set -eu
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 source "$ROOT/test/scripts/cluster.sh"
@@ -20,10 +21,10 @@ BATCH=${BATCH:-1000}
 WORK=$(mktemp -d /tmp/fintx-bench-outbox.XXXXXX)
 chmod 755 "$WORK"
 NATS_PID=
-trap '[ -n "$NATS_PID" ] && kill $NATS_PID 2>/dev/null; cluster_stop; cp "$WORK/pg/server.log" /tmp/wt5bench-server.log 2>/dev/null; rm -rf "$WORK"' EXIT
+trap '[ -n "$NATS_PID" ] && kill $NATS_PID 2>/dev/null; cluster_stop; rm -rf "$WORK"' EXIT
 
 cluster_start "$WORK/pg" "fsync = on" "synchronous_commit = on" "shared_buffers = '512MB'" \
-    "max_wal_size = '4GB'" "fintx.database = 'bench'" "log_lock_waits = on" "deadlock_timeout = '100ms'" "log_min_messages = log" "log_min_duration_statement = '300ms'" "fintx.seal_interval = '$SEAL_INTERVAL'" >/dev/null
+    "max_wal_size = '4GB'" "fintx.database = 'bench'" "fintx.seal_interval = '$SEAL_INTERVAL'" >/dev/null
 PSQL="$PGBIN/psql -X -q -v ON_ERROR_STOP=1 -d bench"
 "$PGBIN/createdb" bench
 $PSQL <<'SQL'

@@ -604,66 +604,69 @@ fintx_authz_require(FintxOp op, const char *object)
 	decisions = NIL;
 }
 
+/* The object column of a decision (a folded administrator decision names the count). */
+static const char *
+DecisionObject(Decision *d)
+{
+	if (d->count > 1)
+		return psprintf("%s (and %d more in this call)", d->object ? d->object : "", d->count - 1);
+	return d->object;
+}
+
+/*
+ * If exactly one allowed decision is pending, hands its access-log values to
+ * the caller, who writes them in its own statement (the single-transfer path
+ * does, in the statement that inserts the transfer): service, role, session
+ * user, operation, object, amount, currency, reason, rule.
+ */
+bool
+fintx_authz_take_single(Datum *args, char *argnulls)
+{
+	Decision   *d;
+	const char *object;
+
+	if (list_length(decisions) != 1)
+		return false;
+	d = (Decision *) linitial(decisions);
+	object = DecisionObject(d);
+	memset(argnulls, ' ', 9);
+	args[0] = caller.service ? CStringGetTextDatum(caller.service) : (Datum) 0;
+	argnulls[0] = caller.service ? ' ' : 'n';
+	args[1] = CStringGetTextDatum(caller.role_name);
+	args[2] = CStringGetTextDatum(GetUserNameFromId(GetSessionUserId(), false));
+	args[3] = CStringGetTextDatum(op_names[d->op]);
+	args[4] = object ? CStringGetTextDatum(object) : (Datum) 0;
+	argnulls[4] = object ? ' ' : 'n';
+	args[5] = Int64GetDatum(d->amount);
+	argnulls[5] = d->has_amount ? ' ' : 'n';
+	args[6] = d->currency ? CStringGetTextDatum(d->currency) : (Datum) 0;
+	argnulls[6] = d->currency ? ' ' : 'n';
+	args[7] = CStringGetTextDatum(d->reason);
+	args[8] = d->rule ? CStringGetTextDatum(d->rule) : (Datum) 0;
+	argnulls[8] = d->rule ? ' ' : 'n';
+	decisions = NIL;
+	return true;
+}
+
 /* Writes the allowed decisions of this call to the access log (SPI connected). */
 void
 fintx_authz_flush(void)
 {
 	int			n = list_length(decisions);
-	Datum	   *cols[6];
-	bool	   *nulls[6];
 	Datum		args[9];
 	char		argnulls[9];
-	int			i = 0;
-	ListCell   *lc;
 	int			ret;
 
 	if (n == 0)
 		return;
-	for (int c = 0; c < 6; c++)
-	{
-		cols[c] = palloc(sizeof(Datum) * n);
-		nulls[c] = palloc0(sizeof(bool) * n);
-	}
-	foreach(lc, decisions)
-	{
-		Decision   *d = (Decision *) lfirst(lc);
-		const char *object = d->object;
-
-		if (d->count > 1)
-			object = psprintf("%s (and %d more in this call)", d->object ? d->object : "", d->count - 1);
-		cols[0][i] = CStringGetTextDatum(op_names[d->op]);
-		cols[1][i] = object ? CStringGetTextDatum(object) : (Datum) 0;
-		nulls[1][i] = object == NULL;
-		cols[2][i] = Int64GetDatum(d->amount);
-		nulls[2][i] = !d->has_amount;
-		cols[3][i] = d->currency ? CStringGetTextDatum(d->currency) : (Datum) 0;
-		nulls[3][i] = d->currency == NULL;
-		cols[4][i] = CStringGetTextDatum(d->reason);
-		cols[5][i] = d->rule ? CStringGetTextDatum(d->rule) : (Datum) 0;
-		nulls[5][i] = d->rule == NULL;
-		i++;
-	}
-	memset(argnulls, ' ', sizeof(argnulls));
-	args[0] = caller.service ? CStringGetTextDatum(caller.service) : (Datum) 0;
-	argnulls[0] = caller.service ? ' ' : 'n';
-	args[1] = CStringGetTextDatum(caller.role_name);
-	args[2] = CStringGetTextDatum(GetUserNameFromId(GetSessionUserId(), false));
-	if (n == 1)
+	if (fintx_authz_take_single(args, argnulls))
 	{
 		Oid			types[9] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT8OID, TEXTOID, TEXTOID, TEXTOID};
 
-		for (int c = 0; c < 6; c++)
-		{
-			args[3 + c] = cols[c][0];
-			argnulls[3 + c] = nulls[c][0] ? 'n' : ' ';
-		}
 		fintx_keep_plan(&log_one_plan,
-						"INSERT INTO fintx.access_log_entries (at, service, role, session_user_name, operation,"
-						"       object, amount, currency, allowed, reason, rule, client_addr, application_name,"
-						"       backend_pid, recorded_by)"
-						" VALUES (pg_catalog.statement_timestamp(), $1, $2, $3, $4, $5, $6, $7, true, $8, $9,"
-						"         pg_catalog.inet_client_addr(), pg_catalog.current_setting('application_name'),"
-						"         pg_catalog.pg_backend_pid(), 'caller')",
+						"INSERT INTO " FINTX_ACCESS_LOG_COLUMNS
+						" VALUES (pg_catalog.statement_timestamp(), $1, $2, $3, $4, $5, $6, $7, true, $8, $9, "
+						FINTX_ACCESS_LOG_ORIGIN ")",
 						9, types);
 		ret = SPI_execute_plan(log_one_plan, args, argnulls, false, 0);
 	}
@@ -672,9 +675,40 @@ fintx_authz_flush(void)
 		Oid			types[9] = {TEXTOID, TEXTOID, TEXTOID, TEXTARRAYOID, TEXTARRAYOID, INT8ARRAYOID,
 			TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
 		Oid			elemtypes[6] = {TEXTOID, TEXTOID, INT8OID, TEXTOID, TEXTOID, TEXTOID};
+		Datum	   *cols[6];
+		bool	   *nulls[6];
 		int			dims[1] = {n};
 		int			lbs[1] = {1};
+		int			i = 0;
+		ListCell   *lc;
 
+		for (int c = 0; c < 6; c++)
+		{
+			cols[c] = palloc(sizeof(Datum) * n);
+			nulls[c] = palloc0(sizeof(bool) * n);
+		}
+		foreach(lc, decisions)
+		{
+			Decision   *d = (Decision *) lfirst(lc);
+			const char *object = DecisionObject(d);
+
+			cols[0][i] = CStringGetTextDatum(op_names[d->op]);
+			cols[1][i] = object ? CStringGetTextDatum(object) : (Datum) 0;
+			nulls[1][i] = object == NULL;
+			cols[2][i] = Int64GetDatum(d->amount);
+			nulls[2][i] = !d->has_amount;
+			cols[3][i] = d->currency ? CStringGetTextDatum(d->currency) : (Datum) 0;
+			nulls[3][i] = d->currency == NULL;
+			cols[4][i] = CStringGetTextDatum(d->reason);
+			cols[5][i] = d->rule ? CStringGetTextDatum(d->rule) : (Datum) 0;
+			nulls[5][i] = d->rule == NULL;
+			i++;
+		}
+		memset(argnulls, ' ', sizeof(argnulls));
+		args[0] = caller.service ? CStringGetTextDatum(caller.service) : (Datum) 0;
+		argnulls[0] = caller.service ? ' ' : 'n';
+		args[1] = CStringGetTextDatum(caller.role_name);
+		args[2] = CStringGetTextDatum(GetUserNameFromId(GetSessionUserId(), false));
 		for (int c = 0; c < 6; c++)
 		{
 			int16		len;
@@ -686,12 +720,9 @@ fintx_authz_flush(void)
 															 elemtypes[c], len, byval, align));
 		}
 		fintx_keep_plan(&log_many_plan,
-						"INSERT INTO fintx.access_log_entries (at, service, role, session_user_name, operation,"
-						"       object, amount, currency, allowed, reason, rule, client_addr, application_name,"
-						"       backend_pid, recorded_by)"
+						"INSERT INTO " FINTX_ACCESS_LOG_COLUMNS
 						" SELECT pg_catalog.statement_timestamp(), $1, $2, $3, u.op, u.obj, u.amt, u.cur, true,"
-						"        u.reason, u.rule, pg_catalog.inet_client_addr(),"
-						"        pg_catalog.current_setting('application_name'), pg_catalog.pg_backend_pid(), 'caller'"
+						"        u.reason, u.rule, " FINTX_ACCESS_LOG_ORIGIN
 						"   FROM ROWS FROM (pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6),"
 						"                   pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9))"
 						"        AS u(op, obj, amt, cur, reason, rule)",

@@ -30,6 +30,7 @@
 #include "replication/message.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "port/atomics.h"
 #include "storage/lwlock.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
@@ -74,6 +75,7 @@ typedef struct DenialQueue
 	uint64		written;		/* all below this are committed (or given up) */
 	uint64		dropped;		/* queue full: only in the server log */
 	Latch	   *worker_latch;
+	pg_atomic_uint32 wake_pending;	/* the worker was woken for the outbox, has not run yet */
 	DenialRecord ring[DENIAL_QUEUE_SIZE];
 } DenialQueue;
 
@@ -107,6 +109,7 @@ DenialShmemStartup(void)
 	{
 		memset(queue, 0, sizeof(DenialQueue));
 		queue->lock = &(GetNamedLWLockTranche("fintx_denials"))->lock;
+		pg_atomic_init_u32(&queue->wake_pending, 0);
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -306,7 +309,35 @@ fintx_denials_worker_attach(void)
 	LWLockAcquire(queue->lock, LW_EXCLUSIVE);
 	queue->worker_latch = MyLatch;
 	LWLockRelease(queue->lock);
+	pg_atomic_write_u32(&queue->wake_pending, 0);
 	before_shmem_exit(DetachWorker, (Datum) 0);
+}
+
+/*
+ * Wakes the worker (a transaction that wrote outbox events committed), at
+ * most once until the worker has run: later committers see the pending flag
+ * and send no signal, so a busy system does not signal the worker per commit.
+ */
+void
+fintx_worker_wake(void)
+{
+	Latch	   *latch;
+
+	if (queue == NULL || pg_atomic_read_u32(&queue->wake_pending) != 0)
+		return;
+	if (pg_atomic_exchange_u32(&queue->wake_pending, 1) != 0)
+		return;
+	latch = queue->worker_latch;
+	if (latch)
+		SetLatch(latch);
+}
+
+/* The worker: the pass that a wake-up asked for is running. */
+void
+fintx_worker_woken(void)
+{
+	if (queue != NULL)
+		pg_atomic_write_u32(&queue->wake_pending, 0);
 }
 
 bool

@@ -231,6 +231,16 @@ extern bool fintx_authorize(FintxOp op, const char *object, const char *currency
 extern void fintx_authz_deny(FintxOp op, const char *object, const char *currency, int64 amount,
 							 bool has_amount, const char *reason, const char *rule) pg_attribute_noreturn();
 extern void fintx_authz_flush(void);
+extern bool fintx_authz_take_single(Datum *args, char *argnulls);
+
+/* The access log's columns and the origin values of an allowed decision (authz.c, ledger.c). */
+#define FINTX_ACCESS_LOG_COLUMNS \
+	"fintx.access_log_entries (at, service, role, session_user_name, operation, object, amount," \
+	" currency, allowed, reason, rule, client_addr, application_name, backend_pid, recorded_by)"
+#define FINTX_ACCESS_LOG_ORIGIN \
+	"pg_catalog.inet_client_addr(), pg_catalog.current_setting('application_name')," \
+	" pg_catalog.pg_backend_pid(), 'caller'"
+
 extern bool fintx_authz_decision(int i, const char **service, const char **rule);
 extern void fintx_approval_record(LedgerRequest *req);
 extern void fintx_authz_require(FintxOp op, const char *object);
@@ -241,6 +251,8 @@ extern int	fintx_denial_wait_ms;
 extern void fintx_denials_init(void);
 extern void fintx_denials_worker_attach(void);
 extern bool fintx_denials_pending(void);
+extern void fintx_worker_wake(void);
+extern void fintx_worker_woken(void);
 extern void fintx_denials_worker_flush(void);
 extern void fintx_denial_enqueue(const char *role, const char *session_user, const char *service,
 								 const char *operation, const char *object, const char *currency,

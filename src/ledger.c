@@ -56,6 +56,7 @@ static SPIPlanPtr lock_by_id_plan = NULL;
 static SPIPlanPtr update_plan = NULL;
 static SPIPlanPtr update_one_plan = NULL;
 static SPIPlanPtr insert_one_plan = NULL;
+static SPIPlanPtr insert_one_logged_plan = NULL;
 static SPIPlanPtr insert_plan = NULL;
 static SPIPlanPtr hold_insert_plan = NULL;
 static SPIPlanPtr expired_plan = NULL;
@@ -895,13 +896,18 @@ WriteBack(const char *principal, LedgerRequest **reqs, int n, LedgerAccount *acc
 	}
 	if (n == 1)
 	{
-		/* a single request: the transfer, its audit entry and its outbox event in one statement */
-		Oid			types[22] = {TEXTOID, INT8OID, TEXTOID, INT8OID, INT8OID, INT8OID, INT8OID,
+		/*
+		 * a single request: the transfer, its audit entry, its outbox event and
+		 * (if there is one) its access-log row in one statement
+		 */
+		Oid			types[31] = {TEXTOID, INT8OID, TEXTOID, INT8OID, INT8OID, INT8OID, INT8OID,
 			TIMESTAMPTZOID, JSONBOID, INT8OID, INT8OID, BYTEAOID,
-		INT8OID, XID8OID, TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, JSONBOID, UUIDOID};
-		char		nulls[22];
-		Datum		a[22];
+			INT8OID, XID8OID, TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, JSONBOID, UUIDOID,
+		TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT8OID, TEXTOID, TEXTOID, TEXTOID};
+		char		nulls[31];
+		Datum		a[31];
 		FintxAuditEntry *e = &entries[0];
+		bool		logged;
 
 		memset(nulls, ' ', sizeof(nulls));
 		a[0] = CStringGetTextDatum(principal);
@@ -921,18 +927,33 @@ WriteBack(const char *principal, LedgerRequest **reqs, int n, LedgerAccount *acc
 		a[19] = CStringGetTextDatum(e->object_id);
 		a[20] = JsonbPGetDatum(e->details);
 		a[21] = fintx_outbox_new_id();
-		fintx_keep_plan(&insert_one_plan,
-						"WITH audit AS (INSERT INTO fintx.audit_entries (entry_id, txid, recorded_at, actor,"
-						"       session_role, action, object_type, object_id, details, entry_hash)"
-						"   VALUES ($13, $14, $15, $16, $17, $18, $19, $20, $21, $12)),"
-						" event AS (INSERT INTO fintx.outbox (id, aggregatetype, aggregateid, type, payload, headers)"
-						"   VALUES ($22, $19, $20, $18, $21, pg_catalog.jsonb_build_object('actor', $16, 'audit_entry_id', $13)))"
-						"INSERT INTO fintx.transfers (id, status, from_account, to_account, amount,"
-						"       pending_id, timeout_at, metadata, from_balance, to_balance, entry_hash, principal,"
-						"       created_at)"
-						" VALUES ($2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $1, pg_catalog.now())",
-						22, types);
-		ret = SPI_execute_plan(insert_one_plan, a, nulls, false, 0);
+		logged = fintx_authz_take_single(&a[22], &nulls[22]);
+#define INSERT_ONE_SQL(access_cte) \
+		"WITH audit AS (INSERT INTO fintx.audit_entries (entry_id, txid, recorded_at, actor," \
+		"       session_role, action, object_type, object_id, details, entry_hash)" \
+		"   VALUES ($13, $14, $15, $16, $17, $18, $19, $20, $21, $12))," \
+		" event AS (INSERT INTO fintx.outbox (id, aggregatetype, aggregateid, type, payload, headers)" \
+		"   VALUES ($22, $19, $20, $18, $21, pg_catalog.jsonb_build_object('actor', $16, 'audit_entry_id', $13)))" \
+		access_cte \
+		" INSERT INTO fintx.transfers (id, status, from_account, to_account, amount," \
+		"       pending_id, timeout_at, metadata, from_balance, to_balance, entry_hash, principal," \
+		"       created_at)" \
+		" VALUES ($2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $1, pg_catalog.now())"
+		if (logged)
+		{
+			fintx_keep_plan(&insert_one_logged_plan,
+							INSERT_ONE_SQL(", access AS (INSERT INTO " FINTX_ACCESS_LOG_COLUMNS
+										   " VALUES (pg_catalog.statement_timestamp(), $23, $24, $25, $26,"
+										   "         $27, $28, $29, true, $30, $31, " FINTX_ACCESS_LOG_ORIGIN "))"),
+							31, types);
+			ret = SPI_execute_plan(insert_one_logged_plan, a, nulls, false, 0);
+		}
+		else
+		{
+			fintx_keep_plan(&insert_one_plan, INSERT_ONE_SQL(""), 22, types);
+			ret = SPI_execute_plan(insert_one_plan, a, nulls, false, 0);
+		}
+#undef INSERT_ONE_SQL
 		if (ret != SPI_OK_INSERT || SPI_processed != 1)
 			elog(ERROR, "inserting transfer failed: %s", SPI_result_code_string(ret));	/* LCOV_EXCL_LINE */
 	}

@@ -56,11 +56,8 @@ int			fintx_outbox_retention_s = 86400;
 int			fintx_outbox_wakeup_ms = 40;
 
 /* waking the worker when a transaction that wrote events commits */
-#define WORKER_PID_TTL_MS	10000
 static bool outbox_written = false;
 static bool xact_callback_set = false;
-static int	worker_pid = 0;
-static TimestampTz worker_pid_at = 0;
 
 static SPIPlanPtr emit_plan = NULL;
 static SPIPlanPtr emit_many_plan = NULL;
@@ -185,32 +182,25 @@ CheckConsumerName(FunctionCallInfo fcinfo, int arg)
 static int	WorkerPid(void);
 
 /*
- * At commit of a transaction that wrote outbox events, sets the worker's
- * latch so that it seals soon instead of at the end of its interval. A stale pid only
- * causes a spurious wake-up of some other process, which latches tolerate.
- * The worker seals at most once per fintx.outbox_wakeup.
+ * At commit of a transaction that wrote outbox events, wakes the worker so
+ * that it sequences the outbox soon instead of at the end of its interval;
+ * one signal until the worker has run (fintx_worker_wake). The worker
+ * sequences at most once per fintx.outbox_wakeup.
  */
 static void
 OutboxXactCallback(XactEvent event, void *arg)
 {
-	if (event == XACT_EVENT_COMMIT && outbox_written && worker_pid != 0 && fintx_outbox_wakeup_ms > 0)
-	{
-		PGPROC	   *proc = BackendPidGetProc(worker_pid);
-
-		if (proc != NULL)
-			SetLatch(&proc->procLatch);
-	}
+	if (event == XACT_EVENT_COMMIT && outbox_written && fintx_outbox_wakeup_ms > 0)
+		fintx_worker_wake();
 	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT || event == XACT_EVENT_PREPARE ||
 		event == XACT_EVENT_PARALLEL_COMMIT || event == XACT_EVENT_PARALLEL_ABORT)
 		outbox_written = false;
 }
 
-/* Notes that this transaction writes events (SPI connected: may look up the worker). */
+/* Notes that this transaction writes events. */
 static void
 NoteOutboxWrite(void)
 {
-	TimestampTz now;
-
 	if (outbox_written)
 		return;
 	outbox_written = true;
@@ -218,12 +208,6 @@ NoteOutboxWrite(void)
 	{
 		RegisterXactCallback(OutboxXactCallback, NULL);
 		xact_callback_set = true;
-	}
-	now = GetCurrentTimestamp();
-	if (worker_pid_at == 0 || TimestampDifferenceExceeds(worker_pid_at, now, WORKER_PID_TTL_MS))
-	{
-		worker_pid = WorkerPid();
-		worker_pid_at = now;
 	}
 }
 

@@ -133,6 +133,7 @@ fintx_worker_main(Datum arg)
 
 			if (now >= next_seal)
 			{
+				fintx_worker_woken();
 				WorkerPass("fintx: sealing the audit log", "SELECT fintx.seal()");
 				last_seal = GetCurrentTimestamp();
 				next_seal = TimestampTzPlusMilliseconds(last_seal, fintx_seal_interval_ms);
@@ -140,6 +141,7 @@ fintx_worker_main(Datum arg)
 			}
 			if (next_outbox != 0 && now >= next_outbox)
 			{
+				fintx_worker_woken();
 				WorkerPass("fintx: sequencing the outbox", "SELECT fintx.sequence_outbox()");
 				last_seal = GetCurrentTimestamp();
 				next_outbox = 0;

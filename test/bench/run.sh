@@ -7,6 +7,8 @@
 # each at $CLIENTS clients for $DURATION seconds, $ROUNDS rounds. Prints TPS, P99 latency
 # and the ratios against the baseline of the same run.
 # Env: CLIENTS (32) DURATION (30) ROUNDS (2) SCALE (32) BENCH_OUT (results/bench)
+# WORKLOADS: tpcb transfer transfer-svc batch batch-local (transfer-svc: the same transfers
+# made by a registered service, through its grant and the access log)
 #      WORKLOADS ("tpcb transfer batch batch-local") EXTRA_CONF (one more postgresql.conf line)
 set -eu
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -28,7 +30,7 @@ cluster_start "$WORK/pg" "fsync = on" "synchronous_commit = on" "full_page_write
 PSQL="$PGBIN/psql -X -q -v ON_ERROR_STOP=1 -d bench"
 "$PGBIN/createdb" bench
 echo "fintx bench: $CLIENTS clients, ${DURATION}s x $ROUNDS rounds, fsync=on, synchronous_commit=on, TPC-B scale $SCALE"
-WORKLOADS=${WORKLOADS:-tpcb transfer batch batch-local}
+WORKLOADS=${WORKLOADS:-tpcb transfer transfer-svc batch batch-local}
 if [[ " $WORKLOADS " == *" tpcb "* ]]; then
     "$PGBIN/pgbench" -i -q -s "$SCALE" bench >"$OUT/init.log" 2>&1
 fi
@@ -40,6 +42,11 @@ SELECT count(*) FROM fintx.transfer_batch(
   (SELECT jsonb_agg(jsonb_build_object('idempotency_key', 'fund-' || i, 'from_account', 'bench:funding',
                                        'to_account', 'acct:' || i, 'amount', 1000000000000))
      FROM generate_series(1, 1000) i));
+-- the production path: a registered service whose grant covers the accounts (transfer-svc)
+DROP ROLE IF EXISTS bench_svc;
+CREATE ROLE bench_svc LOGIN;
+SELECT fintx.register_service('bench', 'bench_svc');
+SELECT fintx.grant_permission('bench', 'transfer', 'acct:%', max_amount => 1000000);
 VACUUM ANALYZE;
 CHECKPOINT;
 SQL
@@ -90,6 +97,7 @@ for round in $(seq 1 "$ROUNDS"); do
     for w in $WORKLOADS; do
         case $w in
             tpcb) run tpcb "$round" -b tpcb-like ;;
+            transfer-svc) run transfer-svc "$round" -U bench_svc -f "$WORK/transfer.sql" ;;
             *) run "$w" "$round" -f "$WORK/$w.sql" ;;
         esac
     done
@@ -105,6 +113,8 @@ awk -F'\t' '
     printf "\nsummary (mean of rounds; P99 = worst round)\n"
     if (n["tpcb"]) printf "  TPC-B-like            %10.1f tx/s          P99 %s ms\n", t, p99["tpcb"]
     if (n["transfer"]) printf "  fintx.transfer        %10.1f transfers/s   P99 %s ms%s\n", s, p99["transfer"], t ? sprintf("   ratio vs TPC-B %.2f (target >= 1.5)", s / t) : ""
+    v = mean("transfer-svc")
+    if (n["transfer-svc"]) printf "  transfer as a service %10.1f transfers/s   P99 %s ms%s\n", v, p99["transfer-svc"], t ? sprintf("   ratio vs TPC-B %.2f", v / t) : ""
     if (n["batch"]) printf "  fintx.transfer_batch  %10.1f transfers/s   P99 %s ms   (%.1f calls/s x 100, random accounts: every batch contends)\n", b * 100, p99["batch"], b
     if (n["batch-local"]) printf "  batch, own accounts   %10.1f transfers/s   P99 %s ms   (%.1f calls/s x 100; target >= 10,000, aim 50,000)\n", l * 100, p99["batch-local"], l
   }' "$OUT/runs.tsv" | tee "$OUT/summary.txt"

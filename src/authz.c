@@ -945,6 +945,24 @@ AuthorizeDecision(ApprovalRow *row, bool approve)
 }
 
 /*
+ * True if the calling role already made this decision (a retry: replay it);
+ * emits 55000 if the transfer was decided otherwise; false if it awaits.
+ */
+static bool
+DecidedBefore(ApprovalRow *row, int64 id, const char *decision)
+{
+	if (strcmp(row->status, decision) == 0 && row->decided_by_role &&
+		strcmp(row->decided_by_role, caller.role_name) == 0)
+		return true;
+	if (strcmp(row->status, "awaiting_approval") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("transfer %lld was already %s", (long long) id, row->status),
+				 errdetail("A transfer awaiting approval is approved or rejected once.")));
+	return false;
+}
+
+/*
  * fintx.approve_transfer(transfer_id) → transfer_result
  * Executes a transfer awaiting approval, once, as a new transfer. A retry by
  * the same approver returns the original result (replayed = true).
@@ -963,8 +981,7 @@ fintx_approve_transfer(PG_FUNCTION_ARGS)
 	fintx_spi_connect();
 	LockApproval(id, &row);
 	AuthorizeDecision(&row, true);
-	if (strcmp(row.status, "approved") == 0 && row.decided_by_role &&
-		strcmp(row.decided_by_role, caller.role_name) == 0)
+	if (DecidedBefore(&row, id, "approved"))
 	{
 		LoadTransferResult(row.result_transfer_id, req);
 		req->replayed = true;
@@ -972,11 +989,6 @@ fintx_approve_transfer(PG_FUNCTION_ARGS)
 		SPI_finish();
 		PG_RETURN_DATUM(fintx_result_datum(fcinfo, req));
 	}
-	if (strcmp(row.status, "awaiting_approval") != 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("transfer %lld was already %s", (long long) id, row.status),
-				 errdetail("A transfer awaiting approval is approved or rejected once.")));
 	fintx_authz_flush();
 	SPI_finish();
 
@@ -1027,26 +1039,18 @@ fintx_reject_transfer(PG_FUNCTION_ARGS)
 	LockApproval(id, &row);
 	AuthorizeDecision(&row, false);
 	LoadTransferResult(id, req);
-	if (strcmp(row.status, "rejected") == 0 && row.decided_by_role &&
-		strcmp(row.decided_by_role, caller.role_name) == 0)
+	req->status = "rejected";
+	req->replayed = DecidedBefore(&row, id, "rejected");
+	if (req->replayed)
 	{
-		req->status = "rejected";
-		req->replayed = true;
 		fintx_authz_flush();
 		SPI_finish();
 		PG_RETURN_DATUM(fintx_result_datum(fcinfo, req));
 	}
-	if (strcmp(row.status, "awaiting_approval") != 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("transfer %lld was already %s", (long long) id, row.status),
-				 errdetail("A transfer awaiting approval is approved or rejected once.")));
 	DecideApproval(id, "rejected", reason, 0, false);
 	AuditDecision("transfer.rejected", id, &row, NULL, reason);
 	fintx_authz_flush();
 	SPI_finish();
-	req->status = "rejected";
-	req->replayed = false;
 	PG_RETURN_DATUM(fintx_result_datum(fcinfo, req));
 }
 

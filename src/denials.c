@@ -326,7 +326,7 @@ fintx_worker_wake(void)
 	if (queue == NULL || pg_atomic_read_u32(&queue->wake_pending) != 0)
 		return;
 	if (pg_atomic_exchange_u32(&queue->wake_pending, 1) != 0)
-		return;
+		return;					/* LCOV_EXCL_LINE: another committer won the race */
 	latch = queue->worker_latch;
 	if (latch)
 		SetLatch(latch);

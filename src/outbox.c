@@ -219,10 +219,12 @@ NewEventId(void)
 	uint64		ms = (uint64) (GetCurrentTimestamp() / 1000 +
 							   (int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000);
 
+	/* LCOV_EXCL_START: the kernel's random source does not fail */
 	if (!pg_strong_random(u->data, UUID_LEN))
 		ereport(ERROR,
 				(errcode(ERRCODE_INTERNAL_ERROR),
 				 errmsg("could not generate random values")));
+	/* LCOV_EXCL_STOP */
 	for (int i = 0; i < 6; i++)
 		u->data[i] = (unsigned char) (ms >> (8 * (5 - i)));
 	u->data[6] = (u->data[6] & 0x0f) | 0x70;
@@ -265,7 +267,7 @@ fintx_outbox_record(const char *aggregatetype, const char *aggregateid, const ch
 					7, types);
 	ret = SPI_execute_plan(emit_plan, args, NULL, false, 0);
 	if (ret != SPI_OK_INSERT || SPI_processed != 1)
-		elog(ERROR, "inserting outbox event failed: %s", SPI_result_code_string(ret));
+		elog(ERROR, "inserting outbox event failed: %s", SPI_result_code_string(ret));	/* LCOV_EXCL_LINE */
 	return args[0];
 }
 
@@ -314,7 +316,7 @@ fintx_outbox_from_audit(FintxAuditEntry *entries, int n)
 					7, types);
 	ret = SPI_execute_plan(emit_many_plan, args, NULL, false, 0);
 	if (ret != SPI_OK_INSERT || SPI_processed != (uint64) n)
-		elog(ERROR, "inserting outbox events failed: %s", SPI_result_code_string(ret));
+		elog(ERROR, "inserting outbox events failed: %s", SPI_result_code_string(ret));	/* LCOV_EXCL_LINE */
 }
 
 /* ------------------------------------------------------------------------
@@ -347,7 +349,7 @@ fintx_outbox_sequence(Datum snap, Datum own, bool own_null)
 					"SELECT batch_id, snapshot, last_position FROM fintx.outbox_batches"
 					" ORDER BY batch_id DESC LIMIT 1", 0, NULL);
 	if (SPI_execute_plan(last_batch_plan, NULL, NULL, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "reading outbox batches failed");
+		elog(ERROR, "reading outbox batches failed");	/* LCOV_EXCL_LINE */
 	exists = SPI_processed == 1;
 	if (exists)
 	{
@@ -385,7 +387,7 @@ fintx_outbox_sequence(Datum snap, Datum own, bool own_null)
 						 5, types, CURSOR_OPT_CUSTOM_PLAN);
 	ret = SPI_execute_plan(exists ? seq_next_plan : seq_first_plan, args, nulls, false, 0);
 	if (ret != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "sequencing outbox events failed: %s", SPI_result_code_string(ret));
+		elog(ERROR, "sequencing outbox events failed: %s", SPI_result_code_string(ret));	/* LCOV_EXCL_LINE */
 	count = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	if (count == 0)
 		return 0;
@@ -402,7 +404,7 @@ fintx_outbox_sequence(Datum snap, Datum own, bool own_null)
 						" VALUES ($1, $2, $3, $4, pg_catalog.clock_timestamp())",
 						4, btypes);
 		if (SPI_execute_plan(batch_plan, bargs, NULL, false, 0) != SPI_OK_INSERT)
-			elog(ERROR, "writing outbox batch failed");
+			elog(ERROR, "writing outbox batch failed");	/* LCOV_EXCL_LINE */
 	}
 	Async_Notify("fintx_outbox", psprintf("%lld", (long long) (tail + count)));
 	return count;
@@ -427,7 +429,7 @@ WorkerPid(void)
 					"         WHERE datname OPERATOR(pg_catalog.=) pg_catalog.current_database())",
 					0, NULL);
 	if (SPI_execute_plan(worker_plan, NULL, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "reading pg_stat_activity failed");
+		elog(ERROR, "reading pg_stat_activity failed");	/* LCOV_EXCL_LINE */
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	return isnull ? 0 : DatumGetInt32(d);
 }
@@ -458,7 +460,7 @@ Tail(void)
 					"SELECT batch_id, snapshot, last_position FROM fintx.outbox_batches"
 					" ORDER BY batch_id DESC LIMIT 1", 0, NULL);
 	if (SPI_execute_plan(last_batch_plan, NULL, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "reading outbox batches failed");
+		elog(ERROR, "reading outbox batches failed");	/* LCOV_EXCL_LINE */
 	if (SPI_processed == 0)
 		return 0;
 	tail = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
@@ -483,7 +485,7 @@ ReadConsumer(const char *name, bool lock, Consumer *c)
 	else
 		fintx_keep_plan(&consumer_plan, sql, 1, types);
 	if (SPI_execute_plan(lock ? consumer_lock_plan : consumer_plan, &arg, NULL, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "reading outbox consumer failed");
+		elog(ERROR, "reading outbox consumer failed");	/* LCOV_EXCL_LINE */
 	if (SPI_processed != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -522,7 +524,7 @@ SetOffset(const char *name, int64 position, int64 stream_sequence, bool set_sequ
 					"  WHERE a.consumer OPERATOR(pg_catalog.=) c.name AND a.position OPERATOR(pg_catalog.<=) $2",
 					4, types);
 	if (SPI_execute_plan(ack_plan, args, NULL, false, 0) != SPI_OK_DELETE)
-		elog(ERROR, "updating outbox consumer failed");
+		elog(ERROR, "updating outbox consumer failed");	/* LCOV_EXCL_LINE */
 }
 
 /* Checks an acknowledged position against offset and tail: 55000 backwards, 22023 beyond the tail. */
@@ -602,7 +604,7 @@ fintx_emit(PG_FUNCTION_ARGS)
 	if (headers == NULL)
 		headers = fintx_jsonb_from_text("{}");
 	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
 	id = fintx_outbox_record(aggtype, aggid, type, payload, headers, fintx_principal());
 	{
 		pg_uuid_t  *u = SPI_palloc(sizeof(pg_uuid_t));
@@ -703,13 +705,13 @@ fintx_create_consumer(PG_FUNCTION_ARGS)
 	args[2] = Int32GetDatum(group_member);
 	args[5] = Int32GetDatum(max_retries);
 	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
 	ret = SPI_execute_with_args("INSERT INTO fintx.outbox_consumers (name, group_size, group_member,"
 								"       aggregatetypes, types, max_retries)"
 								" VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING",
 								6, types, args, nulls, false, 0);
 	if (ret != SPI_OK_INSERT)
-		elog(ERROR, "creating consumer failed: %s", SPI_result_code_string(ret));
+		elog(ERROR, "creating consumer failed: %s", SPI_result_code_string(ret));	/* LCOV_EXCL_LINE */
 	created = SPI_processed == 1;
 	SPI_finish();
 	PG_RETURN_BOOL(created);
@@ -725,10 +727,10 @@ fintx_drop_consumer(PG_FUNCTION_ARGS)
 	bool		dropped;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
 	if (SPI_execute_with_args("DELETE FROM fintx.outbox_consumers WHERE name OPERATOR(pg_catalog.=) $1",
 							  1, types, &arg, NULL, false, 0) != SPI_OK_DELETE)
-		elog(ERROR, "dropping consumer failed");
+		elog(ERROR, "dropping consumer failed");	/* LCOV_EXCL_LINE */
 	dropped = SPI_processed == 1;
 	SPI_finish();
 	PG_RETURN_BOOL(dropped);
@@ -765,7 +767,7 @@ fintx_poll(PG_FUNCTION_ARGS)
 				 errmsg("max_events must be between 0 and %d", OUTBOX_MAX_POLL)));
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
 	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
 	ReadConsumer(name, false, &c);	/* 22023 before sealing */
 	if (max_events == 0)
 	{
@@ -822,7 +824,7 @@ fintx_poll(PG_FUNCTION_ARGS)
 		ret = SPI_execute_plan(poll_plan, args, nulls, false, 0);
 		AtEOXact_GUC(true, nestlevel);
 		if (ret != SPI_OK_SELECT)
-			elog(ERROR, "polling outbox failed");
+			elog(ERROR, "polling outbox failed");	/* LCOV_EXCL_LINE */
 	}
 	nrows = SPI_processed;
 	for (uint64 r = 0; r < nrows; r++)
@@ -845,7 +847,7 @@ fintx_poll(PG_FUNCTION_ARGS)
 						"  WHERE position OPERATOR(pg_catalog.>) $1 ORDER BY position LIMIT $2) w",
 						2, &types[1]);
 		if (SPI_execute_plan(window_plan, &args[1], NULL, false, 1) != SPI_OK_SELECT)
-			elog(ERROR, "scanning outbox window failed");
+			elog(ERROR, "scanning outbox window failed");	/* LCOV_EXCL_LINE */
 		wmax = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 		if (!isnull)
 		{
@@ -860,7 +862,7 @@ fintx_poll(PG_FUNCTION_ARGS)
 							" WHERE name OPERATOR(pg_catalog.=) $1 AND committed_position OPERATOR(pg_catalog.=) $3",
 							3, atypes);
 			if (SPI_execute_plan(advance_plan, aargs, NULL, false, 0) != SPI_OK_UPDATE)
-				elog(ERROR, "advancing consumer failed");
+				elog(ERROR, "advancing consumer failed");	/* LCOV_EXCL_LINE */
 		}
 	}
 	SPI_finish();
@@ -889,7 +891,7 @@ fintx_ack(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("up_to_position must not be negative")));
 	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
 	ReadConsumer(name, true, &c);
 	CheckAckPosition(name, &c, up_to);
 	if (up_to > c.committed)
@@ -922,7 +924,7 @@ fintx_relay_checkpoint(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("positions and sequences must not be negative")));
 	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
 	ReadConsumer(name, true, &c);
 	CheckAckPosition(name, &c, up_to);
 	if (seq < c.stream_sequence)
@@ -950,9 +952,9 @@ fintx_consumer_state(PG_FUNCTION_ARGS)
 	HeapTuple	tup;
 
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "return type must be a row type");
+		elog(ERROR, "return type must be a row type");	/* LCOV_EXCL_LINE */
 	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
 	ReadConsumer(name, false, &c);
 	SealIfNoWorker();
 	values[0] = Int64GetDatum(c.committed);
@@ -970,7 +972,7 @@ fintx_outbox_tail(PG_FUNCTION_ARGS)
 	int64		tail;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
 	SealIfNoWorker();
 	tail = Tail();
 	SPI_finish();
@@ -1000,7 +1002,7 @@ fintx_reject(PG_FUNCTION_ARGS)
 		NullArg("event_position");
 	pos = PG_GETARG_INT64(1);
 	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
 	ReadConsumer(name, true, &c);
 	if (pos <= c.committed || pos > Tail())
 		ereport(ERROR,
@@ -1025,7 +1027,7 @@ fintx_reject(PG_FUNCTION_ARGS)
 		" SELECT EXISTS (SELECT 1 FROM d)",
 		4, types, args, nulls, false, 0);
 	if (ret != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "recording rejection failed: %s", SPI_result_code_string(ret));
+		elog(ERROR, "recording rejection failed: %s", SPI_result_code_string(ret));	/* LCOV_EXCL_LINE */
 	dead = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	SPI_finish();
 	PG_RETURN_BOOL(dead);
@@ -1050,7 +1052,7 @@ fintx_inbox_accept(PG_FUNCTION_ARGS)
 	if (PG_ARGISNULL(1))
 		NullArg("event_id");
 	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
 	ReadConsumer(name, false, &c);
 	args[0] = CStringGetTextDatum(name);
 	args[1] = PG_GETARG_DATUM(1);
@@ -1059,7 +1061,7 @@ fintx_inbox_accept(PG_FUNCTION_ARGS)
 					" ON CONFLICT (consumer, event_id) DO NOTHING",
 					2, types);
 	if (SPI_execute_plan(inbox_plan, args, NULL, false, 0) != SPI_OK_INSERT)
-		elog(ERROR, "inbox insert failed");
+		elog(ERROR, "inbox insert failed");	/* LCOV_EXCL_LINE */
 	accepted = SPI_processed == 1;
 	SPI_finish();
 	PG_RETURN_BOOL(accepted);

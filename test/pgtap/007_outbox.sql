@@ -17,7 +17,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION fintx;
-SELECT plan(62);
+SELECT plan(72);
 
 CREATE FUNCTION pg_temp.run_as(r text, q text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
@@ -33,6 +33,19 @@ $$;
 -- 1. bad inputs
 SELECT ok(fintx.create_consumer('t6'), 'create_consumer creates');
 SELECT ok(NOT fintx.create_consumer('t6'), 'create_consumer again returns false');
+SELECT throws_ok($$SELECT fintx.create_consumer('tg', 2, NULL, NULL, NULL, 5)$$, '22023', 'group_member must not be null', 'NULL group_member');
+SELECT throws_ok($$SELECT fintx.create_consumer('tg', 1, 0, NULL, NULL, NULL)$$, '22023', 'max_retries must not be null', 'NULL max_retries');
+SELECT throws_ok($$SELECT fintx.create_consumer('tg', 1, 0, ARRAY[['a', 'b'], ['c', 'd']], NULL, 5)$$, '22023', 'aggregate type must be a one-dimensional array', 'two-dimensional filter');
+SELECT throws_ok($$SELECT fintx.emit('order', 'o-9', 'order.created', '{}', jsonb_build_object('big', repeat('x', 70000)))$$, '22023', 'headers are too large', 'oversized headers');
+SAVEPOINT null_headers;
+SELECT fintx.emit('order', 'o-8', 'order.created', '{}', NULL) AS o8_id \gset
+SELECT is((SELECT headers - 'actor' FROM fintx.outbox WHERE id = :'o8_id'), '{}'::jsonb, 'NULL headers are stored as {} (plus the actor)');
+ROLLBACK TO SAVEPOINT null_headers;
+SELECT throws_ok($$SELECT fintx.relay_checkpoint('t6', NULL, 1)$$, '22023', 'up_to_position must not be null', 'relay_checkpoint: NULL position');
+SELECT throws_ok($$SELECT fintx.relay_checkpoint('t6', 0, NULL)$$, '22023', 'stream_sequence must not be null', 'relay_checkpoint: NULL sequence');
+SELECT throws_ok($$SELECT fintx.relay_checkpoint('t6', -1, 0)$$, '22023', 'positions and sequences must not be negative', 'relay_checkpoint: negative');
+SELECT lives_ok($$SELECT fintx.relay_checkpoint('t6', 0, 5)$$, 'relay_checkpoint records a stream sequence');
+SELECT throws_ok($$SELECT fintx.relay_checkpoint('t6', 0, 4)$$, '55000', NULL, 'relay_checkpoint: the stream sequence cannot move back');
 SELECT throws_ok($$SELECT fintx.create_consumer(NULL)$$, '22023', 'consumer must not be null', 'create_consumer(NULL)');
 SELECT throws_ok($$SELECT fintx.create_consumer('')$$, '22023', 'invalid consumer name', 'empty consumer name');
 SELECT throws_ok($$SELECT fintx.create_consumer('x''; DROP TABLE fintx.outbox; --')$$, '22023', 'invalid consumer name',

@@ -40,6 +40,7 @@ PG_FUNCTION_INFO_V1(fintx_poll);
 PG_FUNCTION_INFO_V1(fintx_ack);
 PG_FUNCTION_INFO_V1(fintx_reject);
 PG_FUNCTION_INFO_V1(fintx_inbox_accept);
+PG_FUNCTION_INFO_V1(fintx_inbox_prune);
 PG_FUNCTION_INFO_V1(fintx_outbox_tail);
 PG_FUNCTION_INFO_V1(fintx_relay_checkpoint);
 PG_FUNCTION_INFO_V1(fintx_consumer_state);
@@ -1065,4 +1066,43 @@ fintx_inbox_accept(PG_FUNCTION_ARGS)
 	accepted = SPI_processed == 1;
 	SPI_finish();
 	PG_RETURN_BOOL(accepted);
+}
+
+/*
+ * fintx.inbox_prune(consumer, older_than) → bigint
+ * Deletes the consumer's inbox rows accepted more than older_than ago and
+ * returns how many. Safe once older_than exceeds the longest time an event
+ * can be redelivered to the consumer (its poll/ack cycle, or the redelivery
+ * window of the source of foreign event ids).
+ */
+Datum
+fintx_inbox_prune(PG_FUNCTION_ARGS)
+{
+	static SPIPlanPtr prune_plan = NULL;
+	char	   *name = CheckConsumerName(fcinfo, 0);
+	Consumer	c;
+	Oid			types[2] = {TEXTOID, INTERVALOID};
+	Datum		args[2];
+	Interval	zero;
+	uint64		n;
+
+	if (PG_ARGISNULL(1))
+		NullArg("older_than");
+	memset(&zero, 0, sizeof(zero));
+	if (DatumGetBool(DirectFunctionCall2(interval_lt, PG_GETARG_DATUM(1), IntervalPGetDatum(&zero))))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("older_than must not be negative")));
+	fintx_spi_connect();
+	ReadConsumer(name, false, &c);
+	args[0] = CStringGetTextDatum(name);
+	args[1] = PG_GETARG_DATUM(1);
+	fintx_keep_plan(&prune_plan,
+					"DELETE FROM fintx.inbox WHERE consumer = $1"
+					"   AND accepted_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) $2)",
+					2, types);
+	fintx_spi_expect(SPI_execute_plan(prune_plan, args, NULL, false, 0), SPI_OK_DELETE, "pruning the inbox failed");
+	n = SPI_processed;
+	SPI_finish();
+	PG_RETURN_INT64((int64) n);
 }

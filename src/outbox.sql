@@ -145,6 +145,12 @@ RETURNS boolean
 AS 'MODULE_PATHNAME', 'fintx_reject'
 LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
+-- Deletes a consumer's inbox rows accepted longer ago than older_than; returns how many.
+CREATE FUNCTION fintx.inbox_prune(consumer text, older_than interval)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'fintx_inbox_prune'
+LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
 CREATE FUNCTION fintx.inbox_accept(consumer text, event_id uuid)
 RETURNS boolean
 AS 'MODULE_PATHNAME', 'fintx_inbox_accept'

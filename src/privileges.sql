@@ -44,6 +44,7 @@ GRANT EXECUTE ON FUNCTION
     fintx.ack(text, bigint),
     fintx.reject(text, bigint, text),
     fintx.inbox_accept(text, uuid),
+    fintx.inbox_prune(text, interval),
     fintx.outbox_tail(),
     fintx.relay_checkpoint(text, bigint, bigint),
     fintx.consumer_state(text)

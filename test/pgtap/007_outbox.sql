@@ -17,7 +17,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION fintx;
-SELECT plan(72);
+SELECT plan(79);
 
 CREATE FUNCTION pg_temp.run_as(r text, q text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
@@ -123,6 +123,14 @@ SAVEPOINT s2;
 SELECT ok(fintx.inbox_accept('t6', '22222222-2222-7222-8222-222222222222'), 'accept in a subtransaction');
 ROLLBACK TO SAVEPOINT s2;
 SELECT ok(fintx.inbox_accept('t6', '22222222-2222-7222-8222-222222222222'), 'a rolled-back accept does not count');
+SELECT is(fintx.inbox_prune('t6', '1 hour'), 0::bigint, 'inbox_prune keeps rows younger than older_than');
+SELECT is(fintx.inbox_prune('t6', '0'), 0::bigint, 'rows accepted in this transaction are not older than now()');
+UPDATE fintx.inbox SET accepted_at = now() - interval '2 days' WHERE consumer = 't6' AND event_id = '11111111-1111-7111-8111-111111111111';
+SELECT is(fintx.inbox_prune('t6', '1 day'), 1::bigint, 'inbox_prune deletes rows older than older_than');
+SELECT ok(fintx.inbox_accept('t6', '11111111-1111-7111-8111-111111111111'), 'a pruned event id is accepted again');
+SELECT throws_ok($$SELECT fintx.inbox_prune('t6', NULL)$$, '22023', 'older_than must not be null', 'inbox_prune: NULL interval');
+SELECT throws_ok($$SELECT fintx.inbox_prune('t6', '-1 day')$$, '22023', 'older_than must not be negative', 'inbox_prune: negative interval');
+SELECT throws_ok($$SELECT fintx.inbox_prune('nosuch', '1 day')$$, '22023', NULL, 'inbox_prune: unknown consumer');
 
 -- 4. privileges
 CREATE ROLE tap006_service;

@@ -116,3 +116,11 @@ RESET ROLE;
 SELECT pg_sleep(0.2);
 SELECT service, role, operation, object, amount, allowed, reason
   FROM fintx.access_log WHERE role IN ('demo_pay', 'demo_risk') ORDER BY at;
+
+\echo '== 18. Every change also produced an outbox event, in the same transaction; a consumer reads them in commit order'
+SELECT fintx.create_consumer('demo-consumer');
+SELECT fintx.seal() IS NOT NULL AS sequenced;
+SELECT position, aggregatetype, aggregateid, type FROM fintx.poll('demo-consumer', 8);
+SELECT fintx.ack('demo-consumer', (SELECT max(position) FROM fintx.poll('demo-consumer', 8)));
+\echo '   after ack, poll() continues after the acknowledged position:'
+SELECT position, type FROM fintx.poll('demo-consumer', 3);

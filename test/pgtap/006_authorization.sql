@@ -11,7 +11,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION fintx;
-SELECT plan(152);
+SELECT plan(153);
 
 CREATE FUNCTION pg_temp.run_as(r text, q text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
@@ -258,6 +258,7 @@ SELECT throws_ok($$DELETE FROM fintx.access_log_entries$$, '42501', NULL, 'acces
 SELECT throws_ok($$SELECT pg_temp.run_as('t6_pay', 'SELECT fintx.verify_audit()')$$, '42501', NULL,
                  'audit.read is needed for audit functions');
 SELECT is(pg_temp.run_as('t6_risk', $q$SELECT (fintx.tree_size() >= 0)::text$q$), 'true', 'a service with audit.read may read the audit log');
+SELECT is(pg_temp.run_as('t6_pay', $q$SELECT (fintx.seal() >= 0)::text$q$), 'true', 'sealing needs no audit.read (it reveals only the tree size)');
 
 -- ===========================================================================
 -- 8. the access log holds every allowed decision, with the PCI DSS fields

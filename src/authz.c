@@ -210,8 +210,8 @@ LoadCache(Oid role)
 {
 	uint64		generation = cache_generation;
 	Oid			nsp = get_namespace_oid("fintx", false);
-	Datum		arg = ObjectIdGetDatum(role);
-	Oid			types[1] = {OIDOID};
+	Datum		arg = CStringGetTextDatum(GetUserNameFromId(role, false));
+	Oid			types[1] = {TEXTOID};
 	MemoryContext old;
 
 	services_relid = get_relname_relid("services", nsp);
@@ -226,7 +226,8 @@ LoadCache(Oid role)
 
 	fintx_spi_connect();
 	fintx_keep_plan(&service_plan,
-					"SELECT name, public_key FROM fintx.services WHERE role = $1", 1, types);
+					/* by name: OIDs differ after a dump is restored into another cluster */
+					"SELECT name, public_key FROM fintx.services WHERE role_name = $1", 1, types);
 	fintx_spi_expect(SPI_execute_plan(service_plan, &arg, NULL, true, 1), SPI_OK_SELECT, "reading fintx.services failed");
 	if (SPI_processed == 1)
 	{

@@ -8,8 +8,8 @@
 -- (raw 32 bytes) that verifies the requests it signs.
 CREATE TABLE fintx.services (
     name          text        COLLATE "C" PRIMARY KEY,
-    role          oid         NOT NULL UNIQUE,
-    role_name     text        NOT NULL,
+    role          oid         NOT NULL,
+    role_name     text        NOT NULL UNIQUE,  -- services are found by role name (stable across dump/restore)
     public_key    bytea,
     registered_by text        NOT NULL,
     registered_at timestamptz NOT NULL DEFAULT pg_catalog.now()

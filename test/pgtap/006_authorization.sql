@@ -11,7 +11,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION fintx;
-SELECT plan(153);
+SELECT plan(155);
 
 CREATE FUNCTION pg_temp.run_as(r text, q text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
@@ -345,6 +345,12 @@ SELECT throws_ok($$SELECT fintx.signing_message(NULL, '{}')$$, '22023', 'service
 SELECT throws_ok($$SELECT fintx.signing_message('s', NULL)$$, '22023', 'requests must not be null', 'signing_message: NULL requests');
 SELECT is(pg_temp.run_as('t6_pay', 'SELECT fintx.account_id_visible(-1)::text'), 'false', 'an unknown account id is not visible');
 SELECT is(pg_temp.run_as('t6_pay', $q$SELECT fintx.account_visible('risk:pool')::text$q$), 'false', 'an account outside the grants is not visible');
+
+-- a service is found by its role's name: renaming the role detaches it (fail closed)
+SELECT is(pg_temp.run_as('t6_other', $q$SELECT fintx.account_visible('risk:pool')::text$q$), 'true', 'before a rename the service sees its accounts');
+ALTER ROLE t6_other RENAME TO t6_other_renamed;
+SELECT is(pg_temp.run_as('t6_other_renamed', $q$SELECT fintx.account_visible('risk:pool')::text$q$), 'false', 'after renaming its role it is no longer that service');
+ALTER ROLE t6_other_renamed RENAME TO t6_other;
 
 -- a checker retries its rejection; an administrator approves (no service of its own)
 SELECT is(pg_temp.run_as('t6_pay', $q$SELECT status FROM fintx.transfer('m-3', 'pay:ops', 'pay:cust:2', 3050)$q$),

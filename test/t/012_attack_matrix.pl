@@ -166,6 +166,26 @@ attack(name => 'approve-own-transfer', role => 'pay', expect => '42501',
 ($st, $out) = run_as('risk', 'checker', "SELECT status FROM fintx.approve_transfer($big_id)");
 is("$st|$out", '|posted', 'a different service approves it');
 
+# two checkers race to decide one transfer: one approval applies it, the other gets 55000
+$node->safe_psql('postgres', q{
+	CREATE ROLE risk2 LOGIN;
+	SELECT fintx.register_service('risk2', 'risk2');
+	SELECT fintx.grant_permission('risk2', 'transfer.approve', 'pay:%');
+});
+($st, $out) = run_as('pay', 'maker2', q{SELECT transfer_id FROM fintx.transfer('big-2', 'pay:ops', 'pay:cust', 850)});
+my $big2 = $out;
+my $cust_before = $node->safe_psql('postgres', q{SELECT posted FROM fintx.account_balances WHERE code = 'pay:cust'});
+my $ctl = quiet_session($node);
+my $race = barrier_race($node, $ctl, name => 'approve-race', n => 2,
+	stmt => sub { my $role = $_[0] ? 'risk2' : 'risk'; "SET ROLE $role; SELECT 'R', status FROM fintx.approve_transfer($big2);" });
+my @won = map { scalar @{ psql_result_rows($_->{out}, 'R') } } @{ $race->{sessions} };
+my @lost = map { first_sqlstate($_->{err}) // '' } @{ $race->{sessions} };
+is($won[0] + $won[1], 1, 'approval race: exactly one checker\'s approval applies');
+is(join(',', sort grep { $_ ne '' } @lost), '55000', 'approval race: the other checker gets 55000');
+is($node->safe_psql('postgres', q{SELECT posted FROM fintx.account_balances WHERE code = 'pay:cust'}),
+	$cust_before + 850, 'approval race: the money moved once');
+$ctl->quit;
+
 # signed requests
 sub sign_request
 {

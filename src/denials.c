@@ -34,6 +34,7 @@
 #include "storage/lwlock.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
+#include "mb/pg_wchar.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/json.h"
@@ -150,6 +151,20 @@ Enqueue(DenialRecord *rec)
 	return seq;
 }
 
+/*
+ * Copies src into a fixed-size field, cut at a character boundary: a
+ * multibyte character cut in half would make the record unwritable (invalid
+ * text) and block the queue.
+ */
+static void
+CopyField(char *dst, const char *src, size_t size)
+{
+	int			len = pg_mbcliplen(src, strlen(src), (int) size - 1);
+
+	memcpy(dst, src, len);
+	dst[len] = '\0';
+}
+
 /* Fills the fields every record has. */
 static void
 InitRecord(DenialRecord *rec)
@@ -160,7 +175,7 @@ InitRecord(DenialRecord *rec)
 	rec->at = GetCurrentTimestamp();
 	ClientAddr(rec->client_addr, sizeof(rec->client_addr));
 	if (application_name)
-		strlcpy(rec->application_name, application_name, sizeof(rec->application_name));
+		CopyField(rec->application_name, application_name, sizeof(rec->application_name));
 }
 
 /*
@@ -179,20 +194,20 @@ fintx_denial_enqueue(const char *role, const char *session_user, const char *ser
 
 	own_denial = true;
 	InitRecord(&rec);
-	strlcpy(rec.role, role, sizeof(rec.role));
-	strlcpy(rec.session_user, session_user, sizeof(rec.session_user));
+	CopyField(rec.role, role, sizeof(rec.role));
+	CopyField(rec.session_user, session_user, sizeof(rec.session_user));
 	if (service)
-		strlcpy(rec.service, service, sizeof(rec.service));
-	strlcpy(rec.operation, operation, sizeof(rec.operation));
+		CopyField(rec.service, service, sizeof(rec.service));
+	CopyField(rec.operation, operation, sizeof(rec.operation));
 	if (object)
-		strlcpy(rec.object, object, sizeof(rec.object));
+		CopyField(rec.object, object, sizeof(rec.object));
 	if (currency)
-		strlcpy(rec.currency, currency, sizeof(rec.currency));
+		CopyField(rec.currency, currency, sizeof(rec.currency));
 	rec.amount = amount;
 	rec.has_amount = has_amount;
-	strlcpy(rec.reason, reason, sizeof(rec.reason));
+	CopyField(rec.reason, reason, sizeof(rec.reason));
 	if (rule)
-		strlcpy(rec.rule, rule, sizeof(rec.rule));
+		CopyField(rec.rule, rule, sizeof(rec.rule));
 
 	if (queue == NULL)
 	{
@@ -262,12 +277,17 @@ DenialLogHook(ErrorData *edata)
 			InitRecord(&rec);
 			rec.roleid = GetOuterUserId();
 			rec.session_roleid = GetSessionUserId();
-			strlcpy(rec.operation, "sql", sizeof(rec.operation));
+			CopyField(rec.operation, "sql", sizeof(rec.operation));
 			if (edata->message)
-				strlcpy(rec.object, edata->message, sizeof(rec.object));
-			snprintf(rec.reason, sizeof(rec.reason), "denied by PostgreSQL: %s",
-					 edata->message ? edata->message : "permission denied");
-			strlcpy(rec.rule, "PostgreSQL privileges", sizeof(rec.rule));
+				CopyField(rec.object, edata->message, sizeof(rec.object));
+			{
+				char		reason[2 * sizeof(rec.reason)];	/* no palloc while reporting an error */
+
+				snprintf(reason, sizeof(reason), "denied by PostgreSQL: %s",
+						 edata->message ? edata->message : "permission denied");
+				CopyField(rec.reason, reason, sizeof(rec.reason));
+			}
+			CopyField(rec.rule, "PostgreSQL privileges", sizeof(rec.rule));
 			(void) Enqueue(&rec);
 		}
 	}

@@ -22,6 +22,7 @@
 
 #include "access/xact.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "commands/user.h"
 #include "funcapi.h"
@@ -35,6 +36,7 @@
 #include "utils/json.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/snapmgr.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 
@@ -101,6 +103,8 @@ static Oid	accounts_relid = InvalidOid;
 static HTAB *account_codes = NULL;
 static bool callbacks_registered = false;
 
+static int	definer_depth;
+
 /* The current call. */
 static FintxCaller caller;
 static bool active = false;
@@ -153,6 +157,7 @@ AuthzXactCallback(XactEvent event, void *arg)
 	{
 		active = false;
 		decisions = NIL;
+		definer_depth = 0;
 	}
 }
 
@@ -225,6 +230,8 @@ LoadCache(Oid role)
 	cache_ngrants = 0;
 
 	fintx_spi_connect();
+	/* the latest committed grants, also in a REPEATABLE READ transaction */
+	PushActiveSnapshot(GetLatestSnapshot());
 	fintx_keep_plan(&service_plan,
 					/* by name: OIDs differ after a dump is restored into another cluster */
 					"SELECT name, public_key FROM fintx.services WHERE role_name = $1", 1, types);
@@ -280,6 +287,7 @@ LoadCache(Oid role)
 				cache_ngrants++;
 		}
 	}
+	PopActiveSnapshot();
 	SPI_finish();
 	cache_role = role;
 	/* an invalidation that arrived while loading makes the next call reload */
@@ -384,6 +392,101 @@ GrantRule(Grant *g)
 }
 
 /* ------------------------------------------------------------------------
+ * Who is calling
+ *
+ * fintx's functions are SECURITY DEFINER, so inside them the current user is
+ * the extension's owner and the caller must be found elsewhere. The role set
+ * by the session (GetOuterUserId) is the caller, unless the call comes from
+ * inside another SECURITY DEFINER function: that function runs as its owner,
+ * and so does fintx for it. When preloaded, an fmgr hook keeps a stack of the
+ * owners of the SECURITY DEFINER functions (outside schema fintx) currently
+ * running; its top is the caller. Code that PostgreSQL runs as a table's
+ * owner on someone else's behalf (ANALYZE, autovacuum, CREATE INDEX, REFRESH
+ * MATERIALIZED VIEW: "security-restricted operations") may not call fintx.
+ * ------------------------------------------------------------------------
+ */
+
+#define MAX_DEFINER_DEPTH 64
+
+static needs_fmgr_hook_type prev_needs_fmgr_hook = NULL;
+static fmgr_hook_type prev_fmgr_hook = NULL;
+static Oid	definer_stack[MAX_DEFINER_DEPTH];
+
+/* A SECURITY DEFINER function outside schema fintx? */
+static bool
+ForeignDefiner(Oid fn_oid)
+{
+	HeapTuple	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn_oid));
+	bool		foreign = false;
+
+	if (HeapTupleIsValid(tup))
+	{
+		Form_pg_proc proc = (Form_pg_proc) GETSTRUCT(tup);
+
+		foreign = proc->prosecdef && proc->pronamespace != get_namespace_oid("fintx", true);
+		ReleaseSysCache(tup);
+	}
+	return foreign;
+}
+
+static bool
+NeedsFmgrHook(Oid fn_oid)
+{
+	if (prev_needs_fmgr_hook && prev_needs_fmgr_hook(fn_oid))
+		return true;	/* LCOV_EXCL_LINE: another module's hook */
+	return ForeignDefiner(fn_oid);
+}
+
+/*
+ * At the start of a foreign SECURITY DEFINER function (the user is already
+ * its owner) pushes that owner; pops it when the function ends or fails.
+ * *priv remembers whether this frame pushed.
+ */
+static void
+FmgrHook(FmgrHookEventType event, FmgrInfo *flinfo, Datum *priv)
+{
+	if (event == FHET_START)
+	{
+		bool		push = ForeignDefiner(flinfo->fn_oid);
+
+		if (push)
+		{
+			if (definer_depth < MAX_DEFINER_DEPTH)
+				definer_stack[definer_depth] = GetUserId();
+			definer_depth++;
+		}
+		*priv = BoolGetDatum(push);
+	}
+	else if (DatumGetBool(*priv) && definer_depth > 0)
+		definer_depth--;
+	if (prev_fmgr_hook)
+		prev_fmgr_hook(event, flinfo, priv);	/* LCOV_EXCL_LINE: another module's hook */
+}
+
+/* Called from _PG_init when preloaded. */
+void
+fintx_authz_init(void)
+{
+	prev_needs_fmgr_hook = needs_fmgr_hook;
+	needs_fmgr_hook = NeedsFmgrHook;
+	prev_fmgr_hook = fmgr_hook;
+	fmgr_hook = FmgrHook;
+}
+
+/* The role on whose behalf fintx is called (see above). */
+Oid
+fintx_calling_user(void)
+{
+	if (definer_depth > MAX_DEFINER_DEPTH)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("SECURITY DEFINER functions are nested too deeply to identify the caller of fintx")));
+	if (definer_depth > 0)
+		return definer_stack[definer_depth - 1];
+	return GetOuterUserId();
+}
+
+/* ------------------------------------------------------------------------
  * Decisions
  * ------------------------------------------------------------------------
  */
@@ -395,10 +498,15 @@ GrantRule(Grant *g)
 FintxCaller *
 fintx_authz_begin(void)
 {
-	Oid			role = GetOuterUserId();
+	Oid			role = fintx_calling_user();
 	Oid			admin_role = get_role_oid("fintx_admin", true);
 	Oid			auditor_role = get_role_oid("fintx_auditor", true);
 
+	if (InSecurityRestrictedOperation())
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("fintx cannot be called within a security-restricted operation"),
+				 errdetail("ANALYZE, VACUUM, CREATE INDEX, REFRESH MATERIALIZED VIEW and the like run index and view code as its owner on someone else's behalf.")));
 	EnsureCache(role);
 	memset(&caller, 0, sizeof(caller));
 	caller.role = role;
@@ -945,22 +1053,23 @@ AuthorizeDecision(ApprovalRow *row, bool approve)
 	fintx_authorize(FINTX_OP_TRANSFER_APPROVE, row->from_account, row->currency, row->amount, true, false);
 }
 
-/*
- * True if the calling role already made this decision (a retry: replay it);
- * emits 55000 if the transfer was decided otherwise; false if it awaits.
- */
+/* True if the calling role already made this decision: a retry, replayed without counting again. */
 static bool
-DecidedBefore(ApprovalRow *row, int64 id, const char *decision)
+DecidedByCaller(ApprovalRow *row, const char *decision)
 {
-	if (strcmp(row->status, decision) == 0 && row->decided_by_role &&
-		strcmp(row->decided_by_role, caller.role_name) == 0)
-		return true;
+	return strcmp(row->status, decision) == 0 && row->decided_by_role &&
+		strcmp(row->decided_by_role, caller.role_name) == 0;
+}
+
+/* Emits 55000 unless the transfer still awaits a decision. */
+static void
+RequireAwaiting(ApprovalRow *row, int64 id)
+{
 	if (strcmp(row->status, "awaiting_approval") != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("transfer %lld was already %s", (long long) id, row->status),
 				 errdetail("A transfer awaiting approval is approved or rejected once.")));
-	return false;
 }
 
 /*
@@ -981,15 +1090,15 @@ fintx_approve_transfer(PG_FUNCTION_ARGS)
 	fintx_authz_begin();
 	fintx_spi_connect();
 	LockApproval(id, &row);
-	AuthorizeDecision(&row, true);
-	if (DecidedBefore(&row, id, "approved"))
+	if (DecidedByCaller(&row, "approved"))
 	{
 		LoadTransferResult(row.result_transfer_id, req);
 		req->replayed = true;
-		fintx_authz_flush();
 		SPI_finish();
 		PG_RETURN_DATUM(fintx_result_datum(fcinfo, req));
 	}
+	AuthorizeDecision(&row, true);
+	RequireAwaiting(&row, id);
 	fintx_authz_flush();
 	SPI_finish();
 
@@ -1038,16 +1147,16 @@ fintx_reject_transfer(PG_FUNCTION_ARGS)
 	fintx_authz_begin();
 	fintx_spi_connect();
 	LockApproval(id, &row);
-	AuthorizeDecision(&row, false);
 	LoadTransferResult(id, req);
 	req->status = "rejected";
-	req->replayed = DecidedBefore(&row, id, "rejected");
+	req->replayed = DecidedByCaller(&row, "rejected");
 	if (req->replayed)
 	{
-		fintx_authz_flush();
 		SPI_finish();
 		PG_RETURN_DATUM(fintx_result_datum(fcinfo, req));
 	}
+	AuthorizeDecision(&row, false);
+	RequireAwaiting(&row, id);
 	DecideApproval(id, "rejected", reason, 0, false);
 	AuditDecision("transfer.rejected", id, &row, NULL, reason);
 	fintx_authz_flush();
@@ -1453,13 +1562,38 @@ fintx_revoke_permission(PG_FUNCTION_ARGS)
 static bool
 CodeVisible(const char *code)
 {
-	Oid			role = GetOuterUserId();
-
-	EnsureCache(role);
+	/* code that runs as a table's owner on someone else's behalf sees nothing */
+	if (InSecurityRestrictedOperation())
+		return false;
+	EnsureCache(fintx_calling_user());
 	for (int i = 0; i < cache_ngrants; i++)
+	{
+		FintxOp		op = cache_grants[i].op;
+
+		/*
+		 * Grants on accounts make them visible; so does audit.read, which
+		 * reads every ledger fact in the audit log anyway. Event grants name
+		 * consumers and aggregate types, not accounts.
+		 */
+		if (op == FINTX_OP_EVENT_EMIT || op == FINTX_OP_EVENT_CONSUME)
+			continue;
 		if (LikeMatch(code, cache_grants[i].pattern))
 			return true;
+	}
 	return false;
+}
+
+/*
+ * Whether the balance of account code must be hidden from the current
+ * caller: a service sees only the balances of the accounts its grants cover
+ * (code NULL: unknown, hidden from services).
+ */
+bool
+fintx_authz_hides_balance(const char *code)
+{
+	if (!active || caller.admin || caller.auditor)
+		return false;
+	return code == NULL || !CodeVisible(code);
 }
 
 /* fintx.account_visible(code) → boolean: the RLS predicate for services. */
@@ -1481,8 +1615,12 @@ IdVisible(int64 id)
 {
 	CodeEntry  *e;
 	bool		found;
+	char		code[FINTX_MAX_CODE_LEN + 1];
 
-	RegisterCallbacks();
+	/* load the grants first: an invalidation while loading may drop the code cache */
+	if (InSecurityRestrictedOperation())
+		return false;
+	EnsureCache(fintx_calling_user());
 	if (account_codes == NULL)
 	{
 		HASHCTL		ctl;
@@ -1496,7 +1634,6 @@ IdVisible(int64 id)
 	{
 		Datum		arg = Int64GetDatum(id);
 		Oid			types[1] = {INT8OID};
-		char	   *code;
 
 		fintx_spi_connect();
 		fintx_keep_plan(&account_code_plan, "SELECT code FROM fintx.accounts WHERE id = $1", 1, types);
@@ -1506,12 +1643,18 @@ IdVisible(int64 id)
 			SPI_finish();
 			return false;
 		}
-		code = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-		e = hash_search(account_codes, &id, HASH_ENTER, &found);
-		strlcpy(e->code, code, sizeof(e->code));
+		strlcpy(code, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), sizeof(code));
 		SPI_finish();
+		/* the lookup may have processed invalidations that dropped the table */
+		if (account_codes != NULL)
+		{
+			e = hash_search(account_codes, &id, HASH_ENTER, &found);
+			strlcpy(e->code, code, sizeof(e->code));
+		}
 	}
-	return CodeVisible(e->code);
+	else
+		strlcpy(code, e->code, sizeof(code));
+	return CodeVisible(code);
 }
 
 /* fintx.account_id_visible(id) → boolean: as account_visible, by account id. */
@@ -1525,10 +1668,12 @@ fintx_account_id_visible(PG_FUNCTION_ARGS)
 bool
 fintx_authz_sees_all(void)
 {
-	Oid			role = GetOuterUserId();
+	Oid			role = fintx_calling_user();
 	Oid			admin_role = get_role_oid("fintx_admin", true);
 	Oid			auditor_role = get_role_oid("fintx_auditor", true);
 
+	if (InSecurityRestrictedOperation())
+		return false;
 	return superuser_arg(role) ||
 		(OidIsValid(admin_role) && has_privs_of_role(role, admin_role)) ||
 		(OidIsValid(auditor_role) && has_privs_of_role(role, auditor_role));

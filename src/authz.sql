@@ -237,8 +237,10 @@ SELECT t.id AS transfer_id, fa.code AS from_account, ta.code AS to_account, t.am
  WHERE fintx.transfer_visible(t.from_account, t.to_account);
 CREATE OR REPLACE VIEW fintx.transfer_history WITH (security_barrier) AS
 SELECT t.id AS transfer_id, t.status, t.pending_id, fa.code AS from_account, ta.code AS to_account,
-       t.amount, fa.currency, t.metadata, t.from_balance, t.to_balance, t.principal, t.created_at,
-       t.timeout_at
+       t.amount, fa.currency, t.metadata,
+       CASE WHEN fintx.transfer_visible(t.from_account, t.from_account) THEN t.from_balance END AS from_balance,
+       CASE WHEN fintx.transfer_visible(t.to_account, t.to_account) THEN t.to_balance END AS to_balance,
+       t.principal, t.created_at, t.timeout_at
   FROM fintx.transfers t
   JOIN fintx.accounts fa ON fa.id OPERATOR(pg_catalog.=) t.from_account
   JOIN fintx.accounts ta ON ta.id OPERATOR(pg_catalog.=) t.to_account

@@ -295,10 +295,31 @@ DenialLogHook(ErrorData *edata)
 		prev_emit_log_hook(edata);	/* LCOV_EXCL_LINE: another module's hook */
 }
 
+/*
+ * A denial of fintx's that was caught (an EXCEPTION block) or not logged
+ * (log_min_messages) never reaches the hook: forget it when its
+ * (sub)transaction aborts, so that the next PostgreSQL refusal is logged.
+ */
+static void
+DenialXactCallback(XactEvent event, void *arg)
+{
+	own_denial = false;
+}
+
+static void
+DenialSubXactCallback(SubXactEvent event, SubTransactionId mySubid, SubTransactionId parentSubid,
+					  void *arg)
+{
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+		own_denial = false;
+}
+
 /* Called from _PG_init when preloaded. */
 void
 fintx_denials_init(void)
 {
+	RegisterXactCallback(DenialXactCallback, NULL);
+	RegisterSubXactCallback(DenialSubXactCallback, NULL);
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = DenialShmemRequest;
 	prev_shmem_startup_hook = shmem_startup_hook;

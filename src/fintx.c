@@ -85,6 +85,7 @@ _PG_init(void)
 	if (process_shared_preload_libraries_in_progress)
 	{
 		fintx_denials_init();
+		fintx_authz_init();
 		fintx_register_worker();
 	}
 }

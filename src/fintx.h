@@ -245,6 +245,9 @@ extern bool fintx_authz_decision(int i, const char **service, const char **rule)
 extern void fintx_approval_record(LedgerRequest *req);
 extern void fintx_authz_require(FintxOp op, const char *object);
 extern bool fintx_authz_sees_all(void);
+extern bool fintx_authz_hides_balance(const char *code);
+extern void fintx_authz_init(void);
+extern Oid	fintx_calling_user(void);
 
 /* denials.c: the durable denial queue (shared memory + worker) */
 extern int	fintx_denial_wait_ms;

@@ -197,11 +197,11 @@ CheckTimeout(Interval *timeout, bool pending)
 	return timeout;
 }
 
-/* Returns the calling role (as set by SET ROLE), the principal of its requests. */
+/* Returns the calling role (authz.c: fintx_calling_user), the principal of its requests. */
 char *
 fintx_principal(void)
 {
-	return GetUserNameFromId(GetOuterUserId(), false);
+	return GetUserNameFromId(fintx_calling_user(), false);
 }
 
 /* ------------------------------------------------------------------------
@@ -241,6 +241,9 @@ fintx_result_values(LedgerRequest *req, Datum *values, bool *nulls)
 	values[6] = TimestampTzGetDatum(req->created_at);
 	memset(nulls, 0, sizeof(bool) * 7);
 	nulls[5] = req->entry_hash == NULL;
+	/* a service does not learn the balance of a counterparty outside its grants */
+	nulls[3] = fintx_authz_hides_balance(req->from_code);
+	nulls[4] = fintx_authz_hides_balance(req->to_code);
 }
 
 /* Returns the composite result of a single-request function. */
@@ -1096,6 +1099,11 @@ ApplyNew(const char *principal, LedgerRequest **reqs, int n)
 		}
 		req->from_balance = PostedBalance(req->from);
 		req->to_balance = PostedBalance(req->to);
+		/* the accounts live in SPI memory; the result needs their codes afterwards */
+		if (req->from_code == NULL)
+			req->from_code = strcpy(SPI_palloc(strlen(req->from->code) + 1), req->from->code);
+		if (req->to_code == NULL)
+			req->to_code = strcpy(SPI_palloc(strlen(req->to->code) + 1), req->to->code);
 		req->created_at = now_ts;
 		req->replayed = false;
 	}

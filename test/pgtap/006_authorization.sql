@@ -11,7 +11,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION fintx;
-SELECT plan(155);
+SELECT plan(162);
 
 CREATE FUNCTION pg_temp.run_as(r text, q text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
@@ -238,6 +238,10 @@ SELECT is(pg_temp.run_as('t6_pay', $q$SELECT status FROM fintx.transfer('x-1', '
           'a service may credit an account outside its grants');
 SELECT is(pg_temp.run_as('t6_pay', $q$SELECT to_account || ':' || amount FROM fintx.transfer_history WHERE to_account = 'ext:shop'$q$),
           'ext:shop:3', 'it sees its transfer with the counterparty in transfer_history');
+SELECT is(pg_temp.run_as('t6_pay', $q$SELECT coalesce(to_balance::text, 'hidden') || '/' || (from_balance IS NOT NULL) FROM fintx.transfer_history WHERE to_account = 'ext:shop'$q$),
+          'hidden/true', 'but not the counterparty''s balance in the history');
+SELECT is(pg_temp.run_as('t6_pay', $q$SELECT coalesce(to_balance::text, 'hidden') || '/' || (from_balance IS NOT NULL) FROM fintx.transfer('x-1', 'pay:ops', 'ext:shop', 3)$q$),
+          'hidden/true', 'nor in the transfer''s result (here a replay)');
 SELECT is(pg_temp.run_as('t6_pay', $q$SELECT count(*)::text FROM fintx.account_balances WHERE code = 'ext:shop'$q$),
           '0', 'but not the counterparty''s balance');
 SELECT is(pg_temp.run_as('t6_other', $q$SELECT count(*)::text FROM fintx.transfer_history WHERE from_account LIKE 'pay:%' AND to_account LIKE 'pay:%'$q$),
@@ -345,6 +349,26 @@ SELECT throws_ok($$SELECT fintx.signing_message(NULL, '{}')$$, '22023', 'service
 SELECT throws_ok($$SELECT fintx.signing_message('s', NULL)$$, '22023', 'requests must not be null', 'signing_message: NULL requests');
 SELECT is(pg_temp.run_as('t6_pay', 'SELECT fintx.account_id_visible(-1)::text'), 'false', 'an unknown account id is not visible');
 SELECT is(pg_temp.run_as('t6_pay', $q$SELECT fintx.account_visible('risk:pool')::text$q$), 'false', 'an account outside the grants is not visible');
+
+-- event grants name consumers and aggregate types, not accounts: they make no account visible
+CREATE ROLE t6_events;
+SELECT fintx.register_service('events-only', 't6_events');
+SELECT fintx.grant_permission('events-only', 'event.consume', '%');
+SELECT fintx.grant_permission('events-only', 'event.emit', '%');
+SELECT is(pg_temp.run_as('t6_events', $q$SELECT count(*)::text FROM fintx.account_balances$q$), '0',
+          'a service with only event grants sees no account');
+
+-- an approver's retry is not counted against its daily limit again
+SELECT fintx.grant_permission('risk', 'transfer.approve', 'pay:ops', NULL, 3200);
+SELECT is(pg_temp.run_as('t6_pay', $q$SELECT status FROM fintx.transfer('m-5', 'pay:ops', 'pay:cust:2', 3100)$q$),
+          'awaiting_approval', 'a transfer awaits approval');
+SELECT is(pg_temp.run_as('t6_risk', format('SELECT status FROM fintx.approve_transfer(%s)', (SELECT transfer_id FROM fintx.approvals WHERE amount = 3100 AND status = 'awaiting_approval'))),
+          'posted', 'the checker approves 3100 of its 3200 daily limit');
+SELECT is(pg_temp.run_as('t6_risk', format('SELECT status || '':'' || replayed FROM fintx.approve_transfer(%s)', (SELECT transfer_id FROM fintx.approvals WHERE amount = 3100 AND status = 'approved'))),
+          'posted:true', 'its retry replays without counting the amount again');
+SELECT is((SELECT used FROM fintx.limit_usage WHERE service = 'risk' AND operation = 'transfer.approve' AND account_pattern = 'pay:ops'),
+          3100::bigint, 'the approver''s daily usage counts the approval once');
+SELECT fintx.revoke_permission('risk', 'transfer.approve', 'pay:ops');
 
 -- a service is found by its role's name: renaming the role detaches it (fail closed)
 SELECT is(pg_temp.run_as('t6_other', $q$SELECT fintx.account_visible('risk:pool')::text$q$), 'true', 'before a rename the service sees its accounts');

@@ -305,6 +305,56 @@ is($app_events, '1', 'and the application events');
 push @matrix, sprintf('%-38s %-8s %-6s %s', 'poll-other-services-events', 'pay', 'rows=0', "own ledger events=$ledger_events");
 $admin_poll->quit;
 
+# code a service owns, run on its behalf by an administrator or autovacuum: an expression
+# index that calls fintx (ANALYZE runs it as the table's owner) and a SECURITY DEFINER function
+($st) = run_as('pay', 'plant', q{
+	CREATE FUNCTION hijack.steal(x int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $f$
+	BEGIN
+		IF session_user <> 'pay' THEN
+			PERFORM fintx.transfer('steal-' || x, 'risk:pool', 'pay:cust', 1000000);
+		END IF;
+		RETURN x;
+	END $f$;
+	CREATE TABLE hijack.t (x int);
+	INSERT INTO hijack.t SELECT g FROM generate_series(1, 5) g;
+	CREATE INDEX ON hijack.t (hijack.steal(x));
+	CREATE FUNCTION hijack.definer() RETURNS text LANGUAGE sql SECURITY DEFINER AS
+	  $f$ SELECT status FROM fintx.transfer('steal-def', 'risk:pool', 'pay:cust', 1000000) $f$;
+});
+is($st, '', 'a service plants fintx calls in an index expression and a SECURITY DEFINER function');
+my ($arc, $aout, $aerr) = $node->psql('postgres', 'ANALYZE hijack.t');
+like($aerr, qr/fintx cannot be called within a security-restricted operation/,
+	'an administrator\'s ANALYZE does not run fintx as the table\'s owner');
+($arc, $aout, $aerr) = $node->psql('postgres', 'SELECT hijack.definer()');
+like($aerr, qr/permission denied for transfer on "risk:pool"/,
+	'an administrator calling the service\'s SECURITY DEFINER function acts as the service (refused)');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM fintx.idempotency_keys WHERE idempotency_key LIKE 'steal-%'}),
+	'0', 'no money moved on the service\'s behalf');
+push @matrix, sprintf('%-38s %-8s %-6s %s', 'run-fintx-via-analyze-or-definer', 'pay', 'refused', 'no transfer');
+
+# a revoked grant takes effect for a session that was in a REPEATABLE READ transaction
+my $rr = $node->background_psql('postgres', on_error_stop => 0, extra_params => [ '-U', 'risk' ]);
+$rr->query_safe('BEGIN ISOLATION LEVEL REPEATABLE READ');
+$rr->query_safe('SELECT count(*) FROM pg_class');
+$node->safe_psql('postgres', q{SELECT fintx.revoke_permission('risk', 'transfer', 'risk:%')});
+$rr->query_safe('SELECT count(*) FROM fintx.account_balances');
+$rr->query_safe('COMMIT');
+$rr->query(q{SELECT status FROM fintx.transfer('after-revoke', 'risk:pool', 'risk:res', 1)});
+like($rr->{stderr}, qr/permission denied for transfer on "risk:pool"/,
+	'after the revoke commits, the session is refused (no stale grant cache)');
+$rr->quit;
+
+# a fintx denial caught in an EXCEPTION block does not hide the next PostgreSQL refusal
+($st) = run_as('pay', 'caught-then-write', q{
+	DO $d$ BEGIN PERFORM fintx.transfer('c-1', 'risk:pool', 'pay:cust', 1);
+	EXCEPTION WHEN insufficient_privilege THEN NULL; END $d$;
+	UPDATE fintx.accounts SET credits_posted = 0;
+});
+is($st, '42501', 'the direct write after a caught denial is refused');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM fintx.access_log
+	WHERE application_name = 'caught-then-write' AND object = 'permission denied for table accounts'}) > 0 ? 't' : 'f',
+	't', 'and it is in the access log');
+
 is(reconcile_rows($node), '', 'the ledger reconciles after the attacks');
 
 # every denial also entered the audit log

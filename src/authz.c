@@ -50,6 +50,7 @@ PG_FUNCTION_INFO_V1(fintx_account_visible);
 PG_FUNCTION_INFO_V1(fintx_account_id_visible);
 PG_FUNCTION_INFO_V1(fintx_transfer_visible);
 PG_FUNCTION_INFO_V1(fintx_event_visible);
+PG_FUNCTION_INFO_V1(fintx_grants_changed);
 
 static const char *const op_names[FINTX_OP_COUNT] = {
 	"account.open", "account.close", "transfer", "transfer.approve", "hold.resolve",
@@ -689,6 +690,48 @@ fintx_authorize(FintxOp op, const char *object, const char *currency, int64 amou
 }
 
 /*
+ * Authorizes post_pending / void_pending for a service before the hold is
+ * touched, so that a hold outside its grants is refused (42501) without
+ * revealing whether it exists or how it was resolved.
+ */
+void
+fintx_authorize_hold(LedgerRequest *req)
+{
+	static SPIPlanPtr hold_plan = NULL;
+	Datum		arg = Int64GetDatum(req->hold_id);
+	Oid			types[1] = {INT8OID};
+	char	   *object = psprintf("transfer %lld", (long long) req->hold_id);
+
+	if (!active || caller.admin)
+		return;
+	if (caller.service == NULL)
+		fintx_authz_deny(FINTX_OP_HOLD_RESOLVE, object, NULL, 0, false,
+						 psprintf("role \"%s\" is not a registered fintx service", caller.role_name), NULL);
+	fintx_spi_connect();
+	fintx_keep_plan(&hold_plan,
+					"SELECT a.code, a.currency, t.amount FROM fintx.transfers t"
+					"  JOIN fintx.accounts a ON a.id = t.from_account WHERE t.id = $1",
+					1, types);
+	fintx_spi_expect(SPI_execute_plan(hold_plan, &arg, NULL, true, 1), SPI_OK_SELECT, "reading a hold failed");
+	if (SPI_processed != 1)
+		fintx_authz_deny(FINTX_OP_HOLD_RESOLVE, object, NULL, 0, false,
+						 psprintf("no grant of hold.resolve to service \"%s\" covers transfer %lld",
+								  caller.service, (long long) req->hold_id), NULL);
+	else
+	{
+		HeapTuple	tup = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		int64		held = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
+
+		fintx_authorize(FINTX_OP_HOLD_RESOLVE, SPI_getvalue(tup, desc, 1), SPI_getvalue(tup, desc, 2),
+						req->amount_given ? req->amount : held, true, false);
+	}
+	SPI_finish();
+	req->preauthorized = true;
+}
+
+/*
  * For functions that act on no account (audit reading, events): staff
  * (administrators, and auditors for audit.read) pass without a log row; a
  * service needs a grant of op whose pattern matches object.
@@ -697,6 +740,16 @@ void
 fintx_authz_require(FintxOp op, const char *object)
 {
 	fintx_authz_begin();
+	if (caller.admin && op == FINTX_OP_ADMIN)
+	{
+		/* managing services and grants: logged for administrators too */
+		RecordAllowed(op, object, NULL, 0, false, "administrator",
+					  superuser_arg(caller.role) ? "superuser" : "member of fintx_admin");
+		fintx_spi_connect();
+		fintx_authz_flush();
+		SPI_finish();
+		return;
+	}
 	if (caller.admin || (op == FINTX_OP_AUDIT_READ && caller.auditor))
 		return;
 	if (op == FINTX_OP_ADMIN)
@@ -851,10 +904,10 @@ fintx_authz_flush(void)
 void
 fintx_approval_record(LedgerRequest *req)
 {
-	Datum		args[10];
-	char		nulls[10];
-	Oid			types[10] = {INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT8OID, TEXTOID, JSONBOID,
-		BOOLOID, INTERVALOID};
+	Datum		args[11];
+	char		nulls[11];
+	Oid			types[11] = {INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT8OID, TEXTOID, JSONBOID,
+		BOOLOID, INTERVALOID, TEXTOID};
 
 	memset(nulls, ' ', sizeof(nulls));
 	args[0] = Int64GetDatum(req->transfer_id);
@@ -869,11 +922,12 @@ fintx_approval_record(LedgerRequest *req)
 	args[9] = req->timeout ? IntervalPGetDatum(req->timeout) : (Datum) 0;
 	if (req->timeout == NULL)
 		nulls[9] = 'n';
+	args[10] = CStringGetTextDatum(GetUserNameFromId(GetSessionUserId(), false));
 	fintx_keep_plan(&approval_insert_plan,
 					"INSERT INTO fintx.approvals (transfer_id, maker_service, maker_role, from_account,"
-					"       to_account, amount, currency, metadata, pending, timeout)"
-					" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-					10, types);
+					"       to_account, amount, currency, metadata, pending, timeout, maker_session_user)"
+					" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+					11, types);
 	fintx_spi_expect(SPI_execute_plan(approval_insert_plan, args, nulls, false, 0), SPI_OK_INSERT, "recording the approval request failed");
 }
 
@@ -882,6 +936,7 @@ typedef struct ApprovalRow
 {
 	char	   *maker_service;
 	char	   *maker_role;
+	char	   *maker_session_user;
 	char	   *from_account;
 	char	   *to_account;
 	int64		amount;
@@ -922,7 +977,7 @@ LockApproval(int64 id, ApprovalRow *row)
 
 	fintx_keep_plan(&approval_lock_plan,
 					"SELECT maker_service, maker_role, from_account, to_account, amount, currency, metadata,"
-					"       pending, timeout, status, decided_by_role, result_transfer_id"
+					"       pending, timeout, status, decided_by_role, result_transfer_id, maker_session_user"
 					"  FROM fintx.approvals WHERE transfer_id = $1 FOR UPDATE",
 					1, types);
 	fintx_spi_expect(SPI_execute_plan(approval_lock_plan, &arg, NULL, false, 0), SPI_OK_SELECT, "reading the approval request failed");
@@ -949,6 +1004,7 @@ LockApproval(int64 id, ApprovalRow *row)
 	d = SPI_getbinval(tup, desc, 12, &isnull);
 	row->has_result = !isnull;
 	row->result_transfer_id = isnull ? 0 : DatumGetInt64(d);
+	row->maker_session_user = CopyText(tup, desc, 13);
 }
 
 /* Fills req's result fields from the stored transfer row id (SPI connected). */
@@ -1037,6 +1093,19 @@ AuditDecision(const char *action, int64 id, ApprovalRow *row, LedgerRequest *req
 }
 
 /*
+ * Whether the session's login is a superuser or fintx_admin member: such a
+ * login may approve anything itself, so switching roles gains it nothing.
+ */
+static bool
+SessionIsAdmin(void)
+{
+	Oid			login = GetSessionUserId();
+	Oid			admin_role = get_role_oid("fintx_admin", true);
+
+	return superuser_arg(login) || (OidIsValid(admin_role) && has_privs_of_role(login, admin_role));
+}
+
+/*
  * Shared checks of approve/reject: the caller holds transfer.approve for the
  * debited account and is neither the service nor the role that asked.
  */
@@ -1045,10 +1114,12 @@ AuthorizeDecision(ApprovalRow *row, bool approve)
 {
 	if (!caller.admin &&
 		((caller.service && strcmp(caller.service, row->maker_service) == 0) ||
-		 strcmp(caller.role_name, row->maker_role) == 0))
+		 strcmp(caller.role_name, row->maker_role) == 0 ||
+		 (!SessionIsAdmin() &&
+		  strcmp(GetUserNameFromId(GetSessionUserId(), false), row->maker_session_user) == 0)))
 		fintx_authz_deny(FINTX_OP_TRANSFER_APPROVE, row->from_account, row->currency, row->amount, true,
-						 psprintf("segregation of duties: service \"%s\" requested this transfer and cannot %s it",
-								  row->maker_service, approve ? "approve" : "reject"),
+						 psprintf("segregation of duties: service \"%s\" (login \"%s\") requested this transfer; the same service, role or login cannot %s it",
+								  row->maker_service, row->maker_session_user, approve ? "approve" : "reject"),
 						 "maker-checker");
 	fintx_authorize(FINTX_OP_TRANSFER_APPROVE, row->from_account, row->currency, row->amount, true, false);
 }
@@ -1723,4 +1794,19 @@ fintx_transfer_visible(PG_FUNCTION_ARGS)
 	if (fintx_authz_sees_all())
 		PG_RETURN_BOOL(true);
 	PG_RETURN_BOOL(IdVisible(PG_GETARG_INT64(0)) || IdVisible(PG_GETARG_INT64(1)));
+}
+
+/*
+ * Statement trigger on fintx.services and fintx.permissions: a direct change
+ * (a restore, a manual fix) drops every session's grant cache, as the
+ * management functions do.
+ */
+Datum
+fintx_grants_changed(PG_FUNCTION_ARGS)
+{
+	Oid			nsp = get_namespace_oid("fintx", false);
+
+	CacheInvalidateRelcacheByRelid(get_relname_relid("services", nsp));
+	CacheInvalidateRelcacheByRelid(get_relname_relid("permissions", nsp));
+	return PointerGetDatum(NULL);
 }

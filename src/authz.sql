@@ -50,6 +50,7 @@ CREATE TABLE fintx.approvals (
     transfer_id        bigint      PRIMARY KEY,
     maker_service      text        NOT NULL,
     maker_role         text        NOT NULL,
+    maker_session_user text        NOT NULL,
     from_account       text        NOT NULL,
     to_account         text        NOT NULL,
     amount             bigint      NOT NULL,
@@ -104,6 +105,15 @@ CREATE TABLE fintx.signed_requests (
 );
 CREATE INDEX signed_requests_transfer_ids ON fintx.signed_requests USING gin (transfer_ids);
 COMMENT ON TABLE fintx.signed_requests IS 'signed requests with their Ed25519 signatures; insert-only';
+
+-- Direct changes to services or grants (a restore, a manual fix) reach every session's cache.
+CREATE FUNCTION fintx.grants_changed() RETURNS trigger
+AS 'MODULE_PATHNAME', 'fintx_grants_changed'
+LANGUAGE C;
+CREATE TRIGGER grants_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON fintx.services
+    FOR EACH STATEMENT EXECUTE FUNCTION fintx.grants_changed();
+CREATE TRIGGER grants_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON fintx.permissions
+    FOR EACH STATEMENT EXECUTE FUNCTION fintx.grants_changed();
 
 -- UPDATE, DELETE and TRUNCATE refused for everyone, as for the audit tables.
 SELECT fintx.append_only('fintx.access_log_entries');

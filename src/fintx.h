@@ -244,6 +244,7 @@ extern bool fintx_authz_take_single(Datum *args, char *argnulls);
 extern bool fintx_authz_decision(int i, const char **service, const char **rule);
 extern void fintx_approval_record(LedgerRequest *req);
 extern void fintx_authz_require(FintxOp op, const char *object);
+extern void fintx_authorize_hold(LedgerRequest *req);
 extern bool fintx_authz_sees_all(void);
 extern bool fintx_authz_hides_balance(const char *code);
 extern void fintx_authz_init(void);

@@ -1386,6 +1386,7 @@ ResolveHold(FunctionCallInfo fcinfo, LedgerOp op)
 		req->amount_given = true;
 	}
 	fintx_authz_begin();
+	fintx_authorize_hold(req);
 	fintx_execute(fintx_principal(), &req, 1);
 	PG_RETURN_DATUM(fintx_result_datum(fcinfo, req));
 }

@@ -578,11 +578,14 @@ fintx_emit(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("aggregate id must be 1 to %d bytes long", OUTBOX_MAX_ID)));
-	if (strcmp(aggtype, "transfer") == 0 || strcmp(aggtype, "account") == 0 ||
-		strncmp(aggtype, "fintx", 5) == 0)
+	/* fintx's own events, in any letter case, under their aggregate types or event types */
+	if (pg_strcasecmp(aggtype, "transfer") == 0 || pg_strcasecmp(aggtype, "account") == 0 ||
+		pg_strncasecmp(aggtype, "fintx", 5) == 0 || pg_strncasecmp(type, "transfer.", 9) == 0 ||
+		pg_strncasecmp(type, "account.", 8) == 0 || pg_strncasecmp(type, "fintx", 5) == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("aggregate type \"%s\" is reserved for fintx's own events", aggtype)));
+				 errmsg("aggregate type \"%s\" or event type \"%s\" is reserved for fintx's own events",
+						aggtype, type)));
 	/* a service needs an event.emit grant whose pattern matches the aggregate type */
 	fintx_authz_require(FINTX_OP_EVENT_EMIT, aggtype);
 	payload = PG_GETARG_JSONB_P(3);

@@ -11,7 +11,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION fintx;
-SELECT plan(162);
+SELECT plan(167);
 
 CREATE FUNCTION pg_temp.run_as(r text, q text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
@@ -350,6 +350,16 @@ SELECT throws_ok($$SELECT fintx.signing_message('s', NULL)$$, '22023', 'requests
 SELECT is(pg_temp.run_as('t6_pay', 'SELECT fintx.account_id_visible(-1)::text'), 'false', 'an unknown account id is not visible');
 SELECT is(pg_temp.run_as('t6_pay', $q$SELECT fintx.account_visible('risk:pool')::text$q$), 'false', 'an account outside the grants is not visible');
 
+-- a hold outside the grants is refused before it is read: no existence or state leaks
+SELECT throws_ok($$SELECT pg_temp.run_as('t6_pay', 'SELECT status FROM fintx.void_pending(''h-9'', -42)')$$,
+                 '42501', 'permission denied for hold.resolve on "transfer -42"', 'an unknown hold id is 42501 for a service, not 22023');
+-- administrators' management calls are in the access log
+SELECT cmp_ok((SELECT count(*)::int FROM fintx.access_log WHERE operation = 'fintx.admin' AND allowed AND role = 'postgres'), '>=', 10,
+              'grants and registrations by an administrator are logged');
+-- fintx's own event types cannot be emitted, in any letter case
+SELECT throws_ok($$SELECT fintx.emit('Transfer', 'x', 'order.created', '{}')$$, '42501', NULL, 'aggregate type Transfer is reserved');
+SELECT throws_ok($$SELECT fintx.emit('order', 'x', 'transfer.posted', '{}')$$, '42501', NULL, 'event type transfer.posted is reserved');
+
 -- event grants name consumers and aggregate types, not accounts: they make no account visible
 CREATE ROLE t6_events;
 SELECT fintx.register_service('events-only', 't6_events');
@@ -357,6 +367,11 @@ SELECT fintx.grant_permission('events-only', 'event.consume', '%');
 SELECT fintx.grant_permission('events-only', 'event.emit', '%');
 SELECT is(pg_temp.run_as('t6_events', $q$SELECT count(*)::text FROM fintx.account_balances$q$), '0',
           'a service with only event grants sees no account');
+-- a direct change to the grant tables (a restore, a manual fix) reaches the session's cache
+INSERT INTO fintx.permissions (service, operation, account_pattern, granted_by) VALUES ('events-only', 'transfer', 'pay:ops', 'manual');
+SELECT is(pg_temp.run_as('t6_events', $q$SELECT count(*)::text FROM fintx.account_balances$q$), '1',
+          'a grant inserted directly takes effect at once');
+DELETE FROM fintx.permissions WHERE service = 'events-only' AND operation = 'transfer';
 
 -- an approver's retry is not counted against its daily limit again
 SELECT fintx.grant_permission('risk', 'transfer.approve', 'pay:ops', NULL, 3200);

@@ -11,7 +11,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION fintx;
-SELECT plan(167);
+SELECT plan(168);
 
 CREATE FUNCTION pg_temp.run_as(r text, q text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
@@ -139,6 +139,8 @@ SELECT throws_ok($$SELECT pg_temp.run_as('t6_plain', 'SELECT status FROM fintx.t
 GRANT fintx_service TO t6_plain;
 SELECT throws_ok($$SELECT pg_temp.run_as('t6_plain', 'SELECT status FROM fintx.transfer(''p-5'', ''pay:ops'', ''pay:cust:1'', 10)')$$,
                  '42501', 'permission denied for transfer on "pay:ops"', 'membership in fintx_service without registration is refused');
+SELECT throws_ok($$SELECT pg_temp.run_as('t6_plain', 'SELECT status FROM fintx.void_pending(''p-5b'', 1)')$$,
+                 '42501', 'permission denied for hold.resolve on "transfer 1"', 'an unregistered role cannot resolve holds');
 REVOKE fintx_service FROM t6_plain;
 SELECT is(pg_temp.run_as('t6_pay', $q$SELECT status FROM fintx.transfer('p-6', 'lit_1', 'pay:cust:1', 1)$q$),
           'posted', 'an escaped % matches a literal %');

@@ -332,6 +332,30 @@ is($node->safe_psql('postgres', q{SELECT count(*) FROM fintx.idempotency_keys WH
 	'0', 'no money moved on the service\'s behalf');
 push @matrix, sprintf('%-38s %-8s %-6s %s', 'run-fintx-via-analyze-or-definer', 'pay', 'refused', 'no transfer');
 
+# a materialized view a service owns, refreshed by an administrator, sees no more than the service
+($st) = run_as('pay', 'plant-mv', q{
+	CREATE MATERIALIZED VIEW hijack.mv_bal AS SELECT code FROM fintx.account_balances;
+	CREATE MATERIALIZED VIEW hijack.mv_hist AS SELECT transfer_id FROM fintx.transfer_history;
+});
+is($st, '', 'a service creates materialized views over fintx views');
+$node->safe_psql('postgres', 'REFRESH MATERIALIZED VIEW hijack.mv_bal; REFRESH MATERIALIZED VIEW hijack.mv_hist');
+is($node->safe_psql('postgres', 'SELECT (SELECT count(*) FROM hijack.mv_bal) + (SELECT count(*) FROM hijack.mv_hist)'),
+	'0', 'refreshed by an administrator (a security-restricted operation) they see nothing');
+
+# SECURITY DEFINER functions nested deeper than fintx tracks: refused, not guessed
+($st) = run_as('pay', 'plant-deep', q{
+	CREATE FUNCTION hijack.deep(n int) RETURNS text LANGUAGE plpgsql SECURITY DEFINER AS $f$
+	BEGIN
+		IF n = 0 THEN RETURN (SELECT status FROM fintx.transfer('deep-1', 'pay:ops', 'pay:cust', 1)); END IF;
+		RETURN hijack.deep(n - 1);
+	END $f$;
+});
+($arc, $aout, $aerr) = $node->psql('postgres', 'SELECT hijack.deep(70)');
+like($aerr, qr/SECURITY DEFINER functions are nested too deeply to identify the caller of fintx/,
+	'70 nested SECURITY DEFINER functions: the caller cannot be identified, the call is refused');
+($arc, $aout, $aerr) = $node->psql('postgres', 'SELECT hijack.deep(3)');
+is($aout, 'posted', 'a few nested levels identify the service (its grant covers pay:ops)');
+
 # a revoked grant takes effect for a session that was in a REPEATABLE READ transaction
 my $rr = $node->background_psql('postgres', on_error_stop => 0, extra_params => [ '-U', 'risk' ]);
 $rr->query_safe('BEGIN ISOLATION LEVEL REPEATABLE READ');

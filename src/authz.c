@@ -399,7 +399,8 @@ GrantRule(Grant *g)
  * the extension's owner and the caller must be found elsewhere. The role set
  * by the session (GetOuterUserId) is the caller, unless the call comes from
  * inside another SECURITY DEFINER function: that function runs as its owner,
- * and so does fintx for it. When preloaded, an fmgr hook keeps a stack of the
+ * and so does fintx for it. An fmgr hook (installed when the library is
+ * loaded: at server start when preloaded) keeps a stack of the
  * owners of the SECURITY DEFINER functions (outside schema fintx) currently
  * running; its top is the caller. Code that PostgreSQL runs as a table's
  * owner on someone else's behalf (ANALYZE, autovacuum, CREATE INDEX, REFRESH
@@ -433,8 +434,10 @@ ForeignDefiner(Oid fn_oid)
 static bool
 NeedsFmgrHook(Oid fn_oid)
 {
+	/* LCOV_EXCL_START: another module's hook */
 	if (prev_needs_fmgr_hook && prev_needs_fmgr_hook(fn_oid))
-		return true;	/* LCOV_EXCL_LINE: another module's hook */
+		return true;
+	/* LCOV_EXCL_STOP */
 	return ForeignDefiner(fn_oid);
 }
 
@@ -460,11 +463,13 @@ FmgrHook(FmgrHookEventType event, FmgrInfo *flinfo, Datum *priv)
 	}
 	else if (DatumGetBool(*priv) && definer_depth > 0)
 		definer_depth--;
+	/* LCOV_EXCL_START: another module's hook */
 	if (prev_fmgr_hook)
-		prev_fmgr_hook(event, flinfo, priv);	/* LCOV_EXCL_LINE: another module's hook */
+		prev_fmgr_hook(event, flinfo, priv);
+	/* LCOV_EXCL_STOP */
 }
 
-/* Called from _PG_init when preloaded. */
+/* Called from _PG_init (when preloaded: in every process; otherwise when first loaded). */
 void
 fintx_authz_init(void)
 {

@@ -82,10 +82,12 @@ _PG_init(void)
 	fintx_outbox_init();
 	MarkGUCPrefixReserved("fintx");
 
+	/* the caller-identity hook (authz.c); when not preloaded, from the first use on */
+	fintx_authz_init();
+
 	if (process_shared_preload_libraries_in_progress)
 	{
 		fintx_denials_init();
-		fintx_authz_init();
 		fintx_register_worker();
 	}
 }

@@ -89,8 +89,8 @@ NextEntryId(void)
 }
 
 /* Name of the session's login role, looked up once per session. */
-static const char *
-SessionRoleName(void)
+const char *
+fintx_session_role_name(void)
 {
 	static Oid	cached_id = InvalidOid;
 	static char cached_name[NAMEDATALEN];
@@ -111,7 +111,7 @@ fintx_audit_init(FintxAuditEntry *e, const char *actor, const char *action,
 	e->entry_id = NextEntryId();
 	e->recorded_at = GetCurrentTransactionStartTimestamp();
 	e->actor = actor;
-	e->session_role = SessionRoleName();
+	e->session_role = fintx_session_role_name();
 	e->action = action;
 	e->object_type = object_type;
 	e->object_id = object_id;

@@ -93,6 +93,10 @@ static MemoryContext cache_cxt = NULL;
 static bool cache_valid = false;
 static uint64 cache_generation = 0;
 static Oid	cache_role = InvalidOid;
+static char cache_role_name[NAMEDATALEN];
+static bool cache_superuser = false;
+static bool cache_admin = false;
+static bool cache_auditor = false;
 static char *cache_service = NULL;
 static bool cache_has_key = false;
 static uint8 cache_key[32];
@@ -216,7 +220,9 @@ LoadCache(Oid role)
 {
 	uint64		generation = cache_generation;
 	Oid			nsp = get_namespace_oid("fintx", false);
-	Datum		arg = CStringGetTextDatum(GetUserNameFromId(role, false));
+	Oid			admin_role = get_role_oid("fintx_admin", true);
+	Oid			auditor_role = get_role_oid("fintx_auditor", true);
+	Datum		arg;
 	Oid			types[1] = {TEXTOID};
 	MemoryContext old;
 
@@ -224,6 +230,12 @@ LoadCache(Oid role)
 	permissions_relid = get_relname_relid("permissions", nsp);
 	accounts_relid = get_relname_relid("accounts", nsp);
 	cache_valid = false;
+	/* role attributes and memberships: role changes invalidate the cache (SyscacheCallback) */
+	strlcpy(cache_role_name, GetUserNameFromId(role, false), NAMEDATALEN);
+	cache_superuser = superuser_arg(role);
+	cache_admin = cache_superuser || (OidIsValid(admin_role) && has_privs_of_role(role, admin_role));
+	cache_auditor = OidIsValid(auditor_role) && has_privs_of_role(role, auditor_role);
+	arg = CStringGetTextDatum(cache_role_name);
 	MemoryContextReset(cache_cxt);
 	cache_service = NULL;
 	cache_has_key = false;
@@ -410,7 +422,6 @@ GrantRule(Grant *g)
 
 #define MAX_DEFINER_DEPTH 64
 
-static needs_fmgr_hook_type prev_needs_fmgr_hook = NULL;
 static fmgr_hook_type prev_fmgr_hook = NULL;
 static Oid	definer_stack[MAX_DEFINER_DEPTH];
 
@@ -429,16 +440,6 @@ ForeignDefiner(Oid fn_oid)
 		ReleaseSysCache(tup);
 	}
 	return foreign;
-}
-
-static bool
-NeedsFmgrHook(Oid fn_oid)
-{
-	/* LCOV_EXCL_START: another module's hook */
-	if (prev_needs_fmgr_hook && prev_needs_fmgr_hook(fn_oid))
-		return true;
-	/* LCOV_EXCL_STOP */
-	return ForeignDefiner(fn_oid);
 }
 
 /*
@@ -473,8 +474,11 @@ FmgrHook(FmgrHookEventType event, FmgrInfo *flinfo, Datum *priv)
 void
 fintx_authz_init(void)
 {
-	prev_needs_fmgr_hook = needs_fmgr_hook;
-	needs_fmgr_hook = NeedsFmgrHook;
+	/*
+	 * No needs_fmgr_hook: fmgr calls every SECURITY DEFINER function (and
+	 * every function with SET options) through fmgr_security_definer, which
+	 * calls fmgr_hook; the functions the hook cares about are all among them.
+	 */
 	prev_fmgr_hook = fmgr_hook;
 	fmgr_hook = FmgrHook;
 }
@@ -505,8 +509,6 @@ FintxCaller *
 fintx_authz_begin(void)
 {
 	Oid			role = fintx_calling_user();
-	Oid			admin_role = get_role_oid("fintx_admin", true);
-	Oid			auditor_role = get_role_oid("fintx_auditor", true);
 
 	if (InSecurityRestrictedOperation())
 		ereport(ERROR,
@@ -516,10 +518,10 @@ fintx_authz_begin(void)
 	EnsureCache(role);
 	memset(&caller, 0, sizeof(caller));
 	caller.role = role;
-	caller.role_name = GetUserNameFromId(role, false);
-	caller.admin = superuser_arg(role) ||
-		(OidIsValid(admin_role) && has_privs_of_role(role, admin_role));
-	caller.auditor = OidIsValid(auditor_role) && has_privs_of_role(role, auditor_role);
+	caller.role_name = pstrdup(cache_role_name);
+	caller.superuser = cache_superuser;
+	caller.admin = cache_admin;
+	caller.auditor = cache_auditor;
 	caller.service = cache_service ? pstrdup(cache_service) : NULL;
 	caller.has_key = cache_has_key;
 	memcpy(caller.public_key, cache_key, 32);
@@ -598,7 +600,7 @@ void
 fintx_authz_deny(FintxOp op, const char *object, const char *currency, int64 amount, bool has_amount,
 				 const char *reason, const char *rule)
 {
-	fintx_denial_enqueue(caller.role_name, GetUserNameFromId(GetSessionUserId(), false),
+	fintx_denial_enqueue(caller.role_name, fintx_session_role_name(),
 						 caller.service, op_names[op], object, currency, amount, has_amount,
 						 reason, rule);
 	ereport(ERROR,
@@ -663,7 +665,7 @@ fintx_authorize(FintxOp op, const char *object, const char *currency, int64 amou
 	if (caller.admin)
 	{
 		RecordAllowed(op, object, currency, amount, has_amount, "administrator",
-					  superuser_arg(caller.role) ? "superuser" : "member of fintx_admin");
+					  caller.superuser ? "superuser" : "member of fintx_admin");
 		return false;
 	}
 	if (caller.service == NULL)
@@ -749,7 +751,7 @@ fintx_authz_require(FintxOp op, const char *object)
 	{
 		/* managing services and grants: logged for administrators too */
 		RecordAllowed(op, object, NULL, 0, false, "administrator",
-					  superuser_arg(caller.role) ? "superuser" : "member of fintx_admin");
+					  caller.superuser ? "superuser" : "member of fintx_admin");
 		fintx_spi_connect();
 		fintx_authz_flush();
 		SPI_finish();
@@ -800,7 +802,7 @@ fintx_authz_take_single(Datum *args, char *argnulls)
 	args[0] = caller.service ? CStringGetTextDatum(caller.service) : (Datum) 0;
 	argnulls[0] = caller.service ? ' ' : 'n';
 	args[1] = CStringGetTextDatum(caller.role_name);
-	args[2] = CStringGetTextDatum(GetUserNameFromId(GetSessionUserId(), false));
+	args[2] = CStringGetTextDatum(fintx_session_role_name());
 	args[3] = CStringGetTextDatum(op_names[d->op]);
 	args[4] = object ? CStringGetTextDatum(object) : (Datum) 0;
 	argnulls[4] = object ? ' ' : 'n';
@@ -875,7 +877,7 @@ fintx_authz_flush(void)
 		args[0] = caller.service ? CStringGetTextDatum(caller.service) : (Datum) 0;
 		argnulls[0] = caller.service ? ' ' : 'n';
 		args[1] = CStringGetTextDatum(caller.role_name);
-		args[2] = CStringGetTextDatum(GetUserNameFromId(GetSessionUserId(), false));
+		args[2] = CStringGetTextDatum(fintx_session_role_name());
 		for (int c = 0; c < 6; c++)
 		{
 			int16		len;
@@ -927,7 +929,7 @@ fintx_approval_record(LedgerRequest *req)
 	args[9] = req->timeout ? IntervalPGetDatum(req->timeout) : (Datum) 0;
 	if (req->timeout == NULL)
 		nulls[9] = 'n';
-	args[10] = CStringGetTextDatum(GetUserNameFromId(GetSessionUserId(), false));
+	args[10] = CStringGetTextDatum(fintx_session_role_name());
 	fintx_keep_plan(&approval_insert_plan,
 					"INSERT INTO fintx.approvals (transfer_id, maker_service, maker_role, from_account,"
 					"       to_account, amount, currency, metadata, pending, timeout, maker_session_user)"
@@ -1121,7 +1123,7 @@ AuthorizeDecision(ApprovalRow *row, bool approve)
 		((caller.service && strcmp(caller.service, row->maker_service) == 0) ||
 		 strcmp(caller.role_name, row->maker_role) == 0 ||
 		 (!SessionIsAdmin() &&
-		  strcmp(GetUserNameFromId(GetSessionUserId(), false), row->maker_session_user) == 0)))
+		  strcmp(fintx_session_role_name(), row->maker_session_user) == 0)))
 		fintx_authz_deny(FINTX_OP_TRANSFER_APPROVE, row->from_account, row->currency, row->amount, true,
 						 psprintf("segregation of duties: service \"%s\" (login \"%s\") requested this transfer; the same service, role or login cannot %s it",
 								  row->maker_service, row->maker_session_user, approve ? "approve" : "reject"),
@@ -1744,15 +1746,10 @@ fintx_account_id_visible(PG_FUNCTION_ARGS)
 bool
 fintx_authz_sees_all(void)
 {
-	Oid			role = fintx_calling_user();
-	Oid			admin_role = get_role_oid("fintx_admin", true);
-	Oid			auditor_role = get_role_oid("fintx_auditor", true);
-
 	if (InSecurityRestrictedOperation())
 		return false;
-	return superuser_arg(role) ||
-		(OidIsValid(admin_role) && has_privs_of_role(role, admin_role)) ||
-		(OidIsValid(auditor_role) && has_privs_of_role(role, auditor_role));
+	EnsureCache(fintx_calling_user());
+	return cache_admin || cache_auditor;
 }
 
 /*

@@ -134,6 +134,7 @@ typedef struct FintxAuditEntry
 
 /* audit.c */
 extern void fintx_audit_canonical(StringInfo buf, const FintxAuditEntry *e);
+extern const char *fintx_session_role_name(void);
 extern void fintx_audit_hash(FintxAuditEntry *e);
 extern void fintx_audit_init(FintxAuditEntry *e, const char *actor, const char *action,
 							 const char *object_type, const char *object_id, Jsonb *details);
@@ -216,6 +217,7 @@ typedef struct FintxCaller
 {
 	Oid			role;
 	char	   *role_name;
+	bool		superuser;
 	bool		admin;			/* superuser or member of fintx_admin */
 	bool		auditor;		/* member of fintx_auditor */
 	char	   *service;		/* registered service name, or NULL */

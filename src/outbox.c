@@ -111,13 +111,7 @@ fintx_outbox_init(void)
 							NULL, NULL, NULL);
 }
 
-static void
-NullArg(const char *name)
-{
-	ereport(ERROR,
-			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-			 errmsg("%s must not be null", name)));
-}
+#define NullArg fintx_null_argument
 
 /*
  * Checks an aggregate type or event type: 1-128 characters from A-Z a-z 0-9
@@ -607,8 +601,7 @@ fintx_emit(PG_FUNCTION_ARGS)
 				 errdetail("The limit is %d bytes in binary form.", OUTBOX_MAX_HEADERS)));
 	if (headers == NULL)
 		headers = fintx_jsonb_from_text("{}");
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
+	fintx_spi_connect();
 	id = fintx_outbox_record(aggtype, aggid, type, payload, headers, fintx_principal());
 	{
 		pg_uuid_t  *u = SPI_palloc(sizeof(pg_uuid_t));
@@ -708,8 +701,7 @@ fintx_create_consumer(PG_FUNCTION_ARGS)
 	args[1] = Int32GetDatum(group_size);
 	args[2] = Int32GetDatum(group_member);
 	args[5] = Int32GetDatum(max_retries);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
+	fintx_spi_connect();
 	ret = SPI_execute_with_args("INSERT INTO fintx.outbox_consumers (name, group_size, group_member,"
 								"       aggregatetypes, types, max_retries)"
 								" VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING",
@@ -730,8 +722,7 @@ fintx_drop_consumer(PG_FUNCTION_ARGS)
 	Datum		arg = CStringGetTextDatum(name);
 	bool		dropped;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
+	fintx_spi_connect();
 	if (SPI_execute_with_args("DELETE FROM fintx.outbox_consumers WHERE name OPERATOR(pg_catalog.=) $1",
 							  1, types, &arg, NULL, false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "dropping consumer failed");	/* LCOV_EXCL_LINE */
@@ -770,8 +761,7 @@ fintx_poll(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("max_events must be between 0 and %d", OUTBOX_MAX_POLL)));
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
+	fintx_spi_connect();
 	ReadConsumer(name, false, &c);	/* 22023 before sealing */
 	if (max_events == 0)
 	{
@@ -894,8 +884,7 @@ fintx_ack(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("up_to_position must not be negative")));
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
+	fintx_spi_connect();
 	ReadConsumer(name, true, &c);
 	CheckAckPosition(name, &c, up_to);
 	if (up_to > c.committed)
@@ -927,8 +916,7 @@ fintx_relay_checkpoint(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("positions and sequences must not be negative")));
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
+	fintx_spi_connect();
 	ReadConsumer(name, true, &c);
 	CheckAckPosition(name, &c, up_to);
 	if (seq < c.stream_sequence)
@@ -957,8 +945,7 @@ fintx_consumer_state(PG_FUNCTION_ARGS)
 
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");	/* LCOV_EXCL_LINE */
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
+	fintx_spi_connect();
 	ReadConsumer(name, false, &c);
 	SealIfNoWorker();
 	values[0] = Int64GetDatum(c.committed);
@@ -975,8 +962,7 @@ fintx_outbox_tail(PG_FUNCTION_ARGS)
 {
 	int64		tail;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
+	fintx_spi_connect();
 	SealIfNoWorker();
 	tail = Tail();
 	SPI_finish();
@@ -1005,8 +991,7 @@ fintx_reject(PG_FUNCTION_ARGS)
 	if (PG_ARGISNULL(1))
 		NullArg("event_position");
 	pos = PG_GETARG_INT64(1);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
+	fintx_spi_connect();
 	ReadConsumer(name, true, &c);
 	if (pos <= c.committed || pos > Tail())
 		ereport(ERROR,
@@ -1055,8 +1040,7 @@ fintx_inbox_accept(PG_FUNCTION_ARGS)
 
 	if (PG_ARGISNULL(1))
 		NullArg("event_id");
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
+	fintx_spi_connect();
 	ReadConsumer(name, false, &c);
 	args[0] = CStringGetTextDatum(name);
 	args[1] = PG_GETARG_DATUM(1);

@@ -259,8 +259,7 @@ fintx_seal_log(void)
 	Datum		bargs[10];
 	char		bnulls[10];
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	fintx_spi_connect();
 	/* Under REPEATABLE READ or SERIALIZABLE the snapshot could be stale: report the size. */
 	if (IsolationUsesXactSnapshot())
 	{
@@ -505,8 +504,7 @@ fintx_sequence_outbox_only(void)
 
 	if (IsolationUsesXactSnapshot())
 		return 0;
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	fintx_spi_connect();
 	if (SPI_execute(psprintf("SELECT pg_catalog.pg_advisory_xact_lock(%lld)", (long long) SEAL_LOCK_KEY),
 					false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not take the sealing lock");
@@ -565,13 +563,7 @@ CheckSize(int64 n, const char *what)
 	return size;
 }
 
-static void
-NullArg(const char *name)
-{
-	ereport(ERROR,
-			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-			 errmsg("%s must not be null", name)));
-}
+#define NullArg fintx_null_argument
 
 /* bytea[] of count hashes. */
 static Datum
@@ -596,8 +588,7 @@ fintx_root_hash(PG_FUNCTION_ARGS)
 		NullArg("tree_size");
 	n = PG_GETARG_INT64(0);
 	CheckSize(n, "tree size");
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	fintx_spi_connect();
 	merkle_root(FetchNode, NULL, n, root);
 	SPI_finish();
 	PG_RETURN_DATUM(fintx_hash_datum(root));
@@ -633,8 +624,7 @@ Proof(FunctionCallInfo fcinfo, bool inclusion)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("first size %lld is out of range", (long long) a),
 				 errdetail("A consistency proof needs 0 < first_size <= second_size (%lld).", (long long) n)));
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	fintx_spi_connect();
 	count = inclusion ? merkle_inclusion_proof(FetchNode, NULL, a, n, proof)
 		: merkle_consistency_proof(FetchNode, NULL, a, n, proof);
 	SPI_finish();
@@ -693,8 +683,7 @@ fintx_leaf_data(PG_FUNCTION_ARGS)
 		NullArg("leaf_index");
 	i = PG_GETARG_INT64(0);
 	CheckSize(0, "tree size");
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	fintx_spi_connect();
 	if (i < 0 || !fintx_read_leaf_entry(i, &e))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -758,8 +747,7 @@ fintx_checkpoint(PG_FUNCTION_ARGS)
 	fintx_authz_require(FINTX_OP_AUDIT_READ, "audit log");
 	key = RequireKey();
 	fintx_seal_log();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	fintx_spi_connect();
 	ReadBlock(&b);
 	name = CurrentName(&b);
 	if (!b.exists)
@@ -786,8 +774,7 @@ fintx_public_key(PG_FUNCTION_ARGS)
 
 	fintx_authz_require(FINTX_OP_AUDIT_READ, "audit log");
 	key = RequireKey();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	fintx_spi_connect();
 	ReadBlock(&b);
 	label = fintx_key_label(CurrentName(&b), key);
 	pub[0] = 0x01;
@@ -937,8 +924,7 @@ fintx_audit_export(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("from_leaf must not be negative")));
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	fintx_spi_connect();
 	rowcxt = AllocSetContextCreate(CurrentMemoryContext, "fintx export row", ALLOCSET_DEFAULT_SIZES);
 	args[0] = Int64GetDatum(from);
 	args[1] = Int64GetDatum(to);

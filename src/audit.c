@@ -39,8 +39,6 @@ PG_FUNCTION_INFO_V1(fintx_append_only);
 /* microseconds between 1970-01-01 and 2000-01-01 */
 #define UNIX_EPOCH_OFFSET_USEC INT64CONST(946684800000000)
 
-static SPIPlanPtr insert_one_plan = NULL;
-static SPIPlanPtr insert_many_plan = NULL;
 
 /* Fills buf with the canonical bytes of an entry (see the file header). */
 void
@@ -77,15 +75,7 @@ fintx_audit_hash(FintxAuditEntry *e)
 static int64
 NextEntryId(void)
 {
-	static Oid	seq = InvalidOid;
-	Oid			nsp;
-
-	/* re-resolve each call: the extension may have been dropped and re-created */
-	nsp = get_namespace_oid("fintx", false);
-	seq = get_relname_relid("audit_entry_id_seq", nsp);
-	if (!OidIsValid(seq))
-		elog(ERROR, "sequence fintx.audit_entry_id_seq does not exist");
-	return nextval_internal(seq, false);
+	return fintx_direct_nextval("audit_entry_id_seq");
 }
 
 /* Name of the session's login role, looked up once per session. */
@@ -150,80 +140,53 @@ fintx_hash_datum(const uint8 *hash)
 	return PointerGetDatum(b);
 }
 
+/* Columns of fintx.audit_entries, as direct.c checks them. */
+static const char *const entry_columns[] = {
+	"entry_id", "txid", "recorded_at", "actor", "session_role", "action", "object_type",
+	"object_id", "details", "entry_hash"
+};
+
 /*
- * Inserts entries (all of one transaction, actor and session role) into
- * fintx.audit_entries; SPI must be connected.
+ * Inserts entries (all of one transaction) into fintx.audit_entries as part
+ * of the direct write group estate.
  */
+void
+fintx_audit_write(EState *estate, FintxAuditEntry *entries, int n)
+{
+	Datum		txid = FullTransactionIdGetDatum(GetTopFullTransactionId());
+	FintxTable	t;
+	bool		nulls[lengthof(entry_columns)];
+
+	memset(nulls, 0, sizeof(nulls));
+	fintx_direct_open(&t, estate, "audit_entries", entry_columns, lengthof(entry_columns));
+	for (int i = 0; i < n; i++)
+	{
+		FintxAuditEntry *e = &entries[i];
+		Datum		v[lengthof(entry_columns)];
+
+		v[0] = Int64GetDatum(e->entry_id);
+		v[1] = txid;
+		v[2] = TimestampTzGetDatum(e->recorded_at);
+		v[3] = CStringGetTextDatum(e->actor);
+		v[4] = CStringGetTextDatum(e->session_role);
+		v[5] = CStringGetTextDatum(e->action);
+		v[6] = CStringGetTextDatum(e->object_type);
+		v[7] = CStringGetTextDatum(e->object_id);
+		v[8] = JsonbPGetDatum(e->details);
+		v[9] = fintx_hash_datum(e->hash);
+		fintx_direct_insert(&t, v, nulls);
+	}
+	fintx_direct_close(&t);
+}
+
+/* Inserts entries (all of one transaction) into fintx.audit_entries now. */
 void
 fintx_audit_insert(FintxAuditEntry *entries, int n)
 {
-	Datum		txid = FullTransactionIdGetDatum(GetTopFullTransactionId());
-	int			ret;
+	EState	   *estate = fintx_direct_begin();
 
-	if (n == 1)
-	{
-		FintxAuditEntry *e = &entries[0];
-		Oid			types[10] = {INT8OID, XID8OID, TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID,
-			TEXTOID, TEXTOID, JSONBOID, BYTEAOID};
-		Datum		args[10];
-
-		args[0] = Int64GetDatum(e->entry_id);
-		args[1] = txid;
-		args[2] = TimestampTzGetDatum(e->recorded_at);
-		args[3] = CStringGetTextDatum(e->actor);
-		args[4] = CStringGetTextDatum(e->session_role);
-		args[5] = CStringGetTextDatum(e->action);
-		args[6] = CStringGetTextDatum(e->object_type);
-		args[7] = CStringGetTextDatum(e->object_id);
-		args[8] = JsonbPGetDatum(e->details);
-		args[9] = fintx_hash_datum(e->hash);
-		fintx_keep_plan(&insert_one_plan,
-						"INSERT INTO fintx.audit_entries (entry_id, txid, recorded_at, actor, session_role,"
-						"       action, object_type, object_id, details, entry_hash)"
-						" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-						10, types);
-		ret = SPI_execute_plan(insert_one_plan, args, NULL, false, 0);
-	}
-	else
-	{
-		Oid			types[10] = {XID8OID, TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID,
-			INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, JSONBARRAYOID, BYTEAARRAYOID};
-		Datum		args[10];
-		Datum	   *ids = palloc(sizeof(Datum) * n);
-		Datum	   *actions = palloc(sizeof(Datum) * n);
-		Datum	   *objids = palloc(sizeof(Datum) * n);
-		Datum	   *details = palloc(sizeof(Datum) * n);
-		Datum	   *hashes = palloc(sizeof(Datum) * n);
-
-		for (int i = 0; i < n; i++)
-		{
-			ids[i] = Int64GetDatum(entries[i].entry_id);
-			actions[i] = CStringGetTextDatum(entries[i].action);
-			objids[i] = CStringGetTextDatum(entries[i].object_id);
-			details[i] = JsonbPGetDatum(entries[i].details);
-			hashes[i] = fintx_hash_datum(entries[i].hash);
-		}
-		args[0] = txid;
-		args[1] = TimestampTzGetDatum(entries[0].recorded_at);
-		args[2] = CStringGetTextDatum(entries[0].actor);
-		args[3] = CStringGetTextDatum(entries[0].session_role);
-		args[4] = CStringGetTextDatum(entries[0].object_type);
-		args[5] = PointerGetDatum(construct_array(ids, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-		args[6] = PointerGetDatum(construct_array(actions, n, TEXTOID, -1, false, TYPALIGN_INT));
-		args[7] = PointerGetDatum(construct_array(objids, n, TEXTOID, -1, false, TYPALIGN_INT));
-		args[8] = PointerGetDatum(construct_array(details, n, JSONBOID, -1, false, TYPALIGN_INT));
-		args[9] = PointerGetDatum(construct_array(hashes, n, BYTEAOID, -1, false, TYPALIGN_INT));
-		fintx_keep_plan(&insert_many_plan,
-						"INSERT INTO fintx.audit_entries (entry_id, txid, recorded_at, actor, session_role,"
-						"       action, object_type, object_id, details, entry_hash)"
-						" SELECT u.id, $1, $2, $3, $4, u.act, $5, u.obj, u.det, u.h"
-						"   FROM ROWS FROM (pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8),"
-						"                   pg_catalog.unnest($9), pg_catalog.unnest($10)) AS u(id, act, obj, det, h)",
-						10, types);
-		ret = SPI_execute_plan(insert_many_plan, args, NULL, false, 0);
-	}
-	if (ret != SPI_OK_INSERT || SPI_processed != (uint64) n)
-		elog(ERROR, "writing audit entries failed: %s", SPI_result_code_string(ret));
+	fintx_audit_write(estate, entries, n);
+	fintx_direct_end(estate);
 }
 
 /* Records one entry now (SPI must be connected). */

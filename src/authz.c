@@ -31,6 +31,7 @@
 #include "nodes/parsenodes.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/json.h"
@@ -118,8 +119,6 @@ static List *decisions = NIL;
 static SPIPlanPtr service_plan = NULL;
 static SPIPlanPtr grants_plan = NULL;
 static SPIPlanPtr usage_plan = NULL;
-static SPIPlanPtr log_one_plan = NULL;
-static SPIPlanPtr log_many_plan = NULL;
 static SPIPlanPtr approval_insert_plan = NULL;
 static SPIPlanPtr approval_lock_plan = NULL;
 static SPIPlanPtr approval_decide_plan = NULL;
@@ -782,124 +781,81 @@ DecisionObject(Decision *d)
 	return d->object;
 }
 
-/*
- * If exactly one allowed decision is pending, hands its access-log values to
- * the caller, who writes them in its own statement (the single-transfer path
- * does, in the statement that inserts the transfer): service, role, session
- * user, operation, object, amount, currency, reason, rule.
- */
-bool
-fintx_authz_take_single(Datum *args, char *argnulls)
-{
-	Decision   *d;
-	const char *object;
+/* Columns of fintx.access_log_entries, as direct.c checks them. */
+static const char *const access_log_columns[] = {
+	"at", "service", "role", "session_user_name", "operation", "object", "amount", "currency",
+	"allowed", "reason", "rule", "client_addr", "application_name", "backend_pid", "recorded_by"
+};
 
-	if (list_length(decisions) != 1)
-		return false;
-	d = (Decision *) linitial(decisions);
-	object = DecisionObject(d);
-	memset(argnulls, ' ', 9);
-	args[0] = caller.service ? CStringGetTextDatum(caller.service) : (Datum) 0;
-	argnulls[0] = caller.service ? ' ' : 'n';
-	args[1] = CStringGetTextDatum(caller.role_name);
-	args[2] = CStringGetTextDatum(fintx_session_role_name());
-	args[3] = CStringGetTextDatum(op_names[d->op]);
-	args[4] = object ? CStringGetTextDatum(object) : (Datum) 0;
-	argnulls[4] = object ? ' ' : 'n';
-	args[5] = Int64GetDatum(d->amount);
-	argnulls[5] = d->has_amount ? ' ' : 'n';
-	args[6] = d->currency ? CStringGetTextDatum(d->currency) : (Datum) 0;
-	argnulls[6] = d->currency ? ' ' : 'n';
-	args[7] = CStringGetTextDatum(d->reason);
-	args[8] = d->rule ? CStringGetTextDatum(d->rule) : (Datum) 0;
-	argnulls[8] = d->rule ? ' ' : 'n';
-	decisions = NIL;
-	return true;
+/* The client's address as inet_client_addr() gives it (NULL over a Unix socket). */
+static Datum
+ClientAddr(bool *isnull)
+{
+	LOCAL_FCINFO(fcinfo, 0);
+	Datum		d;
+
+	InitFunctionCallInfoData(*fcinfo, NULL, 0, InvalidOid, NULL, NULL);
+	d = inet_client_addr(fcinfo);
+	*isnull = fcinfo->isnull;
+	return d;
 }
 
-/* Writes the allowed decisions of this call to the access log (SPI connected). */
+/*
+ * Writes the allowed decisions of this call to the access log, in the
+ * caller's transaction.
+ */
 void
 fintx_authz_flush(void)
 {
 	int			n = list_length(decisions);
-	Datum		args[9];
-	char		argnulls[9];
-	int			ret;
+	Datum	   *v;
+	bool	   *nulls;
+	Datum		at = TimestampTzGetDatum(GetCurrentStatementStartTimestamp());
+	bool		addr_null;
+	Datum		addr;
+	const char *app = GetConfigOption("application_name", false, false);
+	int			i = 0;
+	ListCell   *lc;
 
 	if (n == 0)
 		return;
-	if (fintx_authz_take_single(args, argnulls))
+	addr = ClientAddr(&addr_null);
+	v = palloc(sizeof(Datum) * n * lengthof(access_log_columns));
+	nulls = palloc0(sizeof(bool) * n * lengthof(access_log_columns));
+	foreach(lc, decisions)
 	{
-		Oid			types[9] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT8OID, TEXTOID, TEXTOID, TEXTOID};
+		Decision   *d = (Decision *) lfirst(lc);
+		const char *object = DecisionObject(d);
+		Datum	   *r = v + i * lengthof(access_log_columns);
+		bool	   *rn = nulls + i * lengthof(access_log_columns);
 
-		fintx_keep_plan(&log_one_plan,
-						"INSERT INTO " FINTX_ACCESS_LOG_COLUMNS
-						" VALUES (pg_catalog.statement_timestamp(), $1, $2, $3, $4, $5, $6, $7, true, $8, $9, "
-						FINTX_ACCESS_LOG_ORIGIN ")",
-						9, types);
-		ret = SPI_execute_plan(log_one_plan, args, argnulls, false, 0);
+		r[0] = at;
+		r[1] = caller.service ? CStringGetTextDatum(caller.service) : (Datum) 0;
+		rn[1] = caller.service == NULL;
+		r[2] = CStringGetTextDatum(caller.role_name);
+		r[3] = CStringGetTextDatum(fintx_session_role_name());
+		r[4] = CStringGetTextDatum(op_names[d->op]);
+		r[5] = object ? CStringGetTextDatum(object) : (Datum) 0;
+		rn[5] = object == NULL;
+		r[6] = Int64GetDatum(d->amount);
+		rn[6] = !d->has_amount;
+		r[7] = d->currency ? CStringGetTextDatum(d->currency) : (Datum) 0;
+		rn[7] = d->currency == NULL;
+		r[8] = BoolGetDatum(true);
+		r[9] = CStringGetTextDatum(d->reason);
+		r[10] = d->rule ? CStringGetTextDatum(d->rule) : (Datum) 0;
+		rn[10] = d->rule == NULL;
+		r[11] = addr;
+		rn[11] = addr_null;
+		r[12] = app ? CStringGetTextDatum(app) : (Datum) 0;
+		rn[12] = app == NULL;
+		r[13] = Int32GetDatum(MyProcPid);
+		r[14] = CStringGetTextDatum("caller");
+		i++;
 	}
-	else
-	{
-		Oid			types[9] = {TEXTOID, TEXTOID, TEXTOID, TEXTARRAYOID, TEXTARRAYOID, INT8ARRAYOID,
-			TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
-		Oid			elemtypes[6] = {TEXTOID, TEXTOID, INT8OID, TEXTOID, TEXTOID, TEXTOID};
-		Datum	   *cols[6];
-		bool	   *nulls[6];
-		int			dims[1] = {n};
-		int			lbs[1] = {1};
-		int			i = 0;
-		ListCell   *lc;
-
-		for (int c = 0; c < 6; c++)
-		{
-			cols[c] = palloc(sizeof(Datum) * n);
-			nulls[c] = palloc0(sizeof(bool) * n);
-		}
-		foreach(lc, decisions)
-		{
-			Decision   *d = (Decision *) lfirst(lc);
-			const char *object = DecisionObject(d);
-
-			cols[0][i] = CStringGetTextDatum(op_names[d->op]);
-			cols[1][i] = object ? CStringGetTextDatum(object) : (Datum) 0;
-			nulls[1][i] = object == NULL;
-			cols[2][i] = Int64GetDatum(d->amount);
-			nulls[2][i] = !d->has_amount;
-			cols[3][i] = d->currency ? CStringGetTextDatum(d->currency) : (Datum) 0;
-			nulls[3][i] = d->currency == NULL;
-			cols[4][i] = CStringGetTextDatum(d->reason);
-			cols[5][i] = d->rule ? CStringGetTextDatum(d->rule) : (Datum) 0;
-			nulls[5][i] = d->rule == NULL;
-			i++;
-		}
-		memset(argnulls, ' ', sizeof(argnulls));
-		args[0] = caller.service ? CStringGetTextDatum(caller.service) : (Datum) 0;
-		argnulls[0] = caller.service ? ' ' : 'n';
-		args[1] = CStringGetTextDatum(caller.role_name);
-		args[2] = CStringGetTextDatum(fintx_session_role_name());
-		for (int c = 0; c < 6; c++)
-		{
-			int16		len;
-			bool		byval;
-			char		align;
-
-			get_typlenbyvalalign(elemtypes[c], &len, &byval, &align);
-			args[3 + c] = PointerGetDatum(construct_md_array(cols[c], nulls[c], 1, dims, lbs,
-															 elemtypes[c], len, byval, align));
-		}
-		fintx_keep_plan(&log_many_plan,
-						"INSERT INTO " FINTX_ACCESS_LOG_COLUMNS
-						" SELECT pg_catalog.statement_timestamp(), $1, $2, $3, u.op, u.obj, u.amt, u.cur, true,"
-						"        u.reason, u.rule, " FINTX_ACCESS_LOG_ORIGIN
-						"   FROM ROWS FROM (pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6),"
-						"                   pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9))"
-						"        AS u(op, obj, amt, cur, reason, rule)",
-						9, types);
-		ret = SPI_execute_plan(log_many_plan, args, argnulls, false, 0);
-	}
-	fintx_spi_expect(ret, SPI_OK_INSERT, "writing the access log failed");
 	decisions = NIL;
+	fintx_direct_insert_rows("access_log_entries", access_log_columns, lengthof(access_log_columns),
+							 n, v, nulls);
 }
 
 /* ------------------------------------------------------------------------

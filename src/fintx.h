@@ -12,6 +12,7 @@
 
 #include "datatype/timestamp.h"
 #include "executor/spi.h"
+#include "nodes/execnodes.h"
 #include "fmgr.h"
 #include "lib/stringinfo.h"
 #include "utils/jsonb.h"
@@ -56,6 +57,8 @@ typedef struct LedgerAccount
 	int64		credits_posted;
 	int64		debits_pending;
 	int64		credits_pending;
+	ItemPointerData tid;		/* the locked row version */
+	HeapTuple	tuple;			/* its copy, the base of the update */
 } LedgerAccount;
 
 /* One hold referenced by a post/void/expire request. */
@@ -139,11 +142,50 @@ extern void fintx_audit_hash(FintxAuditEntry *e);
 extern void fintx_audit_init(FintxAuditEntry *e, const char *actor, const char *action,
 							 const char *object_type, const char *object_id, Jsonb *details);
 extern void fintx_audit_insert(FintxAuditEntry *entries, int n);
+extern void fintx_audit_write(EState *estate, FintxAuditEntry *entries, int n);
 extern void fintx_audit_record(const char *actor, const char *action, const char *object_type,
 							   const char *object_id, Jsonb *details);
 extern Jsonb *fintx_jsonb_from_text(const char *text);
 extern Datum fintx_hash_datum(const uint8 *hash);
 extern void fintx_audit_entry_from_row(HeapTuple tup, TupleDesc desc, int first, FintxAuditEntry *e);
+
+/* direct.c: rows written with the table and index access methods */
+#define FINTX_DIRECT_MAX_PARTS 4
+
+typedef struct FintxLeaf
+{
+	Relation	rel;
+	ResultRelInfo *rri;
+	TupleTableSlot *slot;		/* virtual: rows to insert */
+	TupleTableSlot *heap_slot;	/* updated tuples needing index entries */
+	TupleTableSlot *table_slot; /* rows found and locked */
+} FintxLeaf;
+
+typedef struct FintxTable
+{
+	EState	   *estate;
+	const char *const *columns;
+	int			ncolumns;
+	FintxLeaf	leaf;			/* a plain table */
+	Relation	parent;			/* a partitioned table */
+	int			nparts;
+	FintxLeaf	parts[FINTX_DIRECT_MAX_PARTS];
+} FintxTable;
+
+extern EState *fintx_direct_begin(void);
+extern void fintx_direct_end(EState *estate);
+extern void fintx_direct_open(FintxTable *t, EState *estate, const char *name,
+							  const char *const *columns, int ncolumns);
+extern void fintx_direct_close(FintxTable *t);
+extern void fintx_direct_insert(FintxTable *t, const Datum *values, const bool *nulls);
+extern void fintx_direct_insert_routed(FintxTable *t, int64 key, const Datum *values, const bool *nulls);
+extern TupleTableSlot *fintx_direct_find(FintxTable *t, const char *index_name, RegProcedure eqproc, Datum key);
+extern TupleTableSlot *fintx_direct_lock(FintxTable *t, ItemPointer tid);
+extern void fintx_direct_update(FintxTable *t, ItemPointer tid, HeapTuple old,
+								const Datum *values, const bool *nulls, const bool *replace);
+extern int64 fintx_direct_nextval(const char *name);
+extern void fintx_direct_insert_rows(const char *name, const char *const *columns, int ncolumns,
+									 int nrows, const Datum *values, const bool *nulls);
 
 /* sequencer.c */
 extern int	fintx_seal_interval_ms;
@@ -188,10 +230,12 @@ extern void fintx_null_argument(const char *name);
 extern int	fintx_outbox_retention_s;
 extern int	fintx_outbox_wakeup_ms;
 extern void fintx_outbox_init(void);
-extern Datum fintx_outbox_new_id(void);
 extern Datum fintx_outbox_record(const char *aggregatetype, const char *aggregateid, const char *type,
 								 Jsonb *payload, Jsonb *headers, const char *actor);
-extern void fintx_outbox_from_audit(FintxAuditEntry *entries, int n);
+extern void fintx_outbox_write_audit(EState *estate, FintxAuditEntry *entries, int n);
+/* fintx.outbox is LIST-partitioned by (event_no / SLOT_EVENTS) % SLOTS (outbox.sql) */
+#define FINTX_OUTBOX_SLOT_EVENTS	1048576
+#define FINTX_OUTBOX_SLOTS			3
 extern int64 fintx_outbox_sequence(Datum snap, Datum own, bool own_null);
 
 /* worker.c */
@@ -233,15 +277,7 @@ extern bool fintx_authorize(FintxOp op, const char *object, const char *currency
 extern void fintx_authz_deny(FintxOp op, const char *object, const char *currency, int64 amount,
 							 bool has_amount, const char *reason, const char *rule) pg_attribute_noreturn();
 extern void fintx_authz_flush(void);
-extern bool fintx_authz_take_single(Datum *args, char *argnulls);
 
-/* The access log's columns and the origin values of an allowed decision (authz.c, ledger.c). */
-#define FINTX_ACCESS_LOG_COLUMNS \
-	"fintx.access_log_entries (at, service, role, session_user_name, operation, object, amount," \
-	" currency, allowed, reason, rule, client_addr, application_name, backend_pid, recorded_by)"
-#define FINTX_ACCESS_LOG_ORIGIN \
-	"pg_catalog.inet_client_addr(), pg_catalog.current_setting('application_name')," \
-	" pg_catalog.pg_backend_pid(), 'caller'"
 
 extern bool fintx_authz_decision(int i, const char **service, const char **rule);
 extern void fintx_approval_record(LedgerRequest *req);

@@ -27,6 +27,7 @@
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "commands/dbcommands.h"
 #include "utils/json.h"
 #include "utils/numeric.h"
@@ -51,14 +52,6 @@ static SPIPlanPtr close_plan = NULL;
 static SPIPlanPtr hold_claim_plan = NULL;
 static SPIPlanPtr hold_load_plan = NULL;
 static SPIPlanPtr hold_status_plan = NULL;
-static SPIPlanPtr lock_by_code_plan = NULL;
-static SPIPlanPtr lock_by_id_plan = NULL;
-static SPIPlanPtr update_plan = NULL;
-static SPIPlanPtr update_one_plan = NULL;
-static SPIPlanPtr insert_one_plan = NULL;
-static SPIPlanPtr insert_one_logged_plan = NULL;
-static SPIPlanPtr insert_plan = NULL;
-static SPIPlanPtr hold_insert_plan = NULL;
 static SPIPlanPtr expired_plan = NULL;
 
 /* Position in a batch of the request being parsed or applied; -1 outside. */
@@ -339,80 +332,148 @@ GetInt64(HeapTuple tup, TupleDesc desc, int col)
 	return isnull ? 0 : DatumGetInt64(d);
 }
 
+/* Columns of fintx.accounts, as direct.c checks them (attribute numbers - 1). */
+static const char *const account_columns[] = {
+	"id", "code", "currency", "allow_negative", "allow_positive", "metadata",
+	"debits_posted", "credits_posted", "debits_pending", "credits_pending",
+	"created_by", "created_at", "closed_at"
+};
+enum
+{
+	ACC_ID, ACC_CODE, ACC_CURRENCY, ACC_ALLOW_NEGATIVE, ACC_ALLOW_POSITIVE, ACC_METADATA,
+	ACC_DEBITS_POSTED, ACC_CREDITS_POSTED, ACC_DEBITS_PENDING, ACC_CREDITS_PENDING,
+	ACC_CREATED_BY, ACC_CREATED_AT, ACC_CLOSED_AT, ACC_NCOLUMNS
+};
+
+/* An account found before it is locked: where it is and what it is called. */
+typedef struct FoundAccount
+{
+	int64		id;
+	ItemPointerData tid;
+	Datum		key;			/* the code or id it was found by */
+} FoundAccount;
+
+static int
+CompareFoundId(const void *a, const void *b)
+{
+	int64		x = ((const FoundAccount *) a)->id;
+	int64		y = ((const FoundAccount *) b)->id;
+
+	return (x > y) - (x < y);
+}
+
+static int
+CompareInt64(const void *a, const void *b)
+{
+	int64		x = *(const int64 *) a;
+	int64		y = *(const int64 *) b;
+
+	return (x > y) - (x < y);
+}
+
+static int
+CompareCString(const void *a, const void *b)
+{
+	return strcmp(*(char *const *) a, *(char *const *) b);
+}
+
+/* Finds an account (unlocked) by code or id; false if there is none. */
+static bool
+FindAccount(FintxTable *t, bool by_id, Datum key, FoundAccount *f)
+{
+	TupleTableSlot *slot = by_id ? fintx_direct_find(t, "accounts_pkey", F_INT8EQ, key)
+		: fintx_direct_find(t, "accounts_code_key", F_TEXTEQ, key);
+	bool		isnull;
+
+	if (slot == NULL)
+		return false;
+	f->id = DatumGetInt64(slot_getattr(slot, ACC_ID + 1, &isnull));
+	f->tid = slot->tts_tid;
+	f->key = key;
+	return true;
+}
+
 /*
  * Locks the accounts named by the requests (codes for transfers, ids for
- * holds) in ascending id order and returns them sorted by id.
+ * holds) in ascending id order and returns them sorted by id, each with a
+ * copy of its locked row. Accounts that do not exist are left out.
  */
 static LedgerAccount *
-LockAccounts(LedgerRequest **reqs, int n, LedgerHold *holds, int nholds, int *naccts)
+LockAccounts(FintxTable *t, LedgerRequest **reqs, int n, LedgerHold *holds, int nholds, int *naccts)
 {
-	Datum	   *keys = palloc(sizeof(Datum) * (2 * n + 2 * nholds + 1));
+	bool		by_id = nholds > 0;
 	int			nkeys = 0;
-	Datum		arg;
-	int			ret;
+	int			nfound = 0;
+	FoundAccount *found;
 	LedgerAccount *accts;
 
-	if (nholds > 0)
+	if (by_id)
 	{
-		Oid			types[1] = {INT8ARRAYOID};
+		int64	   *ids = palloc(sizeof(int64) * 2 * nholds);
 
 		for (int i = 0; i < nholds; i++)
 		{
-			keys[nkeys++] = Int64GetDatum(holds[i].from_id);
-			keys[nkeys++] = Int64GetDatum(holds[i].to_id);
+			ids[nkeys++] = holds[i].from_id;
+			ids[nkeys++] = holds[i].to_id;
 		}
-		arg = MakeArray(keys, NULL, nkeys, INT8OID);
-		fintx_keep_plan(&lock_by_id_plan,
-						"SELECT id, code, currency, allow_negative, allow_positive, closed_at IS NOT NULL,"
-						"       debits_posted, credits_posted, debits_pending, credits_pending"
-						"  FROM fintx.accounts WHERE id = ANY ($1) ORDER BY id FOR UPDATE",
-						1, types);
-		ret = SPI_execute_plan(lock_by_id_plan, &arg, NULL, false, 0);
+		qsort(ids, nkeys, sizeof(int64), CompareInt64);
+		found = palloc(sizeof(FoundAccount) * nkeys);
+		for (int i = 0; i < nkeys; i++)
+			if ((i == 0 || ids[i] != ids[i - 1]) &&
+				FindAccount(t, true, Int64GetDatum(ids[i]), &found[nfound]))
+				nfound++;
 	}
 	else
 	{
-		Oid			types[1] = {TEXTARRAYOID};
+		char	  **codes = palloc(sizeof(char *) * 2 * n);
 
 		for (int i = 0; i < n; i++)
 		{
-			keys[nkeys++] = CStringGetTextDatum(reqs[i]->from_code);
-			keys[nkeys++] = CStringGetTextDatum(reqs[i]->to_code);
+			codes[nkeys++] = reqs[i]->from_code;
+			codes[nkeys++] = reqs[i]->to_code;
 		}
-		arg = MakeArray(keys, NULL, nkeys, TEXTOID);
-		fintx_keep_plan(&lock_by_code_plan,
-						"SELECT id, code, currency, allow_negative, allow_positive, closed_at IS NOT NULL,"
-						"       debits_posted, credits_posted, debits_pending, credits_pending"
-						"  FROM fintx.accounts WHERE code = ANY ($1) ORDER BY id FOR UPDATE",
-						1, types);
-		ret = SPI_execute_plan(lock_by_code_plan, &arg, NULL, false, 0);
+		qsort(codes, nkeys, sizeof(char *), CompareCString);
+		found = palloc(sizeof(FoundAccount) * nkeys);
+		for (int i = 0; i < nkeys; i++)
+			if ((i == 0 || strcmp(codes[i], codes[i - 1]) != 0) &&
+				FindAccount(t, false, CStringGetTextDatum(codes[i]), &found[nfound]))
+				nfound++;
 	}
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "locking accounts failed: %s", SPI_result_code_string(ret));	/* LCOV_EXCL_LINE */
 
-	*naccts = (int) SPI_processed;
-	accts = palloc0(sizeof(LedgerAccount) * (*naccts + 1));
-	for (int i = 0; i < *naccts; i++)
+	/* lock in id order: two requests never wait for each other in a cycle */
+	qsort(found, nfound, sizeof(FoundAccount), CompareFoundId);
+	accts = palloc0(sizeof(LedgerAccount) * (nfound + 1));
+	*naccts = 0;
+	for (int i = 0; i < nfound; i++)
 	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		LedgerAccount *a = &accts[i];
-		bool		isnull;
-		char	   *cur;
+		TupleTableSlot *slot = fintx_direct_lock(t, &found[i].tid);
+		LedgerAccount *a = &accts[*naccts];
+		Datum	   *v;
+		bool	   *isnull;
 
-		a->id = GetInt64(tup, desc, 1);
-		a->code = SPI_getvalue(tup, desc, 2);
-		cur = SPI_getvalue(tup, desc, 3);
-		strlcpy(a->currency, cur, sizeof(a->currency));
-		a->allow_negative = DatumGetBool(SPI_getbinval(tup, desc, 4, &isnull));
-		a->allow_positive = DatumGetBool(SPI_getbinval(tup, desc, 5, &isnull));
-		a->closed = DatumGetBool(SPI_getbinval(tup, desc, 6, &isnull));
-		a->debits_posted = GetInt64(tup, desc, 7);
-		a->credits_posted = GetInt64(tup, desc, 8);
-		a->debits_pending = GetInt64(tup, desc, 9);
-		a->credits_pending = GetInt64(tup, desc, 10);
+		if (slot == NULL)
+			continue;			/* deleted meanwhile */
+		slot_getallattrs(slot);
+		v = slot->tts_values;
+		isnull = slot->tts_isnull;
+		a->id = DatumGetInt64(v[ACC_ID]);
+		a->code = TextDatumGetCString(v[ACC_CODE]);
+		/* a newer version may differ from the one found: it must still be the account asked for */
+		if (by_id ? a->id != DatumGetInt64(found[i].key)
+			: strcmp(a->code, TextDatumGetCString(found[i].key)) != 0)
+			continue;
+		strlcpy(a->currency, TextDatumGetCString(v[ACC_CURRENCY]), sizeof(a->currency));
+		a->allow_negative = DatumGetBool(v[ACC_ALLOW_NEGATIVE]);
+		a->allow_positive = DatumGetBool(v[ACC_ALLOW_POSITIVE]);
+		a->closed = !isnull[ACC_CLOSED_AT];
+		a->debits_posted = DatumGetInt64(v[ACC_DEBITS_POSTED]);
+		a->credits_posted = DatumGetInt64(v[ACC_CREDITS_POSTED]);
+		a->debits_pending = DatumGetInt64(v[ACC_DEBITS_PENDING]);
+		a->credits_pending = DatumGetInt64(v[ACC_CREDITS_PENDING]);
+		a->tid = slot->tts_tid;
+		a->tuple = ExecCopySlotHeapTuple(slot);
+		(*naccts)++;
 	}
-	/* Already ordered by id; sort again in case the plan changes. */
-	qsort(accts, *naccts, sizeof(LedgerAccount), CompareAccountId);
 	return accts;
 }
 
@@ -806,223 +867,104 @@ AuditTransfer(const char *principal, LedgerRequest *r, int i, Datum *timeout_at,
 	fintx_audit_init(e, principal, AuditAction(r), "transfer", pstrdup(id), JsonbValueToJsonb(obj));
 }
 
-/* Writes back changed accounts, inserts the transfer rows and any new holds. */
+/* Columns of fintx.transfers and fintx.pending_holds, as direct.c checks them. */
+static const char *const transfer_columns[] = {
+	"id", "status", "from_account", "to_account", "amount", "pending_id", "timeout_at",
+	"metadata", "from_balance", "to_balance", "entry_hash", "principal", "created_at"
+};
+static const char *const hold_columns[] = {"transfer_id", "timeout_at"};
+
+/*
+ * Writes back changed accounts, inserts the transfer rows with their audit
+ * entries and outbox events, and any new holds (direct writes, accounts
+ * locked and open in t).
+ */
 static void
-WriteBack(const char *principal, LedgerRequest **reqs, int n, LedgerAccount *accts, int naccts,
-		  Datum *timeout_at, bool *timeout_null, Jsonb *empty)
+WriteBack(EState *estate, FintxTable *accounts, const char *principal, LedgerRequest **reqs, int n,
+		  LedgerAccount *accts, int naccts, Datum *timeout_at, bool *timeout_null, Jsonb *empty)
 {
-	Datum	   *cols[11];
-	bool	   *pnulls = palloc(sizeof(bool) * n);
-	Datum		args[13];
 	FintxAuditEntry *entries = palloc(sizeof(FintxAuditEntry) * n);
-	int			nd = 0;
-	int			nh = 0;
-	int			ret;
+	Datum		created_at = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+	Datum		principal_d = CStringGetTextDatum(principal);
+	FintxTable	t;
 
-	/* accounts */
-	for (int c = 0; c < 5; c++)
-		cols[c] = palloc(sizeof(Datum) * (naccts + 1));
-	for (int i = 0; i < naccts; i++)
+	/* accounts: the four counters */
 	{
-		if (!accts[i].dirty)
-			continue;
-		cols[0][nd] = Int64GetDatum(accts[i].id);
-		cols[1][nd] = Int64GetDatum(accts[i].debits_posted);
-		cols[2][nd] = Int64GetDatum(accts[i].credits_posted);
-		cols[3][nd] = Int64GetDatum(accts[i].debits_pending);
-		cols[4][nd] = Int64GetDatum(accts[i].credits_pending);
-		nd++;
-	}
-	if (nd == 1 || nd == 2)
-	{
-		/* one or two accounts (a single request): one statement joining a VALUES list */
-		Oid			types[10] = {INT8OID, INT8OID, INT8OID, INT8OID, INT8OID,
-			INT8OID, INT8OID, INT8OID, INT8OID, INT8OID};
-		char		nulls[10];
+		Datum		v[ACC_NCOLUMNS];
+		bool		nulls[ACC_NCOLUMNS];
+		bool		replace[ACC_NCOLUMNS];
 
-		for (int i = 0; i < 2; i++)
-			for (int c = 0; c < 5; c++)
-				args[i * 5 + c] = cols[c][i < nd ? i : 0];
-		memset(nulls, ' ', sizeof(nulls));
-		fintx_keep_plan(&update_one_plan,
-						"UPDATE fintx.accounts AS a"
-						"   SET debits_posted = v.dp, credits_posted = v.cp,"
-						"       debits_pending = v.dpe, credits_pending = v.cpe"
-						"  FROM (VALUES ($1, $2, $3, $4, $5), ($6, $7, $8, $9, $10)) AS v(id, dp, cp, dpe, cpe)"
-						" WHERE a.id = v.id",
-						10, types);
-		ret = SPI_execute_plan(update_one_plan, args, nulls, false, 0);
-		if (ret != SPI_OK_UPDATE || SPI_processed != (uint64) nd)
-			elog(ERROR, "updating accounts failed: %s", SPI_result_code_string(ret));	/* LCOV_EXCL_LINE */
-	}
-	else if (nd > 2)
-	{
-		Oid			types[5] = {INT8ARRAYOID, INT8ARRAYOID, INT8ARRAYOID, INT8ARRAYOID, INT8ARRAYOID};
+		memset(nulls, 0, sizeof(nulls));
+		memset(replace, 0, sizeof(replace));
+		replace[ACC_DEBITS_POSTED] = replace[ACC_CREDITS_POSTED] = true;
+		replace[ACC_DEBITS_PENDING] = replace[ACC_CREDITS_PENDING] = true;
+		for (int i = 0; i < naccts; i++)
+		{
+			LedgerAccount *a = &accts[i];
 
-		for (int c = 0; c < 5; c++)
-			args[c] = MakeArray(cols[c], NULL, nd, INT8OID);
-		fintx_keep_plan(&update_plan,
-						"UPDATE fintx.accounts AS a"
-						"   SET debits_posted = u.dp, credits_posted = u.cp,"
-						"       debits_pending = u.dpe, credits_pending = u.cpe"
-						"  FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5)) AS u(id, dp, cp, dpe, cpe)"
-						" WHERE a.id = u.id AND a.id = ANY ($1)",
-						5, types);
-		ret = SPI_execute_plan(update_plan, args, NULL, false, 0);
-		if (ret != SPI_OK_UPDATE || SPI_processed != (uint64) nd)
-			elog(ERROR, "updating accounts failed: %s", SPI_result_code_string(ret));	/* LCOV_EXCL_LINE */
+			if (!a->dirty)
+				continue;
+			v[ACC_DEBITS_POSTED] = Int64GetDatum(a->debits_posted);
+			v[ACC_CREDITS_POSTED] = Int64GetDatum(a->credits_posted);
+			v[ACC_DEBITS_PENDING] = Int64GetDatum(a->debits_pending);
+			v[ACC_CREDITS_PENDING] = Int64GetDatum(a->credits_pending);
+			fintx_direct_update(accounts, &a->tid, a->tuple, v, nulls, replace);
+		}
 	}
 
 	/* transfers, each with the hash of its audit entry */
-	for (int c = 0; c < 11; c++)
-		cols[c] = palloc(sizeof(Datum) * n);
+	fintx_direct_open(&t, estate, "transfers", transfer_columns, lengthof(transfer_columns));
 	for (int i = 0; i < n; i++)
 	{
 		LedgerRequest *r = reqs[i];
+		Datum		v[lengthof(transfer_columns)];
+		bool		nulls[lengthof(transfer_columns)];
 
-		cols[0][i] = Int64GetDatum(r->transfer_id);
-		cols[1][i] = CStringGetTextDatum(r->status);
-		cols[2][i] = Int64GetDatum(r->from->id);
-		cols[3][i] = Int64GetDatum(r->to->id);
-		cols[4][i] = Int64GetDatum(r->amount);
-		cols[5][i] = Int64GetDatum(r->hold ? r->hold->id : 0);
-		pnulls[i] = r->hold == NULL;
-		cols[6][i] = timeout_at[i];
-		cols[7][i] = PointerGetDatum(r->op == LEDGER_TRANSFER ? r->metadata : empty);
-		cols[8][i] = Int64GetDatum(r->from_balance);
-		cols[9][i] = Int64GetDatum(r->to_balance);
+		memset(nulls, 0, sizeof(nulls));
 		AuditTransfer(principal, r, i, timeout_null[i] ? NULL : &timeout_at[i], &entries[i]);
-		cols[10][i] = fintx_hash_datum(entries[i].hash);
+		v[0] = Int64GetDatum(r->transfer_id);
+		v[1] = CStringGetTextDatum(r->status);
+		v[2] = Int64GetDatum(r->from->id);
+		v[3] = Int64GetDatum(r->to->id);
+		v[4] = Int64GetDatum(r->amount);
+		v[5] = Int64GetDatum(r->hold ? r->hold->id : 0);
+		nulls[5] = r->hold == NULL;
+		v[6] = timeout_at[i];
+		nulls[6] = timeout_null[i];
+		v[7] = PointerGetDatum(r->op == LEDGER_TRANSFER ? r->metadata : empty);
+		v[8] = Int64GetDatum(r->from_balance);
+		v[9] = Int64GetDatum(r->to_balance);
+		v[10] = fintx_hash_datum(entries[i].hash);
+		v[11] = principal_d;
+		v[12] = created_at;
+		fintx_direct_insert(&t, v, nulls);
 		/* the result outlives SPI: copy the hash into the caller's context */
 		r->entry_hash = SPI_palloc(VARHDRSZ + 32);
-		memcpy(r->entry_hash, DatumGetPointer(cols[10][i]), VARHDRSZ + 32);
+		memcpy(r->entry_hash, DatumGetPointer(v[10]), VARHDRSZ + 32);
 	}
-	if (n == 1)
-	{
-		/*
-		 * a single request: the transfer, its audit entry, its outbox event and
-		 * (if there is one) its access-log row in one statement
-		 */
-		Oid			types[31] = {TEXTOID, INT8OID, TEXTOID, INT8OID, INT8OID, INT8OID, INT8OID,
-			TIMESTAMPTZOID, JSONBOID, INT8OID, INT8OID, BYTEAOID,
-			INT8OID, XID8OID, TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, JSONBOID, UUIDOID,
-		TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT8OID, TEXTOID, TEXTOID, TEXTOID};
-		char		nulls[31];
-		Datum		a[31];
-		FintxAuditEntry *e = &entries[0];
-		bool		logged;
+	fintx_direct_close(&t);
 
-		memset(nulls, ' ', sizeof(nulls));
-		a[0] = CStringGetTextDatum(principal);
-		for (int c = 0; c < 11; c++)
-			a[c + 1] = cols[c][0];
-		if (pnulls[0])
-			nulls[6] = 'n';
-		if (timeout_null[0])
-			nulls[7] = 'n';
-		a[12] = Int64GetDatum(e->entry_id);
-		a[13] = FullTransactionIdGetDatum(GetTopFullTransactionId());
-		a[14] = TimestampTzGetDatum(e->recorded_at);
-		a[15] = CStringGetTextDatum(e->actor);
-		a[16] = CStringGetTextDatum(e->session_role);
-		a[17] = CStringGetTextDatum(e->action);
-		a[18] = CStringGetTextDatum(e->object_type);
-		a[19] = CStringGetTextDatum(e->object_id);
-		a[20] = JsonbPGetDatum(e->details);
-		a[21] = fintx_outbox_new_id();
-		logged = fintx_authz_take_single(&a[22], &nulls[22]);
-#define INSERT_ONE_SQL(access_cte) \
-		"WITH audit AS (INSERT INTO fintx.audit_entries (entry_id, txid, recorded_at, actor," \
-		"       session_role, action, object_type, object_id, details, entry_hash)" \
-		"   VALUES ($13, $14, $15, $16, $17, $18, $19, $20, $21, $12))," \
-		" event AS (INSERT INTO fintx.outbox (id, aggregatetype, aggregateid, type, payload, headers)" \
-		"   VALUES ($22, $19, $20, $18, $21, pg_catalog.jsonb_build_object('actor', $16, 'audit_entry_id', $13)))" \
-		access_cte \
-		" INSERT INTO fintx.transfers (id, status, from_account, to_account, amount," \
-		"       pending_id, timeout_at, metadata, from_balance, to_balance, entry_hash, principal," \
-		"       created_at)" \
-		" VALUES ($2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $1, pg_catalog.now())"
-		if (logged)
-		{
-			fintx_keep_plan(&insert_one_logged_plan,
-							INSERT_ONE_SQL(", access AS (INSERT INTO " FINTX_ACCESS_LOG_COLUMNS
-										   " VALUES (pg_catalog.statement_timestamp(), $23, $24, $25, $26,"
-										   "         $27, $28, $29, true, $30, $31, " FINTX_ACCESS_LOG_ORIGIN "))"),
-							31, types);
-			ret = SPI_execute_plan(insert_one_logged_plan, a, nulls, false, 0);
-		}
-		else
-		{
-			fintx_keep_plan(&insert_one_plan, INSERT_ONE_SQL(""), 22, types);
-			ret = SPI_execute_plan(insert_one_plan, a, nulls, false, 0);
-		}
-#undef INSERT_ONE_SQL
-		if (ret != SPI_OK_INSERT || SPI_processed != 1)
-			elog(ERROR, "inserting transfer failed: %s", SPI_result_code_string(ret));	/* LCOV_EXCL_LINE */
-	}
-	else
-	{
-		Oid			types[12] = {TEXTOID, INT8ARRAYOID, TEXTARRAYOID, INT8ARRAYOID, INT8ARRAYOID,
-			INT8ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID, JSONBARRAYOID, INT8ARRAYOID, INT8ARRAYOID,
-			BYTEAARRAYOID};
-
-		args[0] = CStringGetTextDatum(principal);
-		args[1] = MakeArray(cols[0], NULL, n, INT8OID);
-		args[2] = MakeArray(cols[1], NULL, n, TEXTOID);
-		args[3] = MakeArray(cols[2], NULL, n, INT8OID);
-		args[4] = MakeArray(cols[3], NULL, n, INT8OID);
-		args[5] = MakeArray(cols[4], NULL, n, INT8OID);
-		args[6] = MakeArray(cols[5], pnulls, n, INT8OID);
-		args[7] = MakeArray(cols[6], timeout_null, n, TIMESTAMPTZOID);
-		args[8] = MakeArray(cols[7], NULL, n, JSONBOID);
-		args[9] = MakeArray(cols[8], NULL, n, INT8OID);
-		args[10] = MakeArray(cols[9], NULL, n, INT8OID);
-		args[11] = MakeArray(cols[10], NULL, n, BYTEAOID);
-		fintx_keep_plan(&insert_plan,
-						"INSERT INTO fintx.transfers (id, status, from_account, to_account, amount,"
-						"       pending_id, timeout_at, metadata, from_balance, to_balance, entry_hash, principal,"
-						"       created_at)"
-						" SELECT u.id, u.st, u.fa, u.ta, u.am, u.pid, u.tmo, u.md, u.fb, u.tb, u.eh, $1, pg_catalog.now()"
-						"   FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9), pg_catalog.unnest($10), pg_catalog.unnest($11), pg_catalog.unnest($12))"
-						"        AS u(id, st, fa, ta, am, pid, tmo, md, fb, tb, eh)",
-						12, types);
-		ret = SPI_execute_plan(insert_plan, args, NULL, false, 0);
-		if (ret != SPI_OK_INSERT || SPI_processed != (uint64) n)
-			elog(ERROR, "inserting transfers failed: %s", SPI_result_code_string(ret));	/* LCOV_EXCL_LINE */
-	}
-
-	/* the audit entries and outbox events, in the same transaction (a single one went with its transfer) */
-	if (n > 1)
-	{
-		fintx_audit_insert(entries, n);
-		fintx_outbox_from_audit(entries, n);
-	}
+	/* the audit entries and outbox events, in the same transaction */
+	fintx_audit_write(estate, entries, n);
+	fintx_outbox_write_audit(estate, entries, n);
 
 	/* open holds */
+	fintx_direct_open(&t, estate, "pending_holds", hold_columns, lengthof(hold_columns));
 	for (int i = 0; i < n; i++)
 	{
+		Datum		v[2];
+		bool		nulls[2];
+
 		if (reqs[i]->op != LEDGER_TRANSFER || !reqs[i]->pending ||
 			strcmp(reqs[i]->status, "pending") != 0)
 			continue;
-		cols[0][nh] = Int64GetDatum(reqs[i]->transfer_id);
-		cols[1][nh] = timeout_at[i];
-		pnulls[nh] = timeout_null[i];
-		nh++;
+		v[0] = Int64GetDatum(reqs[i]->transfer_id);
+		v[1] = timeout_at[i];
+		nulls[0] = false;
+		nulls[1] = timeout_null[i];
+		fintx_direct_insert(&t, v, nulls);
 	}
-	if (nh > 0)
-	{
-		Oid			types[2] = {INT8ARRAYOID, TIMESTAMPTZARRAYOID};
-
-		args[0] = MakeArray(cols[0], NULL, nh, INT8OID);
-		args[1] = MakeArray(cols[1], pnulls, nh, TIMESTAMPTZOID);
-		fintx_keep_plan(&hold_insert_plan,
-						"INSERT INTO fintx.pending_holds (transfer_id, timeout_at)"
-						" SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2))",
-						2, types);
-		ret = SPI_execute_plan(hold_insert_plan, args, NULL, false, 0);
-		if (ret != SPI_OK_INSERT)
-			elog(ERROR, "recording holds failed: %s", SPI_result_code_string(ret));	/* LCOV_EXCL_LINE */
-	}
+	fintx_direct_close(&t);
 }
 
 /*
@@ -1062,9 +1004,14 @@ ApplyNew(const char *principal, LedgerRequest **reqs, int n)
 	bool	   *timeout_null = palloc(sizeof(bool) * n);
 	Jsonb	   *empty = EmptyObject();
 
+	EState	   *estate;
+	FintxTable	accounts;
+
 	if (reqs[0]->op != LEDGER_TRANSFER)
 		holds = ClaimHolds(reqs, n, &nholds);
-	accts = LockAccounts(reqs, n, holds, nholds, &naccts);
+	estate = fintx_direct_begin();
+	fintx_direct_open(&accounts, estate, "accounts", account_columns, ACC_NCOLUMNS);
+	accts = LockAccounts(&accounts, reqs, n, holds, nholds, &naccts);
 	/* read the clock only now: taking the locks may have waited past a timeout */
 	clock = GetCurrentTimestamp();
 	bycode = palloc(sizeof(LedgerAccount *) * (naccts + 1));
@@ -1108,7 +1055,9 @@ ApplyNew(const char *principal, LedgerRequest **reqs, int n)
 		req->replayed = false;
 	}
 	fintx_batch_position = -1;
-	WriteBack(principal, reqs, n, accts, naccts, timeout_at, timeout_null, empty);
+	WriteBack(estate, &accounts, principal, reqs, n, accts, naccts, timeout_at, timeout_null, empty);
+	fintx_direct_close(&accounts);
+	fintx_direct_end(estate);
 	for (int i = 0; i < n; i++)
 		if (strcmp(reqs[i]->status, "awaiting_approval") == 0)
 			fintx_approval_record(reqs[i]);

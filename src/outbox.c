@@ -28,6 +28,8 @@
 #include "storage/procarray.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
+#include "utils/numeric.h"
 #include "utils/guc.h"
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
@@ -60,8 +62,6 @@ int			fintx_outbox_wakeup_ms = 40;
 static bool outbox_written = false;
 static bool xact_callback_set = false;
 
-static SPIPlanPtr emit_plan = NULL;
-static SPIPlanPtr emit_many_plan = NULL;
 static SPIPlanPtr last_batch_plan = NULL;
 static SPIPlanPtr seq_first_plan = NULL;
 static SPIPlanPtr seq_next_plan = NULL;
@@ -227,91 +227,113 @@ NewEventId(void)
 	return UUIDPGetDatum(u);
 }
 
-/* Datum of a new event id, for ledger.c's single-statement insert (SPI connected). */
-Datum
-fintx_outbox_new_id(void)
+
+/* Columns of fintx.outbox, as direct.c checks them. */
+static const char *const outbox_columns[] = {
+	"id", "aggregatetype", "aggregateid", "type", "payload", "headers", "position", "txid",
+	"created_at", "event_no"
+};
+
+/* {"actor": actor} or {"actor": actor, "audit_entry_id": id} (id >= 0). */
+static Jsonb *
+ActorHeaders(const char *actor, int64 audit_entry_id)
 {
-	NoteOutboxWrite();
-	return NewEventId();
+	JsonbParseState *st = NULL;
+	JsonbValue	k;
+	JsonbValue	v;
+
+	pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);
+	k.type = jbvString;
+	k.val.string.val = "actor";
+	k.val.string.len = 5;
+	pushJsonbValue(&st, WJB_KEY, &k);
+	v.type = jbvString;
+	v.val.string.val = (char *) actor;
+	v.val.string.len = strlen(actor);
+	pushJsonbValue(&st, WJB_VALUE, &v);
+	if (audit_entry_id >= 0)
+	{
+		k.val.string.val = "audit_entry_id";
+		k.val.string.len = 14;
+		pushJsonbValue(&st, WJB_KEY, &k);
+		v.type = jbvNumeric;
+		v.val.numeric = int64_to_numeric(audit_entry_id);
+		pushJsonbValue(&st, WJB_VALUE, &v);
+	}
+	return JsonbValueToJsonb(pushJsonbValue(&st, WJB_END_OBJECT, NULL));
 }
 
 /*
- * Inserts one event in the current transaction (SPI connected); the actor is
- * added to the headers. Returns the event id.
+ * Inserts one event row into the outbox slot of its event number (the
+ * partition key of fintx.outbox: (event_no / FINTX_OUTBOX_SLOT_EVENTS) %
+ * FINTX_OUTBOX_SLOTS, outbox.sql).
+ */
+static void
+InsertEvent(FintxTable *t, Datum id, const char *aggregatetype, const char *aggregateid,
+			const char *type, Jsonb *payload, Jsonb *headers)
+{
+	Datum		v[lengthof(outbox_columns)];
+	bool		nulls[lengthof(outbox_columns)];
+	int64		event_no = fintx_direct_nextval("outbox_event_no_seq");
+
+	memset(nulls, 0, sizeof(nulls));
+	v[0] = id;
+	v[1] = CStringGetTextDatum(aggregatetype);
+	v[2] = CStringGetTextDatum(aggregateid);
+	v[3] = CStringGetTextDatum(type);
+	v[4] = JsonbPGetDatum(payload);
+	v[5] = JsonbPGetDatum(headers);
+	v[6] = (Datum) 0;
+	nulls[6] = true;
+	v[7] = FullTransactionIdGetDatum(GetTopFullTransactionId());
+	v[8] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+	v[9] = Int64GetDatum(event_no);
+	fintx_direct_insert_routed(t, (event_no / FINTX_OUTBOX_SLOT_EVENTS) % FINTX_OUTBOX_SLOTS, v, nulls);
+}
+
+/*
+ * Inserts one event in the current transaction; the actor is added to the
+ * headers. Returns the event id.
  */
 Datum
 fintx_outbox_record(const char *aggregatetype, const char *aggregateid, const char *type,
 					Jsonb *payload, Jsonb *headers, const char *actor)
 {
-	Oid			types[7] = {UUIDOID, TEXTOID, TEXTOID, TEXTOID, JSONBOID, JSONBOID, TEXTOID};
-	Datum		args[7];
-	int			ret;
+	EState	   *estate = fintx_direct_begin();
+	FintxTable	t;
+	Datum		id;
+	Datum		all;
 
 	NoteOutboxWrite();
-	args[0] = NewEventId();
-	args[1] = CStringGetTextDatum(aggregatetype);
-	args[2] = CStringGetTextDatum(aggregateid);
-	args[3] = CStringGetTextDatum(type);
-	args[4] = JsonbPGetDatum(payload);
-	args[5] = JsonbPGetDatum(headers);
-	args[6] = CStringGetTextDatum(actor);
-	fintx_keep_plan(&emit_plan,
-					"INSERT INTO fintx.outbox (id, aggregatetype, aggregateid, type, payload, headers)"
-					" VALUES ($1, $2, $3, $4, $5,"
-					"         $6 OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('actor', $7))",
-					7, types);
-	ret = SPI_execute_plan(emit_plan, args, NULL, false, 0);
-	if (ret != SPI_OK_INSERT || SPI_processed != 1)
-		elog(ERROR, "inserting outbox event failed: %s", SPI_result_code_string(ret));	/* LCOV_EXCL_LINE */
-	return args[0];
+	id = NewEventId();
+	all = DirectFunctionCall2(jsonb_concat, JsonbPGetDatum(headers),
+							  JsonbPGetDatum(ActorHeaders(actor, -1)));
+	fintx_direct_open(&t, estate, "outbox", outbox_columns, lengthof(outbox_columns));
+	InsertEvent(&t, id, aggregatetype, aggregateid, type, payload, DatumGetJsonbP(all));
+	fintx_direct_close(&t);
+	fintx_direct_end(estate);
+	return id;
 }
 
 /*
- * Inserts one event per audit entry (a batch of ledger changes, all of one
- * actor; SPI connected): type = action, aggregate = object, payload = details.
+ * Inserts one event per audit entry (ledger changes, all of one actor) in
+ * the direct write group estate: type = action, aggregate = object, payload
+ * = details.
  */
 void
-fintx_outbox_from_audit(FintxAuditEntry *entries, int n)
+fintx_outbox_write_audit(EState *estate, FintxAuditEntry *entries, int n)
 {
-	Oid			types[7] = {UUIDARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, JSONBARRAYOID,
-		INT8ARRAYOID, TEXTOID};
-	Datum		args[7];
-	Datum	   *cols[6];
-	int			ret;
+	FintxTable	t;
 
 	if (n < 1)
 		return;
 	NoteOutboxWrite();
-	for (int c = 0; c < 6; c++)
-		cols[c] = palloc(sizeof(Datum) * n);
+	fintx_direct_open(&t, estate, "outbox", outbox_columns, lengthof(outbox_columns));
 	for (int i = 0; i < n; i++)
-	{
-		cols[0][i] = NewEventId();
-		cols[1][i] = CStringGetTextDatum(entries[i].object_type);
-		cols[2][i] = CStringGetTextDatum(entries[i].object_id);
-		cols[3][i] = CStringGetTextDatum(entries[i].action);
-		cols[4][i] = JsonbPGetDatum(entries[i].details);
-		cols[5][i] = Int64GetDatum(entries[i].entry_id);
-	}
-	args[0] = PointerGetDatum(construct_array(cols[0], n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
-	args[1] = PointerGetDatum(construct_array(cols[1], n, TEXTOID, -1, false, TYPALIGN_INT));
-	args[2] = PointerGetDatum(construct_array(cols[2], n, TEXTOID, -1, false, TYPALIGN_INT));
-	args[3] = PointerGetDatum(construct_array(cols[3], n, TEXTOID, -1, false, TYPALIGN_INT));
-	args[4] = PointerGetDatum(construct_array(cols[4], n, JSONBOID, -1, false, TYPALIGN_INT));
-	args[5] = PointerGetDatum(construct_array(cols[5], n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	args[6] = CStringGetTextDatum(entries[0].actor);
-	fintx_keep_plan(&emit_many_plan,
-					"INSERT INTO fintx.outbox (id, aggregatetype, aggregateid, type, payload, headers)"
-					" SELECT u.id, u.at, u.ai, u.ty, u.pl,"
-					"        pg_catalog.jsonb_build_object('actor', $7, 'audit_entry_id', u.ae)"
-					"   FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3),"
-					"                   pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6))"
-					"        WITH ORDINALITY AS u(id, at, ai, ty, pl, ae, ord)"
-					"  ORDER BY u.ord",
-					7, types);
-	ret = SPI_execute_plan(emit_many_plan, args, NULL, false, 0);
-	if (ret != SPI_OK_INSERT || SPI_processed != (uint64) n)
-		elog(ERROR, "inserting outbox events failed: %s", SPI_result_code_string(ret));	/* LCOV_EXCL_LINE */
+		InsertEvent(&t, NewEventId(), entries[i].object_type, entries[i].object_id,
+					entries[i].action, entries[i].details,
+					ActorHeaders(entries[i].actor, entries[i].entry_id));
+	fintx_direct_close(&t);
 }
 
 /* ------------------------------------------------------------------------

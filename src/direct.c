@@ -43,6 +43,7 @@
 #include "partitioning/partbounds.h"
 #include "partitioning/partdesc.h"
 #include "storage/bufmgr.h"
+#include "storage/lmgr.h"
 #include "miscadmin.h"
 #include "tcop/utility.h"
 #include "utils/fmgroids.h"
@@ -90,15 +91,15 @@ CheckLayout(Relation rel, const char *const *columns, int ncolumns)
 				 errdetail("fintx writes the columns its installation script created; reinstall or upgrade the extension.")));
 }
 
-/* Opens one leaf relation for writing. */
+/* Opens one leaf relation for writing (speculative: for insert-unless-exists). */
 static void
-OpenLeaf(FintxLeaf *leaf, Relation rel, const char *const *columns, int ncolumns)
+OpenLeaf(FintxLeaf *leaf, Relation rel, const char *const *columns, int ncolumns, bool speculative)
 {
 	CheckLayout(rel, columns, ncolumns);
 	leaf->rel = rel;
 	leaf->rri = makeNode(ResultRelInfo);
 	InitResultRelInfo(leaf->rri, rel, 0, NULL, 0);
-	ExecOpenIndices(leaf->rri, false);
+	ExecOpenIndices(leaf->rri, speculative);
 	leaf->slot = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsVirtual);
 	leaf->heap_slot = NULL;
 	leaf->table_slot = NULL;
@@ -135,6 +136,7 @@ fintx_direct_begin(void)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	estate = CreateExecutorState();
 	estate->es_output_cid = GetCurrentCommandId(true);
+	estate->es_snapshot = GetActiveSnapshot();
 	return estate;
 }
 
@@ -157,6 +159,8 @@ fintx_direct_open(FintxTable *t, EState *estate, const char *name,
 	Relation	rel = table_open(FintxRelid(name), RowExclusiveLock);
 
 	memset(t, 0, sizeof(*t));
+	/* rows get the current command id: SPI statements may have run since the group began */
+	estate->es_output_cid = GetCurrentCommandId(true);
 	t->estate = estate;
 	t->columns = columns;
 	t->ncolumns = ncolumns;
@@ -166,7 +170,26 @@ fintx_direct_open(FintxTable *t, EState *estate, const char *name,
 		t->parent = rel;
 	}
 	else
-		OpenLeaf(&t->leaf, rel, columns, ncolumns);
+		OpenLeaf(&t->leaf, rel, columns, ncolumns, false);
+}
+
+/*
+ * Opens fintx.name (a plain table) for fintx_direct_insert_unless_exists with
+ * the unique index fintx.arbiter as the arbiter of conflicts.
+ */
+void
+fintx_direct_open_arbiter(FintxTable *t, EState *estate, const char *name,
+						  const char *const *columns, int ncolumns, const char *arbiter)
+{
+	Relation	rel = table_open(FintxRelid(name), RowExclusiveLock);
+
+	memset(t, 0, sizeof(*t));
+	estate->es_output_cid = GetCurrentCommandId(true);
+	t->estate = estate;
+	t->columns = columns;
+	t->ncolumns = ncolumns;
+	OpenLeaf(&t->leaf, rel, columns, ncolumns, true);
+	t->arbiters = list_make1_oid(FintxRelid(arbiter));
 }
 
 void
@@ -179,13 +202,12 @@ fintx_direct_close(FintxTable *t)
 		table_close(t->parent, NoLock);
 }
 
-/* Inserts one row into a leaf: constraints, heap, every index. */
-static void
-InsertLeaf(FintxLeaf *leaf, EState *estate, const Datum *values, const bool *nulls)
+/* Puts a row into the leaf's virtual slot and checks its constraints. */
+static TupleTableSlot *
+StoreRow(FintxLeaf *leaf, EState *estate, const Datum *values, const bool *nulls)
 {
 	TupleTableSlot *slot = leaf->slot;
 	int			natts = slot->tts_tupleDescriptor->natts;
-	List	   *recheck;
 
 	ExecClearTuple(slot);
 	memcpy(slot->tts_values, values, sizeof(Datum) * natts);
@@ -193,6 +215,16 @@ InsertLeaf(FintxLeaf *leaf, EState *estate, const Datum *values, const bool *nul
 	ExecStoreVirtualTuple(slot);
 	if (leaf->rel->rd_att->constr)
 		ExecConstraints(leaf->rri, slot, estate);
+	return slot;
+}
+
+/* Inserts one row into a leaf: constraints, heap, every index. */
+static void
+InsertLeaf(FintxLeaf *leaf, EState *estate, const Datum *values, const bool *nulls)
+{
+	TupleTableSlot *slot = StoreRow(leaf, estate, values, nulls);
+	List	   *recheck;
+
 	table_tuple_insert(leaf->rel, slot, estate->es_output_cid, 0, NULL);
 	if (leaf->rri->ri_NumIndices > 0)
 	{
@@ -208,6 +240,74 @@ fintx_direct_insert(FintxTable *t, const Datum *values, const bool *nulls)
 {
 	Assert(t->parent == NULL);
 	InsertLeaf(&t->leaf, t->estate, values, nulls);
+}
+
+/*
+ * Under REPEATABLE READ and SERIALIZABLE, a conflicting row this snapshot
+ * cannot see (committed after it was taken) is a serialization failure, as
+ * for INSERT ... ON CONFLICT DO NOTHING.
+ */
+static void
+CheckConflictVisible(FintxLeaf *leaf, EState *estate, ItemPointer tid)
+{
+	TupleTableSlot *slot;
+	bool		isnull;
+
+	if (!IsolationUsesXactSnapshot())
+		return;
+	if (leaf->table_slot == NULL)
+		leaf->table_slot = table_slot_create(leaf->rel, NULL);
+	slot = leaf->table_slot;
+	if (!table_tuple_fetch_row_version(leaf->rel, tid, SnapshotAny, slot))
+		elog(ERROR, "failed to fetch conflicting row of \"fintx.%s\"", RelationGetRelationName(leaf->rel));	/* LCOV_EXCL_LINE */
+	if (!table_tuple_satisfies_snapshot(leaf->rel, slot, estate->es_snapshot) &&
+		!TransactionIdIsCurrentTransactionId(DatumGetTransactionId(slot_getsysattr(slot, MinTransactionIdAttributeNumber, &isnull))))
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("could not serialize access due to concurrent update")));
+	ExecClearTuple(slot);
+}
+
+/*
+ * Inserts a row unless the arbiter index already holds its key, as INSERT
+ * ... ON CONFLICT DO NOTHING does (speculative insertion): a concurrent
+ * inserter of the same key is waited for; if it commits, nothing is inserted
+ * and false returned, if it aborts, the row is inserted. Returns true if the
+ * row was inserted.
+ */
+bool
+fintx_direct_insert_unless_exists(FintxTable *t, const Datum *values, const bool *nulls)
+{
+	FintxLeaf  *leaf = &t->leaf;
+	EState	   *estate = t->estate;
+
+	for (;;)
+	{
+		TupleTableSlot *slot;
+		ItemPointerData conflict;
+		uint32		token;
+		bool		spec_conflict = false;
+		List	   *recheck;
+
+		CHECK_FOR_INTERRUPTS();
+		slot = StoreRow(leaf, estate, values, nulls);
+		if (!ExecCheckIndexConstraints(leaf->rri, slot, estate, &conflict, t->arbiters))
+		{
+			CheckConflictVisible(leaf, estate, &conflict);
+			ResetPerTupleExprContext(estate);
+			return false;
+		}
+		token = SpeculativeInsertionLockAcquire(GetCurrentTransactionId());
+		table_tuple_insert_speculative(leaf->rel, slot, estate->es_output_cid, 0, NULL, token);
+		recheck = ExecInsertIndexTuples(leaf->rri, slot, estate, false, true, &spec_conflict, t->arbiters);
+		list_free(recheck);
+		table_tuple_complete_speculative(leaf->rel, slot, token, !spec_conflict);
+		SpeculativeInsertionLockRelease(GetCurrentTransactionId());
+		ResetPerTupleExprContext(estate);
+		if (!spec_conflict)
+			return true;
+		/* a concurrent inserter won between the check and the insert: check again */
+	}
 }
 
 /*
@@ -238,7 +338,7 @@ fintx_direct_insert_routed(FintxTable *t, int64 key, const Datum *values, const 
 		if (t->nparts == FINTX_DIRECT_MAX_PARTS)
 			elog(ERROR, "too many partitions of \"fintx.%s\" in one write", RelationGetRelationName(t->parent));	/* LCOV_EXCL_LINE */
 		leaf = &t->parts[t->nparts++];
-		OpenLeaf(leaf, table_open(partoid, RowExclusiveLock), t->columns, t->ncolumns);
+		OpenLeaf(leaf, table_open(partoid, RowExclusiveLock), t->columns, t->ncolumns, false);
 	}
 	InsertLeaf(leaf, t->estate, values, nulls);
 }

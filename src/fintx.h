@@ -170,12 +170,16 @@ typedef struct FintxTable
 	Relation	parent;			/* a partitioned table */
 	int			nparts;
 	FintxLeaf	parts[FINTX_DIRECT_MAX_PARTS];
+	List	   *arbiters;		/* unique index of insert-unless-exists */
 } FintxTable;
 
 extern EState *fintx_direct_begin(void);
 extern void fintx_direct_end(EState *estate);
 extern void fintx_direct_open(FintxTable *t, EState *estate, const char *name,
 							  const char *const *columns, int ncolumns);
+extern void fintx_direct_open_arbiter(FintxTable *t, EState *estate, const char *name,
+									  const char *const *columns, int ncolumns, const char *arbiter);
+extern bool fintx_direct_insert_unless_exists(FintxTable *t, const Datum *values, const bool *nulls);
 extern void fintx_direct_close(FintxTable *t);
 extern void fintx_direct_insert(FintxTable *t, const Datum *values, const bool *nulls);
 extern void fintx_direct_insert_routed(FintxTable *t, int64 key, const Datum *values, const bool *nulls);
@@ -212,7 +216,7 @@ extern void fintx_note_key_id(const char *name, const uint8 *pub, uint8 *id);
 
 /* idempotency.c */
 extern void fintx_fingerprint(LedgerRequest *req);
-extern void fintx_journal_claim(const char *principal, LedgerRequest **reqs, int nreqs);
+extern void fintx_journal_claim(EState *estate, const char *principal, LedgerRequest **reqs, int nreqs);
 extern bool fintx_journal_dedup(LedgerRequest **reqs, int nreqs);
 
 /* ledger.c */

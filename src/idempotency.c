@@ -24,8 +24,6 @@
 
 PG_FUNCTION_INFO_V1(fintx_request_fingerprint);
 
-static SPIPlanPtr claim_plan = NULL;
-static SPIPlanPtr claim_one_plan = NULL;
 static SPIPlanPtr replay_plan = NULL;
 
 /*
@@ -179,88 +177,59 @@ StatusName(const char *s)
 	return NULL;				/* LCOV_EXCL_LINE: keep compiler quiet */
 }
 
+/* Columns of fintx.idempotency_keys, as direct.c checks them. */
+static const char *const journal_columns[] = {
+	"principal", "idempotency_key", "fingerprint", "transfer_id", "created_at"
+};
+
 /*
  * Claims the keys of reqs (sorted and deduplicated by fintx_journal_dedup,
- * SPI connected) for principal. Newly claimed requests get claimed = true and
+ * SPI connected, in the direct write group estate) for principal. Newly claimed requests get claimed = true and
  * a fresh transfer_id; requests whose key already exists get the stored result
  * and replayed = true, or 23505 if the stored fingerprint differs.
  */
 void
-fintx_journal_claim(const char *principal, LedgerRequest **reqs, int nreqs)
+fintx_journal_claim(EState *estate, const char *principal, LedgerRequest **reqs, int nreqs)
 {
 	Datum	   *keys = palloc(sizeof(Datum) * nreqs);
-	Datum	   *fps = palloc(sizeof(Datum) * nreqs);
 	int			nkeys = 0;
-	int			nclaimed;
-	Datum		args[3];
-	Oid			types[3] = {TEXTOID, TEXTARRAYOID, BYTEAARRAYOID};
+	int			nclaimed = 0;
+	Datum		args[1];
+	Datum		v[lengthof(journal_columns)];
+	bool		nulls[lengthof(journal_columns)];
+	FintxTable	t;
 	int			ret;
 
+	/* keys in byte order (fintx_journal_dedup sorted them): concurrent batches never wait in a cycle */
+	memset(nulls, 0, sizeof(nulls));
+	v[0] = CStringGetTextDatum(principal);
+	v[4] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+	fintx_direct_open_arbiter(&t, estate, "idempotency_keys", journal_columns,
+							  lengthof(journal_columns), "idempotency_keys_pkey");
 	for (int i = 0; i < nreqs; i++)
 	{
 		bytea	   *fp;
+		int64		id;
 
 		if (reqs[i]->dup_of)
 			continue;
+		nkeys++;
 		fp = palloc(VARHDRSZ + FINTX_FINGERPRINT_LEN);
 		SET_VARSIZE(fp, VARHDRSZ + FINTX_FINGERPRINT_LEN);
 		memcpy(VARDATA(fp), reqs[i]->fingerprint, FINTX_FINGERPRINT_LEN);
-		keys[nkeys] = CStringGetTextDatum(reqs[i]->key);
-		fps[nkeys] = PointerGetDatum(fp);
-		nkeys++;
+		id = fintx_direct_nextval("transfer_id_seq");
+		v[1] = CStringGetTextDatum(reqs[i]->key);
+		v[2] = PointerGetDatum(fp);
+		v[3] = Int64GetDatum(id);
+		if (fintx_direct_insert_unless_exists(&t, v, nulls))
+		{
+			reqs[i]->claimed = true;
+			reqs[i]->transfer_id = id;
+			nclaimed++;
+		}
 	}
-
-	args[0] = CStringGetTextDatum(principal);
-	if (nkeys == 1)
-	{
-		/* single request: a plain VALUES insert is cheaper than unnesting arrays */
-		Oid			types1[3] = {TEXTOID, TEXTOID, BYTEAOID};
-
-		args[1] = keys[0];
-		args[2] = fps[0];
-		fintx_keep_plan(&claim_one_plan,
-						"INSERT INTO fintx.idempotency_keys AS j"
-						" (principal, idempotency_key, fingerprint, transfer_id, created_at)"
-						" VALUES ($1, $2, $3, pg_catalog.nextval('fintx.transfer_id_seq'::pg_catalog.regclass),"
-						"         pg_catalog.now())"
-						" ON CONFLICT (principal, idempotency_key) DO NOTHING"
-						" RETURNING j.idempotency_key, j.transfer_id",
-						3, types1);
-		ret = SPI_execute_plan(claim_one_plan, args, NULL, false, 0);
-	}
-	else
-	{
-		args[1] = PointerGetDatum(construct_array(keys, nkeys, TEXTOID, -1, false, TYPALIGN_INT));
-		args[2] = PointerGetDatum(construct_array(fps, nkeys, BYTEAOID, -1, false, TYPALIGN_INT));
-		fintx_keep_plan(&claim_plan,
-						"INSERT INTO fintx.idempotency_keys AS j"
-						" (principal, idempotency_key, fingerprint, transfer_id, created_at)"
-						" SELECT $1, u.k, u.f, pg_catalog.nextval('fintx.transfer_id_seq'::pg_catalog.regclass),"
-						"        pg_catalog.now()"
-						"   FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3)) AS u(k, f)"
-						"  ORDER BY u.k COLLATE \"C\""
-						" ON CONFLICT (principal, idempotency_key) DO NOTHING"
-						" RETURNING j.idempotency_key, j.transfer_id",
-						3, types);
-		ret = SPI_execute_plan(claim_plan, args, NULL, false, 0);
-	}
-	if (ret != SPI_OK_INSERT_RETURNING)
-		elog(ERROR, "claiming idempotency keys failed: %s", SPI_result_code_string(ret));	/* LCOV_EXCL_LINE */
-
-	nclaimed = (int) SPI_processed;
-	for (uint64 r = 0; r < SPI_processed; r++)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[r];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-		char	   *key = TextDatumGetCString(SPI_getbinval(tup, desc, 1, &isnull));
-		LedgerRequest *req = FindByKey(reqs, nreqs, key);
-
-		if (req == NULL)
-			elog(ERROR, "claimed idempotency key \"%s\" is not in the request", key);	/* LCOV_EXCL_LINE */
-		req->claimed = true;
-		req->transfer_id = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
-	}
+	fintx_direct_close(&t);
+	args[0] = v[0];
 
 	if (nclaimed == nkeys)
 		return;

@@ -989,9 +989,9 @@ Authorize(LedgerRequest *req, LedgerAccount **bycode, int naccts, int nreqs)
 						   req->amount, true, nreqs == 1);
 }
 
-/* Applies requests whose keys were newly claimed (SPI connected). */
+/* Applies requests whose keys were newly claimed (SPI connected, in the direct write group estate). */
 static void
-ApplyNew(const char *principal, LedgerRequest **reqs, int n)
+ApplyNew(EState *estate, const char *principal, LedgerRequest **reqs, int n)
 {
 	TimestampTz now_ts = GetCurrentTransactionStartTimestamp();
 	TimestampTz clock;
@@ -1004,12 +1004,10 @@ ApplyNew(const char *principal, LedgerRequest **reqs, int n)
 	bool	   *timeout_null = palloc(sizeof(bool) * n);
 	Jsonb	   *empty = EmptyObject();
 
-	EState	   *estate;
 	FintxTable	accounts;
 
 	if (reqs[0]->op != LEDGER_TRANSFER)
 		holds = ClaimHolds(reqs, n, &nholds);
-	estate = fintx_direct_begin();
 	fintx_direct_open(&accounts, estate, "accounts", account_columns, ACC_NCOLUMNS);
 	accts = LockAccounts(&accounts, reqs, n, holds, nholds, &naccts);
 	/* read the clock only now: taking the locks may have waited past a timeout */
@@ -1057,7 +1055,6 @@ ApplyNew(const char *principal, LedgerRequest **reqs, int n)
 	fintx_batch_position = -1;
 	WriteBack(estate, &accounts, principal, reqs, n, accts, naccts, timeout_at, timeout_null, empty);
 	fintx_direct_close(&accounts);
-	fintx_direct_end(estate);
 	for (int i = 0; i < n; i++)
 		if (strcmp(reqs[i]->status, "awaiting_approval") == 0)
 			fintx_approval_record(reqs[i]);
@@ -1074,6 +1071,7 @@ fintx_execute(const char *principal, LedgerRequest **reqs, int n)
 	LedgerRequest **sorted = palloc(sizeof(LedgerRequest *) * n);
 	LedgerRequest **fresh = palloc(sizeof(LedgerRequest *) * n);
 	int			nfresh = 0;
+	EState	   *estate;
 
 	for (int i = 0; i < n; i++)
 	{
@@ -1084,12 +1082,14 @@ fintx_execute(const char *principal, LedgerRequest **reqs, int n)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
-	fintx_journal_claim(principal, sorted, n);
+	estate = fintx_direct_begin();
+	fintx_journal_claim(estate, principal, sorted, n);
 	for (int i = 0; i < n; i++)
 		if (reqs[i]->claimed)
 			fresh[nfresh++] = reqs[i];
 	if (nfresh > 0)
-		ApplyNew(principal, fresh, nfresh);
+		ApplyNew(estate, principal, fresh, nfresh);
+	fintx_direct_end(estate);
 	fintx_authz_flush();
 	SPI_finish();
 

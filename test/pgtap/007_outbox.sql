@@ -17,7 +17,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION fintx;
-SELECT plan(79);
+SELECT plan(86);
 
 CREATE FUNCTION pg_temp.run_as(r text, q text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
@@ -159,6 +159,46 @@ SELECT is_empty($$SELECT p.oid::regprocedure::text FROM pg_proc p
                      AND p.proname IN ('emit', 'poll', 'ack', 'inbox_accept', 'create_consumer', 'reject', 'outbox_rotate')
                      AND (NOT p.prosecdef OR p.proconfig IS DISTINCT FROM ARRAY['search_path=pg_catalog, pg_temp'])$$,
                 'outbox functions are SECURITY DEFINER with a pinned search_path');
+
+-- events are routed to the outbox slot of their event number, also when one call's events
+-- straddle two slots
+SELECT fintx.open_account('slot:a', 'EUR', allow_negative => true);
+SELECT fintx.open_account('slot:b', 'EUR');
+SELECT setval('fintx.outbox_event_no_seq', 2 * 1048576 - 3);
+SELECT is((SELECT count(*) FROM fintx.transfer_batch((SELECT jsonb_agg(jsonb_build_object(
+              'idempotency_key', 'slot-' || i, 'from_account', 'slot:a', 'to_account', 'slot:b', 'amount', 1))
+            FROM generate_series(1, 5) i))), 5::bigint, 'a batch whose events cross a slot boundary');
+SELECT is((SELECT array_agg(event_no ORDER BY event_no) FROM fintx.outbox_1 WHERE aggregateid IN
+             (SELECT id::text FROM fintx.transfers WHERE from_account = (SELECT id FROM fintx.accounts WHERE code = 'slot:a'))),
+          ARRAY[2 * 1048576 - 2, 2 * 1048576 - 1]::bigint[], 'its first events are in slot 1');
+SELECT is((SELECT array_agg(event_no ORDER BY event_no) FROM fintx.outbox_2 WHERE aggregateid IN
+             (SELECT id::text FROM fintx.transfers WHERE from_account = (SELECT id FROM fintx.accounts WHERE code = 'slot:a'))),
+          ARRAY[2 * 1048576, 2 * 1048576 + 1, 2 * 1048576 + 2]::bigint[], 'the rest in slot 2');
+-- SQLSTATE and message of stmt run after setup, both rolled back afterwards
+CREATE FUNCTION pg_temp.error_after(setup text, stmt text) RETURNS text LANGUAGE plpgsql AS $f$
+BEGIN
+  BEGIN
+    EXECUTE setup;
+    EXECUTE stmt;
+    RAISE EXCEPTION 'no error';
+  EXCEPTION WHEN OTHERS THEN
+    RETURN SQLSTATE || ' ' || SQLERRM;
+  END;
+END $f$;
+-- a missing slot partition: the write fails whole (23514), nothing is left behind
+SELECT is(pg_temp.error_after('ALTER TABLE fintx.outbox DETACH PARTITION fintx.outbox_2',
+                              $$SELECT fintx.transfer('slot-x', 'slot:a', 'slot:b', 1)$$),
+          '23514 no partition of relation "fintx.outbox" found for row',
+          'an event without a slot partition fails the transfer with 23514');
+SELECT is((SELECT count(*) FROM fintx.idempotency_keys WHERE idempotency_key = 'slot-x'), 0::bigint,
+          'the failed transfer left no key');
+-- a table whose columns are not the ones fintx writes: refused, not written into wrong columns
+SELECT is(pg_temp.error_after('ALTER TABLE fintx.transfers ADD COLUMN note text',
+                              $$SELECT fintx.transfer('slot-y', 'slot:a', 'slot:b', 1)$$),
+          '55000 table "fintx.transfers" does not have the columns fintx writes',
+          'a changed table layout fails the transfer with 55000');
+SELECT is(pg_temp.error_after('SELECT 1', $$SELECT fintx.transfer('slot-z', 'slot:a', 'slot:b', 1)$$),
+          'P0001 no error', 'the same transfer without the change succeeds');
 
 SELECT * FROM finish();
 ROLLBACK;

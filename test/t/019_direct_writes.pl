@@ -1,0 +1,127 @@
+# Copyright fintx contributors
+#
+# 019_direct_writes.pl — the ledger writes its rows with the table and index
+# access methods (src/direct.c), not SQL statements. What SQL would have
+# guaranteed must still hold:
+#   - a read-only transaction (and a hot standby's) refuses a transfer: 25006;
+#   - an account deleted or renamed behind the API while a transfer waits for
+#     its row lock is gone for that transfer (READ COMMITTED: "does not
+#     exist"; REPEATABLE READ: 40001), as SELECT ... FOR UPDATE would decide;
+#   - REPEATABLE READ: an account changed after the snapshot → 40001;
+#     an idempotency key claimed by a transaction the snapshot cannot see → 40001;
+#   - nothing is half-written: the ledger reconciles after every case.
+
+use strict;
+use warnings;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(usleep);
+use FintxTest;
+
+my $node = fintx_node('direct');
+sub sql { return $node->safe_psql('postgres', $_[0]); }
+sql(q{
+	SELECT fintx.open_account('src', 'EUR', allow_negative => true);
+	SELECT fintx.open_account('dst', 'EUR');
+	SELECT fintx.open_account('gone', 'EUR', allow_negative => true);
+	SELECT fintx.open_account('gone_rr', 'EUR', allow_negative => true);
+	SELECT fintx.open_account('old_name', 'EUR', allow_negative => true);
+});
+
+# psql -c with terse errors: returns (stdout, sqlstate or '')
+sub run_sql
+{
+	my ($q) = @_;
+	my ($rc, $out, $err) = $node->psql('postgres', $q, extra_params => [ '-v', 'VERBOSITY=sqlstate' ]);
+	return ($out, first_sqlstate($err) // '');
+}
+
+# waits until the session with application_name $app waits for a lock
+sub wait_for_lock
+{
+	my ($app) = @_;
+	for (1 .. 600)
+	{
+		return 1 if sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = '$app'"
+			  . " AND wait_event_type = 'Lock'") eq '1';
+		usleep(50_000);
+	}
+	return 0;
+}
+
+# runs $blocked in an async client after $holder (a BackgroundPsql) took its
+# locks, commits $holder once the client waits, returns the client's stderr
+sub blocked_by
+{
+	my ($holder, $hold_sql, $app, $blocked) = @_;
+	quiet_safe($holder, $hold_sql);
+	my $c = FintxTest::Client->new($node, $app);
+	$c->send($blocked);
+	ok(wait_for_lock($app), "$app waits for the row lock");
+	quiet_safe($holder, 'COMMIT');
+	return $c->finish;
+}
+
+my ($out, $state);
+
+# --- read-only transactions
+($out, $state) = run_sql(q{BEGIN READ ONLY; SELECT fintx.transfer('ro-1', 'src', 'dst', 1); COMMIT;});
+is($state, '25006', 'a transfer in a read-only transaction fails with 25006');
+($out, $state) = run_sql(q{BEGIN READ ONLY; SELECT fintx.transfer_batch('[{"idempotency_key": "ro-2", "from_account": "src", "to_account": "dst", "amount": 1}]'); COMMIT;});
+is($state, '25006', 'a batch in a read-only transaction fails with 25006');
+is(sql(q{SELECT count(*) FROM fintx.idempotency_keys WHERE idempotency_key LIKE 'ro-%'}), '0',
+	'no key was claimed');
+
+my $holder = quiet_session($node);
+
+# --- READ COMMITTED: the account is deleted while the transfer waits for it
+my $err = blocked_by($holder, q{BEGIN; DELETE FROM fintx.accounts WHERE code = 'gone';},
+	'rc_deleted', qq{SELECT fintx.transfer('rc-del', 'gone', 'dst', 5);\n});
+is(first_sqlstate($err), '22023', 'deleted while waiting: 22023 (the account does not exist)');
+
+# --- READ COMMITTED: the account is renamed while the transfer waits for it
+$err = blocked_by($holder, q{BEGIN; UPDATE fintx.accounts SET code = 'new_name' WHERE code = 'old_name';},
+	'rc_renamed', qq{SELECT fintx.transfer('rc-ren', 'old_name', 'dst', 5);\n});
+is(first_sqlstate($err), '22023',
+	'renamed while waiting: 22023 (the newest version no longer has the code asked for)');
+is(sql(q{SELECT count(*) FROM fintx.transfers t JOIN fintx.accounts a ON a.id = t.from_account
+          WHERE a.code IN ('new_name', 'gone')}), '0', 'nothing moved from the deleted or renamed account');
+
+# --- REPEATABLE READ: deleted after the snapshot, while waiting
+$err = blocked_by($holder, q{BEGIN; DELETE FROM fintx.accounts WHERE code = 'gone_rr';},
+	'rr_deleted', qq{BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1;\n}
+	  . qq{SELECT fintx.transfer('rr-del', 'gone_rr', 'dst', 5);\nCOMMIT;\n});
+is(first_sqlstate($err), '40001', 'REPEATABLE READ, deleted while waiting: 40001');
+
+# --- REPEATABLE READ: the account changed after the snapshot was taken
+my $rr = quiet_session($node, on_error_stop => 0);
+quiet_safe($rr, 'BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1;');
+sql(q{SELECT fintx.transfer('rc-1', 'src', 'dst', 7)});
+quiet_query($rr, q{SELECT fintx.transfer('rr-upd', 'src', 'dst', 5);});
+like($rr->{stderr}, qr/could not serialize access due to concurrent update/,
+	'REPEATABLE READ, account updated after the snapshot: serialization failure');
+quiet_query($rr, 'ROLLBACK');
+$rr->{stderr} = '';
+
+# --- REPEATABLE READ: the key was claimed by a transaction the snapshot cannot see
+quiet_safe($rr, 'BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1;');
+sql(q{SELECT fintx.transfer('rr-key', 'src', 'dst', 3)});
+quiet_query($rr, q{SELECT fintx.transfer('rr-key', 'src', 'dst', 3);});
+like($rr->{stderr}, qr/could not serialize access/,
+	'REPEATABLE READ, key claimed after the snapshot: serialization failure');
+quiet_query($rr, 'ROLLBACK');
+$rr->{stderr} = '';
+# the same retry in a new transaction replays
+is(sql(q{SELECT replayed FROM fintx.transfer('rr-key', 'src', 'dst', 3)}), 't',
+	'retried in a new transaction, the key replays');
+
+# --- the money moved exactly by the transfers that succeeded
+is(sql(q{SELECT posted FROM fintx.account_balances WHERE code = 'dst'}), '10', 'dst got 7 + 3');
+is(sql(q{SELECT count(*) FROM fintx.transfers}), '2', 'two transfers');
+is(reconcile_rows($node), '', 'reconcile() is clean');
+$rr->quit;
+$holder->quit;
+$node->stop;
+done_testing();

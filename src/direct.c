@@ -147,14 +147,9 @@ fintx_direct_end(EState *estate)
 	PopActiveSnapshot();
 }
 
-/*
- * Opens fintx.name for writing rows with exactly the given columns. A
- * partitioned table is opened as the parent; its partitions are opened when
- * a row is routed to them (fintx_direct_insert_routed).
- */
-void
-fintx_direct_open(FintxTable *t, EState *estate, const char *name,
-				  const char *const *columns, int ncolumns)
+/* Opens fintx.name and resets t for a write group. */
+static Relation
+OpenTable(FintxTable *t, EState *estate, const char *name, const char *const *columns, int ncolumns)
 {
 	Relation	rel = table_open(FintxRelid(name), RowExclusiveLock);
 
@@ -164,6 +159,20 @@ fintx_direct_open(FintxTable *t, EState *estate, const char *name,
 	t->estate = estate;
 	t->columns = columns;
 	t->ncolumns = ncolumns;
+	return rel;
+}
+
+/*
+ * Opens fintx.name for writing rows with exactly the given columns. A
+ * partitioned table is opened as the parent; its partitions are opened when
+ * a row is routed to them (fintx_direct_insert_routed).
+ */
+void
+fintx_direct_open(FintxTable *t, EState *estate, const char *name,
+				  const char *const *columns, int ncolumns)
+{
+	Relation	rel = OpenTable(t, estate, name, columns, ncolumns);
+
 	if (rel->rd_rel->relkind == RELKIND_PARTITIONED_TABLE)
 	{
 		CheckLayout(rel, columns, ncolumns);
@@ -181,14 +190,7 @@ void
 fintx_direct_open_arbiter(FintxTable *t, EState *estate, const char *name,
 						  const char *const *columns, int ncolumns, const char *arbiter)
 {
-	Relation	rel = table_open(FintxRelid(name), RowExclusiveLock);
-
-	memset(t, 0, sizeof(*t));
-	estate->es_output_cid = GetCurrentCommandId(true);
-	t->estate = estate;
-	t->columns = columns;
-	t->ncolumns = ncolumns;
-	OpenLeaf(&t->leaf, rel, columns, ncolumns, true);
+	OpenLeaf(&t->leaf, OpenTable(t, estate, name, columns, ncolumns), columns, ncolumns, true);
 	t->arbiters = list_make1_oid(FintxRelid(arbiter));
 }
 

@@ -47,15 +47,33 @@
 #include "miscadmin.h"
 #include "tcop/utility.h"
 #include "utils/fmgroids.h"
+#include "utils/inval.h"
+#include "utils/syscache.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 
-/* Oid of schema fintx (looked up for every statement: a dropped schema is noticed). */
+/* Oid of schema fintx, cached until a schema changes (a dropped and re-created extension). */
+static Oid	fintx_namespace = InvalidOid;
+static bool namespace_callback_set = false;
+
+static void
+ForgetNamespace(Datum arg, int cacheid, uint32 hashvalue)
+{
+	fintx_namespace = InvalidOid;
+}
+
 static Oid
 FintxNamespace(void)
 {
-	return get_namespace_oid("fintx", false);
+	if (!namespace_callback_set)
+	{
+		CacheRegisterSyscacheCallback(NAMESPACEOID, ForgetNamespace, (Datum) 0);
+		namespace_callback_set = true;
+	}
+	if (!OidIsValid(fintx_namespace))
+		fintx_namespace = get_namespace_oid("fintx", false);
+	return fintx_namespace;
 }
 
 /* Oid of relation fintx.name; 42P01 if it does not exist. */
@@ -276,12 +294,18 @@ CheckConflictVisible(FintxLeaf *leaf, EState *estate, ItemPointer tid)
  * inserter of the same key is waited for; if it commits, nothing is inserted
  * and false returned, if it aborts, the row is inserted. Returns true if the
  * row was inserted.
+ *
+ * Unlike the executor, the first attempt skips the pre-check (a second descent
+ * of the arbiter index): keys are expected to be new, and the speculative
+ * insertion itself reports a conflicting entry, live or in progress, without
+ * waiting. Only then is the row killed and the pre-check, which waits, run.
  */
 bool
 fintx_direct_insert_unless_exists(FintxTable *t, const Datum *values, const bool *nulls)
 {
 	FintxLeaf  *leaf = &t->leaf;
 	EState	   *estate = t->estate;
+	bool		precheck = false;
 
 	for (;;)
 	{
@@ -293,7 +317,7 @@ fintx_direct_insert_unless_exists(FintxTable *t, const Datum *values, const bool
 
 		CHECK_FOR_INTERRUPTS();
 		slot = StoreRow(leaf, estate, values, nulls);
-		if (!ExecCheckIndexConstraints(leaf->rri, slot, estate, &conflict, t->arbiters))
+		if (precheck && !ExecCheckIndexConstraints(leaf->rri, slot, estate, &conflict, t->arbiters))
 		{
 			CheckConflictVisible(leaf, estate, &conflict);
 			ResetPerTupleExprContext(estate);
@@ -308,7 +332,8 @@ fintx_direct_insert_unless_exists(FintxTable *t, const Datum *values, const bool
 		ResetPerTupleExprContext(estate);
 		if (!spec_conflict)
 			return true;
-		/* a concurrent inserter won between the check and the insert: check again */
+		/* the key exists or is being inserted: wait for its inserter, look again */
+		precheck = true;
 	}
 }
 

@@ -948,8 +948,8 @@ WriteBack(EState *estate, FintxTable *accounts, const char *principal, LedgerReq
 	fintx_audit_write(estate, entries, n);
 	fintx_outbox_write_audit(estate, entries, n);
 
-	/* open holds */
-	fintx_direct_open(&t, estate, "pending_holds", hold_columns, lengthof(hold_columns));
+	/* open holds (the table is opened only when there are some) */
+	t.leaf.rel = NULL;
 	for (int i = 0; i < n; i++)
 	{
 		Datum		v[2];
@@ -958,13 +958,16 @@ WriteBack(EState *estate, FintxTable *accounts, const char *principal, LedgerReq
 		if (reqs[i]->op != LEDGER_TRANSFER || !reqs[i]->pending ||
 			strcmp(reqs[i]->status, "pending") != 0)
 			continue;
+		if (t.leaf.rel == NULL)
+			fintx_direct_open(&t, estate, "pending_holds", hold_columns, lengthof(hold_columns));
 		v[0] = Int64GetDatum(reqs[i]->transfer_id);
 		v[1] = timeout_at[i];
 		nulls[0] = false;
 		nulls[1] = timeout_null[i];
 		fintx_direct_insert(&t, v, nulls);
 	}
-	fintx_direct_close(&t);
+	if (t.leaf.rel != NULL)
+		fintx_direct_close(&t);
 }
 
 /*

@@ -802,10 +802,11 @@ ClientAddr(bool *isnull)
 
 /*
  * Writes the allowed decisions of this call to the access log, in the
- * caller's transaction.
+ * caller's transaction: in the direct write group estate, or in one of its
+ * own (estate NULL).
  */
 void
-fintx_authz_flush(void)
+fintx_authz_flush_in(EState *estate)
 {
 	int			n = list_length(decisions);
 	Datum	   *v;
@@ -854,8 +855,18 @@ fintx_authz_flush(void)
 		i++;
 	}
 	decisions = NIL;
-	fintx_direct_insert_rows("access_log_entries", access_log_columns, lengthof(access_log_columns),
-							 n, v, nulls);
+	if (estate == NULL)
+		fintx_direct_insert_rows("access_log_entries", access_log_columns, lengthof(access_log_columns),
+								 n, v, nulls);
+	else
+		fintx_direct_write_rows(estate, "access_log_entries", access_log_columns,
+								lengthof(access_log_columns), n, v, nulls);
+}
+
+void
+fintx_authz_flush(void)
+{
+	fintx_authz_flush_in(NULL);
 }
 
 /* ------------------------------------------------------------------------

@@ -470,18 +470,27 @@ fintx_direct_update(FintxTable *t, ItemPointer tid, HeapTuple old,
 	heap_freetuple(tup);
 }
 
-/* Inserts rows into fintx.name in a write group of their own. */
+/* Inserts rows (values and nulls row after row) into plain table fintx.name in write group estate. */
 void
-fintx_direct_insert_rows(const char *name, const char *const *columns, int ncolumns,
-						 int nrows, const Datum *values, const bool *nulls)
+fintx_direct_write_rows(EState *estate, const char *name, const char *const *columns, int ncolumns,
+						int nrows, const Datum *values, const bool *nulls)
 {
-	EState	   *estate = fintx_direct_begin();
 	FintxTable	t;
 
 	fintx_direct_open(&t, estate, name, columns, ncolumns);
 	for (int r = 0; r < nrows; r++)
 		fintx_direct_insert(&t, values + (size_t) r * ncolumns, nulls + (size_t) r * ncolumns);
 	fintx_direct_close(&t);
+}
+
+/* Inserts rows into plain table fintx.name in a write group of their own. */
+void
+fintx_direct_insert_rows(const char *name, const char *const *columns, int ncolumns,
+						 int nrows, const Datum *values, const bool *nulls)
+{
+	EState	   *estate = fintx_direct_begin();
+
+	fintx_direct_write_rows(estate, name, columns, ncolumns, nrows, values, nulls);
 	fintx_direct_end(estate);
 }
 

@@ -188,6 +188,8 @@ extern TupleTableSlot *fintx_direct_lock(FintxTable *t, ItemPointer tid);
 extern void fintx_direct_update(FintxTable *t, ItemPointer tid, HeapTuple old,
 								const Datum *values, const bool *nulls, const bool *replace);
 extern int64 fintx_direct_nextval(const char *name);
+extern void fintx_direct_write_rows(EState *estate, const char *name, const char *const *columns,
+									int ncolumns, int nrows, const Datum *values, const bool *nulls);
 extern void fintx_direct_insert_rows(const char *name, const char *const *columns, int ncolumns,
 									 int nrows, const Datum *values, const bool *nulls);
 
@@ -281,6 +283,7 @@ extern bool fintx_authorize(FintxOp op, const char *object, const char *currency
 extern void fintx_authz_deny(FintxOp op, const char *object, const char *currency, int64 amount,
 							 bool has_amount, const char *reason, const char *rule) pg_attribute_noreturn();
 extern void fintx_authz_flush(void);
+extern void fintx_authz_flush_in(EState *estate);
 
 
 extern bool fintx_authz_decision(int i, const char **service, const char **rule);

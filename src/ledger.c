@@ -1092,8 +1092,8 @@ fintx_execute(const char *principal, LedgerRequest **reqs, int n)
 			fresh[nfresh++] = reqs[i];
 	if (nfresh > 0)
 		ApplyNew(estate, principal, fresh, nfresh);
+	fintx_authz_flush_in(estate);
 	fintx_direct_end(estate);
-	fintx_authz_flush();
 	SPI_finish();
 
 	for (int i = 0; i < n; i++)

@@ -42,14 +42,18 @@ SELECT count(*) FROM fintx.transfer_batch(
   (SELECT jsonb_agg(jsonb_build_object('idempotency_key', 'fund-' || i, 'from_account', 'bench:funding',
                                        'to_account', 'acct:' || i, 'amount', 1000000000000))
      FROM generate_series(1, 1000) i));
--- the production path: a registered service whose grant covers the accounts (transfer-svc)
+VACUUM ANALYZE;
+SQL
+if [[ " $WORKLOADS " == *" transfer-svc "* ]]; then
+    # the production path: a registered service whose grant covers the accounts
+    $PSQL <<'SQL'
 DROP ROLE IF EXISTS bench_svc;
 CREATE ROLE bench_svc LOGIN;
 SELECT fintx.register_service('bench', 'bench_svc');
 SELECT fintx.grant_permission('bench', 'transfer', 'acct:%', max_amount => 1000000);
-VACUUM ANALYZE;
-CHECKPOINT;
 SQL
+fi
+$PSQL -c CHECKPOINT
 
 cat > "$WORK/transfer.sql" <<'SQL'
 \set a random(1, 1000)

@@ -397,7 +397,7 @@ fintx_direct_find(FintxTable *t, const char *index_name, RegProcedure eqproc, Da
 }
 
 /*
- * Locks the row at tid FOR UPDATE, as SELECT ... FOR UPDATE does: waits for
+ * Locks the row at tid (found by fintx_direct_find) FOR UPDATE, as SELECT ... FOR UPDATE does: waits for
  * a concurrent writer, then in READ COMMITTED locks the newest version, in
  * REPEATABLE READ and SERIALIZABLE fails with 40001 if the row changed.
  * Returns the locked version in a slot owned by t, or NULL if the row was
@@ -412,8 +412,7 @@ fintx_direct_lock(FintxTable *t, ItemPointer tid)
 	int			flags = TUPLE_LOCK_FLAG_LOCK_UPDATE_IN_PROGRESS;
 	ItemPointerData target = *tid;
 
-	if (leaf->table_slot == NULL)
-		leaf->table_slot = table_slot_create(leaf->rel, NULL);
+	Assert(leaf->table_slot != NULL);	/* rows are found before they are locked */
 	if (!IsolationUsesXactSnapshot())
 		flags |= TUPLE_LOCK_FLAG_FIND_LAST_VERSION;
 	res = table_tuple_lock(leaf->rel, &target, GetActiveSnapshot(), leaf->table_slot,
@@ -433,8 +432,8 @@ fintx_direct_lock(FintxTable *t, ItemPointer tid)
 					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 					 errmsg("could not serialize access due to concurrent update")));
 			break;
-		default:
 			/* LCOV_EXCL_START: the row was changed by this very statement */
+		default:
 			elog(ERROR, "unexpected result %d locking a row of \"fintx.%s\"", (int) res,
 				 RelationGetRelationName(leaf->rel));
 			/* LCOV_EXCL_STOP */

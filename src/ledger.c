@@ -202,23 +202,11 @@ fintx_principal(void)
  * ------------------------------------------------------------------------
  */
 
-/* Builds a one-dimensional array of the given element type (nulls may be NULL). */
+/* Builds a one-dimensional bigint array. */
 static Datum
-MakeArray(Datum *elems, bool *nulls, int n, Oid type)
+MakeInt8Array(Datum *elems, int n)
 {
-	int			dims[1] = {n};
-	int			lbs[1] = {1};
-
-	switch (type)
-	{
-		case INT8OID:
-		case TIMESTAMPTZOID:
-			return PointerGetDatum(construct_md_array(elems, nulls, 1, dims, lbs, type,
-													  8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-		default:
-			return PointerGetDatum(construct_md_array(elems, nulls, 1, dims, lbs, type,
-													  -1, false, TYPALIGN_INT));
-	}
+	return PointerGetDatum(construct_array(elems, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 }
 
 /* Forms a fintx.transfer_result tuple for a finished request. */
@@ -514,7 +502,7 @@ ClaimHolds(LedgerRequest **reqs, int n, int *nholds)
 
 	for (int i = 0; i < n; i++)
 		ids[i] = Int64GetDatum(reqs[i]->hold_id);
-	arg = MakeArray(ids, NULL, n, INT8OID);
+	arg = MakeInt8Array(ids, n);
 
 	fintx_keep_plan(&hold_load_plan,
 					"SELECT id, status, pending_id IS NOT NULL, from_account, to_account, amount, timeout_at"
@@ -1609,7 +1597,7 @@ StoreSignedRequest(FintxCaller *c, LedgerRequest **reqs, int n, Jsonb *request, 
 	args[2] = PointerGetDatum(request);
 	args[3] = PointerGetDatum(message);
 	args[4] = PointerGetDatum(sig);
-	args[5] = MakeArray(ids, NULL, n, INT8OID);
+	args[5] = MakeInt8Array(ids, n);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
 	fintx_keep_plan(&plan,

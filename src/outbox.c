@@ -325,8 +325,6 @@ fintx_outbox_write_audit(EState *estate, FintxAuditEntry *entries, int n)
 {
 	FintxTable	t;
 
-	if (n < 1)
-		return;
 	NoteOutboxWrite();
 	fintx_direct_open(&t, estate, "outbox", outbox_columns, lengthof(outbox_columns));
 	for (int i = 0; i < n; i++)

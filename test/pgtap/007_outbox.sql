@@ -17,7 +17,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION fintx;
-SELECT plan(86);
+SELECT plan(87);
 
 CREATE FUNCTION pg_temp.run_as(r text, q text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
@@ -197,6 +197,10 @@ SELECT is(pg_temp.error_after('ALTER TABLE fintx.transfers ADD COLUMN note text'
                               $$SELECT fintx.transfer('slot-y', 'slot:a', 'slot:b', 1)$$),
           '55000 table "fintx.transfers" does not have the columns fintx writes',
           'a changed table layout fails the transfer with 55000');
+SELECT is(pg_temp.error_after('ALTER TABLE fintx.audit_entries RENAME TO audit_entries_moved',
+                              $$SELECT fintx.transfer('slot-w', 'slot:a', 'slot:b', 1)$$),
+          '42P01 relation "fintx.audit_entries" does not exist',
+          'a missing fintx table fails the transfer with 42P01');
 SELECT is(pg_temp.error_after('SELECT 1', $$SELECT fintx.transfer('slot-z', 'slot:a', 'slot:b', 1)$$),
           'P0001 no error', 'the same transfer without the change succeeds');
 

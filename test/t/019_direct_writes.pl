@@ -113,6 +113,11 @@ like($rr->{stderr}, qr/could not serialize access/,
 	'REPEATABLE READ, key claimed after the snapshot: serialization failure');
 quiet_query($rr, 'ROLLBACK');
 $rr->{stderr} = '';
+# a key committed before the snapshot was taken replays in REPEATABLE READ
+quiet_safe($rr, 'BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1;');
+is(quiet_safe($rr, q{SELECT replayed FROM fintx.transfer('rc-1', 'src', 'dst', 7);}), 't',
+	'REPEATABLE READ, key committed before the snapshot: replayed');
+quiet_safe($rr, 'COMMIT');
 # the same retry in a new transaction replays
 is(sql(q{SELECT replayed FROM fintx.transfer('rr-key', 'src', 'dst', 3)}), 't',
 	'retried in a new transaction, the key replays');

@@ -121,6 +121,18 @@ OpenLeaf(FintxLeaf *leaf, Relation rel, const char *const *columns, int ncolumns
 	leaf->slot = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsVirtual);
 	leaf->heap_slot = NULL;
 	leaf->table_slot = NULL;
+	leaf->scan = NULL;
+}
+
+/* Ends the leaf's index scan (fintx_direct_find). */
+static void
+EndScan(FintxLeaf *leaf)
+{
+	Relation	index = leaf->scan->indexRelation;
+
+	index_endscan(leaf->scan);
+	index_close(index, NoLock);
+	leaf->scan = NULL;
 }
 
 static void
@@ -128,6 +140,8 @@ CloseLeaf(FintxLeaf *leaf)
 {
 	if (leaf->rel == NULL)
 		return;
+	if (leaf->scan != NULL)
+		EndScan(leaf);
 	ExecCloseIndices(leaf->rri);
 	ExecDropSingleTupleTableSlot(leaf->slot);
 	if (leaf->heap_slot)
@@ -380,26 +394,27 @@ TupleTableSlot *
 fintx_direct_find(FintxTable *t, const char *index_name, RegProcedure eqproc, Datum key)
 {
 	FintxLeaf  *leaf = &t->leaf;
-	Relation	index = index_open(FintxRelid(index_name), AccessShareLock);
-	IndexScanDesc scan;
+	Oid			indexoid = FintxRelid(index_name);
 	ScanKeyData skey;
-	bool		found;
 
 	if (leaf->table_slot == NULL)
 		leaf->table_slot = table_slot_create(leaf->rel, NULL);
+	/* one scan per index and write group, rescanned for every key */
+	if (leaf->scan != NULL && RelationGetRelid(leaf->scan->indexRelation) != indexoid)
+		EndScan(leaf);
+	if (leaf->scan == NULL)
+		leaf->scan = index_beginscan(leaf->rel, index_open(indexoid, AccessShareLock),
+									 GetActiveSnapshot(), 1, 0);
 	ScanKeyInit(&skey, 1, BTEqualStrategyNumber, eqproc, key);
-	scan = index_beginscan(leaf->rel, index, GetActiveSnapshot(), 1, 0);
-	index_rescan(scan, &skey, 1, NULL, 0);
-	found = index_getnext_slot(scan, ForwardScanDirection, leaf->table_slot);
-	index_endscan(scan);
-	index_close(index, NoLock);
-	return found ? leaf->table_slot : NULL;
+	index_rescan(leaf->scan, &skey, 1, NULL, 0);
+	return index_getnext_slot(leaf->scan, ForwardScanDirection, leaf->table_slot) ? leaf->table_slot : NULL;
 }
 
 /*
- * Locks the row at tid (found by fintx_direct_find) FOR UPDATE, as SELECT ... FOR UPDATE does: waits for
- * a concurrent writer, then in READ COMMITTED locks the newest version, in
- * REPEATABLE READ and SERIALIZABLE fails with 40001 if the row changed.
+ * Locks the row at tid (found by fintx_direct_find) FOR UPDATE, as SELECT
+ * ... FOR UPDATE does: waits for a concurrent writer, then in READ COMMITTED
+ * locks the newest version, in REPEATABLE READ and SERIALIZABLE fails with
+ * 40001 if the row changed.
  * Returns the locked version in a slot owned by t, or NULL if the row was
  * deleted.
  */

@@ -159,6 +159,7 @@ typedef struct FintxLeaf
 	TupleTableSlot *slot;		/* virtual: rows to insert */
 	TupleTableSlot *heap_slot;	/* updated tuples needing index entries */
 	TupleTableSlot *table_slot; /* rows found and locked */
+	struct IndexScanDescData *scan; /* fintx_direct_find's scan */
 } FintxLeaf;
 
 typedef struct FintxTable

@@ -358,7 +358,8 @@ fintx_direct_insert_unless_exists(FintxTable *t, const Datum *values, const bool
 void
 fintx_direct_insert_routed(FintxTable *t, int64 key, const Datum *values, const bool *nulls)
 {
-	PartitionDesc pd = RelationGetPartitionDesc(t->parent, false);
+	/* as the executor routes: partitions being detached concurrently are skipped in READ COMMITTED */
+	PartitionDesc pd = RelationGetPartitionDesc(t->parent, !IsolationUsesXactSnapshot());
 	PartitionBoundInfo bi = pd->boundinfo;
 	Oid			partoid = InvalidOid;
 	FintxLeaf  *leaf = NULL;

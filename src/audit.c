@@ -44,7 +44,8 @@ PG_FUNCTION_INFO_V1(fintx_append_only);
 void
 fintx_audit_canonical(StringInfo buf, const FintxAuditEntry *e)
 {
-	char	   *details = JsonbToCString(NULL, &e->details->root, VARSIZE(e->details));
+	char	   *details = e->details_text ? (char *) e->details_text
+		: JsonbToCString(NULL, &e->details->root, VARSIZE(e->details));
 
 	resetStringInfo(buf);
 	appendBinaryStringInfo(buf, AUDIT_MAGIC, strlen(AUDIT_MAGIC));
@@ -56,7 +57,8 @@ fintx_audit_canonical(StringInfo buf, const FintxAuditEntry *e)
 	fintx_put_string(buf, 'o', e->object_type);
 	fintx_put_string(buf, 'k', e->object_id);
 	fintx_put_string(buf, 'd', details);
-	pfree(details);
+	if (details != e->details_text)
+		pfree(details);
 }
 
 /* Computes e->hash from the entry's canonical bytes. */
@@ -98,6 +100,20 @@ void
 fintx_audit_init(FintxAuditEntry *e, const char *actor, const char *action,
 				 const char *object_type, const char *object_id, Jsonb *details)
 {
+	fintx_audit_init_text(e, actor, action, object_type, object_id, details, NULL);
+}
+
+/*
+ * fintx_audit_init for a caller that already has the details as jsonb
+ * prints them (JsonbToCString), which spares printing them again for the
+ * canonical bytes; details_text NULL: print them.
+ */
+void
+fintx_audit_init_text(FintxAuditEntry *e, const char *actor, const char *action,
+					  const char *object_type, const char *object_id, Jsonb *details,
+					  const char *details_text)
+{
+	e->details_text = details_text;
 	e->entry_id = NextEntryId();
 	e->recorded_at = GetCurrentTransactionStartTimestamp();
 	e->actor = actor;
@@ -127,6 +143,7 @@ fintx_audit_entry_from_row(HeapTuple tup, TupleDesc desc, int first, FintxAuditE
 	e->object_type = TextDatumGetCString(SPI_getbinval(tup, desc, first + 5, &isnull));
 	e->object_id = TextDatumGetCString(SPI_getbinval(tup, desc, first + 6, &isnull));
 	e->details = DatumGetJsonbP(SPI_getbinval(tup, desc, first + 7, &isnull));
+	e->details_text = NULL;
 }
 
 /* bytea datum of a 32-byte hash. */

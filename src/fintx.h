@@ -132,6 +132,7 @@ typedef struct FintxAuditEntry
 	const char *object_type;
 	const char *object_id;
 	Jsonb	   *details;
+	const char *details_text;	/* details as jsonb prints them, if already known (else NULL) */
 	uint8		hash[32];
 } FintxAuditEntry;
 
@@ -141,6 +142,9 @@ extern const char *fintx_session_role_name(void);
 extern void fintx_audit_hash(FintxAuditEntry *e);
 extern void fintx_audit_init(FintxAuditEntry *e, const char *actor, const char *action,
 							 const char *object_type, const char *object_id, Jsonb *details);
+extern void fintx_audit_init_text(FintxAuditEntry *e, const char *actor, const char *action,
+								  const char *object_type, const char *object_id, Jsonb *details,
+								  const char *details_text);
 extern void fintx_audit_insert(FintxAuditEntry *entries, int n);
 extern void fintx_audit_write(EState *estate, FintxAuditEntry *entries, int n);
 extern void fintx_audit_record(const char *actor, const char *action, const char *object_type,

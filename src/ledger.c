@@ -774,38 +774,109 @@ AuditAction(LedgerRequest *r)
 	return "transfer";			/* LCOV_EXCL_LINE: keep compiler quiet */
 }
 
-/* Pushes "key": value (value NULL: only the key) onto a jsonb object being built. */
+/*
+ * The details of an audit entry, built twice at once: as a jsonb value (what
+ * is stored) and as the text jsonb prints for it (JsonbToCString: keys
+ * shortest first, then bytewise; ", " and ": " between them), which the
+ * canonical bytes need. Printing the jsonb afterwards would convert every
+ * number back from numeric.
+ */
+#define DETAILS_MAX_KEYS 16
+
+typedef struct Details
+{
+	JsonbParseState *st;
+	int			n;
+	const char *keys[DETAILS_MAX_KEYS];
+	char	   *texts[DETAILS_MAX_KEYS];	/* each value as JSON text */
+} Details;
+
 static void
-PushKey(JsonbParseState **st, const char *key, JsonbValue *value)
+PushKey(Details *d, const char *key, JsonbValue *value, char *text)
 {
 	JsonbValue	k;
 
+	Assert(d->n < DETAILS_MAX_KEYS);
 	k.type = jbvString;
 	k.val.string.val = (char *) key;
 	k.val.string.len = strlen(key);
-	pushJsonbValue(st, WJB_KEY, &k);
-	pushJsonbValue(st, WJB_VALUE, value);
+	pushJsonbValue(&d->st, WJB_KEY, &k);
+	pushJsonbValue(&d->st, WJB_VALUE, value);
+	d->keys[d->n] = key;
+	d->texts[d->n] = text;
+	d->n++;
 }
 
 static void
-PushInt(JsonbParseState **st, const char *key, int64 n)
+PushInt(Details *d, const char *key, int64 n)
 {
 	JsonbValue	v;
 
 	v.type = jbvNumeric;
 	v.val.numeric = int64_to_numeric(n);
-	PushKey(st, key, &v);
+	PushKey(d, key, &v, psprintf(INT64_FORMAT, n));
 }
 
 static void
-PushString(JsonbParseState **st, const char *key, const char *str)
+PushString(Details *d, const char *key, const char *str)
 {
 	JsonbValue	v;
+	StringInfoData text;
 
 	v.type = jbvString;
 	v.val.string.val = (char *) str;
 	v.val.string.len = strlen(str);
-	PushKey(st, key, &v);
+	initStringInfo(&text);
+	escape_json(&text, str);
+	PushKey(d, key, &v, text.data);
+}
+
+/* jsonb's order of object keys: shorter first, then bytewise. */
+static int
+CompareDetailKeys(const void *a, const void *b)
+{
+	const char *x = *(const char *const *) a;
+	const char *y = *(const char *const *) b;
+	size_t		lx = strlen(x);
+	size_t		ly = strlen(y);
+
+	if (lx != ly)
+		return lx < ly ? -1 : 1;
+	return memcmp(x, y, lx);
+}
+
+/* Ends the object: its jsonb value, and *text the same value as jsonb prints it. */
+static Jsonb *
+FinishDetails(Details *d, char **text)
+{
+	JsonbValue *obj = pushJsonbValue(&d->st, WJB_END_OBJECT, NULL);
+	int			order[DETAILS_MAX_KEYS];
+	StringInfoData buf;
+
+	/* insertion sort of the pair indexes by key (at most DETAILS_MAX_KEYS) */
+	for (int i = 0; i < d->n; i++)
+		order[i] = i;
+	for (int i = 1; i < d->n; i++)
+		for (int j = i; j > 0 && CompareDetailKeys(&d->keys[order[j]], &d->keys[order[j - 1]]) < 0; j--)
+		{
+			int			t = order[j];
+
+			order[j] = order[j - 1];
+			order[j - 1] = t;
+		}
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '{');
+	for (int i = 0; i < d->n; i++)
+	{
+		if (i > 0)
+			appendBinaryStringInfo(&buf, ", ", 2);
+		escape_json(&buf, d->keys[order[i]]);
+		appendBinaryStringInfo(&buf, ": ", 2);
+		appendStringInfoString(&buf, d->texts[order[i]]);
+	}
+	appendStringInfoChar(&buf, '}');
+	*text = buf.data;
+	return JsonbValueToJsonb(obj);
 }
 
 /*
@@ -815,26 +886,29 @@ PushString(JsonbParseState **st, const char *key, const char *str)
 static void
 AuditTransfer(const char *principal, LedgerRequest *r, int i, Datum *timeout_at, FintxAuditEntry *e)
 {
-	JsonbParseState *st = NULL;
-	JsonbValue *obj;
+	Details		d;
+	Jsonb	   *details;
+	char	   *text;
 	char		id[32];
 	const char *service;
 	const char *rule;
 
-	pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);
-	PushInt(&st, "transfer_id", r->transfer_id);
-	PushString(&st, "status", r->status);
-	PushString(&st, "from_account", r->from->code);
-	PushString(&st, "to_account", r->to->code);
-	PushInt(&st, "amount", r->amount);
-	PushString(&st, "currency", r->from->currency);
+	d.st = NULL;
+	d.n = 0;
+	pushJsonbValue(&d.st, WJB_BEGIN_OBJECT, NULL);
+	PushInt(&d, "transfer_id", r->transfer_id);
+	PushString(&d, "status", r->status);
+	PushString(&d, "from_account", r->from->code);
+	PushString(&d, "to_account", r->to->code);
+	PushInt(&d, "amount", r->amount);
+	PushString(&d, "currency", r->from->currency);
 	if (r->hold)
-		PushInt(&st, "pending_id", r->hold->id);
+		PushInt(&d, "pending_id", r->hold->id);
 	if (timeout_at)
-		PushString(&st, "timeout_at", timestamptz_to_str(DatumGetTimestampTz(*timeout_at)));
-	PushInt(&st, "from_balance", r->from_balance);
-	PushInt(&st, "to_balance", r->to_balance);
-	PushString(&st, "idempotency_key", r->key);
+		PushString(&d, "timeout_at", timestamptz_to_str(DatumGetTimestampTz(*timeout_at)));
+	PushInt(&d, "from_balance", r->from_balance);
+	PushInt(&d, "to_balance", r->to_balance);
+	PushString(&d, "idempotency_key", r->key);
 	if (r->op == LEDGER_TRANSFER)
 	{
 		JsonbValue	md;
@@ -842,17 +916,17 @@ AuditTransfer(const char *principal, LedgerRequest *r, int i, Datum *timeout_at,
 		md.type = jbvBinary;
 		md.val.binary.data = &r->metadata->root;
 		md.val.binary.len = VARSIZE(r->metadata) - VARHDRSZ;
-		PushKey(&st, "metadata", &md);
+		PushKey(&d, "metadata", &md, JsonbToCString(NULL, &r->metadata->root, VARSIZE(r->metadata)));
 	}
 	/* the access decision that allowed a service's request */
 	if (fintx_authz_decision(i, &service, &rule))
 	{
-		PushString(&st, "service", service);
-		PushString(&st, "authorized_by", rule);
+		PushString(&d, "service", service);
+		PushString(&d, "authorized_by", rule);
 	}
-	obj = pushJsonbValue(&st, WJB_END_OBJECT, NULL);
+	details = FinishDetails(&d, &text);
 	snprintf(id, sizeof(id), "%lld", (long long) r->transfer_id);
-	fintx_audit_init(e, principal, AuditAction(r), "transfer", pstrdup(id), JsonbValueToJsonb(obj));
+	fintx_audit_init_text(e, principal, AuditAction(r), "transfer", pstrdup(id), details, text);
 }
 
 /* Columns of fintx.transfers and fintx.pending_holds, as direct.c checks them. */

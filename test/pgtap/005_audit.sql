@@ -277,30 +277,6 @@ SELECT ok((SELECT bool_and(e.entry_hash = sha256('\x00'::bytea || pg_temp.canoni
             FROM fintx.audit_entries e JOIN notes_log USING (entry_id)),
           'entry_hash = leaf hash of the canonical encoding rebuilt here from the columns');
 
--- ledger entries: the hash covers the details exactly as stored, whatever the metadata
--- (escapes, unicode, nested values, numbers in every form), for holds with a timeout, their
--- resolutions, and a batch
-SELECT fintx.open_account('t005:a', 'EUR', allow_negative => true);
-SELECT fintx.open_account('t005:b', 'EUR');
-SELECT fintx.transfer('t005-1', 't005:a', 't005:b', 150,
-       '{"note": "quote \" backslash \\ tab \t newline \n", "ünïcödé": "€ 𝄞 \u0001",
-         "n": [1, 1.50, -0.0, 1e3, 12345678901234567890], "deep": {"a": {"b": [true, false, null]}},
-         "": "empty key", "zz": {}, "a": []}'::jsonb);
-SELECT fintx.transfer('t005-2', 't005:a', 't005:b', 7, pending => true, timeout => '1 hour');
-SELECT fintx.post_pending('t005-3', (SELECT transfer_id FROM fintx.transfer('t005-2', 't005:a', 't005:b', 7, pending => true, timeout => '1 hour')), 5);
-SELECT fintx.void_pending('t005-5', (SELECT transfer_id FROM fintx.transfer('t005-4', 't005:a', 't005:b', 9, pending => true)));
-SELECT count(*) FROM fintx.transfer_batch('[{"idempotency_key": "t005-6", "from_account": "t005:a", "to_account": "t005:b", "amount": 1, "metadata": {"k\u00e9y": "v"}},
-                                            {"idempotency_key": "t005-7", "from_account": "t005:a", "to_account": "t005:b", "amount": 2}]');
-SELECT is((SELECT count(*)::int FROM fintx.audit_entries WHERE object_type = 'transfer'
-             AND details->>'idempotency_key' LIKE 't005-%'), 7, 'seven ledger entries');
-SELECT ok((SELECT bool_and(e.entry_hash = sha256('\x00'::bytea || pg_temp.canonical(e)))
-             FROM fintx.audit_entries e WHERE object_type = 'transfer' AND details->>'idempotency_key' LIKE 't005-%'),
-          'ledger entries: entry_hash = leaf hash of the canonical encoding rebuilt from the stored details');
-SELECT ok((SELECT bool_and(t.entry_hash = e.entry_hash) FROM fintx.transfers t
-             JOIN fintx.audit_entries e ON e.object_type = 'transfer' AND e.object_id = t.id::text
-            WHERE t.principal = current_user AND e.details->>'idempotency_key' LIKE 't005-%'),
-          'each transfer row carries the hash of its audit entry');
-
 -- append_only
 CREATE TABLE public.t005_journal (id int, v text);
 SELECT lives_ok($$SELECT fintx.append_only('public.t005_journal')$$, 'append_only attaches its triggers');
@@ -472,6 +448,30 @@ SELECT is((SELECT array_agg(split_part(line, E'\t', 1) || ':' || (decode(split_p
                             ORDER BY l.leaf_index)
              FROM fintx.audit_export() line JOIN leaves l ON l.leaf_index = split_part(line, E'\t', 1)::bigint),
           ARRAY['0:true', '1:true', '2:true', '3:true', '4:true'], 'audit_export() lists every leaf with its leaf_data');
+
+-- ledger entries: the hash covers the details exactly as stored, whatever the metadata
+-- (escapes, unicode, nested values, numbers in every form), for holds with a timeout, their
+-- resolutions, and a batch
+SELECT fintx.open_account('t005:a', 'EUR', allow_negative => true);
+SELECT fintx.open_account('t005:b', 'EUR');
+SELECT fintx.transfer('t005-1', 't005:a', 't005:b', 150,
+       '{"note": "quote \" backslash \\ tab \t newline \n", "ünïcödé": "€ 𝄞 \u0001",
+         "n": [1, 1.50, -0.0, 1e3, 12345678901234567890], "deep": {"a": {"b": [true, false, null]}},
+         "": "empty key", "zz": {}, "a": []}'::jsonb);
+SELECT fintx.transfer('t005-2', 't005:a', 't005:b', 7, pending => true, timeout => '1 hour');
+SELECT fintx.post_pending('t005-3', (SELECT transfer_id FROM fintx.transfer('t005-2', 't005:a', 't005:b', 7, pending => true, timeout => '1 hour')), 5);
+SELECT fintx.void_pending('t005-5', (SELECT transfer_id FROM fintx.transfer('t005-4', 't005:a', 't005:b', 9, pending => true)));
+SELECT count(*) FROM fintx.transfer_batch('[{"idempotency_key": "t005-6", "from_account": "t005:a", "to_account": "t005:b", "amount": 1, "metadata": {"k\u00e9y": "v"}},
+                                            {"idempotency_key": "t005-7", "from_account": "t005:a", "to_account": "t005:b", "amount": 2}]');
+SELECT is((SELECT count(*)::int FROM fintx.audit_entries WHERE object_type = 'transfer'
+             AND details->>'idempotency_key' LIKE 't005-%'), 7, 'seven ledger entries');
+SELECT ok((SELECT bool_and(e.entry_hash = sha256('\x00'::bytea || pg_temp.canonical(e)))
+             FROM fintx.audit_entries e WHERE object_type = 'transfer' AND details->>'idempotency_key' LIKE 't005-%'),
+          'ledger entries: entry_hash = leaf hash of the canonical encoding rebuilt from the stored details');
+SELECT ok((SELECT bool_and(t.entry_hash = e.entry_hash) FROM fintx.transfers t
+             JOIN fintx.audit_entries e ON e.object_type = 'transfer' AND e.object_id = t.id::text
+            WHERE t.principal = current_user AND e.details->>'idempotency_key' LIKE 't005-%'),
+          'each transfer row carries the hash of its audit entry');
 
 SELECT * FROM finish();
 ROLLBACK;

@@ -158,9 +158,17 @@ fintx_hash_datum(const uint8 *hash)
 }
 
 /* Columns of fintx.audit_entries, as direct.c checks them. */
-static const char *const entry_columns[] = {
-	"entry_id", "txid", "recorded_at", "actor", "session_role", "action", "object_type",
-	"object_id", "details", "entry_hash"
+static const FintxColumn entry_columns[] = {
+	{"entry_id", INT8OID},
+	{"txid", XID8OID},
+	{"recorded_at", TIMESTAMPTZOID},
+	{"actor", TEXTOID},
+	{"session_role", TEXTOID},
+	{"action", TEXTOID},
+	{"object_type", TEXTOID},
+	{"object_id", TEXTOID},
+	{"details", JSONBOID},
+	{"entry_hash", BYTEAOID}
 };
 
 /*

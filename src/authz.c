@@ -782,9 +782,22 @@ DecisionObject(Decision *d)
 }
 
 /* Columns of fintx.access_log_entries, as direct.c checks them. */
-static const char *const access_log_columns[] = {
-	"at", "service", "role", "session_user_name", "operation", "object", "amount", "currency",
-	"allowed", "reason", "rule", "client_addr", "application_name", "backend_pid", "recorded_by"
+static const FintxColumn access_log_columns[] = {
+	{"at", TIMESTAMPTZOID},
+	{"service", TEXTOID},
+	{"role", TEXTOID},
+	{"session_user_name", TEXTOID},
+	{"operation", TEXTOID},
+	{"object", TEXTOID},
+	{"amount", INT8OID},
+	{"currency", TEXTOID},
+	{"allowed", BOOLOID},
+	{"reason", TEXTOID},
+	{"rule", TEXTOID},
+	{"client_addr", INETOID},
+	{"application_name", TEXTOID},
+	{"backend_pid", INT4OID},
+	{"recorded_by", TEXTOID}
 };
 
 /* The client's address as inet_client_addr() gives it (NULL over a Unix socket). */

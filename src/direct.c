@@ -91,7 +91,7 @@ FintxRelid(const char *name)
 
 /* Checks that the table's columns are exactly the names the caller writes. */
 static void
-CheckLayout(Relation rel, const char *const *columns, int ncolumns)
+CheckLayout(Relation rel, const FintxColumn *columns, int ncolumns)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
 	bool		ok = desc->natts == ncolumns;
@@ -100,7 +100,8 @@ CheckLayout(Relation rel, const char *const *columns, int ncolumns)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
 
-		ok = !att->attisdropped && strcmp(NameStr(att->attname), columns[i]) == 0;
+		ok = !att->attisdropped && att->atttypid == columns[i].type &&
+			strcmp(NameStr(att->attname), columns[i].name) == 0;
 	}
 	if (!ok)
 		ereport(ERROR,
@@ -111,7 +112,7 @@ CheckLayout(Relation rel, const char *const *columns, int ncolumns)
 
 /* Opens one leaf relation for writing (speculative: for insert-unless-exists). */
 static void
-OpenLeaf(FintxLeaf *leaf, Relation rel, const char *const *columns, int ncolumns, bool speculative)
+OpenLeaf(FintxLeaf *leaf, Relation rel, const FintxColumn *columns, int ncolumns, bool speculative)
 {
 	CheckLayout(rel, columns, ncolumns);
 	leaf->rel = rel;
@@ -172,6 +173,22 @@ fintx_direct_begin(void)
 	return estate;
 }
 
+/*
+ * A new statement snapshot for the rest of the group in READ COMMITTED, as
+ * the next SQL statement would take: after waiting (for a concurrent claim of
+ * the same key), rows committed meanwhile are seen.
+ */
+void
+fintx_direct_refresh(EState *estate)
+{
+	if (IsolationUsesXactSnapshot())
+		return;
+	PopActiveSnapshot();
+	CommandCounterIncrement();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	estate->es_snapshot = GetActiveSnapshot();
+}
+
 void
 fintx_direct_end(EState *estate)
 {
@@ -181,7 +198,7 @@ fintx_direct_end(EState *estate)
 
 /* Opens fintx.name and resets t for a write group. */
 static Relation
-OpenTable(FintxTable *t, EState *estate, const char *name, const char *const *columns, int ncolumns)
+OpenTable(FintxTable *t, EState *estate, const char *name, const FintxColumn *columns, int ncolumns)
 {
 	Relation	rel = table_open(FintxRelid(name), RowExclusiveLock);
 
@@ -201,7 +218,7 @@ OpenTable(FintxTable *t, EState *estate, const char *name, const char *const *co
  */
 void
 fintx_direct_open(FintxTable *t, EState *estate, const char *name,
-				  const char *const *columns, int ncolumns)
+				  const FintxColumn *columns, int ncolumns)
 {
 	Relation	rel = OpenTable(t, estate, name, columns, ncolumns);
 
@@ -215,15 +232,18 @@ fintx_direct_open(FintxTable *t, EState *estate, const char *name,
 }
 
 /*
- * Opens fintx.name (a plain table) for fintx_direct_insert_unless_exists with
- * the unique index fintx.arbiter as the arbiter of conflicts.
+ * Opens fintx.name (a plain table) for fintx_direct_insert_unless_exists on
+ * the key of unique index fintx.arbiter. Every unique index of the table
+ * arbitrates (NIL arbiter list): another unique index on the same key (one
+ * added by hand, or the copy REINDEX CONCURRENTLY builds) reports the same
+ * existing row instead of raising 23505.
  */
 void
 fintx_direct_open_arbiter(FintxTable *t, EState *estate, const char *name,
-						  const char *const *columns, int ncolumns, const char *arbiter)
+						  const FintxColumn *columns, int ncolumns, const char *arbiter)
 {
 	OpenLeaf(&t->leaf, OpenTable(t, estate, name, columns, ncolumns), columns, ncolumns, true);
-	t->arbiters = list_make1_oid(FintxRelid(arbiter));
+	t->arbiter = FintxRelid(arbiter);
 }
 
 void
@@ -234,6 +254,22 @@ fintx_direct_close(FintxTable *t)
 		CloseLeaf(&t->parts[i]);
 	if (t->parent)
 		table_close(t->parent, NoLock);
+}
+
+/*
+ * ExecInsertIndexTuples returns the indexes whose deferred uniqueness must be
+ * checked at commit; the executor queues that check as a trigger, which
+ * these writes do not have. fintx's tables have no deferrable constraints;
+ * one added by hand is refused rather than left unchecked.
+ */
+static void
+RefuseDeferred(FintxLeaf *leaf, List *recheck)
+{
+	if (recheck != NIL)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("deferrable unique constraints on \"fintx.%s\" are not supported",
+						RelationGetRelationName(leaf->rel))));
 }
 
 /* Puts a row into the leaf's virtual slot and checks its constraints. */
@@ -263,7 +299,7 @@ InsertLeaf(FintxLeaf *leaf, EState *estate, const Datum *values, const bool *nul
 	if (leaf->rri->ri_NumIndices > 0)
 	{
 		recheck = ExecInsertIndexTuples(leaf->rri, slot, estate, false, false, NULL, NIL);
-		list_free(recheck);
+		RefuseDeferred(leaf, recheck);
 	}
 	ResetPerTupleExprContext(estate);
 }
@@ -331,7 +367,7 @@ fintx_direct_insert_unless_exists(FintxTable *t, const Datum *values, const bool
 
 		CHECK_FOR_INTERRUPTS();
 		slot = StoreRow(leaf, estate, values, nulls);
-		if (precheck && !ExecCheckIndexConstraints(leaf->rri, slot, estate, &conflict, t->arbiters))
+		if (precheck && !ExecCheckIndexConstraints(leaf->rri, slot, estate, &conflict, NIL))
 		{
 			CheckConflictVisible(leaf, estate, &conflict);
 			ResetPerTupleExprContext(estate);
@@ -339,7 +375,7 @@ fintx_direct_insert_unless_exists(FintxTable *t, const Datum *values, const bool
 		}
 		token = SpeculativeInsertionLockAcquire(GetCurrentTransactionId());
 		table_tuple_insert_speculative(leaf->rel, slot, estate->es_output_cid, 0, NULL, token);
-		recheck = ExecInsertIndexTuples(leaf->rri, slot, estate, false, true, &spec_conflict, t->arbiters);
+		recheck = ExecInsertIndexTuples(leaf->rri, slot, estate, false, true, &spec_conflict, NIL);
 		list_free(recheck);
 		table_tuple_complete_speculative(leaf->rel, slot, token, !spec_conflict);
 		SpeculativeInsertionLockRelease(GetCurrentTransactionId());
@@ -469,25 +505,27 @@ fintx_direct_update(FintxTable *t, ItemPointer tid, HeapTuple old,
 	HeapTuple	tup = heap_modify_tuple(old, RelationGetDescr(leaf->rel), (Datum *) values,
 										(bool *) nulls, (bool *) replace);
 
+	if (leaf->heap_slot == NULL)
+		leaf->heap_slot = MakeSingleTupleTableSlot(RelationGetDescr(leaf->rel), &TTSOpsHeapTuple);
+	ExecStoreHeapTuple(tup, leaf->heap_slot, false);
+	if (leaf->rel->rd_att->constr)
+		ExecConstraints(leaf->rri, leaf->heap_slot, t->estate);
 	simple_heap_update(leaf->rel, tid, tup);
 	if (!HeapTupleIsHeapOnly(tup) && leaf->rri->ri_NumIndices > 0)
 	{
-		List	   *recheck;
-
-		if (leaf->heap_slot == NULL)
-			leaf->heap_slot = MakeSingleTupleTableSlot(RelationGetDescr(leaf->rel), &TTSOpsHeapTuple);
-		ExecStoreHeapTuple(tup, leaf->heap_slot, false);
-		recheck = ExecInsertIndexTuples(leaf->rri, leaf->heap_slot, t->estate, true, false, NULL, NIL);
-		list_free(recheck);
-		ExecClearTuple(leaf->heap_slot);
-		ResetPerTupleExprContext(t->estate);
+		/* the slot holds tup, whose t_self is now the new version */
+		leaf->heap_slot->tts_tid = tup->t_self;
+		RefuseDeferred(leaf, ExecInsertIndexTuples(leaf->rri, leaf->heap_slot, t->estate,
+												   true, false, NULL, NIL));
 	}
+	ExecClearTuple(leaf->heap_slot);
+	ResetPerTupleExprContext(t->estate);
 	heap_freetuple(tup);
 }
 
 /* Inserts rows (values and nulls row after row) into plain table fintx.name in write group estate. */
 void
-fintx_direct_write_rows(EState *estate, const char *name, const char *const *columns, int ncolumns,
+fintx_direct_write_rows(EState *estate, const char *name, const FintxColumn *columns, int ncolumns,
 						int nrows, const Datum *values, const bool *nulls)
 {
 	FintxTable	t;
@@ -500,7 +538,7 @@ fintx_direct_write_rows(EState *estate, const char *name, const char *const *col
 
 /* Inserts rows into plain table fintx.name in a write group of their own. */
 void
-fintx_direct_insert_rows(const char *name, const char *const *columns, int ncolumns,
+fintx_direct_insert_rows(const char *name, const FintxColumn *columns, int ncolumns,
 						 int nrows, const Datum *values, const bool *nulls)
 {
 	EState	   *estate = fintx_direct_begin();

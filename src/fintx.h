@@ -156,6 +156,13 @@ extern void fintx_audit_entry_from_row(HeapTuple tup, TupleDesc desc, int first,
 /* direct.c: rows written with the table and index access methods */
 #define FINTX_DIRECT_MAX_PARTS 4
 
+/* A column fintx writes: its name and type, checked against the table when it is opened. */
+typedef struct FintxColumn
+{
+	const char *name;
+	Oid			type;
+} FintxColumn;
+
 typedef struct FintxLeaf
 {
 	Relation	rel;
@@ -169,21 +176,22 @@ typedef struct FintxLeaf
 typedef struct FintxTable
 {
 	EState	   *estate;
-	const char *const *columns;
+	const FintxColumn *columns;
 	int			ncolumns;
 	FintxLeaf	leaf;			/* a plain table */
 	Relation	parent;			/* a partitioned table */
 	int			nparts;
 	FintxLeaf	parts[FINTX_DIRECT_MAX_PARTS];
-	List	   *arbiters;		/* unique index of insert-unless-exists */
+	Oid			arbiter;		/* unique index of insert-unless-exists */
 } FintxTable;
 
 extern EState *fintx_direct_begin(void);
 extern void fintx_direct_end(EState *estate);
+extern void fintx_direct_refresh(EState *estate);
 extern void fintx_direct_open(FintxTable *t, EState *estate, const char *name,
-							  const char *const *columns, int ncolumns);
+							  const FintxColumn *columns, int ncolumns);
 extern void fintx_direct_open_arbiter(FintxTable *t, EState *estate, const char *name,
-									  const char *const *columns, int ncolumns, const char *arbiter);
+									  const FintxColumn *columns, int ncolumns, const char *arbiter);
 extern bool fintx_direct_insert_unless_exists(FintxTable *t, const Datum *values, const bool *nulls);
 extern void fintx_direct_close(FintxTable *t);
 extern void fintx_direct_insert(FintxTable *t, const Datum *values, const bool *nulls);
@@ -193,9 +201,9 @@ extern TupleTableSlot *fintx_direct_lock(FintxTable *t, ItemPointer tid);
 extern void fintx_direct_update(FintxTable *t, ItemPointer tid, HeapTuple old,
 								const Datum *values, const bool *nulls, const bool *replace);
 extern int64 fintx_direct_nextval(const char *name);
-extern void fintx_direct_write_rows(EState *estate, const char *name, const char *const *columns,
+extern void fintx_direct_write_rows(EState *estate, const char *name, const FintxColumn *columns,
 									int ncolumns, int nrows, const Datum *values, const bool *nulls);
-extern void fintx_direct_insert_rows(const char *name, const char *const *columns, int ncolumns,
+extern void fintx_direct_insert_rows(const char *name, const FintxColumn *columns, int ncolumns,
 									 int nrows, const Datum *values, const bool *nulls);
 
 /* sequencer.c */

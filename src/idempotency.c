@@ -178,8 +178,12 @@ StatusName(const char *s)
 }
 
 /* Columns of fintx.idempotency_keys, as direct.c checks them. */
-static const char *const journal_columns[] = {
-	"principal", "idempotency_key", "fingerprint", "transfer_id", "created_at"
+static const FintxColumn journal_columns[] = {
+	{"principal", TEXTOID},
+	{"idempotency_key", TEXTOID},
+	{"fingerprint", BYTEAOID},
+	{"transfer_id", INT8OID},
+	{"created_at", TIMESTAMPTZOID}
 };
 
 /*

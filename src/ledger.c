@@ -321,10 +321,20 @@ GetInt64(HeapTuple tup, TupleDesc desc, int col)
 }
 
 /* Columns of fintx.accounts, as direct.c checks them (attribute numbers - 1). */
-static const char *const account_columns[] = {
-	"id", "code", "currency", "allow_negative", "allow_positive", "metadata",
-	"debits_posted", "credits_posted", "debits_pending", "credits_pending",
-	"created_by", "created_at", "closed_at"
+static const FintxColumn account_columns[] = {
+	{"id", INT8OID},
+	{"code", TEXTOID},
+	{"currency", TEXTOID},
+	{"allow_negative", BOOLOID},
+	{"allow_positive", BOOLOID},
+	{"metadata", JSONBOID},
+	{"debits_posted", INT8OID},
+	{"credits_posted", INT8OID},
+	{"debits_pending", INT8OID},
+	{"credits_pending", INT8OID},
+	{"created_by", TEXTOID},
+	{"created_at", TIMESTAMPTZOID},
+	{"closed_at", TIMESTAMPTZOID}
 };
 enum
 {
@@ -930,11 +940,25 @@ AuditTransfer(const char *principal, LedgerRequest *r, int i, Datum *timeout_at,
 }
 
 /* Columns of fintx.transfers and fintx.pending_holds, as direct.c checks them. */
-static const char *const transfer_columns[] = {
-	"id", "status", "from_account", "to_account", "amount", "pending_id", "timeout_at",
-	"metadata", "from_balance", "to_balance", "entry_hash", "principal", "created_at"
+static const FintxColumn transfer_columns[] = {
+	{"id", INT8OID},
+	{"status", TEXTOID},
+	{"from_account", INT8OID},
+	{"to_account", INT8OID},
+	{"amount", INT8OID},
+	{"pending_id", INT8OID},
+	{"timeout_at", TIMESTAMPTZOID},
+	{"metadata", JSONBOID},
+	{"from_balance", INT8OID},
+	{"to_balance", INT8OID},
+	{"entry_hash", BYTEAOID},
+	{"principal", TEXTOID},
+	{"created_at", TIMESTAMPTZOID}
 };
-static const char *const hold_columns[] = {"transfer_id", "timeout_at"};
+static const FintxColumn hold_columns[] = {
+	{"transfer_id", INT8OID},
+	{"timeout_at", TIMESTAMPTZOID}
+};
 
 /*
  * Writes back changed accounts, inserts the transfer rows with their audit
@@ -1073,6 +1097,8 @@ ApplyNew(EState *estate, const char *principal, LedgerRequest **reqs, int n)
 
 	if (reqs[0]->op != LEDGER_TRANSFER)
 		holds = ClaimHolds(reqs, n, &nholds);
+	/* the key claim (and ClaimHolds) may have waited: see accounts committed meanwhile */
+	fintx_direct_refresh(estate);
 	fintx_direct_open(&accounts, estate, "accounts", account_columns, ACC_NCOLUMNS);
 	accts = LockAccounts(&accounts, reqs, n, holds, nholds, &naccts);
 	/* read the clock only now: taking the locks may have waited past a timeout */

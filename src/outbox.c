@@ -229,9 +229,17 @@ NewEventId(void)
 
 
 /* Columns of fintx.outbox, as direct.c checks them. */
-static const char *const outbox_columns[] = {
-	"id", "aggregatetype", "aggregateid", "type", "payload", "headers", "position", "txid",
-	"created_at", "event_no"
+static const FintxColumn outbox_columns[] = {
+	{"id", UUIDOID},
+	{"aggregatetype", TEXTOID},
+	{"aggregateid", TEXTOID},
+	{"type", TEXTOID},
+	{"payload", JSONBOID},
+	{"headers", JSONBOID},
+	{"position", INT8OID},
+	{"txid", XID8OID},
+	{"created_at", TIMESTAMPTZOID},
+	{"event_no", INT8OID}
 };
 
 /* {"actor": actor} or {"actor": actor, "audit_entry_id": id} (id >= 0). */

@@ -17,7 +17,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION fintx;
-SELECT plan(87);
+SELECT plan(89);
 
 CREATE FUNCTION pg_temp.run_as(r text, q text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
@@ -201,6 +201,28 @@ SELECT is(pg_temp.error_after('ALTER TABLE fintx.audit_entries RENAME TO audit_e
                               $$SELECT fintx.transfer('slot-w', 'slot:a', 'slot:b', 1)$$),
           '42P01 relation "fintx.audit_entries" does not exist',
           'a missing fintx table fails the transfer with 42P01');
+-- another unique index on the journal's key (one added by hand, or REINDEX CONCURRENTLY's
+-- copy): a retry still replays, it is not a 23505
+CREATE FUNCTION pg_temp.replay_with_second_key_index() RETURNS text LANGUAGE plpgsql AS $f$
+DECLARE
+  r text;
+BEGIN
+  BEGIN
+    CREATE UNIQUE INDEX t007_second_key ON fintx.idempotency_keys (principal, idempotency_key);
+    PERFORM fintx.transfer('slot-dup', 'slot:a', 'slot:b', 1);
+    SELECT replayed::text INTO r FROM fintx.transfer('slot-dup', 'slot:a', 'slot:b', 1);
+    RAISE EXCEPTION 'replayed %', r;
+  EXCEPTION WHEN OTHERS THEN
+    RETURN SQLSTATE || ' ' || SQLERRM;
+  END;
+END $f$;
+SELECT is(pg_temp.replay_with_second_key_index(), 'P0001 replayed true',
+          'with a second unique index on the key, a retry replays');
+-- a CHECK constraint added to the accounts holds for fintx's updates too
+SELECT is(pg_temp.error_after('ALTER TABLE fintx.accounts ADD CONSTRAINT t007_cap CHECK (debits_posted <= 1000000)',
+                              $$SELECT fintx.transfer('slot-cap', 'slot:a', 'slot:b', 2000000)$$),
+          '23514 new row for relation "accounts" violates check constraint "t007_cap"',
+          'a CHECK constraint on fintx.accounts is enforced on the balance update');
 SELECT is(pg_temp.error_after('SELECT 1', $$SELECT fintx.transfer('slot-z', 'slot:a', 'slot:b', 1)$$),
           'P0001 no error', 'the same transfer without the change succeeds');
 

@@ -155,8 +155,9 @@ CloseLeaf(FintxLeaf *leaf)
 
 /*
  * Starts a group of direct writes: refuses them where SQL would (read-only
- * transaction, parallel mode), makes earlier changes of this transaction
- * visible and takes a statement snapshot, as SPI does for a statement.
+ * transaction, parallel mode) and makes earlier changes of this transaction
+ * visible. Inserts need no snapshot; the group's statement snapshot is taken
+ * when a row is first looked up (GroupSnapshot).
  */
 EState *
 fintx_direct_begin(void)
@@ -166,34 +167,37 @@ fintx_direct_begin(void)
 	PreventCommandIfReadOnly("INSERT");
 	PreventCommandIfParallelMode("INSERT");
 	CommandCounterIncrement();
-	PushActiveSnapshot(GetTransactionSnapshot());
 	estate = CreateExecutorState();
 	estate->es_output_cid = GetCurrentCommandId(true);
-	estate->es_snapshot = GetActiveSnapshot();
 	return estate;
 }
 
 /*
- * A new statement snapshot for the rest of the group in READ COMMITTED, as
- * the next SQL statement would take: after waiting (for a concurrent claim of
- * the same key), rows committed meanwhile are seen.
+ * The group's statement snapshot, taken (and made active) at the first
+ * lookup, as SPI takes one per statement: in READ COMMITTED it is newer than
+ * anything the group waited for before (a concurrent claim of the same key),
+ * so rows committed meanwhile are seen.
  */
-void
-fintx_direct_refresh(EState *estate)
+static Snapshot
+GroupSnapshot(EState *estate)
 {
-	if (IsolationUsesXactSnapshot())
-		return;
-	PopActiveSnapshot();
-	CommandCounterIncrement();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	estate->es_snapshot = GetActiveSnapshot();
+	if (estate->es_snapshot == InvalidSnapshot)
+	{
+		CommandCounterIncrement();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		estate->es_snapshot = GetActiveSnapshot();
+	}
+	return estate->es_snapshot;
 }
 
 void
 fintx_direct_end(EState *estate)
 {
+	bool		snapshot = estate->es_snapshot != InvalidSnapshot;
+
 	FreeExecutorState(estate);
-	PopActiveSnapshot();
+	if (snapshot)
+		PopActiveSnapshot();
 }
 
 /* Opens fintx.name and resets t for a write group. */
@@ -232,18 +236,16 @@ fintx_direct_open(FintxTable *t, EState *estate, const char *name,
 }
 
 /*
- * Opens fintx.name (a plain table) for fintx_direct_insert_unless_exists on
- * the key of unique index fintx.arbiter. Every unique index of the table
- * arbitrates (NIL arbiter list): another unique index on the same key (one
- * added by hand, or the copy REINDEX CONCURRENTLY builds) reports the same
- * existing row instead of raising 23505.
+ * Opens fintx.name (a plain table) for fintx_direct_insert_unless_exists.
+ * Every unique index of the table arbitrates (NIL arbiter list): another
+ * unique index on the same key (one added by hand, or the copy REINDEX
+ * CONCURRENTLY builds) reports the same existing row instead of raising 23505.
  */
 void
-fintx_direct_open_arbiter(FintxTable *t, EState *estate, const char *name,
-						  const FintxColumn *columns, int ncolumns, const char *arbiter)
+fintx_direct_open_speculative(FintxTable *t, EState *estate, const char *name,
+							  const FintxColumn *columns, int ncolumns)
 {
 	OpenLeaf(&t->leaf, OpenTable(t, estate, name, columns, ncolumns), columns, ncolumns, true);
-	t->arbiter = FintxRelid(arbiter);
 }
 
 void
@@ -330,7 +332,7 @@ CheckConflictVisible(FintxLeaf *leaf, EState *estate, ItemPointer tid)
 	slot = leaf->table_slot;
 	if (!table_tuple_fetch_row_version(leaf->rel, tid, SnapshotAny, slot))
 		elog(ERROR, "failed to fetch conflicting row of \"fintx.%s\"", RelationGetRelationName(leaf->rel));	/* LCOV_EXCL_LINE */
-	if (!table_tuple_satisfies_snapshot(leaf->rel, slot, estate->es_snapshot) &&
+	if (!table_tuple_satisfies_snapshot(leaf->rel, slot, GroupSnapshot(estate)) &&
 		!TransactionIdIsCurrentTransactionId(DatumGetTransactionId(slot_getsysattr(slot, MinTransactionIdAttributeNumber, &isnull))))
 		ereport(ERROR,
 				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
@@ -441,7 +443,7 @@ fintx_direct_find(FintxTable *t, const char *index_name, RegProcedure eqproc, Da
 		EndScan(leaf);
 	if (leaf->scan == NULL)
 		leaf->scan = index_beginscan(leaf->rel, index_open(indexoid, AccessShareLock),
-									 GetActiveSnapshot(), 1, 0);
+									 GroupSnapshot(t->estate), 1, 0);
 	ScanKeyInit(&skey, 1, BTEqualStrategyNumber, eqproc, key);
 	index_rescan(leaf->scan, &skey, 1, NULL, 0);
 	return index_getnext_slot(leaf->scan, ForwardScanDirection, leaf->table_slot) ? leaf->table_slot : NULL;
@@ -467,7 +469,7 @@ fintx_direct_lock(FintxTable *t, ItemPointer tid)
 	Assert(leaf->table_slot != NULL);	/* rows are found before they are locked */
 	if (!IsolationUsesXactSnapshot())
 		flags |= TUPLE_LOCK_FLAG_FIND_LAST_VERSION;
-	res = table_tuple_lock(leaf->rel, &target, GetActiveSnapshot(), leaf->table_slot,
+	res = table_tuple_lock(leaf->rel, &target, GroupSnapshot(t->estate), leaf->table_slot,
 						   t->estate->es_output_cid, LockTupleExclusive, LockWaitBlock, flags, &tmfd);
 	switch (res)
 	{

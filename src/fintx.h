@@ -182,16 +182,14 @@ typedef struct FintxTable
 	Relation	parent;			/* a partitioned table */
 	int			nparts;
 	FintxLeaf	parts[FINTX_DIRECT_MAX_PARTS];
-	Oid			arbiter;		/* unique index of insert-unless-exists */
 } FintxTable;
 
 extern EState *fintx_direct_begin(void);
 extern void fintx_direct_end(EState *estate);
-extern void fintx_direct_refresh(EState *estate);
 extern void fintx_direct_open(FintxTable *t, EState *estate, const char *name,
 							  const FintxColumn *columns, int ncolumns);
-extern void fintx_direct_open_arbiter(FintxTable *t, EState *estate, const char *name,
-									  const FintxColumn *columns, int ncolumns, const char *arbiter);
+extern void fintx_direct_open_speculative(FintxTable *t, EState *estate, const char *name,
+										  const FintxColumn *columns, int ncolumns);
 extern bool fintx_direct_insert_unless_exists(FintxTable *t, const Datum *values, const bool *nulls);
 extern void fintx_direct_close(FintxTable *t);
 extern void fintx_direct_insert(FintxTable *t, const Datum *values, const bool *nulls);

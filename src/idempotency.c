@@ -208,8 +208,8 @@ fintx_journal_claim(EState *estate, const char *principal, LedgerRequest **reqs,
 	memset(nulls, 0, sizeof(nulls));
 	v[0] = CStringGetTextDatum(principal);
 	v[4] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
-	fintx_direct_open_arbiter(&t, estate, "idempotency_keys", journal_columns,
-							  lengthof(journal_columns), "idempotency_keys_pkey");
+	fintx_direct_open_speculative(&t, estate, "idempotency_keys", journal_columns,
+								  lengthof(journal_columns));
 	for (int i = 0; i < nreqs; i++)
 	{
 		bytea	   *fp;

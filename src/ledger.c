@@ -1097,8 +1097,6 @@ ApplyNew(EState *estate, const char *principal, LedgerRequest **reqs, int n)
 
 	if (reqs[0]->op != LEDGER_TRANSFER)
 		holds = ClaimHolds(reqs, n, &nholds);
-	/* the key claim (and ClaimHolds) may have waited: see accounts committed meanwhile */
-	fintx_direct_refresh(estate);
 	fintx_direct_open(&accounts, estate, "accounts", account_columns, ACC_NCOLUMNS);
 	accts = LockAccounts(&accounts, reqs, n, holds, nholds, &naccts);
 	/* read the clock only now: taking the locks may have waited past a timeout */

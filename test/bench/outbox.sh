@@ -27,14 +27,8 @@ cluster_start "$WORK/pg" "fsync = on" "synchronous_commit = on" "shared_buffers 
     "max_wal_size = '4GB'" "fintx.database = 'bench'" "fintx.seal_interval = '$SEAL_INTERVAL'" >/dev/null
 PSQL="$PGBIN/psql -X -q -v ON_ERROR_STOP=1 -d bench"
 "$PGBIN/createdb" bench
+$PSQL -f "$ROOT/test/bench/accounts.sql" >/dev/null
 $PSQL <<'SQL'
-CREATE EXTENSION fintx;
-SELECT fintx.open_account('bench:funding', 'EUR', allow_negative => true);
-SELECT count(fintx.open_account('acct:' || i, 'EUR')) FROM generate_series(1, 1000) i;
-SELECT count(*) FROM fintx.transfer_batch(
-  (SELECT jsonb_agg(jsonb_build_object('idempotency_key', 'fund-' || i, 'from_account', 'bench:funding',
-                                       'to_account', 'acct:' || i, 'amount', 1000000000000))
-     FROM generate_series(1, 1000) i));
 CREATE TABLE lat (position bigint, ms double precision, at timestamptz DEFAULT clock_timestamp());
 -- a consumer polling every 5 ms, each poll in its own transaction
 CREATE PROCEDURE consume(seconds double precision) LANGUAGE plpgsql AS $$

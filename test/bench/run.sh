@@ -34,16 +34,8 @@ WORKLOADS=${WORKLOADS:-tpcb transfer transfer-svc batch batch-local}
 if [[ " $WORKLOADS " == *" tpcb "* ]]; then
     "$PGBIN/pgbench" -i -q -s "$SCALE" bench >"$OUT/init.log" 2>&1
 fi
-$PSQL <<'SQL'
-CREATE EXTENSION fintx;
-SELECT fintx.open_account('bench:funding', 'EUR', allow_negative => true);
-SELECT count(fintx.open_account('acct:' || i, 'EUR')) FROM generate_series(1, 1000) i;
-SELECT count(*) FROM fintx.transfer_batch(
-  (SELECT jsonb_agg(jsonb_build_object('idempotency_key', 'fund-' || i, 'from_account', 'bench:funding',
-                                       'to_account', 'acct:' || i, 'amount', 1000000000000))
-     FROM generate_series(1, 1000) i));
-VACUUM ANALYZE;
-SQL
+$PSQL -f "$ROOT/test/bench/accounts.sql" >/dev/null
+$PSQL -c 'VACUUM ANALYZE'
 if [[ " $WORKLOADS " == *" transfer-svc "* ]]; then
     # the production path: a registered service whose grant covers the accounts
     $PSQL <<'SQL'

@@ -242,6 +242,11 @@ static const FintxColumn outbox_columns[] = {
 	{"event_no", INT8OID}
 };
 
+/* Columns of fintx.outbox_positions. */
+static const FintxColumn position_columns[] = {
+	{"position", INT8OID}, {"event_no", INT8OID}, {"batch_id", INT8OID}
+};
+
 /* {"actor": actor} or {"actor": actor, "audit_entry_id": id} (id >= 0). */
 static Jsonb *
 ActorHeaders(const char *actor, int64 audit_entry_id)
@@ -358,9 +363,9 @@ fintx_outbox_write_audit(EState *estate, FintxAuditEntry *entries, int n)
 int64
 fintx_outbox_sequence(Datum snap, Datum own, bool own_null)
 {
-	Oid			types[5] = {PG_SNAPSHOTOID, PG_SNAPSHOTOID, XID8OID, INT8OID, INT8OID};
-	Datum		args[5];
-	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+	Oid			types[3] = {PG_SNAPSHOTOID, PG_SNAPSHOTOID, XID8OID};
+	Datum		args[3];
+	char		nulls[3] = {' ', ' ', ' '};
 	bool		isnull;
 	bool		exists;
 	int64		batch_id = 0;
@@ -391,15 +396,10 @@ fintx_outbox_sequence(Datum snap, Datum own, bool own_null)
 	args[1] = snap;
 	args[2] = own;
 	nulls[2] = own_null ? 'n' : ' ';
-	args[3] = Int64GetDatum(tail);
-	args[4] = Int64GetDatum(batch_id + 1);
-#define SEQ_HEAD "WITH e AS (SELECT o.event_no FROM fintx.outbox o WHERE "
+#define SEQ_HEAD "SELECT o.event_no FROM fintx.outbox o WHERE "
 #define SEQ_TAIL \
-	" AND pg_catalog.pg_visible_in_snapshot(o.txid, $2) AND o.txid IS DISTINCT FROM $3)," \
-	" ins AS (INSERT INTO fintx.outbox_positions (position, event_no, batch_id)" \
-	"         SELECT $4 + pg_catalog.row_number() OVER (ORDER BY e.event_no), e.event_no, $5 FROM e" \
-	"         RETURNING position)" \
-	" SELECT pg_catalog.count(*) FROM ins"
+	" AND pg_catalog.pg_visible_in_snapshot(o.txid, $2) AND o.txid IS DISTINCT FROM $3" \
+	" ORDER BY o.event_no"
 	/* custom plans, as for the audit scan: the planner must see the xmin to use the txid index */
 	fintx_keep_plan_opts(exists ? &seq_next_plan : &seq_first_plan,
 						 exists ?
@@ -407,11 +407,33 @@ fintx_outbox_sequence(Datum snap, Datum own, bool own_null)
 						 " AND NOT pg_catalog.pg_visible_in_snapshot(o.txid, $1)" SEQ_TAIL
 						 :
 						 SEQ_HEAD "$1 IS NULL" SEQ_TAIL,
-						 5, types, CURSOR_OPT_CUSTOM_PLAN);
+						 3, types, CURSOR_OPT_CUSTOM_PLAN);
 	ret = SPI_execute_plan(exists ? seq_next_plan : seq_first_plan, args, nulls, false, 0);
-	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "sequencing outbox events failed: %s", SPI_result_code_string(ret));	/* LCOV_EXCL_LINE */
-	count = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	count = (int64) SPI_processed;
+	if (count > 0)
+	{
+		/* positions tail + 1, tail + 2, ... in event_no order, each in its event's slot */
+		SPITupleTable *tt = SPI_tuptable;
+		EState	   *estate = fintx_direct_begin();
+		FintxTable	t;
+		Datum		v[3];
+		bool		vnulls[3] = {false, false, false};
+
+		fintx_direct_open(&t, estate, "outbox_positions", position_columns, 3);
+		v[2] = Int64GetDatum(batch_id + 1);
+		for (int64 i = 0; i < count; i++)
+		{
+			int64		event_no = DatumGetInt64(SPI_getbinval(tt->vals[i], tt->tupdesc, 1, &isnull));
+
+			v[0] = Int64GetDatum(tail + 1 + i);
+			v[1] = Int64GetDatum(event_no);
+			fintx_direct_insert_routed(&t, (event_no / FINTX_OUTBOX_SLOT_EVENTS) % FINTX_OUTBOX_SLOTS, v, vnulls);
+		}
+		fintx_direct_close(&t);
+		fintx_direct_end(estate);
+	}
 	if (count == 0)
 		return 0;
 	{

@@ -75,11 +75,16 @@ char	   *fintx_trusted_keys = NULL;
 static SPIPlanPtr last_block_plan = NULL;
 static SPIPlanPtr first_scan_plan = NULL;
 static SPIPlanPtr next_scan_plan = NULL;
-static SPIPlanPtr leaves_plan = NULL;
-static SPIPlanPtr nodes_plan = NULL;
 static SPIPlanPtr node_plan = NULL;
 static SPIPlanPtr block_plan = NULL;
 static SPIPlanPtr outbox_snap_plan = NULL;
+
+static const FintxColumn leaf_columns[] = {
+	{"leaf_index", INT8OID}, {"entry_id", INT8OID}, {"block_id", INT8OID}
+};
+static const FintxColumn node_columns[] = {
+	{"level", INT2OID}, {"idx", INT8OID}, {"hash", BYTEAOID}
+};
 
 /* The latest block (tree_size 0 and block_id 0 if none). */
 typedef struct BlockInfo
@@ -215,16 +220,6 @@ fintx_block_hash(int64 id, int64 size, const uint8 *root, const uint8 *prev, Tim
 	pfree(buf.data);
 }
 
-static Datum
-MakeArray(Datum *elems, int n, Oid type)
-{
-	if (type == INT8OID)
-		return PointerGetDatum(construct_array(elems, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	if (type == INT2OID)
-		return PointerGetDatum(construct_array(elems, n, INT2OID, 2, true, TYPALIGN_SHORT));
-	return PointerGetDatum(construct_array(elems, n, type, -1, false, TYPALIGN_INT));
-}
-
 /*
  * Seals every committed entry not yet in the log: assigns leaf indexes,
  * stores the new complete subtrees and appends a signed, chained block.
@@ -245,9 +240,7 @@ fintx_seal_log(void)
 	uint8	   *level_hashes;
 	int64		level_lo;
 	int64		level_cnt;
-	Datum	   *nl,
-			   *ni,
-			   *nh;
+	Datum	   *nodes;
 	int64		nn = 0;
 	uint8		root[MERKLE_HASH_LEN];
 	uint8		prev_hash[MERKLE_HASH_LEN];
@@ -347,42 +340,31 @@ fintx_seal_log(void)
 	/* leaves */
 	{
 		SPITupleTable *tt = scan;
-		Datum	   *idx = palloc(sizeof(Datum) * k);
-		Datum	   *ent = palloc(sizeof(Datum) * k);
-		Oid			types[3] = {INT8ARRAYOID, INT8ARRAYOID, INT8OID};
-		Datum		args[3];
+		Datum	   *rows = palloc(sizeof(Datum) * 3 * k);
+		bool	   *nulls = palloc0(sizeof(bool) * 3 * k);
 
 		level_hashes = palloc(MERKLE_HASH_LEN * k);
 		for (int64 i = 0; i < k; i++)
 		{
 			bool		isnull;
 
-			idx[i] = Int64GetDatum(n0 + i);
-			ent[i] = SPI_getbinval(tt->vals[i], tt->tupdesc, 2, &isnull);
+			rows[3 * i] = Int64GetDatum(n0 + i);
+			rows[3 * i + 1] = SPI_getbinval(tt->vals[i], tt->tupdesc, 2, &isnull);
+			rows[3 * i + 2] = Int64GetDatum(block_id);
 			GetHash(tt->vals[i], tt->tupdesc, 3, level_hashes + i * MERKLE_HASH_LEN);
 		}
-		args[0] = MakeArray(idx, k, INT8OID);
-		args[1] = MakeArray(ent, k, INT8OID);
-		args[2] = Int64GetDatum(block_id);
-		fintx_keep_plan(&leaves_plan,
-						"INSERT INTO fintx.audit_leaves (leaf_index, entry_id, block_id)"
-						" SELECT u.l, u.e, $3 FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS u(l, e)",
-						3, types);
-		if (SPI_execute_plan(leaves_plan, args, NULL, false, 0) != SPI_OK_INSERT)
-			elog(ERROR, "writing audit leaves failed");
+		fintx_direct_insert_rows("audit_leaves", leaf_columns, 3, (int) k, rows, nulls);
 	}
 
 	/* complete subtrees that exist now but did not before, level by level */
-	nl = palloc(sizeof(Datum) * 2 * k + 128);
-	ni = palloc(sizeof(Datum) * 2 * k + 128);
-	nh = palloc(sizeof(Datum) * 2 * k + 128);
+	nodes = palloc(sizeof(Datum) * 3 * (2 * k + 64));
 	level_lo = n0;
 	level_cnt = k;
 	for (int64 i = 0; i < k; i++)
 	{
-		nl[nn] = Int16GetDatum(0);
-		ni[nn] = Int64GetDatum(n0 + i);
-		nh[nn] = fintx_hash_datum(level_hashes + i * MERKLE_HASH_LEN);
+		nodes[3 * nn] = Int16GetDatum(0);
+		nodes[3 * nn + 1] = Int64GetDatum(n0 + i);
+		nodes[3 * nn + 2] = fintx_hash_datum(level_hashes + i * MERKLE_HASH_LEN);
 		nn++;
 	}
 	for (int level = 1; level < 63; level++)
@@ -410,29 +392,16 @@ fintx_seal_log(void)
 				elog(ERROR, "audit tree node %lld at level %d has no new right child", (long long) idx, level);
 			right = level_hashes + (ri - level_lo) * MERKLE_HASH_LEN;
 			merkle_node_hash(left, right, next + (idx - lo) * MERKLE_HASH_LEN);
-			nl[nn] = Int16GetDatum((int16) level);
-			ni[nn] = Int64GetDatum(idx);
-			nh[nn] = fintx_hash_datum(next + (idx - lo) * MERKLE_HASH_LEN);
+			nodes[3 * nn] = Int16GetDatum((int16) level);
+			nodes[3 * nn + 1] = Int64GetDatum(idx);
+			nodes[3 * nn + 2] = fintx_hash_datum(next + (idx - lo) * MERKLE_HASH_LEN);
 			nn++;
 		}
 		level_hashes = next;
 		level_lo = lo;
 		level_cnt = hi - lo + 1;
 	}
-	{
-		Oid			types[3] = {INT2ARRAYOID, INT8ARRAYOID, BYTEAARRAYOID};
-		Datum		args[3];
-
-		args[0] = MakeArray(nl, nn, INT2OID);
-		args[1] = MakeArray(ni, nn, INT8OID);
-		args[2] = MakeArray(nh, nn, BYTEAOID);
-		fintx_keep_plan(&nodes_plan,
-						"INSERT INTO fintx.audit_nodes (level, idx, hash)"
-						" SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3))",
-						3, types);
-		if (SPI_execute_plan(nodes_plan, args, NULL, false, 0) != SPI_OK_INSERT)
-			elog(ERROR, "writing audit nodes failed");
-	}
+	fintx_direct_insert_rows("audit_nodes", node_columns, 3, (int) nn, nodes, palloc0(sizeof(bool) * 3 * nn));
 
 	/* the block: tree head, hash chain, signature */
 	merkle_root(FetchNode, NULL, m, root);

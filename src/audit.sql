@@ -3,8 +3,9 @@
  *
  *   audit_entries  one row per state change, written in the caller's transaction with the
  *                  SHA-256 leaf hash of its canonical bytes (docs/audit-format.md)
- *   audit_leaves   leaf index -> entry, assigned by the sequencer after commit
- *   audit_nodes    hashes of complete Merkle subtrees (level 0 = leaves)
+ *   audit_leaves   leaf index -> entry and its leaf hash, assigned by the sequencer after commit
+ *   audit_nodes    hashes of the complete Merkle subtrees of 16 leaves and more (levels >= 4);
+ *                  the levels below are recomputed from at most 8 leaf hashes when needed
  *   audit_blocks   one per sealing pass: tree size, RFC 6962 tree head, hash chain, signature
  * All four are insert-only: UPDATE, DELETE and TRUNCATE are refused by triggers for every
  * role; fintx.verify_audit() catches whoever disables the triggers.
@@ -31,9 +32,10 @@ COMMENT ON TABLE fintx.audit_entries IS 'audit entries, one per state change; in
 CREATE TABLE fintx.audit_leaves (
     leaf_index bigint PRIMARY KEY,
     entry_id   bigint NOT NULL UNIQUE,
-    block_id   bigint NOT NULL
+    block_id   bigint NOT NULL,
+    leaf_hash  bytea  NOT NULL
 );
-COMMENT ON TABLE fintx.audit_leaves IS 'Merkle leaf index of each sealed audit entry; insert-only';
+COMMENT ON TABLE fintx.audit_leaves IS 'Merkle leaf index and leaf hash of each sealed audit entry; insert-only';
 
 CREATE TABLE fintx.audit_nodes (
     level smallint NOT NULL,
@@ -41,7 +43,7 @@ CREATE TABLE fintx.audit_nodes (
     hash  bytea    NOT NULL,
     PRIMARY KEY (level, idx)
 );
-COMMENT ON TABLE fintx.audit_nodes IS 'hashes of complete Merkle subtrees (level 0: leaf hashes); insert-only';
+COMMENT ON TABLE fintx.audit_nodes IS 'hashes of complete Merkle subtrees of 16 leaves and more (levels 4 and up); insert-only';
 
 CREATE TABLE fintx.audit_blocks (
     block_id        bigint       PRIMARY KEY,

@@ -251,6 +251,12 @@ extern Datum fintx_outbox_record(const char *aggregatetype, const char *aggregat
 								 Jsonb *payload, Jsonb *headers, const char *actor);
 extern void fintx_outbox_write_audit(EState *estate, FintxAuditEntry *entries, int n);
 /* fintx.outbox is LIST-partitioned by (event_no / SLOT_EVENTS) % SLOTS (outbox.sql) */
+/*
+ * fintx.audit_nodes stores the complete subtrees from this level up (16 leaves
+ * and more); the levels below are recomputed from audit_leaves.leaf_hash.
+ */
+#define FINTX_AUDIT_STORED_LEVEL	4
+
 #define FINTX_OUTBOX_SLOT_EVENTS	1048576
 #define FINTX_OUTBOX_SLOTS			3
 extern int64 fintx_outbox_sequence(Datum snap, Datum own, bool own_null);

@@ -76,11 +76,12 @@ static SPIPlanPtr last_block_plan = NULL;
 static SPIPlanPtr first_scan_plan = NULL;
 static SPIPlanPtr next_scan_plan = NULL;
 static SPIPlanPtr node_plan = NULL;
+static SPIPlanPtr leaf_hashes_plan = NULL;
 static SPIPlanPtr block_plan = NULL;
 static SPIPlanPtr outbox_snap_plan = NULL;
 
 static const FintxColumn leaf_columns[] = {
-	{"leaf_index", INT8OID}, {"entry_id", INT8OID}, {"block_id", INT8OID}
+	{"leaf_index", INT8OID}, {"entry_id", INT8OID}, {"block_id", INT8OID}, {"leaf_hash", BYTEAOID}
 };
 static const FintxColumn node_columns[] = {
 	{"level", INT2OID}, {"idx", INT8OID}, {"hash", BYTEAOID}
@@ -161,13 +162,57 @@ ReadBlock(BlockInfo *b)
 	}
 }
 
-/* Node fetch callback for merkle.c: reads fintx.audit_nodes (SPI connected). */
+/* Copies the leaf hashes of leaves [lo, hi) into out (SPI connected); XX001 if one is missing. */
+static void
+LeafHashes(int64 lo, int64 hi, uint8 *out)
+{
+	Oid			types[2] = {INT8OID, INT8OID};
+	Datum		args[2];
+
+	args[0] = Int64GetDatum(lo);
+	args[1] = Int64GetDatum(hi);
+	fintx_keep_plan(&leaf_hashes_plan,
+					"SELECT leaf_index, leaf_hash FROM fintx.audit_leaves"
+					" WHERE leaf_index >= $1 AND leaf_index < $2 ORDER BY leaf_index", 2, types);
+	if (SPI_execute_plan(leaf_hashes_plan, args, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "reading audit leaves failed");	/* LCOV_EXCL_LINE */
+	for (int64 i = 0; i < hi - lo; i++)
+	{
+		bool		isnull;
+
+		if (i >= (int64) SPI_processed ||
+			DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull)) != lo + i)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg("audit leaf %lld is missing", (long long) (lo + i)),
+					 errhint("Run fintx.verify_audit() to locate the damage.")));
+		GetHash(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, out + i * MERKLE_HASH_LEN);
+	}
+}
+
+/*
+ * Node fetch callback for merkle.c (SPI connected): levels from
+ * FINTX_AUDIT_STORED_LEVEL up are read from fintx.audit_nodes, the levels
+ * below are recomputed from their (at most 8) leaf hashes.
+ */
 static void
 FetchNode(void *arg, int level, int64 idx, uint8 *out)
 {
 	Oid			types[2] = {INT2OID, INT8OID};
 	Datum		args[2];
 
+	if (level < FINTX_AUDIT_STORED_LEVEL)
+	{
+		uint8		h[MERKLE_HASH_LEN << (FINTX_AUDIT_STORED_LEVEL - 1)];
+
+		LeafHashes(idx << level, (idx + 1) << level, h);
+		for (int64 n = (int64) 1 << level; n > 1; n /= 2)
+			for (int64 i = 0; i < n / 2; i++)
+				merkle_node_hash(h + 2 * i * MERKLE_HASH_LEN, h + (2 * i + 1) * MERKLE_HASH_LEN,
+								 h + i * MERKLE_HASH_LEN);
+		memcpy(out, h, MERKLE_HASH_LEN);
+		return;
+	}
 	args[0] = Int16GetDatum((int16) level);
 	args[1] = Int64GetDatum(idx);
 	fintx_keep_plan(&node_plan,
@@ -239,6 +284,7 @@ fintx_seal_log(void)
 				m;
 	uint8	   *level_hashes;
 	int64		level_lo;
+	int64		tile0;
 	int64		level_cnt;
 	Datum	   *nodes;
 	int64		nn = 0;
@@ -337,46 +383,53 @@ fintx_seal_log(void)
 	m = n0 + k;
 	block_id = prev.block_id + 1;
 
-	/* leaves */
+	/*
+	 * Leaves, with the hashes of the older leaves of the last partial tile (the
+	 * 16 leaves under a stored level-4 node) in front: every new node at levels
+	 * 1 to 4 is then computed from memory.
+	 */
+	tile0 = n0 & ~(((int64) 1 << FINTX_AUDIT_STORED_LEVEL) - 1);
+	level_hashes = palloc(MERKLE_HASH_LEN * (n0 - tile0 + k));
+	if (n0 > tile0)
+		LeafHashes(tile0, n0, level_hashes);
 	{
 		SPITupleTable *tt = scan;
-		Datum	   *rows = palloc(sizeof(Datum) * 3 * k);
-		bool	   *nulls = palloc0(sizeof(bool) * 3 * k);
+		Datum	   *rows = palloc(sizeof(Datum) * 4 * k);
+		bool	   *nulls = palloc0(sizeof(bool) * 4 * k);
+		uint8	   *h = level_hashes + (n0 - tile0) * MERKLE_HASH_LEN;
 
-		level_hashes = palloc(MERKLE_HASH_LEN * k);
 		for (int64 i = 0; i < k; i++)
 		{
 			bool		isnull;
 
-			rows[3 * i] = Int64GetDatum(n0 + i);
-			rows[3 * i + 1] = SPI_getbinval(tt->vals[i], tt->tupdesc, 2, &isnull);
-			rows[3 * i + 2] = Int64GetDatum(block_id);
-			GetHash(tt->vals[i], tt->tupdesc, 3, level_hashes + i * MERKLE_HASH_LEN);
+			GetHash(tt->vals[i], tt->tupdesc, 3, h + i * MERKLE_HASH_LEN);
+			rows[4 * i] = Int64GetDatum(n0 + i);
+			rows[4 * i + 1] = SPI_getbinval(tt->vals[i], tt->tupdesc, 2, &isnull);
+			rows[4 * i + 2] = Int64GetDatum(block_id);
+			rows[4 * i + 3] = SPI_getbinval(tt->vals[i], tt->tupdesc, 3, &isnull);
 		}
-		fintx_direct_insert_rows("audit_leaves", leaf_columns, 3, (int) k, rows, nulls);
+		fintx_direct_insert_rows("audit_leaves", leaf_columns, 4, (int) k, rows, nulls);
 	}
 
-	/* complete subtrees that exist now but did not before, level by level */
-	nodes = palloc(sizeof(Datum) * 3 * (2 * k + 64));
-	level_lo = n0;
-	level_cnt = k;
-	for (int64 i = 0; i < k; i++)
-	{
-		nodes[3 * nn] = Int16GetDatum(0);
-		nodes[3 * nn + 1] = Int64GetDatum(n0 + i);
-		nodes[3 * nn + 2] = fintx_hash_datum(level_hashes + i * MERKLE_HASH_LEN);
-		nn++;
-	}
+	/*
+	 * Complete subtrees that exist now but did not before, level by level; up
+	 * to level 4 the older nodes of the partial tile are recomputed too, as
+	 * left children of the new ones. Only levels 4 and up are stored.
+	 */
+	nodes = palloc(sizeof(Datum) * 3 * (k / 8 + 64));
+	level_lo = tile0;
+	level_cnt = n0 - tile0 + k;
 	for (int level = 1; level < 63; level++)
 	{
 		int64		lo = n0 >> level;
 		int64		hi = (m >> level) - 1;
+		int64		from = level <= FINTX_AUDIT_STORED_LEVEL ? tile0 >> level : lo;
 		uint8	   *next;
 
 		if (hi < lo)
 			break;
-		next = palloc(MERKLE_HASH_LEN * (hi - lo + 1));
-		for (int64 idx = lo; idx <= hi; idx++)
+		next = palloc(MERKLE_HASH_LEN * (hi - from + 1));
+		for (int64 idx = from; idx <= hi; idx++)
 		{
 			uint8		left[MERKLE_HASH_LEN];
 			uint8	   *right;
@@ -389,19 +442,22 @@ fintx_seal_log(void)
 			else
 				FetchNode(NULL, level - 1, li, left);
 			if (ri < level_lo || ri >= level_lo + level_cnt)
-				elog(ERROR, "audit tree node %lld at level %d has no new right child", (long long) idx, level);
+				elog(ERROR, "audit tree node %lld at level %d has no new right child", (long long) idx, level);	/* LCOV_EXCL_LINE */
 			right = level_hashes + (ri - level_lo) * MERKLE_HASH_LEN;
-			merkle_node_hash(left, right, next + (idx - lo) * MERKLE_HASH_LEN);
+			merkle_node_hash(left, right, next + (idx - from) * MERKLE_HASH_LEN);
+			if (level < FINTX_AUDIT_STORED_LEVEL || idx < lo)
+				continue;
 			nodes[3 * nn] = Int16GetDatum((int16) level);
 			nodes[3 * nn + 1] = Int64GetDatum(idx);
-			nodes[3 * nn + 2] = fintx_hash_datum(next + (idx - lo) * MERKLE_HASH_LEN);
+			nodes[3 * nn + 2] = fintx_hash_datum(next + (idx - from) * MERKLE_HASH_LEN);
 			nn++;
 		}
 		level_hashes = next;
-		level_lo = lo;
-		level_cnt = hi - lo + 1;
+		level_lo = from;
+		level_cnt = hi - from + 1;
 	}
-	fintx_direct_insert_rows("audit_nodes", node_columns, 3, (int) nn, nodes, palloc0(sizeof(bool) * 3 * nn));
+	if (nn > 0)
+		fintx_direct_insert_rows("audit_nodes", node_columns, 3, (int) nn, nodes, palloc0(sizeof(bool) * 3 * nn));
 
 	/* the block: tree head, hash chain, signature */
 	merkle_root(FetchNode, NULL, m, root);

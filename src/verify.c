@@ -4,10 +4,11 @@
  *	  and check it against what was sealed and signed.
  *
  * For the leaves in [from_leaf, to_leaf] it recomputes each entry's hash from
- * its columns and compares it with the stored entry hash and the stored leaf
- * node; it also checks that leaf indexes are dense and that every leaf has
- * its entry. When from_leaf is 0 it rebuilds the tree from the recomputed
- * leaves and checks every stored interior node, every block's tree head,
+ * its columns and compares it with the stored entry hash and the leaf hash
+ * stored with the leaf; it also checks that leaf indexes are dense and that
+ * every leaf has its entry. When from_leaf is 0 it rebuilds the tree from the
+ * recomputed leaves and checks that every stored subtree (levels 4 and up)
+ * is there and matches, every block's tree head,
  * the block hash chain and the block signatures (with the configured key).
  *-------------------------------------------------------------------------
  */
@@ -112,9 +113,8 @@ OpenCursor(const char *sql, int64 a, int64 b)
 
 /*
  * Checks entries of leaves [from, to]; fills leaves[] (recomputed hashes,
- * indexed from 'from') when non-NULL. Three ordered index scans and no join:
- * leaves by index, entries by id (merged with the leaves sorted by entry id),
- * leaf nodes by index.
+ * indexed from 'from') when non-NULL. Two ordered index scans and no join:
+ * leaves by index, entries by id (merged with the leaves sorted by entry id).
  */
 static int64
 VerifyEntries(VerifyState *st, int64 from, int64 to, uint8 *leaves)
@@ -123,6 +123,8 @@ VerifyEntries(VerifyState *st, int64 from, int64 to, uint8 *leaves)
 	LeafRef    *refs = palloc_extended(sizeof(LeafRef) * n, MCXT_ALLOC_HUGE);
 	uint8	   *computed = leaves ? leaves : palloc_extended(MERKLE_HASH_LEN * n, MCXT_ALLOC_HUGE);
 	bool	   *have = palloc_extended(n, MCXT_ALLOC_HUGE | MCXT_ALLOC_ZERO);
+	uint8	   *stored_leaf = palloc_extended(MERKLE_HASH_LEN * n, MCXT_ALLOC_HUGE);
+	bool	   *leaf_ok = palloc_extended(n, MCXT_ALLOC_HUGE | MCXT_ALLOC_ZERO);
 	int64		nrefs = 0;
 	int64		expect = from;
 	int64		checked = 0;
@@ -132,7 +134,7 @@ VerifyEntries(VerifyState *st, int64 from, int64 to, uint8 *leaves)
 												 ALLOCSET_DEFAULT_SIZES);
 
 	/* 1. leaf -> entry, in leaf order */
-	portal = OpenCursor("SELECT leaf_index, entry_id FROM fintx.audit_leaves"
+	portal = OpenCursor("SELECT leaf_index, entry_id, leaf_hash FROM fintx.audit_leaves"
 						" WHERE leaf_index BETWEEN $1 AND $2 ORDER BY leaf_index", from, to);
 	for (;;)
 	{
@@ -150,6 +152,8 @@ VerifyEntries(VerifyState *st, int64 from, int64 to, uint8 *leaves)
 			refs[nrefs].leaf = leaf;
 			refs[nrefs].entry_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
 			nrefs++;
+			leaf_ok[leaf - from] = ColumnHash(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3,
+											  stored_leaf + (leaf - from) * MERKLE_HASH_LEN);
 		}
 		SPI_freetuptable(SPI_tuptable);
 	}
@@ -215,59 +219,58 @@ VerifyEntries(VerifyState *st, int64 from, int64 to, uint8 *leaves)
 		Bad(st, refs[r].leaf, "the entry of leaf %lld is missing from fintx.audit_entries",
 			(long long) refs[r].leaf);
 
-	/* 3. the tree's leaves hold the recomputed hashes */
-	expect = from;
-	portal = OpenCursor("SELECT idx, hash FROM fintx.audit_nodes"
-						" WHERE level = 0 AND idx BETWEEN $1 AND $2 ORDER BY idx", from, to);
-	for (;;)
-	{
-		SPI_cursor_fetch(portal, true, FETCH_ROWS);
-		if (SPI_processed == 0)
-			break;
-		for (uint64 i = 0; i < SPI_processed; i++)
-		{
-			bool		isnull;
-			int64		idx = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
-			uint8		node[MERKLE_HASH_LEN];
-
-			if (idx != expect)
-				Bad(st, expect, "leaf %lld is missing from the tree", (long long) expect);
-			expect = idx + 1;
-			if (have[idx - from] &&
-				(!ColumnHash(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, node) ||
-				 memcmp(node, computed + (idx - from) * MERKLE_HASH_LEN, MERKLE_HASH_LEN) != 0))
-				Bad(st, idx, "leaf %lld of the tree does not hold the hash of its entry", (long long) idx);
-		}
-		SPI_freetuptable(SPI_tuptable);
-	}
-	SPI_cursor_close(portal);
-	if (expect <= to)
-		Bad(st, expect, "leaves %lld to %lld are missing from the tree", (long long) expect, (long long) to);
+	/* 3. the leaves hold the recomputed hashes */
+	for (int64 i = 0; i < n; i++)
+		if (have[i] && (!leaf_ok[i] || memcmp(stored_leaf + i * MERKLE_HASH_LEN,
+											 computed + i * MERKLE_HASH_LEN, MERKLE_HASH_LEN) != 0))
+			Bad(st, from + i, "leaf %lld of the tree does not hold the hash of its entry", (long long) (from + i));
 	MemoryContextDelete(rowcxt);
 	return checked;
 }
 
-/* Checks every stored interior node against the tree rebuilt from leaves[0..n). */
+/* The level above count hashes: count / 2 hashes of pairs. */
+static uint8 *
+LevelUp(const uint8 *below, int64 count)
+{
+	uint8	   *up = palloc_extended(MERKLE_HASH_LEN * (count / 2 + 1), MCXT_ALLOC_HUGE);
+
+	for (int64 i = 0; i < count / 2; i++)
+		merkle_node_hash(below + 2 * i * MERKLE_HASH_LEN, below + (2 * i + 1) * MERKLE_HASH_LEN,
+						 up + i * MERKLE_HASH_LEN);
+	return up;
+}
+
+/* Reports stored nodes [lo, hi) of a level as missing (nothing if the range is empty). */
+static void
+Missing(VerifyState *st, int level, int64 lo, int64 hi)
+{
+	if (lo >= hi)
+		return;
+	if (hi - lo == 1)
+		Bad(st, lo << level, "the tree node at level %d, index %lld is missing", level, (long long) lo);
+	else
+		Bad(st, lo << level, "the tree nodes at level %d, indexes %lld to %lld are missing", level,
+			(long long) lo, (long long) (hi - 1));
+}
+
+/*
+ * Checks the stored subtrees against the tree rebuilt from leaves[0..n):
+ * every complete subtree from FINTX_AUDIT_STORED_LEVEL up is stored, each
+ * matches, and nothing else is stored.
+ */
 static void
 VerifyNodes(VerifyState *st, uint8 *leaves, int64 n)
 {
-	uint8	   *level = leaves;
+	uint8	   *cur = leaves;
 	int64		count = n;
+	int			level = 0;
+	int64		expect = 0;		/* next index expected at this level */
 	Portal		portal;
 	SPIPlanPtr	plan;
-	int			cur_level = 1;
-	uint8	   *next = NULL;
-	int64		next_count = 0;
 
 	/* levels are built lazily as the ordered scan reaches them */
-	plan = SPI_prepare("SELECT level, idx, hash FROM fintx.audit_nodes WHERE level > 0 ORDER BY level, idx",
-					   0, NULL);
+	plan = SPI_prepare("SELECT level, idx, hash FROM fintx.audit_nodes ORDER BY level, idx", 0, NULL);
 	portal = SPI_cursor_open(NULL, plan, NULL, NULL, false);
-	next_count = count / 2;
-	next = palloc(MERKLE_HASH_LEN * (next_count + 1));
-	for (int64 i = 0; i < next_count; i++)
-		merkle_node_hash(level + 2 * i * MERKLE_HASH_LEN, level + (2 * i + 1) * MERKLE_HASH_LEN,
-						 next + i * MERKLE_HASH_LEN);
 	for (;;)
 	{
 		SPI_cursor_fetch(portal, true, FETCH_ROWS);
@@ -283,35 +286,61 @@ VerifyNodes(VerifyState *st, uint8 *leaves, int64 n)
 			uint8		h[MERKLE_HASH_LEN];
 
 			CHECK_FOR_INTERRUPTS();
-			while (lv > cur_level && next_count > 0)
+			if (lv < FINTX_AUDIT_STORED_LEVEL || lv > 62)
 			{
-				int64		c = next_count / 2;
-				uint8	   *up = palloc(MERKLE_HASH_LEN * (c + 1));
-
-				for (int64 i = 0; i < c; i++)
-					merkle_node_hash(next + 2 * i * MERKLE_HASH_LEN, next + (2 * i + 1) * MERKLE_HASH_LEN,
-									 up + i * MERKLE_HASH_LEN);
-				if (level != leaves)
-					pfree(level);
-				level = next;
-				next = up;
-				next_count = c;
-				cur_level++;
+				Bad(st, -1, "the tree holds a node at level %d, index %lld, a level fintx does not store",
+					lv, (long long) idx);
+				continue;
 			}
-			if (lv != cur_level || idx >= next_count)
+			while (level < lv)
+			{
+				if (level >= FINTX_AUDIT_STORED_LEVEL)
+					Missing(st, level, expect, count);
+				{
+					uint8	   *up = LevelUp(cur, count);
+
+					if (cur != leaves)
+						pfree(cur);
+					cur = up;
+				}
+				count /= 2;
+				level++;
+				expect = 0;
+			}
+			if (idx < expect || idx >= count)
 			{
 				Bad(st, -1, "the tree holds a node at level %d, index %lld that no sealed leaves support",
 					lv, (long long) idx);
 				continue;
 			}
+			Missing(st, level, expect, idx);
+			expect = idx + 1;
 			/* a damaged leaf already named is the first bad leaf, not the subtree above it */
-			if (!ColumnHash(tup, desc, 3, h) || memcmp(h, next + idx * MERKLE_HASH_LEN, MERKLE_HASH_LEN) != 0)
+			if (!ColumnHash(tup, desc, 3, h) || memcmp(h, cur + idx * MERKLE_HASH_LEN, MERKLE_HASH_LEN) != 0)
 				Bad(st, st->first_bad >= 0 ? -1 : idx << lv,
 					"the tree node at level %d, index %lld does not match its leaves", lv, (long long) idx);
 		}
 		SPI_freetuptable(SPI_tuptable);
 	}
 	SPI_cursor_close(portal);
+	/* complete subtrees above the last stored one */
+	while (count > 0)
+	{
+		if (level >= FINTX_AUDIT_STORED_LEVEL)
+			Missing(st, level, expect, count);
+		if (count < 2)
+			break;
+		{
+			uint8	   *up = LevelUp(cur, count);
+
+			if (cur != leaves)
+				pfree(cur);
+			cur = up;
+		}
+		count /= 2;
+		level++;
+		expect = 0;
+	}
 }
 
 /* Incremental RFC 6962 tree head over leaf hashes: a stack of complete subtrees. */

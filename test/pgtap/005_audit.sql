@@ -61,7 +61,8 @@ SELECT 'fintx.audit.v1'::bytea
     || '\x64'::bytea || int4send(octet_length(e.details::text)) || convert_to(e.details::text, 'UTF8')
 $$;
 -- Seals every entry without a leaf the way docs/audit-format.md describes it, in SQL:
--- leaves in entry order after the current size, every new complete subtree, and one block
+-- leaves in entry order after the current size with their leaf hashes, every new complete
+-- subtree of 16 leaves and more, and one block
 -- (tree head, hash chain, block hash; unsigned). Returns the tree size.
 CREATE FUNCTION pg_temp.hand_seal() RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
@@ -76,20 +77,21 @@ DECLARE
     hs bytea[];
     root bytea;
 BEGIN
-    INSERT INTO fintx.audit_leaves (leaf_index, entry_id, block_id)
-    SELECT n0 + row_number() OVER (ORDER BY e.entry_id) - 1, e.entry_id, bid
+    INSERT INTO fintx.audit_leaves (leaf_index, entry_id, block_id, leaf_hash)
+    SELECT n0 + row_number() OVER (ORDER BY e.entry_id) - 1, e.entry_id, bid,
+           sha256('\x00'::bytea || pg_temp.canonical(e))
       FROM fintx.audit_entries e
      WHERE NOT EXISTS (SELECT 1 FROM fintx.audit_leaves l WHERE l.entry_id = e.entry_id);
     n := (SELECT count(*) FROM fintx.audit_leaves);
     IF n = n0 THEN
         RETURN n;
     END IF;
-    hs := ARRAY(SELECT sha256('\x00'::bytea || pg_temp.canonical(e))
-                  FROM fintx.audit_leaves l JOIN fintx.audit_entries e USING (entry_id) ORDER BY l.leaf_index);
+    hs := ARRAY(SELECT l.leaf_hash FROM fintx.audit_leaves l ORDER BY l.leaf_index);
     root := pg_temp.mth_h(hs);
     WHILE cardinality(hs) > 0 LOOP
         INSERT INTO fintx.audit_nodes (level, idx, hash)
         SELECT lv, i - 1, hs[i] FROM generate_subscripts(hs, 1) i
+         WHERE lv >= 4
         ON CONFLICT DO NOTHING;
         hs := ARRAY(SELECT sha256('\x01'::bytea || hs[2 * j - 1] || hs[2 * j])
                       FROM generate_series(1, cardinality(hs) / 2) j ORDER BY j);
@@ -394,6 +396,10 @@ SELECT is(fintx.tree_size(), 5::bigint, 'the failed calls sealed nothing and los
 -- 5. immutability: every role, the superuser included
 -- ===========================================================================
 SELECT ok((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), 'these checks run as a superuser');
+-- a 5-leaf log has no stored subtree yet (they start at 16 leaves): a stand-in row, rolled
+-- back below, gives the row triggers of audit_nodes something to refuse
+SAVEPOINT immutable;
+INSERT INTO fintx.audit_nodes (level, idx, hash) VALUES (4, 0, sha256('stand-in'));
 SELECT throws_ok(q, '42501', NULL, q || ': refused (42501)')
   FROM (VALUES ('UPDATE fintx.audit_entries SET actor = ''mallory'''),
                ('DELETE FROM fintx.audit_entries'),
@@ -407,6 +413,8 @@ SELECT throws_ok(q, '42501', NULL, q || ': refused (42501)')
                ('UPDATE fintx.audit_blocks SET signature = ''\x00'''),
                ('DELETE FROM fintx.audit_blocks'),
                ('TRUNCATE fintx.audit_blocks')) AS v(q);
+ROLLBACK TO SAVEPOINT immutable;
+RELEASE SAVEPOINT immutable;
 SELECT throws_ok('DELETE FROM fintx.audit_entries', '42501', 'DELETE on table "audit_entries" is not allowed',
                  'the refusal names the operation and the table');
 SELECT throws_ok($$SELECT pg_temp.run_as('t005_admin', 'WITH u AS (UPDATE fintx.audit_entries SET actor = ''x'' RETURNING 1) SELECT count(*) FROM u')$$,
@@ -419,7 +427,7 @@ SELECT ok(NOT has_table_privilege('fintx_admin', 'fintx.' || t, 'UPDATE')
   FROM unnest(ARRAY['audit_entries', 'audit_leaves', 'audit_nodes', 'audit_blocks']) t;
 SELECT is((SELECT format('%s/%s/%s/%s', (SELECT count(*) FROM fintx.audit_entries), (SELECT count(*) FROM fintx.audit_leaves),
                          (SELECT count(*) FROM fintx.audit_nodes), (SELECT count(*) FROM fintx.audit_blocks))),
-          '5/5/8/1', 'audit tables unchanged: 5 entries, 5 leaves, 8 complete subtrees (5+2+1), 1 block');
+          '5/5/0/1', 'audit tables unchanged: 5 entries, 5 leaves, no stored subtree (none of 16 leaves yet), 1 block');
 
 -- ===========================================================================
 -- 6. views and verification

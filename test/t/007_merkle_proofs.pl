@@ -385,6 +385,21 @@ my %stored_entry_hash = map { split /\|/ } split /\n/,
 is_deeply([ grep { ($stored_entry_hash{$_} // '') ne unpack('H*', $llh[$_]) } 0 .. $log_n - 1 ], [],
 	'SHA-256(0x00 || leaf_data(i)) equals entry_hash for every leaf');
 
+# what the sealing passes stored: the leaf hash with each leaf, and exactly the complete
+# subtrees of 16 leaves and more (docs/audit.md#sealing), each the MTH of its leaves
+is($node->safe_psql('postgres', "SELECT count(*) FROM fintx.audit_leaves l JOIN fintx.audit_log e USING (leaf_index)"
+		. " WHERE l.leaf_hash IS DISTINCT FROM e.entry_hash"), '0', 'every leaf stores its entry hash as its leaf hash');
+{
+	my @want;
+	for (my $lv = 4; ($log_n >> $lv) > 0; $lv++)
+	{
+		push @want, map { "$lv|$_|" . unpack('H*', mth(@llh[ ($_ << $lv) .. (($_ + 1) << $lv) - 1 ])) } 0 .. ($log_n >> $lv) - 1;
+	}
+	is($node->safe_psql('postgres', "SELECT string_agg(level || '|' || idx || '|' || encode(hash, 'hex'), E'\\n' ORDER BY level, idx)"
+			. " FROM fintx.audit_nodes"), join("\n", @want),
+		'audit_nodes holds exactly the complete subtrees of 16 leaves and more (' . scalar(@want) . '), each the MTH of its leaves');
+}
+
 my %log_root;
 for (split /\n/, $node->safe_psql('postgres',
 		"SELECT n, encode(fintx.root_hash(n), 'hex') FROM generate_series(0, $log_n) n"))

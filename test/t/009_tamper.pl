@@ -259,14 +259,14 @@ tamper('field', qq{
 	UPDATE fintx.audit_entries SET entry_hash = fintx.merkle_leaf_hash(fintx.leaf_data(7)) WHERE entry_id = $id;
 });
 detected_at('field', 7, 'changed details with a recomputed entry_hash', qr/leaf 7 of the tree does not hold the hash/);
-# ... and the leaf node: the interior nodes and the block heads no longer match
-tamper('field', "UPDATE fintx.audit_nodes SET hash = (SELECT entry_hash FROM fintx.audit_entries WHERE entry_id = $id) WHERE level = 0 AND idx = 7");
+# ... and the leaf's hash: the stored subtree above it and the block heads no longer match
+tamper('field', "UPDATE fintx.audit_leaves SET leaf_hash = (SELECT entry_hash FROM fintx.audit_entries WHERE entry_id = $id) WHERE leaf_index = 7");
 $v = verify('field');
-ok($v->[0] eq 'false' && $v->[2] ne '' && $v->[2] <= 7, "entry, entry hash and leaf node rewritten: still detected (first bad leaf $v->[2])")
+ok($v->[0] eq 'false' && $v->[2] ne '' && $v->[2] <= 7, "entry, entry hash and leaf hash rewritten: still detected (first bad leaf $v->[2])")
   or diag(join('|', @$v));
 tamper('field', qq{
 	UPDATE fintx.audit_entries SET details = '$saved_details'::jsonb, entry_hash = '\\x$saved_hash' WHERE entry_id = $id;
-	UPDATE fintx.audit_nodes SET hash = '\\x$saved_hash' WHERE level = 0 AND idx = 7;
+	UPDATE fintx.audit_leaves SET leaf_hash = '\\x$saved_hash' WHERE leaf_index = 7;
 });
 is(verify('field')->[0], 'true', '  restored: the log verifies again');
 
@@ -307,14 +307,13 @@ swap_leaves('reorder', 5, 6);
 is(verify('reorder')->[0], 'true', '  swapped back: the log verifies again');
 swap_leaves('reorder', 15, 16);
 detected_at('reorder', 15, 'leaves 15 and 16 reordered (across blocks)', qr/leaf 15 of the tree does not hold the hash/);
-# a thorough reorder also swaps the leaf nodes: the tree above them no longer matches
+# a thorough reorder also swaps the leaf hashes: the tree above them no longer matches
 tamper('reorder', q{
-	UPDATE fintx.audit_nodes SET idx = -1 WHERE level = 0 AND idx = 15;
-	UPDATE fintx.audit_nodes SET idx = 15 WHERE level = 0 AND idx = 16;
-	UPDATE fintx.audit_nodes SET idx = 16 WHERE level = 0 AND idx = -1;
+	UPDATE fintx.audit_leaves l SET leaf_hash = o.leaf_hash FROM fintx.audit_leaves o
+	 WHERE (l.leaf_index, o.leaf_index) IN ((15, 16), (16, 15));
 });
 $v = verify('reorder');
-ok($v->[0] eq 'false' && $v->[2] ne '' && $v->[2] <= 15, "entries and leaf nodes reordered: still detected (first bad leaf $v->[2])")
+ok($v->[0] eq 'false' && $v->[2] ne '' && $v->[2] <= 15, "entries and leaf hashes reordered: still detected (first bad leaf $v->[2])")
   or diag(join('|', @$v));
 
 # ---------------------------------------------------------------------------
@@ -443,17 +442,9 @@ $id = entry_at('rewritten', 37);
 tamper('rewritten', qq{
 	UPDATE fintx.audit_entries SET details = jsonb_set(details, '{new,amount}', '1') WHERE entry_id = $id;
 	UPDATE fintx.audit_entries SET entry_hash = fintx.merkle_leaf_hash(fintx.leaf_data(37)) WHERE entry_id = $id;
-	UPDATE fintx.audit_nodes SET hash = (SELECT entry_hash FROM fintx.audit_entries WHERE entry_id = $id)
-	 WHERE level = 0 AND idx = 37;
-	DO \$\$
-	BEGIN
-		FOR lv IN 1..5 LOOP
-			UPDATE fintx.audit_nodes n SET hash = sha256('\\x01'::bytea || l.hash || r.hash)
-			  FROM fintx.audit_nodes l, fintx.audit_nodes r
-			 WHERE n.level = lv AND l.level = lv - 1 AND r.level = lv - 1 AND l.idx = 2 * n.idx AND r.idx = 2 * n.idx + 1;
-		END LOOP;
-	END
-	\$\$;
+	UPDATE fintx.audit_leaves SET leaf_hash = (SELECT entry_hash FROM fintx.audit_entries WHERE entry_id = $id)
+	 WHERE leaf_index = 37;
+	-- leaf 37 of 40 lies in the last, incomplete tile of 16 leaves: no stored subtree covers it
 	UPDATE fintx.audit_blocks SET root_hash = fintx.root_hash(40) WHERE block_id = 5;
 	UPDATE fintx.audit_blocks
 	   SET block_hash = sha256('fintx.block.v1'::bytea || int8send(block_id) || int8send(tree_size) || root_hash

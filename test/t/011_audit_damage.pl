@@ -19,7 +19,8 @@ fintx.signing_key_file = '$key'
 });
 $node->start;
 
-# one database per scenario, each with a log of 3 blocks (4 + 4 + 4 entries)
+# one database per scenario, each with a log of 3 blocks (14 + 14 + 14 entries: two stored
+# subtrees of 16 leaves, one of 32)
 sub fresh
 {
 	my ($db) = @_;
@@ -27,7 +28,7 @@ sub fresh
 	$node->safe_psql($db, 'CREATE EXTENSION fintx; CREATE TABLE t (id int); SELECT fintx.audit_table(\'t\')');
 	for my $b (1 .. 3)
 	{
-		$node->safe_psql($db, "INSERT INTO t SELECT g FROM generate_series(1, 4) g");
+		$node->safe_psql($db, "INSERT INTO t SELECT g FROM generate_series(1, 14) g");
 		$node->safe_psql($db, 'SELECT fintx.seal()');
 	}
 	is($node->safe_psql($db, 'SELECT ok FROM fintx.verify_audit()'), 't', "$db: intact log verifies");
@@ -42,6 +43,12 @@ sub verdict
 	my ($db) = @_;
 	return $node->safe_psql($db, q{SELECT ok || '|' || coalesce(first_bad_leaf::text, '') || '|' || detail
 	                                  FROM fintx.verify_audit()});
+}
+sub psql_err
+{
+	my ($db, $sql) = @_;
+	my ($ret, $out, $err) = $node->psql($db, $sql);
+	return $err;
 }
 
 fresh('gap');
@@ -60,13 +67,41 @@ fresh('size');
 tamper('size', q{UPDATE fintx.audit_blocks SET tree_size = 2 WHERE block_id = 3});
 like(verdict('size'), qr/^false\|/, 'a block whose tree size goes backwards is refused');
 
-fresh('leafnode');
-tamper('leafnode', 'DELETE FROM fintx.audit_nodes WHERE level = 0 AND idx = 5');
-like(verdict('leafnode'), qr/^false\|5\|leaf 5 is missing from the tree/, 'a missing leaf node is named at its leaf');
+fresh('leafhash');
+tamper('leafhash', q{UPDATE fintx.audit_leaves SET leaf_hash = sha256('x') WHERE leaf_index = 5});
+like(verdict('leafhash'), qr/^false\|5\|leaf 5 of the tree does not hold the hash of its entry/,
+	'a changed leaf hash is named at its leaf');
+
+fresh('leafhash2');
+tamper('leafhash2', q{UPDATE fintx.audit_leaves SET leaf_hash = '\x0102' WHERE leaf_index = 6});
+like(verdict('leafhash2'), qr/^false\|6\|leaf 6 of the tree does not hold the hash of its entry/,
+	'a malformed leaf hash is named at its leaf');
+
+fresh('node');
+tamper('node', 'DELETE FROM fintx.audit_nodes WHERE level = 4 AND idx = 1');
+like(verdict('node'), qr/^false\|16\|the tree node at level 4, index 1 is missing/,
+	'a missing stored subtree is named at its first leaf');
+like(psql_err('node', 'SELECT fintx.inclusion_proof(5, 40)'), qr/audit tree node at level 4, index 1 is missing/,
+	'a proof that needs the missing subtree fails with XX001');
+
+fresh('nodes');
+tamper('nodes', 'DELETE FROM fintx.audit_nodes WHERE level = 4');
+like(verdict('nodes'), qr/^false\|0\|the tree nodes at level 4, indexes 0 to 1 are missing/,
+	'missing subtrees in a row are named together');
+
+fresh('node5');
+tamper('node5', q{UPDATE fintx.audit_nodes SET hash = sha256('x') WHERE level = 5 AND idx = 0});
+like(verdict('node5'), qr/^false\|0\|the tree node at level 5, index 0 does not match its leaves/,
+	'a changed stored subtree is named');
+
+fresh('lowlevel');
+tamper('lowlevel', q{INSERT INTO fintx.audit_nodes VALUES (2, 1, sha256('x'))});
+like(verdict('lowlevel'), qr/^false\|\|the tree holds a node at level 2, index 1, a level fintx does not store/,
+	'a node below the stored levels is reported');
 
 fresh('extra');
-tamper('extra', q{INSERT INTO fintx.audit_nodes VALUES (3, 7, sha256('x'))});
-like(verdict('extra'), qr/^false\|.*node at level 3, index 7 that no sealed leaves support/,
+tamper('extra', q{INSERT INTO fintx.audit_nodes VALUES (6, 7, sha256('x'))});
+like(verdict('extra'), qr/^false\|.*node at level 6, index 7 that no sealed leaves support/,
 	'an interior node that no leaves support is named');
 
 fresh('leafgap');

@@ -22,7 +22,7 @@ OUT=${BENCH_OUT:-$ROOT/results/bench}
 mkdir -p "$OUT"
 WORK=$(mktemp -d /tmp/fintx-bench.XXXXXX)
 chmod 755 "$WORK"
-trap 'cluster_stop; rm -rf "$WORK"' EXIT
+trap 'cluster_stop; cp "$WORK/pg/server.log" "$OUT/server.log" 2>/dev/null; rm -rf "$WORK"' EXIT
 
 cluster_start "$WORK/pg" "fsync = on" "synchronous_commit = on" "full_page_writes = on" \
     "shared_buffers = '1GB'" "wal_buffers = '16MB'" "max_wal_size = '8GB'" \
@@ -86,7 +86,7 @@ run() {
     tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$OUT/$name-$round.log" | head -1)
     p99=$(cat "$dir"/pgbench_log.* | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END {i=int(NR*0.99); if (i<1) i=1; printf "%.2f", a[i]/1000}')
     printf '%s\t%s\t%s\t%s\n' "$name" "$round" "$tps" "$p99" >> "$OUT/runs.tsv"
-    printf '  %-11s round %d: %10.1f tx/s   P99 %8s ms\n' "$name" "$round" "$tps" "$p99"
+    printf '  %-11s round %d: %10.1f tx/s   P99 %8s ms   (ended %s)\n' "$name" "$round" "$tps" "$p99" "$(date +%T)"
 }
 : > "$OUT/runs.tsv"
 for round in $(seq 1 "$ROUNDS"); do
@@ -101,6 +101,9 @@ done
 
 echo
 $PSQL -c "SELECT count(*) AS transfers, (SELECT count(*) FROM fintx.reconcile()) AS reconcile_rows FROM fintx.transfers"
+# checkpoints make every workload pay full-page images again; say how many fell into the run
+$PSQL -At -c "SELECT 'checkpoints during the run: ' || checkpoints_timed || ' timed, ' || checkpoints_req
+              || ' requested (WAL volume or CHECKPOINT; server log in $OUT/server.log)' FROM pg_stat_bgwriter"
 awk -F'\t' '
   function mean(w) { return n[w] ? tps[w] / n[w] : 0 }
   { tps[$1] += $3; n[$1]++; if ($4 > p99[$1]) p99[$1] = $4 }

@@ -28,6 +28,9 @@ CREATE TABLE fintx.audit_entries (
 );
 CREATE INDEX audit_entries_txid ON fintx.audit_entries (txid);
 COMMENT ON TABLE fintx.audit_entries IS 'audit entries, one per state change; insert-only';
+-- No planner statistics for columns nothing filters on (hashes, JSON bodies): autovacuum's
+-- ANALYZE of these fast-growing tables then skips sorting and detoasting them.
+ALTER TABLE fintx.audit_entries ALTER COLUMN details SET STATISTICS 0, ALTER COLUMN entry_hash SET STATISTICS 0;
 
 CREATE TABLE fintx.audit_leaves (
     leaf_index bigint PRIMARY KEY,
@@ -36,6 +39,9 @@ CREATE TABLE fintx.audit_leaves (
     leaf_hash  bytea  NOT NULL
 );
 COMMENT ON TABLE fintx.audit_leaves IS 'Merkle leaf index and leaf hash of each sealed audit entry; insert-only';
+-- No planner statistics for columns nothing filters on (hashes, JSON bodies): autovacuum's
+-- ANALYZE of these fast-growing tables then skips sorting and detoasting them.
+ALTER TABLE fintx.audit_leaves ALTER COLUMN leaf_hash SET STATISTICS 0;
 
 CREATE TABLE fintx.audit_nodes (
     level smallint NOT NULL,
@@ -44,6 +50,9 @@ CREATE TABLE fintx.audit_nodes (
     PRIMARY KEY (level, idx)
 );
 COMMENT ON TABLE fintx.audit_nodes IS 'hashes of complete Merkle subtrees of 16 leaves and more (levels 4 and up); insert-only';
+-- No planner statistics for columns nothing filters on (hashes, JSON bodies): autovacuum's
+-- ANALYZE of these fast-growing tables then skips sorting and detoasting them.
+ALTER TABLE fintx.audit_nodes ALTER COLUMN hash SET STATISTICS 0;
 
 CREATE TABLE fintx.audit_blocks (
     block_id        bigint       PRIMARY KEY,

@@ -12,6 +12,9 @@ CREATE TABLE fintx.idempotency_keys (
     PRIMARY KEY (principal, idempotency_key)
 );
 COMMENT ON TABLE fintx.idempotency_keys IS 'idempotency journal: (principal, key) -> request fingerprint and transfer';
+-- No planner statistics for columns nothing filters on (hashes, JSON bodies): autovacuum's
+-- ANALYZE of these fast-growing tables then skips sorting and detoasting them.
+ALTER TABLE fintx.idempotency_keys ALTER COLUMN fingerprint SET STATISTICS 0;
 
 -- SHA-256 fingerprint of a transfer request in the canonical encoding of docs/idempotency.md.
 CREATE FUNCTION fintx.request_fingerprint(from_account text, to_account text, amount bigint,

@@ -40,6 +40,9 @@ CREATE TABLE fintx.outbox_2 PARTITION OF fintx.outbox FOR VALUES IN (2);
 CREATE INDEX outbox_txid ON fintx.outbox (txid);
 CREATE INDEX outbox_event_no ON fintx.outbox (event_no);
 COMMENT ON TABLE fintx.outbox IS 'outbox events, one per state change, in the producer''s transaction; insert-only; position is assigned after commit (see poll())';
+-- No planner statistics for columns nothing filters on (hashes, JSON bodies): autovacuum's
+-- ANALYZE of these fast-growing tables then skips sorting and detoasting them.
+ALTER TABLE fintx.outbox ALTER COLUMN payload SET STATISTICS 0, ALTER COLUMN headers SET STATISTICS 0;
 
 CREATE TABLE fintx.outbox_positions (
     position bigint NOT NULL,

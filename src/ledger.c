@@ -836,7 +836,10 @@ PushString(Details *d, const char *key, const char *str)
 	v.type = jbvString;
 	v.val.string.val = (char *) str;
 	v.val.string.len = strlen(str);
-	initStringInfo(&text);
+	/* sized for the string (initStringInfo takes 1 kB, per value of every transfer) */
+	text.maxlen = v.val.string.len + 16;
+	text.data = palloc(text.maxlen);
+	resetStringInfo(&text);
 	escape_json(&text, str);
 	PushKey(d, key, &v, text.data);
 }

@@ -47,7 +47,7 @@ sub verdict
 sub psql_err
 {
 	my ($db, $sql) = @_;
-	my ($ret, $out, $err) = $node->psql($db, $sql);
+	my ($ret, $out, $err) = $node->psql($db, "\\set VERBOSITY verbose\n$sql");
 	return $err;
 }
 
@@ -81,7 +81,7 @@ fresh('node');
 tamper('node', 'DELETE FROM fintx.audit_nodes WHERE level = 4 AND idx = 1');
 like(verdict('node'), qr/^false\|16\|the tree node at level 4, index 1 is missing/,
 	'a missing stored subtree is named at its first leaf');
-like(psql_err('node', 'SELECT fintx.inclusion_proof(5, 40)'), qr/audit tree node at level 4, index 1 is missing/,
+like(psql_err('node', 'SELECT fintx.inclusion_proof(5, 40)'), qr/ERROR:  XX001: audit tree node at level 4, index 1 is missing/,
 	'a proof that needs the missing subtree fails with XX001');
 
 fresh('nodes');
@@ -107,6 +107,8 @@ like(verdict('extra'), qr/^false\|.*node at level 6, index 7 that no sealed leav
 fresh('leafgap');
 tamper('leafgap', 'DELETE FROM fintx.audit_leaves WHERE leaf_index >= 10');
 like(verdict('leafgap'), qr/^false\|10\|/, 'leaves cut off the end are reported from the first missing one');
+like(psql_err('leafgap', 'SELECT fintx.root_hash(42)'), qr/ERROR:  XX001: audit leaf 32 is missing/,
+	'a tree head that needs leaf hashes of removed leaves fails with XX001, naming the first one');
 
 fresh('dangling');
 tamper('dangling', 'UPDATE fintx.audit_leaves SET entry_id = 999999 WHERE leaf_index = 4');

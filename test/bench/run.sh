@@ -102,8 +102,11 @@ done
 echo
 $PSQL -c "SELECT count(*) AS transfers, (SELECT count(*) FROM fintx.reconcile()) AS reconcile_rows FROM fintx.transfers"
 # checkpoints make every workload pay full-page images again; say how many fell into the run
+# and who wrote dirty pages out: once the buffer pool is full, backends evict them themselves
 $PSQL -At -c "SELECT 'checkpoints during the run: ' || checkpoints_timed || ' timed, ' || checkpoints_req
-              || ' requested (WAL volume or CHECKPOINT; server log in $OUT/server.log)' FROM pg_stat_bgwriter"
+              || ' requested (WAL volume or CHECKPOINT; server log in $OUT/server.log); pages written by'
+              || ' backends ' || buffers_backend || ', the background writer ' || buffers_clean
+              || ', checkpoints ' || buffers_checkpoint FROM pg_stat_bgwriter"
 awk -F'\t' '
   function mean(w) { return n[w] ? tps[w] / n[w] : 0 }
   { tps[$1] += $3; n[$1]++; if ($4 > p99[$1]) p99[$1] = $4 }

@@ -80,6 +80,12 @@ run() {
     local name=$1 round=$2; shift 2
     local dir=$WORK/log-$name-$round
     mkdir -p "$dir"; [ "$(id -u)" -eq 0 ] && chmod 777 "$dir"
+    # Each round starts with the kernel's dirty page cache written out: a batch round leaves
+    # up to 2 GB of it, and its writeback would otherwise land on whichever round comes next
+    # (WAL fsyncs queue behind it), not on the round that wrote it. sync changes nothing in
+    # PostgreSQL (no checkpoint, no full-page images); a round's own writeback starts after
+    # about 30 s (vm.dirty_expire_centisecs) either way.
+    sync
     ( cd "$dir" && "$PGBIN/pgbench" -n -M prepared -c "$CLIENTS" -j "$THREADS" -T "$DURATION" -l "$@" bench ) \
         > "$OUT/$name-$round.log" 2>&1
     local tps p99

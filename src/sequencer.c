@@ -102,20 +102,40 @@ typedef struct BlockInfo
 	bytea	   *signature;
 } BlockInfo;
 
-/* Copies a bytea column holding a 32-byte hash; emits XX001 if it is not one. */
+/* Whose hash GetHash reads, for its error message. */
+typedef enum HashOwner
+{
+	HASH_OF_BLOCK,				/* a = block id */
+	HASH_OF_ENTRY,				/* a = entry id */
+	HASH_OF_LEAF,				/* a = leaf index */
+	HASH_OF_NODE				/* a = level, b = index */
+} HashOwner;
+
+/*
+ * Copies a bytea column holding a 32-byte hash; emits XX001 naming the row
+ * (owner, a, b) if it is not one.
+ */
 static void
-GetHash(HeapTuple tup, TupleDesc desc, int col, uint8 *out)
+GetHash(HeapTuple tup, TupleDesc desc, int col, uint8 *out, HashOwner owner, int64 a, int64 b)
 {
 	bool		isnull;
 	Datum		d = SPI_getbinval(tup, desc, col, &isnull);
-	bytea	   *b;
+	bytea	   *h = isnull ? NULL : DatumGetByteaPP(d);
 
-	if (isnull)
-		ereport(ERROR, (errcode(ERRCODE_DATA_CORRUPTED), errmsg("audit hash is missing")));
-	b = DatumGetByteaPP(d);
-	if (VARSIZE_ANY_EXHDR(b) != MERKLE_HASH_LEN)
-		ereport(ERROR, (errcode(ERRCODE_DATA_CORRUPTED), errmsg("audit hash is not 32 bytes")));
-	memcpy(out, VARDATA_ANY(b), MERKLE_HASH_LEN);
+	if (h == NULL || VARSIZE_ANY_EXHDR(h) != MERKLE_HASH_LEN)
+	{
+		const char *what =
+			owner == HASH_OF_BLOCK ? psprintf("the hash of audit block %lld", (long long) a) :
+			owner == HASH_OF_ENTRY ? psprintf("the hash of audit entry %lld", (long long) a) :
+			owner == HASH_OF_LEAF ? psprintf("the leaf hash of audit leaf %lld", (long long) a) :
+			psprintf("the hash of audit tree node at level %lld, index %lld", (long long) a, (long long) b);
+
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("%s is %s", what, h == NULL ? "missing" : "not 32 bytes"),
+				 errhint("Run fintx.verify_audit() to locate the damage.")));
+	}
+	memcpy(out, VARDATA_ANY(h), MERKLE_HASH_LEN);
 }
 
 /* Reads the latest block (exists = false if there is none; SPI connected). */
@@ -143,8 +163,8 @@ ReadBlock(BlockInfo *b)
 	b->exists = true;
 	b->block_id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
 	b->tree_size = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
-	GetHash(tup, desc, 3, b->root);
-	GetHash(tup, desc, 4, b->block_hash);
+	GetHash(tup, desc, 3, b->root, HASH_OF_BLOCK, b->block_id, 0);
+	GetHash(tup, desc, 4, b->block_hash, HASH_OF_BLOCK, b->block_id, 0);
 	b->sealed_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 5, &isnull));
 	b->snapshot = SPI_datumTransfer(SPI_getbinval(tup, desc, 6, &isnull), false, -1);
 	b->origin = SPI_getvalue(tup, desc, 7);
@@ -186,7 +206,7 @@ LeafHashes(int64 lo, int64 hi, uint8 *out)
 					(errcode(ERRCODE_DATA_CORRUPTED),
 					 errmsg("audit leaf %lld is missing", (long long) (lo + i)),
 					 errhint("Run fintx.verify_audit() to locate the damage.")));
-		GetHash(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, out + i * MERKLE_HASH_LEN);
+		GetHash(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, out + i * MERKLE_HASH_LEN, HASH_OF_LEAF, lo + i, 0);
 	}
 }
 
@@ -224,7 +244,7 @@ FetchNode(void *arg, int level, int64 idx, uint8 *out)
 				(errcode(ERRCODE_DATA_CORRUPTED),
 				 errmsg("audit tree node at level %d, index %lld is missing", level, (long long) idx),
 				 errhint("Run fintx.verify_audit() to locate the damage.")));
-	GetHash(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, out);
+	GetHash(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, out, HASH_OF_NODE, level, idx);
 }
 
 /* The checkpoint origin: fintx.checkpoint_origin or "fintx.local/<system identifier>". */
@@ -402,9 +422,9 @@ fintx_seal_log(void)
 		{
 			bool		isnull;
 
-			GetHash(tt->vals[i], tt->tupdesc, 3, h + i * MERKLE_HASH_LEN);
 			rows[4 * i] = Int64GetDatum(n0 + i);
 			rows[4 * i + 1] = SPI_getbinval(tt->vals[i], tt->tupdesc, 2, &isnull);
+			GetHash(tt->vals[i], tt->tupdesc, 3, h + i * MERKLE_HASH_LEN, HASH_OF_ENTRY, DatumGetInt64(rows[4 * i + 1]), 0);
 			rows[4 * i + 2] = Int64GetDatum(block_id);
 			rows[4 * i + 3] = SPI_getbinval(tt->vals[i], tt->tupdesc, 3, &isnull);
 		}
@@ -508,6 +528,18 @@ fintx_seal_log(void)
 	}
 	SPI_finish();
 	return m;
+}
+
+/* The tree size of the latest block, without sealing. */
+int64
+fintx_sealed_size(void)
+{
+	BlockInfo	b;
+
+	fintx_spi_connect();
+	ReadBlock(&b);
+	SPI_finish();
+	return b.tree_size;
 }
 
 /*

@@ -16,6 +16,7 @@
 #include "merkle.h"
 
 #include "access/htup_details.h"
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -254,12 +255,14 @@ Missing(VerifyState *st, int level, int64 lo, int64 hi)
 }
 
 /*
- * Checks the stored subtrees against the tree rebuilt from leaves[0..n):
- * every complete subtree from FINTX_AUDIT_STORED_LEVEL up is stored, each
- * matches, and nothing else is stored.
+ * Checks the stored subtrees against the tree rebuilt from leaves[0..n) of a
+ * log of size leaves: every complete subtree of the first n leaves from
+ * FINTX_AUDIT_STORED_LEVEL up is stored and matches; subtrees that reach
+ * beyond leaf n - 1 (when only a prefix is verified) are not checked; nothing
+ * else is stored.
  */
 static void
-VerifyNodes(VerifyState *st, uint8 *leaves, int64 n)
+VerifyNodes(VerifyState *st, uint8 *leaves, int64 n, int64 size)
 {
 	uint8	   *cur = leaves;
 	int64		count = n;
@@ -307,13 +310,18 @@ VerifyNodes(VerifyState *st, uint8 *leaves, int64 n)
 				level++;
 				expect = 0;
 			}
-			if (idx < expect || idx >= count)
+			if (idx < expect || idx >= (size >> lv))
 			{
 				Bad(st, -1, "the tree holds a node at level %d, index %lld that no sealed leaves support",
 					lv, (long long) idx);
 				continue;
 			}
-			Missing(st, level, expect, idx);
+			Missing(st, level, expect, Min(idx, count));
+			if (idx >= count)
+			{
+				expect = count;
+				continue;		/* beyond the verified leaves */
+			}
 			expect = idx + 1;
 			/* a damaged leaf already named is the first bad leaf, not the subtree above it */
 			if (!ColumnHash(tup, desc, 3, h) || memcmp(h, cur + idx * MERKLE_HASH_LEN, MERKLE_HASH_LEN) != 0)
@@ -527,6 +535,48 @@ VerifyBlocks(VerifyState *st, uint8 *leaves, int64 nleaves, int64 *blocks_checke
 }
 
 /*
+ * Seals before verifying, in a subtransaction: damage that stops sealing
+ * (XX001, e.g. a leaf of the last partial tile removed) must not stop the
+ * function that locates it. Then the log as sealed so far is verified and
+ * *failure holds the sealing error. Other errors propagate.
+ */
+static int64
+SealForVerify(char **failure)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	volatile int64 size = 0;
+	ErrorData  *volatile edata = NULL;
+
+	*failure = NULL;
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		size = fintx_seal_log();
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+	}
+	PG_END_TRY();
+	if (edata == NULL)
+		return size;
+	if (edata->sqlerrcode != ERRCODE_DATA_CORRUPTED)
+		ReThrowError(edata);
+	*failure = edata->message;
+	return fintx_sealed_size();
+}
+
+/*
  * fintx.verify_audit(from_leaf, to_leaf) → (ok, entries_checked, first_bad_leaf, detail)
  * Seals first; to_leaf NULL means the last sealed leaf.
  */
@@ -545,12 +595,13 @@ fintx_verify_audit(PG_FUNCTION_ARGS)
 				other_key = 0,
 				unsigned_blocks = 0;
 	uint8	   *leaves = NULL;
+	char	   *seal_failure = NULL;
 
 	fintx_authz_require(FINTX_OP_AUDIT_READ, "audit log");
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
 	tupdesc = BlessTupleDesc(tupdesc);
-	size = fintx_seal_log();
+	size = SealForVerify(&seal_failure);
 	from = PG_ARGISNULL(0) ? 0 : PG_GETARG_INT64(0);
 	to = PG_ARGISNULL(1) ? size - 1 : PG_GETARG_INT64(1);
 	if (from < 0 || (size > 0 && (to >= size || to < from)) || (size == 0 && !PG_ARGISNULL(1) && to >= 0))
@@ -569,10 +620,12 @@ fintx_verify_audit(PG_FUNCTION_ARGS)
 			leaves = palloc_extended(MERKLE_HASH_LEN * (to + 1), MCXT_ALLOC_HUGE);
 		checked = VerifyEntries(&st, from, to, leaves);
 		if (leaves)
-			VerifyNodes(&st, leaves, to + 1);
+			VerifyNodes(&st, leaves, to + 1, size);
 	}
 	VerifyBlocks(&st, leaves, leaves ? to + 1 : 0, &blocks, &other_key, &unsigned_blocks);
 	SPI_finish();
+	if (seal_failure)
+		Bad(&st, -1, "sealing the entries committed since the last block failed: %s", seal_failure);
 
 	if (st.ok)
 	{

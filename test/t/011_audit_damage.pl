@@ -99,6 +99,34 @@ tamper('lowlevel', q{INSERT INTO fintx.audit_nodes VALUES (2, 1, sha256('x'))});
 like(verdict('lowlevel'), qr/^false\|\|the tree holds a node at level 2, index 1, a level fintx does not store/,
 	'a node below the stored levels is reported');
 
+# damage that stops sealing (the next pass needs the leaf hashes of the last partial tile,
+# leaves 32..41) does not stop verify_audit(), which names it
+fresh('tailleaf');
+tamper('tailleaf', 'DELETE FROM fintx.audit_leaves WHERE leaf_index = 35');
+$node->safe_psql('tailleaf', 'INSERT INTO t VALUES (1), (2)');
+like(psql_err('tailleaf', 'SELECT fintx.seal()'), qr/ERROR:  XX001: audit leaf 35 is missing/,
+	'sealing stops at a leaf removed from the last partial tile (XX001)');
+like(verdict('tailleaf'), qr/^false\|35\|leaf 35 is missing from fintx.audit_leaves/,
+	'verify_audit() still runs and names the removed leaf');
+
+fresh('tailhash');
+tamper('tailhash', q{UPDATE fintx.audit_leaves SET leaf_hash = '\x0102' WHERE leaf_index = 36});
+$node->safe_psql('tailhash', 'INSERT INTO t VALUES (1)');
+like(psql_err('tailhash', 'SELECT fintx.seal()'), qr/ERROR:  XX001: the leaf hash of audit leaf 36 is not 32 bytes/,
+	'sealing names a malformed leaf hash in the last partial tile (XX001)');
+like(verdict('tailhash'), qr/^false\|36\|leaf 36 of the tree does not hold the hash of its entry/,
+	'verify_audit() still runs and names it');
+
+# verifying a prefix of an intact log checks the subtrees inside it and no others
+fresh('prefix');
+is($node->safe_psql('prefix', q{SELECT string_agg(t || ':' || (SELECT ok FROM fintx.verify_audit(0, t)), ',' ORDER BY t)
+                                  FROM unnest(ARRAY[0, 5, 15, 16, 20, 31, 32, 41]) t}),
+	'0:true,5:true,15:true,16:true,20:true,31:true,32:true,41:true', 'every prefix of an intact log verifies');
+tamper('prefix', q{UPDATE fintx.audit_nodes SET hash = sha256('x') WHERE level = 4 AND idx = 1});
+is($node->safe_psql('prefix', q{SELECT string_agg(t || ':' || (SELECT ok || '/' || coalesce(first_bad_leaf::text, '') FROM fintx.verify_audit(0, t)), ',' ORDER BY t)
+                                  FROM unnest(ARRAY[15, 30, 31, 41]) t}),
+	'15:true/,30:true/,31:false/16,41:false/16', 'a changed subtree counts for the prefixes that contain it');
+
 fresh('extra');
 tamper('extra', q{INSERT INTO fintx.audit_nodes VALUES (6, 7, sha256('x'))});
 like(verdict('extra'), qr/^false\|.*node at level 6, index 7 that no sealed leaves support/,

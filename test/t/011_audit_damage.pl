@@ -127,6 +127,11 @@ is($node->safe_psql('prefix', q{SELECT string_agg(t || ':' || (SELECT ok || '/' 
                                   FROM unnest(ARRAY[15, 30, 31, 41]) t}),
 	'15:true/,30:true/,31:false/16,41:false/16', 'a changed subtree counts for the prefixes that contain it');
 
+# only data damage (XX001) is carried past: other sealing errors still stop verify_audit()
+$node->safe_psql('prefix', 'INSERT INTO t VALUES (1)');
+like(psql_err('prefix', 'BEGIN READ ONLY; SELECT * FROM fintx.verify_audit(); COMMIT;'), qr/ERROR:  25006: cannot execute INSERT in a read-only transaction/,
+	'verify_audit() in a read-only transaction with entries to seal: 25006, as before');
+
 fresh('extra');
 tamper('extra', q{INSERT INTO fintx.audit_nodes VALUES (6, 7, sha256('x'))});
 like(verdict('extra'), qr/^false\|.*node at level 6, index 7 that no sealed leaves support/,

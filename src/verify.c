@@ -229,18 +229,6 @@ VerifyEntries(VerifyState *st, int64 from, int64 to, uint8 *leaves)
 	return checked;
 }
 
-/* The level above count hashes: count / 2 hashes of pairs. */
-static uint8 *
-LevelUp(const uint8 *below, int64 count)
-{
-	uint8	   *up = palloc_extended(MERKLE_HASH_LEN * (count / 2 + 1), MCXT_ALLOC_HUGE);
-
-	for (int64 i = 0; i < count / 2; i++)
-		merkle_node_hash(below + 2 * i * MERKLE_HASH_LEN, below + (2 * i + 1) * MERKLE_HASH_LEN,
-						 up + i * MERKLE_HASH_LEN);
-	return up;
-}
-
 /* Reports stored nodes [lo, hi) of a level as missing (nothing if the range is empty). */
 static void
 Missing(VerifyState *st, int level, int64 lo, int64 hi)
@@ -254,6 +242,35 @@ Missing(VerifyState *st, int level, int64 lo, int64 hi)
 			(long long) lo, (long long) (hi - 1));
 }
 
+/* The tree rebuilt from the leaves level by level, as the ordered node scan climbs it. */
+typedef struct Climb
+{
+	uint8	   *leaves;			/* level 0 */
+	uint8	   *cur;			/* the hashes of this level */
+	int64		count;
+	int			level;
+	int64		expect;			/* next stored index expected at this level */
+} Climb;
+
+/* Reports the stored nodes still missing at the current level, then builds the next one. */
+static void
+ClimbUp(VerifyState *st, Climb *c)
+{
+	uint8	   *up = palloc_extended(MERKLE_HASH_LEN * (c->count / 2 + 1), MCXT_ALLOC_HUGE);
+
+	if (c->level >= FINTX_AUDIT_STORED_LEVEL)
+		Missing(st, c->level, c->expect, c->count);
+	for (int64 i = 0; i < c->count / 2; i++)
+		merkle_node_hash(c->cur + 2 * i * MERKLE_HASH_LEN, c->cur + (2 * i + 1) * MERKLE_HASH_LEN,
+						 up + i * MERKLE_HASH_LEN);
+	if (c->cur != c->leaves)
+		pfree(c->cur);
+	c->cur = up;
+	c->count /= 2;
+	c->level++;
+	c->expect = 0;
+}
+
 /*
  * Checks the stored subtrees against the tree rebuilt from leaves[0..n) of a
  * log of size leaves: every complete subtree of the first n leaves from
@@ -264,14 +281,10 @@ Missing(VerifyState *st, int level, int64 lo, int64 hi)
 static void
 VerifyNodes(VerifyState *st, uint8 *leaves, int64 n, int64 size)
 {
-	uint8	   *cur = leaves;
-	int64		count = n;
-	int			level = 0;
-	int64		expect = 0;		/* next index expected at this level */
+	Climb		c = {leaves, leaves, n, 0, 0};
 	Portal		portal;
 	SPIPlanPtr	plan;
 
-	/* levels are built lazily as the ordered scan reaches them */
 	plan = SPI_prepare("SELECT level, idx, hash FROM fintx.audit_nodes ORDER BY level, idx", 0, NULL);
 	portal = SPI_cursor_open(NULL, plan, NULL, NULL, false);
 	for (;;)
@@ -295,36 +308,23 @@ VerifyNodes(VerifyState *st, uint8 *leaves, int64 n, int64 size)
 					lv, (long long) idx);
 				continue;
 			}
-			while (level < lv)
-			{
-				if (level >= FINTX_AUDIT_STORED_LEVEL)
-					Missing(st, level, expect, count);
-				{
-					uint8	   *up = LevelUp(cur, count);
-
-					if (cur != leaves)
-						pfree(cur);
-					cur = up;
-				}
-				count /= 2;
-				level++;
-				expect = 0;
-			}
-			if (idx < expect || idx >= (size >> lv))
+			while (c.level < lv)
+				ClimbUp(st, &c);
+			if (idx < c.expect || idx >= (size >> lv))
 			{
 				Bad(st, -1, "the tree holds a node at level %d, index %lld that no sealed leaves support",
 					lv, (long long) idx);
 				continue;
 			}
-			Missing(st, level, expect, Min(idx, count));
-			if (idx >= count)
+			Missing(st, lv, c.expect, Min(idx, c.count));
+			if (idx >= c.count)
 			{
-				expect = count;
+				c.expect = c.count;
 				continue;		/* beyond the verified leaves */
 			}
-			expect = idx + 1;
+			c.expect = idx + 1;
 			/* a damaged leaf already named is the first bad leaf, not the subtree above it */
-			if (!ColumnHash(tup, desc, 3, h) || memcmp(h, cur + idx * MERKLE_HASH_LEN, MERKLE_HASH_LEN) != 0)
+			if (!ColumnHash(tup, desc, 3, h) || memcmp(h, c.cur + idx * MERKLE_HASH_LEN, MERKLE_HASH_LEN) != 0)
 				Bad(st, st->first_bad >= 0 ? -1 : idx << lv,
 					"the tree node at level %d, index %lld does not match its leaves", lv, (long long) idx);
 		}
@@ -332,23 +332,8 @@ VerifyNodes(VerifyState *st, uint8 *leaves, int64 n, int64 size)
 	}
 	SPI_cursor_close(portal);
 	/* complete subtrees above the last stored one */
-	while (count > 0)
-	{
-		if (level >= FINTX_AUDIT_STORED_LEVEL)
-			Missing(st, level, expect, count);
-		if (count < 2)
-			break;
-		{
-			uint8	   *up = LevelUp(cur, count);
-
-			if (cur != leaves)
-				pfree(cur);
-			cur = up;
-		}
-		count /= 2;
-		level++;
-		expect = 0;
-	}
+	while (c.count > 0)
+		ClimbUp(st, &c);
 }
 
 /* Incremental RFC 6962 tree head over leaf hashes: a stack of complete subtrees. */

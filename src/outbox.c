@@ -277,10 +277,16 @@ ActorHeaders(const char *actor, int64 audit_entry_id)
 }
 
 /*
- * Inserts one event row into the outbox slot of its event number (the
- * partition key of fintx.outbox: (event_no / FINTX_OUTBOX_SLOT_EVENTS) %
- * FINTX_OUTBOX_SLOTS, outbox.sql).
+ * The slot of an event number: the partition key of fintx.outbox and
+ * fintx.outbox_positions (outbox.sql).
  */
+static inline int64
+Slot(int64 event_no)
+{
+	return (event_no / FINTX_OUTBOX_SLOT_EVENTS) % FINTX_OUTBOX_SLOTS;
+}
+
+/* Inserts one event row into the outbox slot of its event number. */
 static void
 InsertEvent(FintxTable *t, Datum id, const char *aggregatetype, const char *aggregateid,
 			const char *type, Jsonb *payload, Jsonb *headers)
@@ -301,7 +307,7 @@ InsertEvent(FintxTable *t, Datum id, const char *aggregatetype, const char *aggr
 	v[7] = FullTransactionIdGetDatum(GetTopFullTransactionId());
 	v[8] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
 	v[9] = Int64GetDatum(event_no);
-	fintx_direct_insert_routed(t, (event_no / FINTX_OUTBOX_SLOT_EVENTS) % FINTX_OUTBOX_SLOTS, v, nulls);
+	fintx_direct_insert_routed(t, Slot(event_no), v, nulls);
 }
 
 /*
@@ -412,7 +418,8 @@ fintx_outbox_sequence(Datum snap, Datum own, bool own_null)
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "sequencing outbox events failed: %s", SPI_result_code_string(ret));	/* LCOV_EXCL_LINE */
 	count = (int64) SPI_processed;
-	if (count > 0)
+	if (count == 0)
+		return 0;
 	{
 		/* positions tail + 1, tail + 2, ... in event_no order, each in its event's slot */
 		SPITupleTable *tt = SPI_tuptable;
@@ -429,13 +436,11 @@ fintx_outbox_sequence(Datum snap, Datum own, bool own_null)
 
 			v[0] = Int64GetDatum(tail + 1 + i);
 			v[1] = Int64GetDatum(event_no);
-			fintx_direct_insert_routed(&t, (event_no / FINTX_OUTBOX_SLOT_EVENTS) % FINTX_OUTBOX_SLOTS, v, vnulls);
+			fintx_direct_insert_routed(&t, Slot(event_no), v, vnulls);
 		}
 		fintx_direct_close(&t);
 		fintx_direct_end(estate);
 	}
-	if (count == 0)
-		return 0;
 	{
 		Oid			btypes[4] = {INT8OID, PG_SNAPSHOTOID, INT8OID, INT8OID};
 		Datum		bargs[4];

@@ -247,6 +247,30 @@ FetchNode(void *arg, int level, int64 idx, uint8 *out)
 	GetHash(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, out, HASH_OF_NODE, level, idx);
 }
 
+/*
+ * The nodes a sealing pass computed, level by level: at level L the hashes of
+ * nodes from[L] .. from[L] + count[L] - 1 (level 0: leaf hashes).
+ */
+typedef struct SealLevels
+{
+	int			nlevels;
+	int64		from[64];
+	int64		count[64];
+	uint8	   *hashes[64];
+} SealLevels;
+
+/* Node fetch callback for merkle.c: from the pass's memory, else FetchNode. */
+static void
+FetchSealed(void *arg, int level, int64 idx, uint8 *out)
+{
+	SealLevels *s = (SealLevels *) arg;
+
+	if (level < s->nlevels && idx >= s->from[level] && idx < s->from[level] + s->count[level])
+		memcpy(out, s->hashes[level] + (idx - s->from[level]) * MERKLE_HASH_LEN, MERKLE_HASH_LEN);
+	else
+		FetchNode(NULL, level, idx, out);
+}
+
 /* The checkpoint origin: fintx.checkpoint_origin or "fintx.local/<system identifier>". */
 static char *
 Origin(void)
@@ -302,10 +326,8 @@ fintx_seal_log(void)
 	int64		n0,
 				k,
 				m;
-	uint8	   *level_hashes;
-	int64		level_lo;
+	SealLevels	lv;
 	int64		tile0;
-	int64		level_cnt;
 	Datum	   *nodes;
 	int64		nn = 0;
 	uint8		root[MERKLE_HASH_LEN];
@@ -409,14 +431,17 @@ fintx_seal_log(void)
 	 * 1 to 4 is then computed from memory.
 	 */
 	tile0 = n0 & ~(((int64) 1 << FINTX_AUDIT_STORED_LEVEL) - 1);
-	level_hashes = palloc(MERKLE_HASH_LEN * (n0 - tile0 + k));
+	lv.nlevels = 1;
+	lv.from[0] = tile0;
+	lv.count[0] = n0 - tile0 + k;
+	lv.hashes[0] = palloc(MERKLE_HASH_LEN * lv.count[0]);
 	if (n0 > tile0)
-		LeafHashes(tile0, n0, level_hashes);
+		LeafHashes(tile0, n0, lv.hashes[0]);
 	{
 		SPITupleTable *tt = scan;
 		Datum	   *rows = palloc(sizeof(Datum) * 4 * k);
 		bool	   *nulls = palloc0(sizeof(bool) * 4 * k);
-		uint8	   *h = level_hashes + (n0 - tile0) * MERKLE_HASH_LEN;
+		uint8	   *h = lv.hashes[0] + (n0 - tile0) * MERKLE_HASH_LEN;
 
 		for (int64 i = 0; i < k; i++)
 		{
@@ -434,11 +459,10 @@ fintx_seal_log(void)
 	/*
 	 * Complete subtrees that exist now but did not before, level by level; up
 	 * to level 4 the older nodes of the partial tile are recomputed too, as
-	 * left children of the new ones. Only levels 4 and up are stored.
+	 * left children of the new ones (older left children above come from
+	 * audit_nodes). Only levels 4 and up are stored.
 	 */
 	nodes = palloc(sizeof(Datum) * 3 * (k / 8 + 64));
-	level_lo = tile0;
-	level_cnt = n0 - tile0 + k;
 	for (int level = 1; level < 63; level++)
 	{
 		int64		lo = n0 >> level;
@@ -452,35 +476,30 @@ fintx_seal_log(void)
 		for (int64 idx = from; idx <= hi; idx++)
 		{
 			uint8		left[MERKLE_HASH_LEN];
-			uint8	   *right;
-			int64		li = 2 * idx,
-						ri = 2 * idx + 1;
+			uint8		right[MERKLE_HASH_LEN];
+			uint8	   *h = next + (idx - from) * MERKLE_HASH_LEN;
 
 			CHECK_FOR_INTERRUPTS();
-			if (li >= level_lo)
-				memcpy(left, level_hashes + (li - level_lo) * MERKLE_HASH_LEN, MERKLE_HASH_LEN);
-			else
-				FetchNode(NULL, level - 1, li, left);
-			if (ri < level_lo || ri >= level_lo + level_cnt)
-				elog(ERROR, "audit tree node %lld at level %d has no new right child", (long long) idx, level);	/* LCOV_EXCL_LINE */
-			right = level_hashes + (ri - level_lo) * MERKLE_HASH_LEN;
-			merkle_node_hash(left, right, next + (idx - from) * MERKLE_HASH_LEN);
+			FetchSealed(&lv, level - 1, 2 * idx, left);
+			FetchSealed(&lv, level - 1, 2 * idx + 1, right);
+			merkle_node_hash(left, right, h);
 			if (level < FINTX_AUDIT_STORED_LEVEL || idx < lo)
 				continue;
 			nodes[3 * nn] = Int16GetDatum((int16) level);
 			nodes[3 * nn + 1] = Int64GetDatum(idx);
-			nodes[3 * nn + 2] = fintx_hash_datum(next + (idx - from) * MERKLE_HASH_LEN);
+			nodes[3 * nn + 2] = fintx_hash_datum(h);
 			nn++;
 		}
-		level_hashes = next;
-		level_lo = from;
-		level_cnt = hi - from + 1;
+		lv.from[level] = from;
+		lv.count[level] = hi - from + 1;
+		lv.hashes[level] = next;
+		lv.nlevels = level + 1;
 	}
 	if (nn > 0)
 		fintx_direct_insert_rows("audit_nodes", node_columns, 3, (int) nn, nodes, palloc0(sizeof(bool) * 3 * nn));
 
-	/* the block: tree head, hash chain, signature */
-	merkle_root(FetchNode, NULL, m, root);
+	/* the block: tree head (its subtrees mostly from this pass's memory), hash chain, signature */
+	merkle_root(FetchSealed, &lv, m, root);
 	if (prev.exists)
 		memcpy(prev_hash, prev.block_hash, MERKLE_HASH_LEN);
 	else

@@ -67,6 +67,9 @@ endif
 $(EXTENSION)--$(EXTVERSION).sql: $(SQL_PARTS)
 	cat $^ > $@
 
+# every module sees the shared structs (FintxTable is allocated by its callers)
+$(OBJS): src/fintx.h src/merkle.h
+
 # the offline audit verifier, a standalone program (libcrypto only)
 include tools/verify.mk
 all: fintx-verify

@@ -123,6 +123,8 @@ OpenLeaf(FintxLeaf *leaf, Relation rel, const FintxColumn *columns, int ncolumns
 	leaf->heap_slot = NULL;
 	leaf->table_slot = NULL;
 	leaf->scan = NULL;
+	leaf->buffer = NULL;
+	leaf->nbuffered = 0;
 }
 
 /* Ends the leaf's index scan (fintx_direct_find). */
@@ -136,11 +138,16 @@ EndScan(FintxLeaf *leaf)
 	leaf->scan = NULL;
 }
 
+static void FlushLeaf(FintxLeaf *leaf, EState *estate);
+
 static void
-CloseLeaf(FintxLeaf *leaf)
+CloseLeaf(FintxLeaf *leaf, EState *estate)
 {
 	if (leaf->rel == NULL)
 		return;
+	FlushLeaf(leaf, estate);
+	for (int i = 0; leaf->buffer != NULL && i < FINTX_INSERT_BUFFER && leaf->buffer[i] != NULL; i++)
+		ExecDropSingleTupleTableSlot(leaf->buffer[i]);
 	if (leaf->scan != NULL)
 		EndScan(leaf);
 	ExecCloseIndices(leaf->rri);
@@ -251,9 +258,9 @@ fintx_direct_open_speculative(FintxTable *t, EState *estate, const char *name,
 void
 fintx_direct_close(FintxTable *t)
 {
-	CloseLeaf(&t->leaf);
+	CloseLeaf(&t->leaf, t->estate);
 	for (int i = 0; i < t->nparts; i++)
-		CloseLeaf(&t->parts[i]);
+		CloseLeaf(&t->parts[i], t->estate);
 	if (t->parent)
 		table_close(t->parent, NoLock);
 }
@@ -290,19 +297,59 @@ StoreRow(FintxLeaf *leaf, EState *estate, const Datum *values, const bool *nulls
 	return slot;
 }
 
-/* Inserts one row into a leaf: constraints, heap, every index. */
+/*
+ * Writes the rows buffered in a leaf: to the heap in one call (heap_multi_insert
+ * fills a page at a time and logs one WAL record per page instead of one per
+ * row), then to every index, row by row, as COPY does.
+ */
+static void
+FlushLeaf(FintxLeaf *leaf, EState *estate)
+{
+	int			n = leaf->nbuffered;
+
+	if (n == 0)
+		return;
+	if (n == 1)
+		table_tuple_insert(leaf->rel, leaf->buffer[0], estate->es_output_cid, 0, NULL);
+	else
+		table_multi_insert(leaf->rel, leaf->buffer, n, estate->es_output_cid, 0, NULL);
+	for (int i = 0; i < n; i++)
+	{
+		if (leaf->rri->ri_NumIndices > 0)
+			RefuseDeferred(leaf, ExecInsertIndexTuples(leaf->rri, leaf->buffer[i], estate,
+													   false, false, NULL, NIL));
+		ExecClearTuple(leaf->buffer[i]);
+		ResetPerTupleExprContext(estate);
+	}
+	leaf->nbuffered = 0;
+}
+
+/*
+ * Inserts one row into a leaf: constraints now, heap and indexes when the
+ * leaf's buffer is full or the table is closed. Nothing in fintx reads a
+ * table it is inserting into before closing it.
+ */
 static void
 InsertLeaf(FintxLeaf *leaf, EState *estate, const Datum *values, const bool *nulls)
 {
-	TupleTableSlot *slot = StoreRow(leaf, estate, values, nulls);
-	List	   *recheck;
+	TupleTableSlot *slot;
 
-	table_tuple_insert(leaf->rel, slot, estate->es_output_cid, 0, NULL);
-	if (leaf->rri->ri_NumIndices > 0)
-	{
-		recheck = ExecInsertIndexTuples(leaf->rri, slot, estate, false, false, NULL, NIL);
-		RefuseDeferred(leaf, recheck);
-	}
+	if (leaf->nbuffered == FINTX_INSERT_BUFFER)
+		FlushLeaf(leaf, estate);
+	if (leaf->buffer == NULL)
+		leaf->buffer = palloc0(sizeof(TupleTableSlot *) * FINTX_INSERT_BUFFER);
+	if (leaf->buffer[leaf->nbuffered] == NULL)
+		leaf->buffer[leaf->nbuffered] = table_slot_create(leaf->rel, NULL);
+	slot = leaf->buffer[leaf->nbuffered];
+	ExecClearTuple(slot);
+	memcpy(slot->tts_values, values, sizeof(Datum) * slot->tts_tupleDescriptor->natts);
+	memcpy(slot->tts_isnull, nulls, sizeof(bool) * slot->tts_tupleDescriptor->natts);
+	ExecStoreVirtualTuple(slot);
+	if (leaf->rel->rd_att->constr)
+		ExecConstraints(leaf->rri, slot, estate);
+	/* the values may live in memory the caller reuses: the slot keeps a copy */
+	ExecMaterializeSlot(slot);
+	leaf->nbuffered++;
 	ResetPerTupleExprContext(estate);
 }
 
@@ -359,6 +406,7 @@ fintx_direct_insert_unless_exists(FintxTable *t, const Datum *values, const bool
 	EState	   *estate = t->estate;
 	bool		precheck = false;
 
+	FlushLeaf(leaf, estate);
 	for (;;)
 	{
 		TupleTableSlot *slot;
@@ -436,6 +484,7 @@ fintx_direct_find(FintxTable *t, const char *index_name, RegProcedure eqproc, Da
 	Oid			indexoid = FintxRelid(index_name);
 	ScanKeyData skey;
 
+	FlushLeaf(leaf, t->estate);
 	if (leaf->table_slot == NULL)
 		leaf->table_slot = table_slot_create(leaf->rel, NULL);
 	/* one scan per index and write group, rescanned for every key */

@@ -155,6 +155,8 @@ extern void fintx_audit_entry_from_row(HeapTuple tup, TupleDesc desc, int first,
 
 /* direct.c: rows written with the table and index access methods */
 #define FINTX_DIRECT_MAX_PARTS 4
+/* rows a leaf buffers before writing them with one table_multi_insert (as COPY does) */
+#define FINTX_INSERT_BUFFER 1000
 
 /* A column fintx writes: its name and type, checked against the table when it is opened. */
 typedef struct FintxColumn
@@ -171,6 +173,8 @@ typedef struct FintxLeaf
 	TupleTableSlot *heap_slot;	/* updated tuples needing index entries */
 	TupleTableSlot *table_slot; /* rows found and locked */
 	struct IndexScanDescData *scan; /* fintx_direct_find's scan */
+	TupleTableSlot **buffer;	/* rows inserted but not yet written */
+	int			nbuffered;
 } FintxLeaf;
 
 typedef struct FintxTable

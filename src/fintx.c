@@ -11,12 +11,38 @@
 #include "nodes/parsenodes.h"
 #include "utils/guc.h"
 
+#include <malloc.h>
+
 PG_MODULE_MAGIC;
 
 char	   *fintx_database = NULL;
 int			fintx_expire_interval_ms = 1000;
 
+int			fintx_keep_freed_memory_mb = 64;
+
 void		_PG_init(void);
+
+/*
+ * Applies fintx.keep_freed_memory: glibc returns freed memory at the top of
+ * the heap to the kernel above M_TRIM_THRESHOLD, and serves blocks above
+ * M_MMAP_THRESHOLD with mmap (unmapped again when freed). Both thresholds
+ * raised, the memory of one call is reused by the next without page faults.
+ * Set once when the library is loaded (by the postmaster when preloaded, so
+ * every backend inherits it).
+ */
+static void
+KeepFreedMemory(void)
+{
+#ifdef M_TRIM_THRESHOLD
+	int			bytes = fintx_keep_freed_memory_mb * 1024 * 1024;
+
+	if (bytes <= 0)
+		return;
+	/* glibc caps the mmap threshold at 32 MB on 64-bit systems */
+	mallopt(M_MMAP_THRESHOLD, Min(bytes, 32 * 1024 * 1024));
+	mallopt(M_TRIM_THRESHOLD, bytes);
+#endif
+}
 
 /* Registers GUCs; when preloaded, also the background worker. */
 void
@@ -80,6 +106,17 @@ _PG_init(void)
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 	fintx_outbox_init();
+	DefineCustomIntVariable("fintx.keep_freed_memory",
+							"Memory a backend keeps after freeing it, for its next call (glibc malloc).",
+							"A batch allocates megabytes and frees them at its end; by default glibc gives "
+							"that memory back to the kernel, and the next batch pays a page fault for every "
+							"page of it again. 0 keeps glibc's defaults.",
+							&fintx_keep_freed_memory_mb,
+							64, 0, 1024,
+							PGC_POSTMASTER,
+							GUC_UNIT_MB,
+							NULL, NULL, NULL);
+	KeepFreedMemory();
 	MarkGUCPrefixReserved("fintx");
 
 	/* the caller-identity hook (authz.c); when not preloaded, from the first use on */

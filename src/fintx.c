@@ -27,8 +27,9 @@ void		_PG_init(void);
  * the heap to the kernel above M_TRIM_THRESHOLD, and serves blocks above
  * M_MMAP_THRESHOLD with mmap (unmapped again when freed). Both thresholds
  * raised, the memory of one call is reused by the next without page faults.
- * Set once when the library is loaded (by the postmaster when preloaded, so
- * every backend inherits it).
+ * Set by the postmaster when it preloads the library; every backend inherits
+ * it. Without preloading the setting does not exist and glibc's defaults
+ * stay.
  */
 static void
 KeepFreedMemory(void)
@@ -106,17 +107,21 @@ _PG_init(void)
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 	fintx_outbox_init();
-	DefineCustomIntVariable("fintx.keep_freed_memory",
-							"Memory a backend keeps after freeing it, for its next call (glibc malloc).",
-							"A batch allocates megabytes and frees them at its end; by default glibc gives "
-							"that memory back to the kernel, and the next batch pays a page fault for every "
-							"page of it again. 0 keeps glibc's defaults.",
-							&fintx_keep_freed_memory_mb,
-							64, 0, 1024,
-							PGC_POSTMASTER,
-							GUC_UNIT_MB,
-							NULL, NULL, NULL);
-	KeepFreedMemory();
+	/* a server-start setting: it exists only when fintx is preloaded */
+	if (process_shared_preload_libraries_in_progress)
+	{
+		DefineCustomIntVariable("fintx.keep_freed_memory",
+								"Memory a backend keeps after freeing it, for its next call (glibc malloc).",
+								"A batch allocates megabytes and frees them at its end; by default glibc gives "
+								"that memory back to the kernel, and the next batch pays a page fault for every "
+								"page of it again. 0 keeps glibc's defaults.",
+								&fintx_keep_freed_memory_mb,
+								64, 0, 1024,
+								PGC_POSTMASTER,
+								GUC_UNIT_MB,
+								NULL, NULL, NULL);
+		KeepFreedMemory();
+	}
 	MarkGUCPrefixReserved("fintx");
 
 	/* the caller-identity hook (authz.c); when not preloaded, from the first use on */

@@ -7,8 +7,10 @@
 # each at $CLIENTS clients for $DURATION seconds, $ROUNDS rounds. Prints TPS, P99 latency
 # and the ratios against the baseline of the same run.
 # Env: CLIENTS (32) DURATION (30) ROUNDS (2) SCALE (32) BENCH_OUT (results/bench)
-# WORKLOADS: tpcb transfer transfer-svc batch batch-local (transfer-svc: the same transfers
-# made by a registered service, through its grant and the access log)
+# WORKLOADS: tpcb transfer transfer-svc batch batch-local batch-1000 (transfer-svc: the same
+# transfers made by a registered service, through its grant and the access log; batch-1000:
+# 1,000 transfers per call on each client's own accounts, BATCH_CLIENTS (8) clients, not in
+# the default list)
 #      WORKLOADS ("tpcb transfer batch batch-local") EXTRA_CONF (one more postgresql.conf line)
 set -eu
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -75,6 +77,11 @@ SELECT count(*) FROM fintx.transfer_batch((SELECT jsonb_agg(jsonb_build_object(
     'amount', 1)) FROM generate_series(1, 100) i));
 SQL
 
+# the large-batch target: 1,000 transfers per call, each client on its own accounts
+# (not in the default WORKLOADS: WORKLOADS=batch-1000; BATCH_CLIENTS clients, default 8)
+sed -e "s/'l' ||/'L' ||/" -e 's/generate_series(1, 100)/generate_series(1, 1000)/' \
+    "$WORK/batch-local.sql" > "$WORK/batch-1000.sql"
+
 # run NAME ROUND ARGS... -> appends "name round tps p99_ms" to $OUT/runs.tsv
 run() {
     local name=$1 round=$2; shift 2
@@ -100,6 +107,7 @@ for round in $(seq 1 "$ROUNDS"); do
         case $w in
             tpcb) run tpcb "$round" -b tpcb-like ;;
             transfer-svc) run transfer-svc "$round" -U bench_svc -f "$WORK/transfer.sql" ;;
+            batch-1000) run batch-1000 "$round" -c "${BATCH_CLIENTS:-8}" -f "$WORK/batch-1000.sql" ;;
             *) run "$w" "$round" -f "$WORK/$w.sql" ;;
         esac
     done
@@ -125,4 +133,6 @@ awk -F'\t' '
     if (n["transfer-svc"]) printf "  transfer as a service %10.1f transfers/s   P99 %s ms%s\n", v, p99["transfer-svc"], t ? sprintf("   ratio vs TPC-B %.2f", v / t) : ""
     if (n["batch"]) printf "  fintx.transfer_batch  %10.1f transfers/s   P99 %s ms   (%.1f calls/s x 100, random accounts: every batch contends)\n", b * 100, p99["batch"], b
     if (n["batch-local"]) printf "  batch, own accounts   %10.1f transfers/s   P99 %s ms   (%.1f calls/s x 100; target >= 10,000, aim 50,000)\n", l * 100, p99["batch-local"], l
+    k = mean("batch-1000")
+    if (n["batch-1000"]) printf "  batches of 1,000      %10.1f transfers/s   P99 %s ms   (%.1f calls/s x 1,000, own accounts; target 50,000)\n", k * 1000, p99["batch-1000"], k
   }' "$OUT/runs.tsv" | tee "$OUT/summary.txt"

@@ -11,7 +11,9 @@
 #include "nodes/parsenodes.h"
 #include "utils/guc.h"
 
+#ifdef __GLIBC__
 #include <malloc.h>
+#endif
 
 PG_MODULE_MAGIC;
 
@@ -34,14 +36,14 @@ void		_PG_init(void);
 static void
 KeepFreedMemory(void)
 {
-#ifdef M_TRIM_THRESHOLD
-	int			bytes = fintx_keep_freed_memory_mb * 1024 * 1024;
+#ifdef __GLIBC__
+	int64		bytes = (int64) fintx_keep_freed_memory_mb * 1024 * 1024;
 
 	if (bytes <= 0)
 		return;
 	/* glibc caps the mmap threshold at 32 MB on 64-bit systems */
-	mallopt(M_MMAP_THRESHOLD, Min(bytes, 32 * 1024 * 1024));
-	mallopt(M_TRIM_THRESHOLD, bytes);
+	mallopt(M_MMAP_THRESHOLD, (int) Min(bytes, 32 * 1024 * 1024));
+	mallopt(M_TRIM_THRESHOLD, (int) Min(bytes, PG_INT32_MAX));
 #endif
 }
 

@@ -281,11 +281,10 @@ RefuseDeferred(FintxLeaf *leaf, List *recheck)
 						RelationGetRelationName(leaf->rel))));
 }
 
-/* Puts a row into the leaf's virtual slot and checks its constraints. */
+/* Puts a row into a slot of the leaf (its virtual slot, or a buffered one) and checks its constraints. */
 static TupleTableSlot *
-StoreRow(FintxLeaf *leaf, EState *estate, const Datum *values, const bool *nulls)
+StoreRow(FintxLeaf *leaf, TupleTableSlot *slot, EState *estate, const Datum *values, const bool *nulls)
 {
-	TupleTableSlot *slot = leaf->slot;
 	int			natts = slot->tts_tupleDescriptor->natts;
 
 	ExecClearTuple(slot);
@@ -309,6 +308,7 @@ FlushLeaf(FintxLeaf *leaf, EState *estate)
 
 	if (n == 0)
 		return;
+	/* one row (a single transfer's): heap_insert, the plain insert record */
 	if (n == 1)
 		table_tuple_insert(leaf->rel, leaf->buffer[0], estate->es_output_cid, 0, NULL);
 	else
@@ -340,13 +340,7 @@ InsertLeaf(FintxLeaf *leaf, EState *estate, const Datum *values, const bool *nul
 		leaf->buffer = palloc0(sizeof(TupleTableSlot *) * FINTX_INSERT_BUFFER);
 	if (leaf->buffer[leaf->nbuffered] == NULL)
 		leaf->buffer[leaf->nbuffered] = table_slot_create(leaf->rel, NULL);
-	slot = leaf->buffer[leaf->nbuffered];
-	ExecClearTuple(slot);
-	memcpy(slot->tts_values, values, sizeof(Datum) * slot->tts_tupleDescriptor->natts);
-	memcpy(slot->tts_isnull, nulls, sizeof(bool) * slot->tts_tupleDescriptor->natts);
-	ExecStoreVirtualTuple(slot);
-	if (leaf->rel->rd_att->constr)
-		ExecConstraints(leaf->rri, slot, estate);
+	slot = StoreRow(leaf, leaf->buffer[leaf->nbuffered], estate, values, nulls);
 	/* the values may live in memory the caller reuses: the slot keeps a copy */
 	ExecMaterializeSlot(slot);
 	leaf->nbuffered++;
@@ -416,7 +410,7 @@ fintx_direct_insert_unless_exists(FintxTable *t, const Datum *values, const bool
 		List	   *recheck;
 
 		CHECK_FOR_INTERRUPTS();
-		slot = StoreRow(leaf, estate, values, nulls);
+		slot = StoreRow(leaf, leaf->slot, estate, values, nulls);
 		if (precheck && !ExecCheckIndexConstraints(leaf->rri, slot, estate, &conflict, NIL))
 		{
 			CheckConflictVisible(leaf, estate, &conflict);

@@ -66,21 +66,22 @@ SELECT count(*) FROM fintx.transfer_batch((SELECT jsonb_agg(jsonb_build_object(
 SQL
 
 # the same batch, but each client moves money among its own 31 accounts (no lock contention
-# between clients, as when each service owns its accounts)
-cat > "$WORK/batch-local.sql" <<'SQL'
-\set r random(1, 9000000000000000000)
-\set base ((:client_id % 32) * 31)
+# between clients, as when each service owns its accounts); batch-1000, the large-batch
+# target, has 1,000 transfers per call (not in the default WORKLOADS: WORKLOADS=batch-1000;
+# BATCH_CLIENTS clients, default 8)
+local_batch() {  # KEY_PREFIX SIZE
+    cat <<SQL
+\\set r random(1, 9000000000000000000)
+\\set base ((:client_id % 32) * 31)
 SELECT count(*) FROM fintx.transfer_batch((SELECT jsonb_agg(jsonb_build_object(
-    'idempotency_key', 'l' || :client_id || '-' || :r || '-' || i,
+    'idempotency_key', '$1' || :client_id || '-' || :r || '-' || i,
     'from_account', 'acct:' || (1 + :base + (i * 7) % 31),
     'to_account',   'acct:' || (1 + :base + (i * 7 + 1 + i % 29) % 31),
-    'amount', 1)) FROM generate_series(1, 100) i));
+    'amount', 1)) FROM generate_series(1, $2) i));
 SQL
-
-# the large-batch target: 1,000 transfers per call, each client on its own accounts
-# (not in the default WORKLOADS: WORKLOADS=batch-1000; BATCH_CLIENTS clients, default 8)
-sed -e "s/'l' ||/'L' ||/" -e 's/generate_series(1, 100)/generate_series(1, 1000)/' \
-    "$WORK/batch-local.sql" > "$WORK/batch-1000.sql"
+}
+local_batch l 100 > "$WORK/batch-local.sql"
+local_batch L 1000 > "$WORK/batch-1000.sql"
 
 # run NAME ROUND ARGS... -> appends "name round tps p99_ms" to $OUT/runs.tsv
 run() {

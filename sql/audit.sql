@@ -36,7 +36,7 @@ SELECT bool_and(sha256('\x00'::bytea || fintx.leaf_data(leaf_index)) = entry_has
   FROM fintx.audit_log;
 -- the audit tables are append-only, for the superuser too
 UPDATE fintx.audit_entries SET actor = 'mallory';
-DELETE FROM fintx.audit_leaves;
+DELETE FROM fintx.audit_leaf_runs;
 TRUNCATE fintx.audit_blocks;
 -- auditor views
 SELECT account, action FROM fintx.audit_account_trail WHERE account = 'a:x' ORDER BY entry_id;

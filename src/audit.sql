@@ -3,11 +3,13 @@
  *
  *   audit_entries  one row per state change, written in the caller's transaction with the
  *                  SHA-256 leaf hash of its canonical bytes (docs/audit-format.md)
- *   audit_leaves   leaf index -> entry and its leaf hash, assigned by the sequencer after commit
+ *   audit_leaf_runs  leaf indexes -> entries, assigned by the sequencer after commit, one row
+ *                  per run of consecutive leaves holding consecutive entry ids (the leaf hash
+ *                  is the entry's entry_hash); the view audit_leaves lists one row per leaf
  *   audit_nodes    hashes of the complete Merkle subtrees of 16 leaves and more (levels >= 4);
  *                  the levels below are recomputed from at most 8 leaf hashes when needed
  *   audit_blocks   one per sealing pass: tree size, RFC 6962 tree head, hash chain, signature
- * All four are insert-only: UPDATE, DELETE and TRUNCATE are refused by triggers for every
+ * All four tables are insert-only: UPDATE, DELETE and TRUNCATE are refused by triggers for every
  * role; fintx.verify_audit() catches whoever disables the triggers.
  */
 -- CACHE: each session takes ids 32 at a time (no sequence lock per entry); ids stay unique,
@@ -32,16 +34,18 @@ COMMENT ON TABLE fintx.audit_entries IS 'audit entries, one per state change; in
 -- ANALYZE of these fast-growing tables then skips sorting and detoasting them.
 ALTER TABLE fintx.audit_entries ALTER COLUMN details SET STATISTICS 0, ALTER COLUMN entry_hash SET STATISTICS 0;
 
-CREATE TABLE fintx.audit_leaves (
-    leaf_index bigint PRIMARY KEY,
-    entry_id   bigint NOT NULL UNIQUE,
-    block_id   bigint NOT NULL,
-    leaf_hash  bytea  NOT NULL
+-- Leaves first_leaf .. first_leaf + leaf_count - 1 hold entries first_entry .. first_entry +
+-- leaf_count - 1. A sealing pass gives its entries the next leaf indexes in entry-id order and
+-- writes one row per run of consecutive entry ids, not one per leaf: entry ids are dense
+-- within a session's cached block of the sequence, so a run covers tens of entries. Runs never
+-- overlap, in leaves or in entries (fintx.verify_audit() checks both).
+CREATE TABLE fintx.audit_leaf_runs (
+    first_leaf  bigint  PRIMARY KEY,
+    first_entry bigint  NOT NULL UNIQUE,
+    leaf_count  integer NOT NULL CHECK (leaf_count OPERATOR(pg_catalog.>) 0),
+    block_id    bigint  NOT NULL
 );
-COMMENT ON TABLE fintx.audit_leaves IS 'Merkle leaf index and leaf hash of each sealed audit entry; insert-only';
--- No planner statistics for columns nothing filters on (hashes, JSON bodies): autovacuum's
--- ANALYZE of these fast-growing tables then skips sorting and detoasting them.
-ALTER TABLE fintx.audit_leaves ALTER COLUMN leaf_hash SET STATISTICS 0;
+COMMENT ON TABLE fintx.audit_leaf_runs IS 'Merkle leaf indexes of sealed audit entries, one row per run of consecutive entry ids; insert-only';
 
 CREATE TABLE fintx.audit_nodes (
     level smallint NOT NULL,
@@ -76,7 +80,7 @@ DO $immutable$
 DECLARE
     t text;
 BEGIN
-    FOREACH t IN ARRAY ARRAY['audit_entries', 'audit_leaves', 'audit_nodes', 'audit_blocks'] LOOP
+    FOREACH t IN ARRAY ARRAY['audit_entries', 'audit_leaf_runs', 'audit_nodes', 'audit_blocks'] LOOP
         EXECUTE pg_catalog.format('CREATE TRIGGER refuse_update_delete BEFORE UPDATE OR DELETE ON fintx.%I'
                                   ' FOR EACH ROW EXECUTE FUNCTION fintx.refuse_change()', t);
         EXECUTE pg_catalog.format('CREATE TRIGGER refuse_truncate BEFORE TRUNCATE ON fintx.%I'
@@ -136,12 +140,31 @@ CREATE FUNCTION fintx.merkle_consistency_proof(leaves bytea[], first_size bigint
 AS 'MODULE_PATHNAME', 'fintx_merkle_consistency_proof_data'
 LANGUAGE C IMMUTABLE STRICT;
 
+-- The leaf of an entry: the run that starts at the largest first_entry <= entry_id, if the
+-- entry lies inside it (one index probe per entry).
 CREATE VIEW fintx.audit_log AS
 SELECT e.entry_id, l.leaf_index, e.recorded_at, e.actor, e.action, e.object_type, e.object_id,
        e.details, e.entry_hash
   FROM fintx.audit_entries e
-  LEFT JOIN fintx.audit_leaves l ON l.entry_id OPERATOR(pg_catalog.=) e.entry_id;
+  LEFT JOIN LATERAL (
+        SELECT r.first_leaf OPERATOR(pg_catalog.+) (e.entry_id OPERATOR(pg_catalog.-) r.first_entry) AS leaf_index
+          FROM (SELECT first_leaf, first_entry, leaf_count FROM fintx.audit_leaf_runs
+                 WHERE first_entry OPERATOR(pg_catalog.<=) e.entry_id
+                 ORDER BY first_entry DESC LIMIT 1) r
+         WHERE e.entry_id OPERATOR(pg_catalog.<) (r.first_entry OPERATOR(pg_catalog.+) r.leaf_count)) l ON true;
 COMMENT ON VIEW fintx.audit_log IS 'every audit entry; leaf_index is NULL until the entry is sealed';
+
+-- One row per sealed leaf, as its run states it: the leaf index, the entry it holds, the block
+-- that sealed it and its leaf hash (the entry's stored entry_hash, NULL if that entry is
+-- missing; fintx.verify_audit() recomputes it from the facts). Expands every run: to find the
+-- leaf of one entry, read fintx.audit_log.
+CREATE VIEW fintx.audit_leaves AS
+SELECT r.first_leaf OPERATOR(pg_catalog.+) g.i AS leaf_index,
+       r.first_entry OPERATOR(pg_catalog.+) g.i AS entry_id, r.block_id, e.entry_hash AS leaf_hash
+  FROM fintx.audit_leaf_runs r
+ CROSS JOIN LATERAL pg_catalog.generate_series(0::bigint, r.leaf_count OPERATOR(pg_catalog.-) 1::bigint) g(i)
+  LEFT JOIN fintx.audit_entries e ON e.entry_id OPERATOR(pg_catalog.=) (r.first_entry OPERATOR(pg_catalog.+) g.i);
+COMMENT ON VIEW fintx.audit_leaves IS 'Merkle leaf index, block and leaf hash of each sealed audit entry';
 
 -- Every entry that concerns an account: its own events and the transfers that touched it.
 CREATE VIEW fintx.audit_account_trail AS

@@ -70,7 +70,7 @@ SELECT pg_catalog.pg_extension_config_dump('fintx.pending_holds', '');
 SELECT pg_catalog.pg_extension_config_dump('fintx.idempotency_keys', '');
 SELECT pg_catalog.pg_extension_config_dump('fintx.audit_entries', '');
 SELECT pg_catalog.pg_extension_config_dump('fintx.audit_entry_id_seq', '');
-SELECT pg_catalog.pg_extension_config_dump('fintx.audit_leaves', '');
+SELECT pg_catalog.pg_extension_config_dump('fintx.audit_leaf_runs', '');
 SELECT pg_catalog.pg_extension_config_dump('fintx.audit_nodes', '');
 SELECT pg_catalog.pg_extension_config_dump('fintx.audit_blocks', '');
 SELECT pg_catalog.pg_extension_config_dump('fintx.services', '');

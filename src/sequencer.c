@@ -80,9 +80,23 @@ static SPIPlanPtr leaf_hashes_plan = NULL;
 static SPIPlanPtr block_plan = NULL;
 static SPIPlanPtr outbox_snap_plan = NULL;
 
-static const FintxColumn leaf_columns[] = {
-	{"leaf_index", INT8OID}, {"entry_id", INT8OID}, {"block_id", INT8OID}, {"leaf_hash", BYTEAOID}
+static const FintxColumn run_columns[] = {
+	{"first_leaf", INT8OID}, {"first_entry", INT8OID}, {"leaf_count", INT4OID}, {"block_id", INT8OID}
 };
+
+/*
+ * The leaves [$1, $2) with their entries: the runs that overlap the range (from
+ * the last one starting at or before $1) joined with the entries of their part
+ * of it, through both primary keys. A leaf whose entry is missing has no row.
+ */
+#define LEAF_RANGE_FROM \
+	"  FROM fintx.audit_leaf_runs r JOIN fintx.audit_entries e" \
+	"    ON e.entry_id >= r.first_entry + GREATEST($1 - r.first_leaf, 0)" \
+	"   AND e.entry_id < r.first_entry + LEAST($2 - r.first_leaf, r.leaf_count)" \
+	" WHERE r.first_leaf < $2" \
+	"   AND r.first_leaf >= COALESCE((SELECT pg_catalog.max(first_leaf) FROM fintx.audit_leaf_runs" \
+	"                                  WHERE first_leaf <= $1), 0)"
+#define LEAF_INDEX_COL	"r.first_leaf + (e.entry_id - r.first_entry)"
 static const FintxColumn node_columns[] = {
 	{"level", INT2OID}, {"idx", INT8OID}, {"hash", BYTEAOID}
 };
@@ -192,8 +206,8 @@ LeafHashes(int64 lo, int64 hi, uint8 *out)
 	args[0] = Int64GetDatum(lo);
 	args[1] = Int64GetDatum(hi);
 	fintx_keep_plan(&leaf_hashes_plan,
-					"SELECT leaf_index, leaf_hash FROM fintx.audit_leaves"
-					" WHERE leaf_index >= $1 AND leaf_index < $2 ORDER BY leaf_index", 2, types);
+					"SELECT " LEAF_INDEX_COL ", e.entry_hash" LEAF_RANGE_FROM
+					" ORDER BY r.first_leaf, e.entry_id", 2, types);
 	if (SPI_execute_plan(leaf_hashes_plan, args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "reading audit leaves failed");	/* LCOV_EXCL_LINE */
 	for (int64 i = 0; i < hi - lo; i++)
@@ -439,21 +453,35 @@ fintx_seal_log(void)
 		LeafHashes(tile0, n0, lv.hashes[0]);
 	{
 		SPITupleTable *tt = scan;
-		Datum	   *rows = palloc(sizeof(Datum) * 4 * k);
+		Datum	   *runs = palloc(sizeof(Datum) * 4 * k);
 		bool	   *nulls = palloc0(sizeof(bool) * 4 * k);
 		uint8	   *h = lv.hashes[0] + (n0 - tile0) * MERKLE_HASH_LEN;
+		int64		nruns = 0;
+		int64		run_start = 0;	/* first entry and length of the open run */
+		int64		run_len = 0;
 
+		/* the entries come in entry-id order: one run per stretch of consecutive ids */
 		for (int64 i = 0; i < k; i++)
 		{
 			bool		isnull;
+			int64		entry = DatumGetInt64(SPI_getbinval(tt->vals[i], tt->tupdesc, 2, &isnull));
 
-			rows[4 * i] = Int64GetDatum(n0 + i);
-			rows[4 * i + 1] = SPI_getbinval(tt->vals[i], tt->tupdesc, 2, &isnull);
-			GetHash(tt->vals[i], tt->tupdesc, 3, h + i * MERKLE_HASH_LEN, HASH_OF_ENTRY, DatumGetInt64(rows[4 * i + 1]), 0);
-			rows[4 * i + 2] = Int64GetDatum(block_id);
-			rows[4 * i + 3] = SPI_getbinval(tt->vals[i], tt->tupdesc, 3, &isnull);
+			GetHash(tt->vals[i], tt->tupdesc, 3, h + i * MERKLE_HASH_LEN, HASH_OF_ENTRY, entry, 0);
+			if (run_len > 0 && entry == run_start + run_len && run_len < PG_INT32_MAX)
+			{
+				run_len++;
+				runs[4 * (nruns - 1) + 2] = Int32GetDatum((int32) run_len);
+				continue;
+			}
+			run_start = entry;
+			run_len = 1;
+			runs[4 * nruns] = Int64GetDatum(n0 + i);
+			runs[4 * nruns + 1] = Int64GetDatum(entry);
+			runs[4 * nruns + 2] = Int32GetDatum(1);
+			runs[4 * nruns + 3] = Int64GetDatum(block_id);
+			nruns++;
 		}
-		fintx_direct_insert_rows("audit_leaves", leaf_columns, 4, (int) k, rows, nulls);
+		fintx_direct_insert_rows("audit_leaf_runs", run_columns, 4, (int) nruns, runs, nulls);
 	}
 
 	/*
@@ -727,15 +755,18 @@ fintx_consistency_proof(PG_FUNCTION_ARGS)
 static bool
 fintx_read_leaf_entry(int64 leaf, FintxAuditEntry *e)
 {
-	Oid			types[1] = {INT8OID};
-	Datum		arg = Int64GetDatum(leaf);
+	Oid			types[2] = {INT8OID, INT8OID};
+	Datum		args[2];
 	HeapTuple	tup;
 	TupleDesc	desc;
 
+	if (leaf == PG_INT64_MAX)
+		return false;
+	args[0] = Int64GetDatum(leaf);
+	args[1] = Int64GetDatum(leaf + 1);
 	if (SPI_execute_with_args("SELECT e.entry_id, e.recorded_at, e.actor, e.session_role, e.action,"
-							  "       e.object_type, e.object_id, e.details"
-							  "  FROM fintx.audit_leaves l JOIN fintx.audit_entries e ON e.entry_id = l.entry_id"
-							  " WHERE l.leaf_index = $1", 1, types, &arg, NULL, false, 1) != SPI_OK_SELECT)
+							  "       e.object_type, e.object_id, e.details" LEAF_RANGE_FROM,
+							  2, types, args, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "reading audit entry failed");
 	if (SPI_processed != 1)
 		return false;
@@ -1002,12 +1033,13 @@ fintx_audit_export(PG_FUNCTION_ARGS)
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
 	fintx_spi_connect();
 	rowcxt = AllocSetContextCreate(CurrentMemoryContext, "fintx export row", ALLOCSET_DEFAULT_SIZES);
+	/* leaves [from, to] of the sealed ones, [from, to + 1) below */
+	to = Min(to, size - 1);
 	args[0] = Int64GetDatum(from);
-	args[1] = Int64GetDatum(to);
-	plan = SPI_prepare("SELECT l.leaf_index, e.entry_id, e.recorded_at, e.actor, e.session_role, e.action,"
-					   "       e.object_type, e.object_id, e.details"
-					   "  FROM fintx.audit_leaves l JOIN fintx.audit_entries e ON e.entry_id = l.entry_id"
-					   " WHERE l.leaf_index BETWEEN $1 AND $2 ORDER BY l.leaf_index", 2, types);
+	args[1] = Int64GetDatum(Max(to + 1, from));
+	plan = SPI_prepare("SELECT " LEAF_INDEX_COL ", e.entry_id, e.recorded_at, e.actor, e.session_role,"
+					   "       e.action, e.object_type, e.object_id, e.details" LEAF_RANGE_FROM
+					   " ORDER BY r.first_leaf, e.entry_id", 2, types);
 	if (plan == NULL)
 		elog(ERROR, "SPI_prepare failed");
 	portal = SPI_cursor_open(NULL, plan, args, NULL, false);

@@ -4,9 +4,9 @@
  *	  and check it against what was sealed and signed.
  *
  * For the leaves in [from_leaf, to_leaf] it recomputes each entry's hash from
- * its columns and compares it with the stored entry hash and the leaf hash
- * stored with the leaf; it also checks that leaf indexes are dense and that
- * every leaf has its entry. When from_leaf is 0 it rebuilds the tree from the
+ * its columns and compares it with the stored entry hash (the leaf hash); it
+ * also checks that the runs of fintx.audit_leaf_runs cover every leaf exactly
+ * once, that every leaf has its entry and no entry is at two leaves. When from_leaf is 0 it rebuilds the tree from the
  * recomputed leaves and checks that every stored subtree (levels 4 and up)
  * is there and matches, every block's tree head,
  * the block hash chain and the block signatures (with the configured key).
@@ -22,6 +22,7 @@
 #include "miscadmin.h"
 #include "port/pg_bswap.h"
 #include "common/base64.h"
+#include "common/int.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
@@ -94,7 +95,25 @@ CompareLeafRef(const void *a, const void *b)
 	int64		x = ((const LeafRef *) a)->entry_id;
 	int64		y = ((const LeafRef *) b)->entry_id;
 
+	if (x == y)					/* an entry at two leaves: the later one is reported */
+	{
+		x = ((const LeafRef *) a)->leaf;
+		y = ((const LeafRef *) b)->leaf;
+	}
 	return (x > y) - (x < y);
+}
+
+/* Reports leaves [lo, hi) as missing from the runs (nothing if the range is empty). */
+static void
+MissingLeaves(VerifyState *st, int64 lo, int64 hi)
+{
+	if (lo >= hi)
+		return;
+	if (hi - lo == 1)
+		Bad(st, lo, "leaf %lld is missing from fintx.audit_leaf_runs", (long long) lo);
+	else
+		Bad(st, lo, "leaves %lld to %lld are missing from fintx.audit_leaf_runs",
+			(long long) lo, (long long) (hi - 1));
 }
 
 /* Opens a read-only cursor over sql with two bigint parameters. */
@@ -123,20 +142,23 @@ VerifyEntries(VerifyState *st, int64 from, int64 to, uint8 *leaves)
 	int64		n = to - from + 1;
 	LeafRef    *refs = palloc_extended(sizeof(LeafRef) * n, MCXT_ALLOC_HUGE);
 	uint8	   *computed = leaves ? leaves : palloc_extended(MERKLE_HASH_LEN * n, MCXT_ALLOC_HUGE);
-	bool	   *have = palloc_extended(n, MCXT_ALLOC_HUGE | MCXT_ALLOC_ZERO);
-	uint8	   *stored_leaf = palloc_extended(MERKLE_HASH_LEN * n, MCXT_ALLOC_HUGE);
-	bool	   *leaf_ok = palloc_extended(n, MCXT_ALLOC_HUGE | MCXT_ALLOC_ZERO);
 	int64		nrefs = 0;
 	int64		expect = from;
+	int64		prev_block = -1;	/* the previous run: its block, last leaf and last entry */
+	int64		prev_last = -1;
+	int64		prev_last_entry = 0;
 	int64		checked = 0;
 	int64		r;
 	Portal		portal;
 	MemoryContext rowcxt = AllocSetContextCreate(CurrentMemoryContext, "fintx verify row",
 												 ALLOCSET_DEFAULT_SIZES);
 
-	/* 1. leaf -> entry, in leaf order */
-	portal = OpenCursor("SELECT leaf_index, entry_id, leaf_hash FROM fintx.audit_leaves"
-						" WHERE leaf_index BETWEEN $1 AND $2 ORDER BY leaf_index", from, to);
+	/* 1. leaf -> entry, from the runs in leaf order (from the last one starting at or before from) */
+	portal = OpenCursor("SELECT first_leaf, first_entry, leaf_count, block_id FROM fintx.audit_leaf_runs"
+						" WHERE first_leaf <= $2"
+						"   AND first_leaf >= COALESCE((SELECT pg_catalog.max(first_leaf) FROM fintx.audit_leaf_runs"
+						"                                WHERE first_leaf <= $1), 0)"
+						" ORDER BY first_leaf", from, to);
 	for (;;)
 	{
 		SPI_cursor_fetch(portal, true, FETCH_ROWS);
@@ -144,24 +166,55 @@ VerifyEntries(VerifyState *st, int64 from, int64 to, uint8 *leaves)
 			break;
 		for (uint64 i = 0; i < SPI_processed; i++)
 		{
+			HeapTuple	tup = SPI_tuptable->vals[i];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
 			bool		isnull;
-			int64		leaf = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+			int64		first = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+			int64		entry = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+			int64		count = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
+			int64		block = DatumGetInt64(SPI_getbinval(tup, desc, 4, &isnull));
+			int64		last;
+			int64		last_entry;
 
-			if (leaf != expect)
-				Bad(st, expect, "leaf %lld is missing from fintx.audit_leaves", (long long) expect);
-			expect = leaf + 1;
-			refs[nrefs].leaf = leaf;
-			refs[nrefs].entry_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
-			nrefs++;
-			leaf_ok[leaf - from] = ColumnHash(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3,
-											  stored_leaf + (leaf - from) * MERKLE_HASH_LEN);
+			/* leaves first .. last of this run, as far as they lie in [expect, to] */
+			if (count < 1 || pg_add_s64_overflow(first, count - 1, &last) ||
+				pg_add_s64_overflow(entry, count - 1, &last_entry))
+			{
+				Bad(st, Max(first, from), "the run of leaves at %lld in fintx.audit_leaf_runs is malformed",
+					(long long) first);
+				continue;
+			}
+			if (last < expect)
+			{
+				if (first >= from)
+					Bad(st, first, "leaf %lld is in more than one run of fintx.audit_leaf_runs",
+						(long long) first);
+				continue;		/* ends before the range, or inside the previous run */
+			}
+			/* a pass gives its entries leaves in entry-id order: so must the runs of a block */
+			if (block == prev_block && first == prev_last + 1 && entry <= prev_last_entry && prev_last >= from)
+				Bad(st, prev_last, "leaves %lld and %lld of block %lld are not in entry-id order",
+					(long long) prev_last, (long long) first, (long long) block);
+			prev_block = block;
+			prev_last = last;
+			prev_last_entry = last_entry;
+			if (first > expect)
+				MissingLeaves(st, expect, Min(first, to + 1));
+			else if (first < expect && first >= from)
+				Bad(st, first, "leaf %lld is in more than one run of fintx.audit_leaf_runs",
+					(long long) first);
+			for (int64 leaf = Max(first, expect); leaf <= Min(last, to); leaf++)
+			{
+				refs[nrefs].leaf = leaf;
+				refs[nrefs].entry_id = entry + (leaf - first);
+				nrefs++;
+			}
+			expect = Max(expect, Min(last, to) + 1);
 		}
 		SPI_freetuptable(SPI_tuptable);
 	}
 	SPI_cursor_close(portal);
-	if (expect <= to)
-		Bad(st, expect, "leaves %lld to %lld are missing from fintx.audit_leaves",
-			(long long) expect, (long long) to);
+	MissingLeaves(st, expect, to + 1);
 	if (nrefs == 0)
 		return 0;
 	qsort(refs, nrefs, sizeof(LeafRef), CompareLeafRef);
@@ -207,7 +260,6 @@ VerifyEntries(VerifyState *st, int64 from, int64 to, uint8 *leaves)
 			MemoryContextSwitchTo(old);
 			MemoryContextReset(rowcxt);
 			memcpy(computed + (leaf - from) * MERKLE_HASH_LEN, e.hash, MERKLE_HASH_LEN);
-			have[leaf - from] = true;
 			checked++;
 			if (!ColumnHash(tup, desc, 9, stored) || memcmp(stored, e.hash, MERKLE_HASH_LEN) != 0)
 				Bad(st, leaf, "entry %lld at leaf %lld does not match its hash: its stored facts were changed",
@@ -220,11 +272,6 @@ VerifyEntries(VerifyState *st, int64 from, int64 to, uint8 *leaves)
 		Bad(st, refs[r].leaf, "the entry of leaf %lld is missing from fintx.audit_entries",
 			(long long) refs[r].leaf);
 
-	/* 3. the leaves hold the recomputed hashes */
-	for (int64 i = 0; i < n; i++)
-		if (have[i] && (!leaf_ok[i] || memcmp(stored_leaf + i * MERKLE_HASH_LEN,
-											 computed + i * MERKLE_HASH_LEN, MERKLE_HASH_LEN) != 0))
-			Bad(st, from + i, "leaf %lld of the tree does not hold the hash of its entry", (long long) (from + i));
 	MemoryContextDelete(rowcxt);
 	return checked;
 }

@@ -46,7 +46,8 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 
 our @EXPORT = qw(fintx_node psql_start psql_finish psql_result_rows first_sqlstate
-  all_sqlstates poll_until barrier_race reconcile_rows quiet_query quiet_safe quiet_session);
+  all_sqlstates poll_until barrier_race reconcile_rows quiet_query quiet_safe quiet_session
+  remap_leaves_sql);
 
 my $file_seq = 0;
 
@@ -272,6 +273,28 @@ that arrived since the last call. psql runs with ON_ERROR_STOP off and terse
 errors; when the server goes away it exits and C<alive> turns false.
 
 =cut
+
+# SQL (to run as a superuser with triggers off) that rewrites fintx.audit_leaf_runs from the
+# leaf -> entry map after $change, SQL that edits the temporary table m (leaf_index,
+# entry_id, block_id) copied from fintx.audit_leaves: one run per stretch of consecutive
+# leaves with consecutive entries in one block, as fintx writes them. For tamper tests.
+sub remap_leaves_sql
+{
+	my ($change) = @_;
+	return qq{
+		CREATE TEMP TABLE m AS SELECT leaf_index, entry_id, block_id FROM fintx.audit_leaves;
+		$change;
+		DELETE FROM fintx.audit_leaf_runs;
+		INSERT INTO fintx.audit_leaf_runs (first_leaf, first_entry, leaf_count, block_id)
+		SELECT min(leaf_index), min(entry_id), count(*), min(block_id)
+		  FROM (SELECT *, sum(brk) OVER (ORDER BY leaf_index) AS island
+		          FROM (SELECT *, CASE WHEN leaf_index = lag(leaf_index) OVER w + 1 AND entry_id = lag(entry_id) OVER w + 1
+		                                AND block_id = lag(block_id) OVER w THEN 0 ELSE 1 END AS brk
+		                  FROM m WINDOW w AS (ORDER BY leaf_index)) a) b
+		 GROUP BY island;
+		DROP TABLE m;
+	};
+}
 
 package FintxTest::Client;
 

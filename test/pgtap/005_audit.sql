@@ -77,16 +77,19 @@ DECLARE
     hs bytea[];
     root bytea;
 BEGIN
-    INSERT INTO fintx.audit_leaves (leaf_index, entry_id, block_id, leaf_hash)
-    SELECT n0 + row_number() OVER (ORDER BY e.entry_id) - 1, e.entry_id, bid,
-           sha256('\x00'::bytea || pg_temp.canonical(e))
-      FROM fintx.audit_entries e
-     WHERE NOT EXISTS (SELECT 1 FROM fintx.audit_leaves l WHERE l.entry_id = e.entry_id);
+    -- one run per stretch of consecutive entry ids (gaps and islands)
+    INSERT INTO fintx.audit_leaf_runs (first_leaf, first_entry, leaf_count, block_id)
+    SELECT n0 + min(q.rn) - 1, min(q.entry_id), count(*), bid
+      FROM (SELECT e.entry_id, row_number() OVER (ORDER BY e.entry_id) AS rn
+              FROM fintx.audit_entries e
+             WHERE NOT EXISTS (SELECT 1 FROM fintx.audit_leaves l WHERE l.entry_id = e.entry_id)) q
+     GROUP BY q.entry_id - q.rn;
     n := (SELECT count(*) FROM fintx.audit_leaves);
     IF n = n0 THEN
         RETURN n;
     END IF;
-    hs := ARRAY(SELECT l.leaf_hash FROM fintx.audit_leaves l ORDER BY l.leaf_index);
+    hs := ARRAY(SELECT sha256('\x00'::bytea || pg_temp.canonical(e))
+                  FROM fintx.audit_leaves l JOIN fintx.audit_entries e USING (entry_id) ORDER BY l.leaf_index);
     root := pg_temp.mth_h(hs);
     WHILE cardinality(hs) > 0 LOOP
         INSERT INTO fintx.audit_nodes (level, idx, hash)
@@ -404,9 +407,9 @@ SELECT throws_ok(q, '42501', NULL, q || ': refused (42501)')
   FROM (VALUES ('UPDATE fintx.audit_entries SET actor = ''mallory'''),
                ('DELETE FROM fintx.audit_entries'),
                ('TRUNCATE fintx.audit_entries'),
-               ('UPDATE fintx.audit_leaves SET block_id = block_id'),
-               ('DELETE FROM fintx.audit_leaves'),
-               ('TRUNCATE fintx.audit_leaves'),
+               ('UPDATE fintx.audit_leaf_runs SET block_id = block_id'),
+               ('DELETE FROM fintx.audit_leaf_runs'),
+               ('TRUNCATE fintx.audit_leaf_runs'),
                ('UPDATE fintx.audit_nodes SET hash = hash'),
                ('DELETE FROM fintx.audit_nodes'),
                ('TRUNCATE fintx.audit_nodes'),
@@ -424,7 +427,7 @@ SELECT ok(NOT has_table_privilege('fintx_admin', 'fintx.' || t, 'UPDATE')
           AND NOT has_table_privilege('fintx_admin', 'fintx.' || t, 'TRUNCATE')
           AND NOT has_table_privilege('fintx_admin', 'fintx.' || t, 'INSERT'),
           'fintx_admin holds no write privilege on fintx.' || t)
-  FROM unnest(ARRAY['audit_entries', 'audit_leaves', 'audit_nodes', 'audit_blocks']) t;
+  FROM unnest(ARRAY['audit_entries', 'audit_leaf_runs', 'audit_nodes', 'audit_blocks']) t;
 SELECT is((SELECT format('%s/%s/%s/%s', (SELECT count(*) FROM fintx.audit_entries), (SELECT count(*) FROM fintx.audit_leaves),
                          (SELECT count(*) FROM fintx.audit_nodes), (SELECT count(*) FROM fintx.audit_blocks))),
           '5/5/0/1', 'audit tables unchanged: 5 entries, 5 leaves, no stored subtree (none of 16 leaves yet), 1 block');

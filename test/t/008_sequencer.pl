@@ -260,7 +260,8 @@ $node->reload;
 # ---------------------------------------------------------------------------
 # Its own entries are not committed yet, so the pass must leave them to a later pass (and
 # never mark them sealed): otherwise the next pass either seals them again (23505 on
-# audit_leaves_entry_id_key, for ever) or never seals what the transaction writes after it.
+# audit_leaf_runs_first_entry_key, for ever, or two leaves for one entry) or never seals what
+# the transaction writes after it.
 for my $db ('selfseal_newest', 'selfseal_older')
 {
 	sql("CREATE DATABASE $db");

@@ -250,7 +250,8 @@ for my $f (@fields)
 	tamper('field', $restore);
 	is(verify('field')->[0], 'true', "  restoring $col makes the log verify again");
 }
-# the entry hash recomputed too: the stored leaf still holds the old hash
+# the entry hash recomputed too (it is the leaf hash): the stored subtree above the leaf and
+# the tree head of the block that sealed it no longer match
 my $id = entry_at('field', 7);
 my $saved = dbq('field', "SELECT details::text || '|' || encode(entry_hash, 'hex') FROM fintx.audit_entries WHERE entry_id = $id");
 my ($saved_details, $saved_hash) = split /\|/, $saved;
@@ -258,16 +259,12 @@ tamper('field', qq{
 	UPDATE fintx.audit_entries SET details = jsonb_set(details, '{new,who}', '"mallory"') WHERE entry_id = $id;
 	UPDATE fintx.audit_entries SET entry_hash = fintx.merkle_leaf_hash(fintx.leaf_data(7)) WHERE entry_id = $id;
 });
-detected_at('field', 7, 'changed details with a recomputed entry_hash', qr/leaf 7 of the tree does not hold the hash/);
-# ... and the leaf's hash: the stored subtree above it and the block heads no longer match
-tamper('field', "UPDATE fintx.audit_leaves SET leaf_hash = (SELECT entry_hash FROM fintx.audit_entries WHERE entry_id = $id) WHERE leaf_index = 7");
 $v = verify('field');
-ok($v->[0] eq 'false' && $v->[2] ne '' && $v->[2] <= 7, "entry, entry hash and leaf hash rewritten: still detected (first bad leaf $v->[2])")
+is($v->[0], 'false', 'changed details with a recomputed entry hash: verify_audit() is not ok');
+is($v->[2], '0', '  first_bad_leaf = 0: the first leaf of block 1 (leaves 0..7) and of the stored subtree (0..15) that hold leaf 7');
+like($v->[3], qr/tree node at level 4, index 0 does not match its leaves|block 1 records a tree head/, '  the detail names the subtree or the block')
   or diag(join('|', @$v));
-tamper('field', qq{
-	UPDATE fintx.audit_entries SET details = '$saved_details'::jsonb, entry_hash = '\\x$saved_hash' WHERE entry_id = $id;
-	UPDATE fintx.audit_leaves SET leaf_hash = '\\x$saved_hash' WHERE leaf_index = 7;
-});
+tamper('field', qq{UPDATE fintx.audit_entries SET details = '$saved_details'::jsonb, entry_hash = '\\x$saved_hash' WHERE entry_id = $id;});
 is(verify('field')->[0], 'true', '  restored: the log verifies again');
 
 # ---------------------------------------------------------------------------
@@ -280,41 +277,39 @@ tamper('deleted', "CREATE TABLE saved_entry AS SELECT * FROM fintx.audit_entries
 detected_at('deleted', 13, 'deleted entry row of leaf 13', qr/entry of leaf 13 is missing/);
 tamper('deleted', 'INSERT INTO fintx.audit_entries SELECT * FROM saved_entry');
 is(verify('deleted')->[0], 'true', '  re-inserted: the log verifies again');
-tamper('deleted', "CREATE TABLE saved_leaf AS SELECT * FROM fintx.audit_leaves WHERE leaf_index = 21;\n"
-	  . "DELETE FROM fintx.audit_leaves WHERE leaf_index = 21;");
-detected_at('deleted', 21, 'deleted leaf row 21', qr/leaf 21 is missing/);
-tamper('deleted', 'INSERT INTO fintx.audit_leaves SELECT * FROM saved_leaf');
+tamper('deleted', 'CREATE TABLE saved_runs AS SELECT * FROM fintx.audit_leaf_runs;'
+	  . remap_leaves_sql('DELETE FROM m WHERE leaf_index = 21'));
+detected_at('deleted', 21, 'leaf 21 cut out of its run', qr/leaf 21 is missing/);
+tamper('deleted', 'DELETE FROM fintx.audit_leaf_runs; INSERT INTO fintx.audit_leaf_runs SELECT * FROM saved_runs');
 is(verify('deleted')->[0], 'true', '  re-inserted: the log verifies again');
 
 # ---------------------------------------------------------------------------
 # c) a reordered pair
 # ---------------------------------------------------------------------------
 build_log('reorder');
-# swaps the entries of two leaves (audit_leaves.entry_id is unique: through a placeholder)
+# swaps the entries of two leaves (rewriting the runs that map leaves to entries)
 sub swap_leaves
 {
 	my ($db, $x, $y) = @_;
 	my ($ex, $ey) = (entry_at($db, $x), entry_at($db, $y));
-	tamper($db, "UPDATE fintx.audit_leaves SET entry_id = -1 WHERE leaf_index = $x;\n"
-		  . "UPDATE fintx.audit_leaves SET entry_id = $ex WHERE leaf_index = $y;\n"
-		  . "UPDATE fintx.audit_leaves SET entry_id = $ey WHERE leaf_index = $x;");
+	tamper($db, remap_leaves_sql("UPDATE m SET entry_id = CASE leaf_index WHEN $x THEN $ey ELSE $ex END"
+		  . " WHERE leaf_index IN ($x, $y)"));
 	return;
 }
 swap_leaves('reorder', 5, 6);
 is(dbq('reorder', "SELECT count(*) FROM fintx.audit_log WHERE leaf_index IN (5, 6)"), '2', 'leaves 5 and 6 swapped their entries');
-detected_at('reorder', 5, 'leaves 5 and 6 reordered (same block)', qr/leaf 5 of the tree does not hold the hash/);
+detected_at('reorder', 5, 'leaves 5 and 6 reordered (same block)', qr/leaves 5 and 6 of block 1 are not in entry-id order/);
 swap_leaves('reorder', 5, 6);
 is(verify('reorder')->[0], 'true', '  swapped back: the log verifies again');
 swap_leaves('reorder', 15, 16);
-detected_at('reorder', 15, 'leaves 15 and 16 reordered (across blocks)', qr/leaf 15 of the tree does not hold the hash/);
-# a thorough reorder also swaps the leaf hashes: the tree above them no longer matches
-tamper('reorder', q{
-	UPDATE fintx.audit_leaves l SET leaf_hash = o.leaf_hash FROM fintx.audit_leaves o
-	 WHERE (l.leaf_index, o.leaf_index) IN ((15, 16), (16, 15));
-});
+# across blocks each block's leaves stay in entry-id order: the tree shows it, in the stored
+# subtree of leaves 0..15 and the tree head of block 2 (leaves 8..15)
 $v = verify('reorder');
-ok($v->[0] eq 'false' && $v->[2] ne '' && $v->[2] <= 15, "entries and leaf hashes reordered: still detected (first bad leaf $v->[2])")
+ok($v->[0] eq 'false' && $v->[2] ne '' && $v->[2] <= 15, "leaves 15 and 16 reordered (across blocks): detected (first bad leaf $v->[2])")
   or diag(join('|', @$v));
+like($v->[3], qr/does not match its leaves|records a tree head/, '  the detail names the subtree or the block');
+swap_leaves('reorder', 15, 16);
+is(verify('reorder')->[0], 'true', '  swapped back: the log verifies again');
 
 # ---------------------------------------------------------------------------
 # d) a truncated tail, detected against a checkpoint saved before
@@ -333,7 +328,7 @@ ok(verify_consistency(24, 40, $root24, $c40->{root}, hashes(dbq('truncated',
 # the attacker removes the last block (leaves 32..39) and everything under it
 tamper('truncated', q{
 	DELETE FROM fintx.audit_entries WHERE entry_id IN (SELECT entry_id FROM fintx.audit_leaves WHERE leaf_index >= 32);
-	DELETE FROM fintx.audit_leaves WHERE leaf_index >= 32;
+	DELETE FROM fintx.audit_leaf_runs WHERE first_leaf >= 32;
 	DELETE FROM fintx.audit_nodes WHERE (idx + 1) << level > 32;
 	DELETE FROM fintx.audit_blocks WHERE tree_size > 32;
 });
@@ -442,8 +437,6 @@ $id = entry_at('rewritten', 37);
 tamper('rewritten', qq{
 	UPDATE fintx.audit_entries SET details = jsonb_set(details, '{new,amount}', '1') WHERE entry_id = $id;
 	UPDATE fintx.audit_entries SET entry_hash = fintx.merkle_leaf_hash(fintx.leaf_data(37)) WHERE entry_id = $id;
-	UPDATE fintx.audit_leaves SET leaf_hash = (SELECT entry_hash FROM fintx.audit_entries WHERE entry_id = $id)
-	 WHERE leaf_index = 37;
 	-- leaf 37 of 40 lies in the last, incomplete tile of 16 leaves: no stored subtree covers it
 	UPDATE fintx.audit_blocks SET root_hash = fintx.root_hash(40) WHERE block_id = 5;
 	UPDATE fintx.audit_blocks

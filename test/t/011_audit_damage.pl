@@ -5,6 +5,7 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FintxTest qw(remap_leaves_sql);
 
 my $node = PostgreSQL::Test::Cluster->new('damage');
 $node->init;
@@ -38,6 +39,8 @@ sub tamper
 	my ($db, $sql) = @_;
 	$node->safe_psql($db, "SET session_replication_role = replica; $sql");
 }
+# rewrites the leaf -> entry map (FintxTest::remap_leaves_sql)
+sub remap { my ($db, $change) = @_; tamper($db, remap_leaves_sql($change)); }
 sub verdict
 {
 	my ($db) = @_;
@@ -67,14 +70,17 @@ fresh('size');
 tamper('size', q{UPDATE fintx.audit_blocks SET tree_size = 2 WHERE block_id = 3});
 like(verdict('size'), qr/^false\|/, 'a block whose tree size goes backwards is refused');
 
+# the leaf hash is the entry's stored entry_hash
 fresh('leafhash');
-tamper('leafhash', q{UPDATE fintx.audit_leaves SET leaf_hash = sha256('x') WHERE leaf_index = 5});
-like(verdict('leafhash'), qr/^false\|5\|leaf 5 of the tree does not hold the hash of its entry/,
-	'a changed leaf hash is named at its leaf');
+tamper('leafhash', q{UPDATE fintx.audit_entries SET entry_hash = sha256('x')
+                      WHERE entry_id = (SELECT entry_id FROM fintx.audit_leaves WHERE leaf_index = 5)});
+like(verdict('leafhash'), qr/^false\|5\|entry \d+ at leaf 5 does not match its hash/,
+	'a changed leaf hash (the stored entry hash) is named at its leaf');
 
 fresh('leafhash2');
-tamper('leafhash2', q{UPDATE fintx.audit_leaves SET leaf_hash = '\x0102' WHERE leaf_index = 6});
-like(verdict('leafhash2'), qr/^false\|6\|leaf 6 of the tree does not hold the hash of its entry/,
+tamper('leafhash2', q{UPDATE fintx.audit_entries SET entry_hash = '\x0102'
+                       WHERE entry_id = (SELECT entry_id FROM fintx.audit_leaves WHERE leaf_index = 6)});
+like(verdict('leafhash2'), qr/^false\|6\|entry \d+ at leaf 6 does not match its hash/,
 	'a malformed leaf hash is named at its leaf');
 
 fresh('node');
@@ -102,19 +108,20 @@ like(verdict('lowlevel'), qr/^false\|\|the tree holds a node at level 2, index 1
 # damage that stops sealing (the next pass needs the leaf hashes of the last partial tile,
 # leaves 32..41) does not stop verify_audit(), which names it
 fresh('tailleaf');
-tamper('tailleaf', 'DELETE FROM fintx.audit_leaves WHERE leaf_index = 35');
+remap('tailleaf', 'DELETE FROM m WHERE leaf_index = 35');
 $node->safe_psql('tailleaf', 'INSERT INTO t VALUES (1), (2)');
 like(psql_err('tailleaf', 'SELECT fintx.seal()'), qr/ERROR:  XX001: audit leaf 35 is missing/,
 	'sealing stops at a leaf removed from the last partial tile (XX001)');
-like(verdict('tailleaf'), qr/^false\|35\|leaf 35 is missing from fintx.audit_leaves/,
+like(verdict('tailleaf'), qr/^false\|35\|leaf 35 is missing from fintx.audit_leaf_runs/,
 	'verify_audit() still runs and names the removed leaf');
 
 fresh('tailhash');
-tamper('tailhash', q{UPDATE fintx.audit_leaves SET leaf_hash = '\x0102' WHERE leaf_index = 36});
+tamper('tailhash', q{UPDATE fintx.audit_entries SET entry_hash = '\x0102'
+                      WHERE entry_id = (SELECT entry_id FROM fintx.audit_leaves WHERE leaf_index = 36)});
 $node->safe_psql('tailhash', 'INSERT INTO t VALUES (1)');
 like(psql_err('tailhash', 'SELECT fintx.seal()'), qr/ERROR:  XX001: the leaf hash of audit leaf 36 is not 32 bytes/,
 	'sealing names a malformed leaf hash in the last partial tile (XX001)');
-like(verdict('tailhash'), qr/^false\|36\|leaf 36 of the tree does not hold the hash of its entry/,
+like(verdict('tailhash'), qr/^false\|36\|entry \d+ at leaf 36 does not match its hash/,
 	'verify_audit() still runs and names it');
 
 # verifying a prefix of an intact log checks the subtrees inside it and no others
@@ -138,15 +145,46 @@ like(verdict('extra'), qr/^false\|.*node at level 6, index 7 that no sealed leav
 	'an interior node that no leaves support is named');
 
 fresh('leafgap');
-tamper('leafgap', 'DELETE FROM fintx.audit_leaves WHERE leaf_index >= 10');
-like(verdict('leafgap'), qr/^false\|10\|/, 'leaves cut off the end are reported from the first missing one');
+remap('leafgap', 'DELETE FROM m WHERE leaf_index >= 10');
+like(verdict('leafgap'), qr/^false\|10\|leaves 10 to 41 are missing from fintx.audit_leaf_runs/,
+	'leaves cut off the end are reported from the first missing one');
 like(psql_err('leafgap', 'SELECT fintx.root_hash(42)'), qr/ERROR:  XX001: audit leaf 32 is missing/,
 	'a tree head that needs leaf hashes of removed leaves fails with XX001, naming the first one');
 
 fresh('dangling');
-tamper('dangling', 'UPDATE fintx.audit_leaves SET entry_id = 999999 WHERE leaf_index = 4');
-like(verdict('dangling'), qr/^false\|4\|the entry of leaf 4 is missing from fintx.audit_entries/,
+remap('dangling', 'UPDATE m SET entry_id = 999999 WHERE leaf_index = 41');
+like(verdict('dangling'), qr/^false\|41\|the entry of leaf 41 is missing from fintx.audit_entries/,
 	'a leaf whose entry is gone is named');
+
+# runs that break the mapping itself: overlapping runs, an entry at two leaves, leaves of a
+# block out of entry-id order, a run of no leaves, a run beyond what the blocks sealed
+fresh('overlap');
+tamper('overlap', q{UPDATE fintx.audit_leaf_runs SET leaf_count = leaf_count + 3
+                     WHERE first_leaf = (SELECT max(first_leaf) FROM fintx.audit_leaf_runs WHERE first_leaf < 14)});
+like(verdict('overlap'), qr/^false\|14\|leaf 14 is in more than one run of fintx.audit_leaf_runs/,
+	'a run that reaches into the next one is named at the first leaf in both');
+
+fresh('twice');
+remap('twice', 'UPDATE m SET entry_id = (SELECT entry_id FROM m WHERE leaf_index = 20) WHERE leaf_index = 30');
+like(verdict('twice'), qr/^false\|29\|leaves 29 and 30 of block 3 are not in entry-id order/,
+	'a leaf that repeats an earlier entry is named (it breaks its block\'s entry order)');
+
+fresh('reorder');
+remap('reorder', q{UPDATE m SET entry_id = CASE leaf_index WHEN 5 THEN (SELECT entry_id FROM m WHERE leaf_index = 6)
+                                                       ELSE (SELECT entry_id FROM m WHERE leaf_index = 5) END
+                  WHERE leaf_index IN (5, 6)});
+is($node->safe_psql('reorder', 'SELECT count(*) FROM fintx.audit_leaf_runs WHERE first_leaf IN (5, 6) AND leaf_count = 1'), '2',
+	'leaves 5 and 6 now hold each other\'s entries, one run each');
+like(verdict('reorder'), qr/^false\|5\|leaves 5 and 6 of block 1 are not in entry-id order/,
+	'two leaves of a block swapped are named');
+
+fresh('emptyrun');
+tamper('emptyrun', q{ALTER TABLE fintx.audit_leaf_runs DROP CONSTRAINT audit_leaf_runs_leaf_count_check;
+                     UPDATE fintx.audit_leaf_runs SET leaf_count = 0 WHERE first_leaf = 0});
+like(verdict('emptyrun'), qr/^false\|0\|the run of leaves at 0 in fintx.audit_leaf_runs is malformed/,
+	'a run of no leaves is named');
+like(psql_err('emptyrun', 'SELECT fintx.leaf_data(0)'), qr/ERROR:  22023: leaf index 0 is out of range/,
+	'and leaf_data() finds no entry at its leaves');
 
 # signing-key files that cannot be used: 55000, and sealing reports the error
 my ($ret, $out, $err);

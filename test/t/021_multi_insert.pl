@@ -12,7 +12,7 @@
 #   - a unique violation raised while flushing (a user unique index, dups in
 #     one flush and across flushes) rolls back cleanly inside a plpgsql
 #     exception block; a deferrable unique constraint is refused; a sealing
-#     pass failing in FlushLeaf (23505 on audit_leaves) inside verify_audit's
+#     pass failing (23505 on audit_leaf_runs) inside verify_audit's
 #     subtransaction leaves no leak warnings;
 #   - a streaming standby replays the multi-insert WAL to identical tables.
 
@@ -155,18 +155,18 @@ sql(q{ALTER TABLE fintx.pending_holds ADD CONSTRAINT review_d UNIQUE (timeout_at
 is($state, '0A000', 'a deferrable unique constraint with a conflict in one flush is refused (0A000)');
 sql(q{ALTER TABLE fintx.pending_holds DROP CONSTRAINT review_d});
 
-# sealing fails in FlushLeaf of audit_leaves (a leaf index taken behind fintx's back);
+# sealing fails writing audit_leaf_runs (the next pass's first leaf index taken behind fintx's back);
 # verify_audit seals in a subtransaction and re-throws anything but XX001
 my $size = sql(q{SELECT fintx.seal()});
 sql(q{SELECT fintx.transfer('seal-' || i, 'src', 'dst', 1) FROM generate_series(1, 5) i});
-sql(qq{INSERT INTO fintx.audit_leaves VALUES ($size + 3, -1, 0, '\\x00')});
+sql(qq{INSERT INTO fintx.audit_leaf_runs VALUES ($size, -1, 1, 0)});
 ($out, $state, $err) = run_sql(q{SELECT ok FROM fintx.verify_audit()});
 is($state, '23505', 'verify_audit: sealing hits the planted leaf, 23505 re-thrown');
 ($out, $state, $err) = run_sql(q{
 	DO $$ BEGIN PERFORM fintx.verify_audit(); EXCEPTION WHEN unique_violation THEN RAISE NOTICE 'caught'; END $$;
 	SELECT fintx.transfer('after-seal-fail', 'src', 'dst', 1);});
 is($state, '', 'the failed seal caught in plpgsql, the transaction goes on') or diag($err);
-sql(q{SET session_replication_role = replica; DELETE FROM fintx.audit_leaves WHERE entry_id = -1});
+sql(q{SET session_replication_role = replica; DELETE FROM fintx.audit_leaf_runs WHERE first_entry = -1});
 is(sql(q{SELECT ok FROM fintx.verify_audit()}), 't', 'with the planted leaf removed the log seals and verifies');
 
 my $log = slurp_file($node->logfile, $log_offset);

@@ -9,9 +9,10 @@
  * The producer path only inserts into fintx.outbox. The sealing pass takes
  * the events whose transaction is visible in its snapshot but was not in the
  * previous batch's snapshot (PgQ-style batching, the same snapshot the audit
- * log is sealed with), numbers them after the last position and inserts
- * position -> event_no into fintx.outbox_positions. A late committer joins
- * the next batch; an aborted transaction is never visible.
+ * log is sealed with), numbers them after the last position and records
+ * positions -> event_nos in fintx.outbox_position_runs, one row per run of
+ * consecutive event numbers. A late committer joins the next batch; an
+ * aborted transaction is never visible.
  *-------------------------------------------------------------------------
  */
 #include "fintx.h"
@@ -242,10 +243,27 @@ static const FintxColumn outbox_columns[] = {
 	{"event_no", INT8OID}
 };
 
-/* Columns of fintx.outbox_positions. */
+/* Columns of fintx.outbox_position_runs. */
 static const FintxColumn position_columns[] = {
-	{"position", INT8OID}, {"event_no", INT8OID}, {"batch_id", INT8OID}
+	{"first_position", INT8OID}, {"first_event_no", INT8OID}, {"event_count", INT4OID}, {"batch_id", INT8OID}
 };
+
+/*
+ * The positions after $2, each with its event number: the runs from the one
+ * that holds position $2 + 1 on, expanded. ORDER BY r.first_position, g.i
+ * (position order) lets the planner read the runs in index order and stop at
+ * the LIMIT, sorting only within a run.
+ */
+#define POSITIONS_AFTER \
+	"SELECT r.first_position OPERATOR(pg_catalog.+) g.i AS position," \
+	"       r.first_event_no OPERATOR(pg_catalog.+) g.i AS event_no" \
+	"  FROM (SELECT * FROM fintx.outbox_position_runs" \
+	"         WHERE first_position OPERATOR(pg_catalog.>=) COALESCE((SELECT pg_catalog.max(first_position)" \
+	"                 FROM fintx.outbox_position_runs WHERE first_position OPERATOR(pg_catalog.<=) $2), 0)" \
+	"         ORDER BY first_position) r" \
+	"  CROSS JOIN LATERAL pg_catalog.generate_series(" \
+	"         GREATEST($2 OPERATOR(pg_catalog.+) 1 OPERATOR(pg_catalog.-) r.first_position, 0)," \
+	"         r.event_count OPERATOR(pg_catalog.-) 1::bigint) g(i)"
 
 /* {"actor": actor} or {"actor": actor, "audit_entry_id": id} (id >= 0). */
 static Jsonb *
@@ -421,22 +439,42 @@ fintx_outbox_sequence(Datum snap, Datum own, bool own_null)
 	if (count == 0)
 		return 0;
 	{
-		/* positions tail + 1, tail + 2, ... in event_no order, each in its event's slot */
+		/*
+		 * positions tail + 1, tail + 2, ... in event_no order: one run per
+		 * stretch of consecutive event numbers within one slot, in that slot
+		 */
 		SPITupleTable *tt = SPI_tuptable;
 		EState	   *estate = fintx_direct_begin();
 		FintxTable	t;
-		Datum		v[3];
-		bool		vnulls[3] = {false, false, false};
+		Datum		v[4];
+		bool		vnulls[4] = {false, false, false, false};
+		int64		run_position = 0;	/* the open run: first position, first event, length */
+		int64		run_event = 0;
+		int64		run_len = 0;
 
-		fintx_direct_open(&t, estate, "outbox_positions", position_columns, 3);
-		v[2] = Int64GetDatum(batch_id + 1);
-		for (int64 i = 0; i < count; i++)
+		fintx_direct_open(&t, estate, "outbox_position_runs", position_columns, 4);
+		v[3] = Int64GetDatum(batch_id + 1);
+		for (int64 i = 0; i <= count; i++)
 		{
-			int64		event_no = DatumGetInt64(SPI_getbinval(tt->vals[i], tt->tupdesc, 1, &isnull));
+			int64		event_no = i < count ?
+				DatumGetInt64(SPI_getbinval(tt->vals[i], tt->tupdesc, 1, &isnull)) : 0;
 
-			v[0] = Int64GetDatum(tail + 1 + i);
-			v[1] = Int64GetDatum(event_no);
-			fintx_direct_insert_routed(&t, Slot(event_no), v, vnulls);
+			if (i < count && run_len > 0 && event_no == run_event + run_len &&
+				Slot(event_no) == Slot(run_event) && run_len < PG_INT32_MAX)
+			{
+				run_len++;
+				continue;
+			}
+			if (run_len > 0)
+			{
+				v[0] = Int64GetDatum(run_position);
+				v[1] = Int64GetDatum(run_event);
+				v[2] = Int32GetDatum((int32) run_len);
+				fintx_direct_insert_routed(&t, Slot(run_event), v, vnulls);
+			}
+			run_position = tail + 1 + i;
+			run_event = event_no;
+			run_len = 1;
 		}
 		fintx_direct_close(&t);
 		fintx_direct_end(estate);
@@ -840,8 +878,7 @@ fintx_poll(PG_FUNCTION_ARGS)
 	fintx_keep_plan(&poll_plan,
 					"SELECT o.id, o.aggregatetype, o.aggregateid, o.type, o.payload, o.headers, p.position,"
 					"       o.txid, o.created_at, o.event_no"
-					"  FROM (SELECT position, event_no FROM fintx.outbox_positions"
-					"         WHERE position OPERATOR(pg_catalog.>) $2 ORDER BY position LIMIT $3) p"
+					"  FROM (" POSITIONS_AFTER " ORDER BY r.first_position, g.i LIMIT $3) p"
 					/*
 					 * a LATERAL subquery that cannot be pulled up: always an index probe
 					 * per position, whatever the (generic, possibly stale) estimates say
@@ -870,6 +907,8 @@ fintx_poll(PG_FUNCTION_ARGS)
 
 		(void) set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION,
 								 GUC_ACTION_SAVE, true, 0, false);
+		(void) set_config_option("jit", "off", PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
 		ret = SPI_execute_plan(poll_plan, args, nulls, false, 0);
 		AtEOXact_GUC(true, nestlevel);
 		if (ret != SPI_OK_SELECT)
@@ -892,10 +931,9 @@ fintx_poll(PG_FUNCTION_ARGS)
 		Datum		wmax;
 
 		fintx_keep_plan(&window_plan,
-						"SELECT pg_catalog.max(position) FROM (SELECT position FROM fintx.outbox_positions"
-						"  WHERE position OPERATOR(pg_catalog.>) $1 ORDER BY position LIMIT $2) w",
-						2, &types[1]);
-		if (SPI_execute_plan(window_plan, &args[1], NULL, false, 1) != SPI_OK_SELECT)
+						"SELECT pg_catalog.max(position) FROM (" POSITIONS_AFTER " ORDER BY r.first_position, g.i LIMIT $3) w",
+						3, types);
+		if (SPI_execute_plan(window_plan, args, NULL, false, 1) != SPI_OK_SELECT)
 			elog(ERROR, "scanning outbox window failed");	/* LCOV_EXCL_LINE */
 		wmax = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 		if (!isnull)
@@ -1065,8 +1103,13 @@ fintx_reject(PG_FUNCTION_ARGS)
 		"           RETURNING attempts, last_error),"
 		"     d AS (INSERT INTO fintx.outbox_dead_letters (consumer, position, event_id, attempts, last_error)"
 		"           SELECT $1, $2, o.id, a.attempts, a.last_error"
-		"             FROM a, fintx.outbox_positions p JOIN fintx.outbox o ON o.event_no OPERATOR(pg_catalog.=) p.event_no"
-		"            WHERE p.position OPERATOR(pg_catalog.=) $2 AND a.attempts OPERATOR(pg_catalog.>=) $4"
+		"             FROM a, (SELECT first_position, first_event_no, event_count FROM fintx.outbox_position_runs"
+		"                       WHERE first_position OPERATOR(pg_catalog.<=) $2"
+		"                       ORDER BY first_position DESC LIMIT 1) p"
+		"             JOIN fintx.outbox o ON o.event_no OPERATOR(pg_catalog.=)"
+		"                  (p.first_event_no OPERATOR(pg_catalog.+) ($2 OPERATOR(pg_catalog.-) p.first_position))"
+		"            WHERE $2 OPERATOR(pg_catalog.<) (p.first_position OPERATOR(pg_catalog.+) p.event_count)"
+		"              AND a.attempts OPERATOR(pg_catalog.>=) $4"
 		"           ON CONFLICT DO NOTHING RETURNING 1)"
 		" SELECT EXISTS (SELECT 1 FROM d)",
 		4, types, args, nulls, false, 0);

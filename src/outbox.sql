@@ -6,10 +6,12 @@
  *                      event_no (1,048,576 events per slot, round robin) so that old events
  *                      are removed by TRUNCATE of a whole slot (fintx.outbox_rotate()), never
  *                      by per-row DELETE. The stored "position" is always NULL: positions are
- *                      assigned after commit and kept in outbox_positions; poll() returns rows
- *                      with the position filled in.
- *   outbox_positions   position -> event_no, written by the sealing pass (insert-only,
- *                      partitioned like outbox and rotated with it)
+ *                      assigned after commit and kept in outbox_position_runs; poll() returns
+ *                      rows with the position filled in.
+ *   outbox_position_runs  positions -> event_nos, written by the sealing pass: one row per run
+ *                      of consecutive positions holding consecutive event numbers of one slot
+ *                      (insert-only, partitioned like outbox and rotated with it); the view
+ *                      outbox_positions lists one row per position
  *   outbox_batches     one row per sealing pass that sequenced events: its MVCC snapshot and
  *                      the positions it assigned (PgQ-style snapshot batching)
  *   outbox_consumers   one row per consumer: committed offset, filters, group, retry limit,
@@ -44,17 +46,30 @@ COMMENT ON TABLE fintx.outbox IS 'outbox events, one per state change, in the pr
 -- ANALYZE of these fast-growing tables then skips sorting and detoasting them.
 ALTER TABLE fintx.outbox ALTER COLUMN payload SET STATISTICS 0, ALTER COLUMN headers SET STATISTICS 0;
 
-CREATE TABLE fintx.outbox_positions (
-    position bigint NOT NULL,
-    event_no bigint NOT NULL,
-    batch_id bigint NOT NULL
-) PARTITION BY LIST (((event_no OPERATOR(pg_catalog./) 1048576) OPERATOR(pg_catalog.%) 3));
-CREATE TABLE fintx.outbox_positions_0 PARTITION OF fintx.outbox_positions FOR VALUES IN (0);
-CREATE TABLE fintx.outbox_positions_1 PARTITION OF fintx.outbox_positions FOR VALUES IN (1);
-CREATE TABLE fintx.outbox_positions_2 PARTITION OF fintx.outbox_positions FOR VALUES IN (2);
-CREATE INDEX outbox_positions_position ON fintx.outbox_positions (position);
-CREATE INDEX outbox_positions_event_no ON fintx.outbox_positions (event_no);
-COMMENT ON TABLE fintx.outbox_positions IS 'commit-ordered, gap-free position of each sequenced outbox event; insert-only';
+-- Positions first_position .. first_position + event_count - 1 are events first_event_no ..
+-- first_event_no + event_count - 1. A sealing pass numbers its events in event_no order after
+-- the last position and writes one row per run of consecutive event numbers (event_no has no
+-- sequence cache: a run breaks only where an event of an open or aborted transaction lies, or
+-- at a slot boundary), not one per event.
+CREATE TABLE fintx.outbox_position_runs (
+    first_position bigint  NOT NULL,
+    first_event_no bigint  NOT NULL,
+    event_count    integer NOT NULL CHECK (event_count OPERATOR(pg_catalog.>) 0),
+    batch_id       bigint  NOT NULL
+) PARTITION BY LIST (((first_event_no OPERATOR(pg_catalog./) 1048576) OPERATOR(pg_catalog.%) 3));
+CREATE TABLE fintx.outbox_position_runs_0 PARTITION OF fintx.outbox_position_runs FOR VALUES IN (0);
+CREATE TABLE fintx.outbox_position_runs_1 PARTITION OF fintx.outbox_position_runs FOR VALUES IN (1);
+CREATE TABLE fintx.outbox_position_runs_2 PARTITION OF fintx.outbox_position_runs FOR VALUES IN (2);
+CREATE INDEX outbox_position_runs_first_position ON fintx.outbox_position_runs (first_position);
+COMMENT ON TABLE fintx.outbox_position_runs IS 'commit-ordered, gap-free positions of sequenced outbox events, one row per run of consecutive event numbers; insert-only';
+
+-- One row per sequenced event: its position, event number and sealing batch.
+CREATE VIEW fintx.outbox_positions AS
+SELECT r.first_position OPERATOR(pg_catalog.+) g.i AS position,
+       r.first_event_no OPERATOR(pg_catalog.+) g.i AS event_no, r.batch_id
+  FROM fintx.outbox_position_runs r
+ CROSS JOIN LATERAL pg_catalog.generate_series(0::bigint, r.event_count OPERATOR(pg_catalog.-) 1::bigint) g(i);
+COMMENT ON VIEW fintx.outbox_positions IS 'commit-ordered, gap-free position of each sequenced outbox event';
 
 CREATE TABLE fintx.outbox_batches (
     batch_id       bigint      PRIMARY KEY,
@@ -225,15 +240,19 @@ BEGIN
         BEGIN
             -- no transaction can still be inserting into the slot once we hold this lock
             EXECUTE pg_catalog.format('LOCK TABLE fintx.%I, fintx.%I IN ACCESS EXCLUSIVE MODE NOWAIT',
-                                      'outbox_' || s, 'outbox_positions_' || s);
+                                      'outbox_' || s, 'outbox_position_runs_' || s);
+            -- every event of the slot has its position (each has exactly one: as many
+            -- positions as events), every position is acknowledged, every event is old
             EXECUTE pg_catalog.format(
-                'SELECT EXISTS (SELECT 1 FROM fintx.%1$I o WHERE NOT EXISTS (SELECT 1 FROM fintx.%2$I p WHERE p.event_no OPERATOR(pg_catalog.=) o.event_no))'
-                ' OR EXISTS (SELECT 1 FROM fintx.%2$I p WHERE p.position OPERATOR(pg_catalog.>) $1)'
+                'SELECT (SELECT pg_catalog.count(*) FROM fintx.%1$I)'
+                '       OPERATOR(pg_catalog.<>) (SELECT COALESCE(pg_catalog.sum(p.event_count), 0) FROM fintx.%2$I p)'
+                ' OR EXISTS (SELECT 1 FROM fintx.%2$I p WHERE p.first_position OPERATOR(pg_catalog.+) p.event_count'
+                '                                             OPERATOR(pg_catalog.-) 1 OPERATOR(pg_catalog.>) $1)'
                 ' OR EXISTS (SELECT 1 FROM fintx.%1$I o WHERE o.created_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) $2))'
                 ' OR NOT EXISTS (SELECT 1 FROM fintx.%1$I)',
-                'outbox_' || s, 'outbox_positions_' || s) INTO bad USING min_off, retention;
+                'outbox_' || s, 'outbox_position_runs_' || s) INTO bad USING min_off, retention;
             IF NOT bad THEN
-                EXECUTE pg_catalog.format('TRUNCATE fintx.%I, fintx.%I', 'outbox_' || s, 'outbox_positions_' || s);
+                EXECUTE pg_catalog.format('TRUNCATE fintx.%I, fintx.%I', 'outbox_' || s, 'outbox_position_runs_' || s);
                 removed := removed OPERATOR(pg_catalog.+) 1;
             END IF;
         EXCEPTION WHEN lock_not_available THEN

@@ -27,6 +27,7 @@
 #include "utils/array.h"
 #include "commands/dbcommands.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/timestamp.h"
 #include "utils/xid8.h"
 
@@ -330,8 +331,27 @@ fintx_block_hash(int64 id, int64 size, const uint8 *root, const uint8 *prev, Tim
  * Returns the tree size. Under REPEATABLE READ or SERIALIZABLE it only
  * reports the current size (its snapshot could be stale).
  */
+static int64 SealLog(void);
+
+/*
+ * Runs a sealing pass (see SealLog) with JIT off: its queries are planned per
+ * pass against fast-growing tables, and compiling them would cost more than
+ * running them.
+ */
 int64
 fintx_seal_log(void)
+{
+	int			nestlevel = NewGUCNestLevel();
+	int64		size;
+
+	(void) set_config_option("jit", "off", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	size = SealLog();
+	AtEOXact_GUC(true, nestlevel);
+	return size;
+}
+
+static int64
+SealLog(void)
 {
 	BlockInfo	prev;
 	Datum		snap;

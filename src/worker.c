@@ -111,6 +111,12 @@ fintx_worker_main(Datum arg)
 	BackgroundWorkerUnblockSignals();
 	dbname = pstrdup(fintx_database);
 	BackgroundWorkerInitializeConnection(dbname, NULL, 0);
+	/*
+	 * No JIT: the worker runs small queries every few milliseconds, planned
+	 * afresh (custom plans) against fast-growing tables whose estimates soon
+	 * pass jit_above_cost; compiling them took a sixth of all CPU time.
+	 */
+	SetConfigOption("jit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 	fintx_denials_worker_attach();
 
 	{

@@ -195,7 +195,7 @@ my $tail_before = sql('SELECT fintx.outbox_tail()');
 my $slot0 = sql('SELECT count(*) FROM fintx.outbox_0');
 cmp_ok($slot0, '>', 10, "slot 0 holds $slot0 events");
 is(sql('SELECT fintx.outbox_rotate()'), '1', 'slot 0 is truncated once acknowledged and old enough');
-is(sql('SELECT count(*) FROM fintx.outbox_0') . ' ' . sql('SELECT count(*) FROM fintx.outbox_positions_0'), '0 0',
+is(sql('SELECT count(*) FROM fintx.outbox_0') . ' ' . sql('SELECT count(*) FROM fintx.outbox_position_runs_0'), '0 0',
 	'slot 0 of the outbox and of the positions is empty');
 is(sql('SELECT fintx.outbox_tail()'), $tail_before, 'the tail is unchanged by rotation');
 is(sql("SELECT aggregateid FROM fintx.outbox"), 'slot1-a', 'the event in the current slot is kept');

@@ -98,8 +98,12 @@ is(sql(q{SELECT string_agg(tableoid::regclass::text || ':' || n, ',' ORDER BY ta
 is(sql(q{SELECT count(*) FROM fintx.outbox WHERE tableoid <> ('fintx.outbox_' || ((event_no / 1048576) % 3))::regclass}),
 	'0', 'every event is in the partition of its slot');
 ok(sql(q{SELECT fintx.sequence_outbox()}) ne '', 'outbox sequenced');
-is(sql(q{SELECT count(*) FROM fintx.outbox_positions WHERE tableoid <> ('fintx.outbox_positions_' || ((event_no / 1048576) % 3))::regclass}),
-	'0', 'every position is in the partition of its slot');
+is(sql(q{SELECT count(*) FROM fintx.outbox_position_runs
+          WHERE tableoid <> ('fintx.outbox_position_runs_' || ((first_event_no / 1048576) % 3))::regclass
+             OR (first_event_no + event_count - 1) / 1048576 <> first_event_no / 1048576}),
+	'0', 'every run of positions is in the partition of its slot and ends in it');
+cmp_ok(sql(q{SELECT count(*) FROM fintx.outbox_position_runs WHERE first_event_no % 1048576 = 0}), '>=', 2,
+	'the runs break at the slot boundaries the batches crossed');
 is(sql(q{SELECT count(*) = max(position) AND count(DISTINCT event_no) = count(*) FROM fintx.outbox_positions}), 't',
 	'positions are gap-free and one per event');
 is(sql(q{SELECT count(*) FROM fintx.outbox o LEFT JOIN fintx.outbox_positions p USING (event_no) WHERE p.event_no IS NULL}),

@@ -250,20 +250,23 @@ static const FintxColumn position_columns[] = {
 
 /*
  * The positions after $2, each with its event number: the runs from the one
- * that holds position $2 + 1 on, expanded. ORDER BY r.first_position, g.i
- * (position order) lets the planner read the runs in index order and stop at
- * the LIMIT, sorting only within a run.
+ * that holds position $2 + 1 on, expanded (at most $3 positions of each).
+ * Ordered by (run_position,
+ * run_offset), which is position order that the planner can see: it reads the
+ * runs in index order and stops at the LIMIT, sorting only within a run, and
+ * an outer query ordered the same way needs no sort of its own.
  */
 #define POSITIONS_AFTER \
 	"SELECT r.first_position OPERATOR(pg_catalog.+) g.i AS position," \
-	"       r.first_event_no OPERATOR(pg_catalog.+) g.i AS event_no" \
+	"       r.first_event_no OPERATOR(pg_catalog.+) g.i AS event_no," \
+	"       r.first_position AS run_position, g.i AS run_offset" \
 	"  FROM (SELECT * FROM fintx.outbox_position_runs" \
 	"         WHERE first_position OPERATOR(pg_catalog.>=) COALESCE((SELECT pg_catalog.max(first_position)" \
 	"                 FROM fintx.outbox_position_runs WHERE first_position OPERATOR(pg_catalog.<=) $2), 0)" \
 	"         ORDER BY first_position) r" \
-	"  CROSS JOIN LATERAL pg_catalog.generate_series(" \
-	"         GREATEST($2 OPERATOR(pg_catalog.+) 1 OPERATOR(pg_catalog.-) r.first_position, 0)," \
-	"         r.event_count OPERATOR(pg_catalog.-) 1::bigint) g(i)"
+	"  CROSS JOIN LATERAL (SELECT GREATEST($2 OPERATOR(pg_catalog.+) 1 OPERATOR(pg_catalog.-) r.first_position, 0) AS lo) b" \
+	"  CROSS JOIN LATERAL pg_catalog.generate_series(b.lo," \
+	"         LEAST(r.event_count OPERATOR(pg_catalog.-) 1::bigint, b.lo OPERATOR(pg_catalog.+) $3 OPERATOR(pg_catalog.-) 1)) g(i)"
 
 /* {"actor": actor} or {"actor": actor, "audit_entry_id": id} (id >= 0). */
 static Jsonb *
@@ -894,7 +897,7 @@ fintx_poll(PG_FUNCTION_ARGS)
 					"                    WHERE d.consumer OPERATOR(pg_catalog.=) $1"
 					"                      AND d.position OPERATOR(pg_catalog.=) p.position)"
 					"   AND ($9 OR fintx.event_visible(o.aggregatetype, o.aggregateid, o.payload))"
-					" ORDER BY p.position LIMIT $8",
+					" ORDER BY p.run_position, p.run_offset LIMIT $8",
 					9, types);
 	{
 		/*
@@ -902,12 +905,10 @@ fintx_poll(PG_FUNCTION_ARGS)
 		 * when it was made must not be read by a sequential scan per position
 		 * once it fills up: plan (and replan) with enable_seqscan off.
 		 */
-		int			nestlevel = NewGUCNestLevel();
+		int			nestlevel = fintx_jit_off();
 		int			ret;
 
 		(void) set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION,
-								 GUC_ACTION_SAVE, true, 0, false);
-		(void) set_config_option("jit", "off", PGC_USERSET, PGC_S_SESSION,
 								 GUC_ACTION_SAVE, true, 0, false);
 		ret = SPI_execute_plan(poll_plan, args, nulls, false, 0);
 		AtEOXact_GUC(true, nestlevel);

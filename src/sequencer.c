@@ -341,10 +341,9 @@ static int64 SealLog(void);
 int64
 fintx_seal_log(void)
 {
-	int			nestlevel = NewGUCNestLevel();
+	int			nestlevel = fintx_jit_off();
 	int64		size;
 
-	(void) set_config_option("jit", "off", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 	size = SealLog();
 	AtEOXact_GUC(true, nestlevel);
 	return size;
@@ -706,15 +705,18 @@ fintx_root_hash(PG_FUNCTION_ARGS)
 {
 	uint8		root[MERKLE_HASH_LEN];
 	int64		n;
+	int			nestlevel;
 
 	fintx_authz_require(FINTX_OP_AUDIT_READ, "audit log");
 	if (PG_ARGISNULL(0))
 		NullArg("tree_size");
 	n = PG_GETARG_INT64(0);
 	CheckSize(n, "tree size");
+	nestlevel = fintx_jit_off();
 	fintx_spi_connect();
 	merkle_root(FetchNode, NULL, n, root);
 	SPI_finish();
+	AtEOXact_GUC(true, nestlevel);
 	PG_RETURN_DATUM(fintx_hash_datum(root));
 }
 
@@ -731,6 +733,7 @@ Proof(FunctionCallInfo fcinfo, bool inclusion)
 	int64		a,
 				n;
 	int			count;
+	int			nestlevel;
 
 	if (PG_ARGISNULL(0))
 		NullArg(inclusion ? "leaf_index" : "first_size");
@@ -748,10 +751,12 @@ Proof(FunctionCallInfo fcinfo, bool inclusion)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("first size %lld is out of range", (long long) a),
 				 errdetail("A consistency proof needs 0 < first_size <= second_size (%lld).", (long long) n)));
+	nestlevel = fintx_jit_off();
 	fintx_spi_connect();
 	count = inclusion ? merkle_inclusion_proof(FetchNode, NULL, a, n, proof)
 		: merkle_consistency_proof(FetchNode, NULL, a, n, proof);
 	SPI_finish();
+	AtEOXact_GUC(true, nestlevel);
 	return HashArray(proof, count);
 }
 
@@ -804,12 +809,14 @@ fintx_leaf_data(PG_FUNCTION_ARGS)
 	StringInfoData buf;
 	int64		i;
 	bytea	   *out;
+	int			nestlevel;
 
 	fintx_authz_require(FINTX_OP_AUDIT_READ, "audit log");
 	if (PG_ARGISNULL(0))
 		NullArg("leaf_index");
 	i = PG_GETARG_INT64(0);
 	CheckSize(0, "tree size");
+	nestlevel = fintx_jit_off();
 	fintx_spi_connect();
 	if (i < 0 || !fintx_read_leaf_entry(i, &e))
 		ereport(ERROR,
@@ -821,6 +828,7 @@ fintx_leaf_data(PG_FUNCTION_ARGS)
 	SET_VARSIZE(out, VARHDRSZ + buf.len);
 	memcpy(VARDATA(out), buf.data, buf.len);
 	SPI_finish();
+	AtEOXact_GUC(true, nestlevel);
 	PG_RETURN_BYTEA_P(out);
 }
 
@@ -1041,6 +1049,7 @@ fintx_audit_export(PG_FUNCTION_ARGS)
 	StringInfoData buf;
 	StringInfoData line;
 	MemoryContext rowcxt;
+	int			nestlevel;
 
 	fintx_authz_require(FINTX_OP_AUDIT_READ, "audit log");
 	size = fintx_seal_log();
@@ -1051,6 +1060,7 @@ fintx_audit_export(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("from_leaf must not be negative")));
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+	nestlevel = fintx_jit_off();
 	fintx_spi_connect();
 	rowcxt = AllocSetContextCreate(CurrentMemoryContext, "fintx export row", ALLOCSET_DEFAULT_SIZES);
 	/* leaves [from, to] of the sealed ones, [from, to + 1) below */
@@ -1098,5 +1108,6 @@ fintx_audit_export(PG_FUNCTION_ARGS)
 	}
 	SPI_cursor_close(portal);
 	SPI_finish();
+	AtEOXact_GUC(true, nestlevel);
 	return (Datum) 0;
 }

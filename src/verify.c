@@ -24,6 +24,7 @@
 #include "common/base64.h"
 #include "common/int.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/timestamp.h"
 
 PG_FUNCTION_INFO_V1(fintx_verify_audit);
@@ -628,6 +629,7 @@ fintx_verify_audit(PG_FUNCTION_ARGS)
 				unsigned_blocks = 0;
 	uint8	   *leaves = NULL;
 	char	   *seal_failure = NULL;
+	int			nestlevel;
 
 	fintx_authz_require(FINTX_OP_AUDIT_READ, "audit log");
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
@@ -644,6 +646,7 @@ fintx_verify_audit(PG_FUNCTION_ARGS)
 	st.ok = true;
 	st.first_bad = -1;
 	initStringInfo(&st.detail);
+	nestlevel = fintx_jit_off();
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (size > 0)
@@ -656,6 +659,7 @@ fintx_verify_audit(PG_FUNCTION_ARGS)
 	}
 	VerifyBlocks(&st, leaves, leaves ? to + 1 : 0, &blocks, &other_key, &unsigned_blocks);
 	SPI_finish();
+	AtEOXact_GUC(true, nestlevel);
 	if (seal_failure)
 		Bad(&st, -1, "sealing the entries committed since the last block failed: %s", seal_failure);
 

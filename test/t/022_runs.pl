@@ -1,0 +1,126 @@
+# Copyright fintx contributors
+#
+# 022_runs.pl — sealing records leaf indexes (fintx.audit_leaf_runs) and outbox
+# positions (fintx.outbox_position_runs) as runs of consecutive ids, not one
+# row per entry or event. What one row per leaf or position gave must still hold:
+#   - every entry has exactly one leaf and every event one position, dense,
+#     in the order sealing assigned them, with interleaved sessions whose ids
+#     are not consecutive (runs break) and a batch whose ids are (runs are long);
+#   - fintx.audit_log, fintx.audit_leaves, leaf_data(), audit_export() and the
+#     proofs agree about every leaf, at run boundaries too;
+#   - poll() in windows smaller and larger than a run returns every position
+#     once, in order; reject() finds the event of a position inside a run;
+#   - a pass plans its queries with JIT off and leaves the caller's setting.
+
+use strict;
+use warnings;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use FintxTest;
+
+my $node = fintx_node('runs', "fintx.seal_interval = '1h'");
+sub sql { return $node->safe_psql('postgres', $_[0]); }
+
+sql(q{
+	SELECT fintx.open_account('src', 'EUR', allow_negative => true);
+	SELECT fintx.open_account('dst-' || i, 'EUR') FROM generate_series(1, 3) i;
+	SELECT fintx.seal();
+	SELECT fintx.create_consumer('c7');
+	SELECT fintx.create_consumer('c500');
+	SELECT fintx.create_consumer('rej', 1, 0, max_retries => 1);
+});
+my $size0 = sql('SELECT fintx.tree_size()');
+
+# three sessions interleave single transfers (each session draws entry ids from its own
+# cached block, so sealing sees ids out of step), then one batch of 700
+my @s = map { $node->background_psql('postgres') } 1 .. 3;
+for my $round (1 .. 20)
+{
+	for my $i (0 .. 2)
+	{
+		quiet_safe($s[$i], "SELECT fintx.transfer('s$i-$round', 'src', 'dst-" . ($i + 1) . "', $round)");
+	}
+}
+$_->quit for @s;
+is(sql(q{SELECT count(*) FROM fintx.transfer_batch((SELECT jsonb_agg(jsonb_build_object(
+	'idempotency_key', 'b-' || i, 'from_account', 'src', 'to_account', 'dst-1', 'amount', 1))
+	FROM generate_series(1, 700) i))}), '700', 'a batch of 700');
+my $size = sql('SELECT fintx.seal()');
+is($size - $size0, 760, '760 new leaves sealed in one pass');
+
+# --- leaves
+my ($runs, $leaves) = split /\|/, sql("SELECT count(*), sum(leaf_count) FROM fintx.audit_leaf_runs WHERE first_leaf >= $size0");
+is($leaves, 760, 'the runs of the pass cover its 760 leaves');
+cmp_ok($runs, '>', 3, "the interleaved sessions' entries break into runs ($runs)");
+cmp_ok($runs, '<', 100, 'but far fewer runs than leaves');
+is(sql(q{SELECT count(*) = max(leaf_index) + 1 AND count(DISTINCT leaf_index) = count(*) AND count(DISTINCT entry_id) = count(*)
+          FROM fintx.audit_leaves}), 't', 'leaf indexes are dense, each once, each entry once');
+is(sql(q{SELECT count(*) FROM fintx.audit_entries e
+          WHERE NOT EXISTS (SELECT 1 FROM fintx.audit_leaves l WHERE l.entry_id = e.entry_id)}), '0', 'every entry has a leaf');
+is(sql(q{SELECT count(*) FROM fintx.audit_log a JOIN fintx.audit_leaves l USING (entry_id)
+          WHERE a.leaf_index IS DISTINCT FROM l.leaf_index}), '0', 'audit_log and audit_leaves agree on every leaf');
+is(sql(q{SELECT count(*) FROM fintx.audit_leaves l JOIN fintx.audit_entries e USING (entry_id)
+          WHERE l.leaf_hash IS DISTINCT FROM e.entry_hash}), '0', 'the leaf hash is the entry hash');
+# entry-id order within the pass, and the leaf of each run's first and last entry
+is(sql(qq{SELECT bool_and(entry_id > prev) FROM (SELECT entry_id, lag(entry_id) OVER (ORDER BY leaf_index) AS prev
+            FROM fintx.audit_leaves WHERE leaf_index >= $size0) q WHERE prev IS NOT NULL}), 't',
+	'the pass gave its leaves in entry-id order');
+my $edges = sql(qq{SELECT string_agg(i::text, ',') FROM (SELECT first_leaf AS i FROM fintx.audit_leaf_runs WHERE first_leaf >= $size0
+                    UNION SELECT first_leaf + leaf_count - 1 FROM fintx.audit_leaf_runs WHERE first_leaf >= $size0) q});
+is(sql(qq{SELECT count(*) FROM unnest('{$edges}'::bigint[]) i JOIN fintx.audit_leaves l ON l.leaf_index = i
+          WHERE fintx.merkle_leaf_hash(fintx.leaf_data(i)) <> l.leaf_hash}), '0',
+	'leaf_data() at every run boundary hashes to that leaf\'s entry hash');
+is(sql(qq{SELECT count(*) FROM fintx.audit_export($size0, $size - 1)}), 760, 'audit_export() of the pass: 760 lines');
+is(sql(qq{SELECT bool_and(split_part(l, E'\\t', 1)::bigint = o + $size0 - 1) FROM fintx.audit_export($size0, $size - 1)
+            WITH ORDINALITY AS x(l, o)}), 't', '  in leaf order, one per leaf');
+is(sql(qq{SELECT count(*) FROM fintx.audit_export($size - 5, $size + 1000)}), 5, 'audit_export() past the end stops at the last leaf');
+is(sql(q{SELECT count(*) FROM fintx.audit_export(5, 4)}), '0', 'an empty range exports nothing');
+my $v = sql(q{SELECT ok || ' ' || entries_checked FROM fintx.verify_audit()});
+is($v, "true $size", 'verify_audit() checks every leaf');
+is(sql(qq{SELECT count(*) FROM fintx.verify_audit($size0 + 3, $size - 2) WHERE ok}), '1', 'and a range that starts and ends inside runs');
+
+# --- positions
+my ($pruns, $events) = split /\|/, sql('SELECT count(*), sum(event_count) FROM fintx.outbox_position_runs');
+is($events, sql('SELECT count(*) FROM fintx.outbox'), 'the position runs cover every event');
+cmp_ok($pruns, '<', $events / 5, "in $pruns runs");
+my $tail = sql('SELECT fintx.outbox_tail()');
+is($tail, $events, 'the tail is the number of events');
+for my $c ([ 'c7', 7 ], [ 'c500', 500 ])
+{
+	my ($name, $window) = @$c;
+	my @got;
+	for (1 .. 1000)
+	{
+		my $rows = sql("SELECT string_agg(position || ':' || event_no, ',' ORDER BY position) FROM fintx.poll('$name', $window)");
+		last if $rows eq '';
+		my @p = split /,/, $rows;
+		push @got, @p;
+		my ($last) = split /:/, $p[-1];
+		sql("SELECT fintx.ack('$name', $last)");
+	}
+	is(scalar @got, $tail, "$name: polling $window at a time returns $tail events");
+	is(join(',', map { (split /:/)[0] } @got), join(',', 1 .. $tail), "$name: positions 1 .. $tail, once each, in order");
+	is(join(',', map { (split /:/)[1] } @got), sql('SELECT string_agg(event_no::text, \',\' ORDER BY position) FROM fintx.outbox_positions'),
+		"$name: each with the event of its position");
+}
+# a position in the middle of a run: reject() dead-letters exactly that event
+my ($mid, $mid_id) = split /\|/, sql(q{SELECT p.position, o.id FROM fintx.outbox_position_runs r, fintx.outbox_positions p
+                                        JOIN fintx.outbox o USING (event_no)
+                                       WHERE r.event_count >= 3 AND p.position = r.first_position + 1 LIMIT 1});
+ok($mid ne '', "position $mid lies inside a run");
+is(sql("SELECT fintx.reject('rej', $mid, 'bad')"), 't', 'reject() with max_retries 1 dead-letters it');
+is(sql("SELECT event_id FROM fintx.outbox_dead_letters WHERE consumer = 'rej' AND position = $mid"), $mid_id,
+	'the dead letter holds the event of that position');
+my ($ret, $out, $err) = $node->psql('postgres', "SELECT fintx.reject('rej', $tail + 1, 'bad')");
+like($err, qr/is not an unacknowledged event/, 'a position past the tail is refused');
+
+# --- JIT: off for the pass, the caller's setting restored
+is(sql(q{SET jit = on; SET jit_above_cost = 0; SELECT fintx.transfer('jit-1', 'src', 'dst-2', 1) IS NOT NULL;
+         SELECT fintx.seal() > 0; SELECT count(*) >= 0 FROM fintx.poll('c7', 10); SHOW jit;}), "t\nt\nt\non",
+	'seal() and poll() with jit on and jit_above_cost 0 work and leave jit on');
+is(sql('SELECT count(*) FROM fintx.reconcile()'), '0', 'reconcile() clean');
+is(sql('SELECT ok FROM fintx.verify_audit()'), 't', 'verify_audit() ok');
+
+done_testing();

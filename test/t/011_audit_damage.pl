@@ -164,6 +164,17 @@ tamper('overlap', q{UPDATE fintx.audit_leaf_runs SET leaf_count = leaf_count + 3
 like(verdict('overlap'), qr/^false\|14\|leaf 14 is in more than one run of fintx.audit_leaf_runs/,
 	'a run that reaches into the next one is named at the first leaf in both');
 
+fresh('nested');
+tamper('nested', q{INSERT INTO fintx.audit_leaf_runs
+                   SELECT 15, first_entry + 1, 1, block_id FROM fintx.audit_leaf_runs WHERE first_leaf = 14});
+like(verdict('nested'), qr/^false\|15\|leaf 15 is in more than one run of fintx.audit_leaf_runs/,
+	'a run inside another one is named');
+
+fresh('hugerun');
+tamper('hugerun', q{UPDATE fintx.audit_leaf_runs SET first_entry = 9223372036854775800 WHERE first_leaf = 14});
+like(verdict('hugerun'), qr/^false\|14\|the run of leaves at 14 in fintx.audit_leaf_runs is malformed/,
+	'a run whose entries would pass the largest bigint is named');
+
 fresh('twice');
 remap('twice', 'UPDATE m SET entry_id = (SELECT entry_id FROM m WHERE leaf_index = 20) WHERE leaf_index = 30');
 like(verdict('twice'), qr/^false\|29\|leaves 29 and 30 of block 3 are not in entry-id order/,

@@ -207,24 +207,54 @@ NoteOutboxWrite(void)
 	}
 }
 
-/* A new event id: a UUID version 7 (48-bit Unix milliseconds, then random bits). */
+/*
+ * A new event id: a UUID version 7 (RFC 9562): 48-bit Unix milliseconds, the
+ * version, 12 + 62 bits that are random for the first id of a backend and
+ * then incremented by one per id (RFC 9562 section 6.2, method 2, "monotonic
+ * random"). The kernel's random source is asked once per backend, not once per
+ * event (it was 2.3 % of all CPU time of single transfers); ids stay unique
+ * (a backend's ids are distinct, two backends' 74-bit sequences would have to
+ * start within the number of events of each other) and sort by time, and by
+ * creation within a backend and millisecond.
+ */
 static Datum
 NewEventId(void)
 {
+	static bool seeded = false;
+	static uint64 hi;			/* the 12 bits of rand_a */
+	static uint64 lo;			/* the 62 bits of rand_b */
 	pg_uuid_t  *u = palloc(sizeof(pg_uuid_t));
 	uint64		ms = (uint64) (GetCurrentTimestamp() / 1000 +
 							   (int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000);
 
-	/* LCOV_EXCL_START: the kernel's random source does not fail */
-	if (!pg_strong_random(u->data, UUID_LEN))
-		ereport(ERROR,
-				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("could not generate random values")));
-	/* LCOV_EXCL_STOP */
+	if (!seeded)
+	{
+		uint8		seed[16];
+
+		/* LCOV_EXCL_START: the kernel's random source does not fail */
+		if (!pg_strong_random(seed, sizeof(seed)))
+			ereport(ERROR,
+					(errcode(ERRCODE_INTERNAL_ERROR),
+					 errmsg("could not generate random values")));
+		/* LCOV_EXCL_STOP */
+		memcpy(&hi, seed, sizeof(hi));
+		memcpy(&lo, seed + 8, sizeof(lo));
+		hi &= 0xfff;
+		lo &= UINT64CONST(0x3fffffffffffffff);
+		seeded = true;
+	}
+	else if (++lo > UINT64CONST(0x3fffffffffffffff))
+	{
+		lo = 0;					/* carry into rand_a, wrapping after 2^74 ids */
+		hi = (hi + 1) & 0xfff;
+	}
 	for (int i = 0; i < 6; i++)
 		u->data[i] = (unsigned char) (ms >> (8 * (5 - i)));
-	u->data[6] = (u->data[6] & 0x0f) | 0x70;
-	u->data[8] = (u->data[8] & 0x3f) | 0x80;
+	u->data[6] = (unsigned char) (0x70 | (hi >> 8));
+	u->data[7] = (unsigned char) hi;
+	u->data[8] = (unsigned char) (0x80 | (lo >> 56));
+	for (int i = 9; i < 16; i++)
+		u->data[i] = (unsigned char) (lo >> (8 * (15 - i)));
 	return UUIDPGetDatum(u);
 }
 

@@ -822,9 +822,12 @@ PushInt(Details *d, const char *key, int64 n)
 {
 	JsonbValue	v;
 
+	char	   *text = palloc(MAXINT8LEN + 1);
+
 	v.type = jbvNumeric;
 	v.val.numeric = int64_to_numeric(n);
-	PushKey(d, key, &v, psprintf(INT64_FORMAT, n));
+	pg_lltoa(n, text);
+	PushKey(d, key, &v, text);
 }
 
 static void
@@ -906,22 +909,18 @@ AuditTransfer(const char *principal, LedgerRequest *r, int i, Datum *timeout_at,
 	const char *service;
 	const char *rule;
 
+	bool		by_service = fintx_authz_decision(i, &service, &rule);	/* the access decision that
+																		 * allowed a service's request */
+
 	d.st = NULL;
 	d.n = 0;
 	pushJsonbValue(&d.st, WJB_BEGIN_OBJECT, NULL);
-	PushInt(&d, "transfer_id", r->transfer_id);
-	PushString(&d, "status", r->status);
-	PushString(&d, "from_account", r->from->code);
-	PushString(&d, "to_account", r->to->code);
+	/* in jsonb's key order (shorter first, then bytewise): both sorts then find them sorted */
 	PushInt(&d, "amount", r->amount);
+	PushString(&d, "status", r->status);
+	if (by_service)
+		PushString(&d, "service", service);
 	PushString(&d, "currency", r->from->currency);
-	if (r->hold)
-		PushInt(&d, "pending_id", r->hold->id);
-	if (timeout_at)
-		PushString(&d, "timeout_at", timestamptz_to_str(DatumGetTimestampTz(*timeout_at)));
-	PushInt(&d, "from_balance", r->from_balance);
-	PushInt(&d, "to_balance", r->to_balance);
-	PushString(&d, "idempotency_key", r->key);
 	if (r->op == LEDGER_TRANSFER)
 	{
 		JsonbValue	md;
@@ -931,12 +930,18 @@ AuditTransfer(const char *principal, LedgerRequest *r, int i, Datum *timeout_at,
 		md.val.binary.len = VARSIZE(r->metadata) - VARHDRSZ;
 		PushKey(&d, "metadata", &md, JsonbToCString(NULL, &r->metadata->root, VARSIZE(r->metadata)));
 	}
-	/* the access decision that allowed a service's request */
-	if (fintx_authz_decision(i, &service, &rule))
-	{
-		PushString(&d, "service", service);
+	if (r->hold)
+		PushInt(&d, "pending_id", r->hold->id);
+	if (timeout_at)
+		PushString(&d, "timeout_at", timestamptz_to_str(DatumGetTimestampTz(*timeout_at)));
+	PushString(&d, "to_account", r->to->code);
+	PushInt(&d, "to_balance", r->to_balance);
+	PushInt(&d, "transfer_id", r->transfer_id);
+	PushString(&d, "from_account", r->from->code);
+	PushInt(&d, "from_balance", r->from_balance);
+	if (by_service)
 		PushString(&d, "authorized_by", rule);
-	}
+	PushString(&d, "idempotency_key", r->key);
 	details = FinishDetails(&d, &text);
 	snprintf(id, sizeof(id), "%lld", (long long) r->transfer_id);
 	fintx_audit_init_text(e, principal, AuditAction(r), "transfer", pstrdup(id), details, text);

@@ -281,10 +281,10 @@ static const FintxColumn position_columns[] = {
 /*
  * The positions after $2, each with its event number: the runs from the one
  * that holds position $2 + 1 on, expanded (at most $3 positions of each).
- * Ordered by (run_position,
- * run_offset), which is position order that the planner can see: it reads the
- * runs in index order and stops at the LIMIT, sorting only within a run, and
- * an outer query ordered the same way needs no sort of its own.
+ * Ordered by (run_position, run_offset), which is position order that the
+ * planner can see: it reads the runs in index order and stops at the LIMIT,
+ * sorting only within a run, and an outer query ordered the same way needs no
+ * sort of its own.
  */
 #define POSITIONS_AFTER \
 	"SELECT r.first_position OPERATOR(pg_catalog.+) g.i AS position," \

@@ -245,8 +245,10 @@ NewEventId(void)
 	}
 	else if (++lo > UINT64CONST(0x3fffffffffffffff))
 	{
+		/* LCOV_EXCL_START: once in 2^62 ids of a backend */
 		lo = 0;					/* carry into rand_a, wrapping after 2^74 ids */
 		hi = (hi + 1) & 0xfff;
+		/* LCOV_EXCL_STOP */
 	}
 	for (int i = 0; i < 6; i++)
 		u->data[i] = (unsigned char) (ms >> (8 * (5 - i)));

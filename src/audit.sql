@@ -43,7 +43,10 @@ CREATE TABLE fintx.audit_leaf_runs (
     first_leaf  bigint  PRIMARY KEY,
     first_entry bigint  NOT NULL UNIQUE,
     leaf_count  integer NOT NULL CHECK (leaf_count OPERATOR(pg_catalog.>) 0),
-    block_id    bigint  NOT NULL
+    block_id    bigint  NOT NULL,
+    -- the last leaf and entry of a run are bigints: readers add leaf_count without overflow
+    CHECK (first_leaf OPERATOR(pg_catalog.<=) (9223372036854775807 OPERATOR(pg_catalog.-) leaf_count)
+           AND first_entry OPERATOR(pg_catalog.<=) (9223372036854775807 OPERATOR(pg_catalog.-) leaf_count))
 );
 COMMENT ON TABLE fintx.audit_leaf_runs IS 'Merkle leaf indexes of sealed audit entries, one row per run of consecutive entry ids; insert-only';
 

@@ -259,7 +259,8 @@ extern void fintx_outbox_write_audit(EState *estate, FintxAuditEntry *entries, i
 /* fintx.outbox is LIST-partitioned by (event_no / SLOT_EVENTS) % SLOTS (outbox.sql) */
 /*
  * fintx.audit_nodes stores the complete subtrees from this level up (16 leaves
- * and more); the levels below are recomputed from audit_leaves.leaf_hash.
+ * and more); the levels below are recomputed from the leaf hashes (the entries'
+ * entry_hash, found through fintx.audit_leaf_runs).
  */
 #define FINTX_AUDIT_STORED_LEVEL	4
 

@@ -55,7 +55,10 @@ CREATE TABLE fintx.outbox_position_runs (
     first_position bigint  NOT NULL,
     first_event_no bigint  NOT NULL,
     event_count    integer NOT NULL CHECK (event_count OPERATOR(pg_catalog.>) 0),
-    batch_id       bigint  NOT NULL
+    batch_id       bigint  NOT NULL,
+    -- the last position and event number of a run are bigints
+    CHECK (first_position OPERATOR(pg_catalog.<=) (9223372036854775807 OPERATOR(pg_catalog.-) event_count)
+           AND first_event_no OPERATOR(pg_catalog.<=) (9223372036854775807 OPERATOR(pg_catalog.-) event_count))
 ) PARTITION BY LIST (((first_event_no OPERATOR(pg_catalog./) 1048576) OPERATOR(pg_catalog.%) 3));
 CREATE TABLE fintx.outbox_position_runs_0 PARTITION OF fintx.outbox_position_runs FOR VALUES IN (0);
 CREATE TABLE fintx.outbox_position_runs_1 PARTITION OF fintx.outbox_position_runs FOR VALUES IN (1);

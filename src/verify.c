@@ -6,7 +6,10 @@
  * For the leaves in [from_leaf, to_leaf] it recomputes each entry's hash from
  * its columns and compares it with the stored entry hash (the leaf hash); it
  * also checks that the runs of fintx.audit_leaf_runs cover every leaf exactly
- * once, that every leaf has its entry and no entry is at two leaves. When from_leaf is 0 it rebuilds the tree from the
+ * once, that every leaf has its entry and no entry is at two leaves. A range
+ * that does not start at leaf 0 is widened to the 16-leaf tiles that hold it,
+ * whose stored level-4 nodes (and, for a last incomplete tile, the latest
+ * block's tree head) are checked against the recomputed leaves. When from_leaf is 0 it rebuilds the tree from the
  * recomputed leaves and checks that every stored subtree (levels 4 and up)
  * is there and matches, every block's tree head,
  * the block hash chain and the block signatures (with the configured key).
@@ -134,11 +137,13 @@ OpenCursor(const char *sql, int64 a, int64 b)
 
 /*
  * Checks entries of leaves [from, to]; fills leaves[] (recomputed hashes,
- * indexed from 'from') when non-NULL. Two ordered index scans and no join:
- * leaves by index, entries by id (merged with the leaves sorted by entry id).
+ * indexed from 'from') when non-NULL; returns how many of the leaves in
+ * [count_from, count_to] had their entry checked. Two ordered scans and no
+ * join: the runs by leaf, the entries by id (merged with the leaves sorted by
+ * entry id).
  */
 static int64
-VerifyEntries(VerifyState *st, int64 from, int64 to, uint8 *leaves)
+VerifyEntries(VerifyState *st, int64 from, int64 to, uint8 *leaves, int64 count_from, int64 count_to)
 {
 	int64		n = to - from + 1;
 	LeafRef    *refs = palloc_extended(sizeof(LeafRef) * n, MCXT_ALLOC_HUGE);
@@ -261,7 +266,8 @@ VerifyEntries(VerifyState *st, int64 from, int64 to, uint8 *leaves)
 			MemoryContextSwitchTo(old);
 			MemoryContextReset(rowcxt);
 			memcpy(computed + (leaf - from) * MERKLE_HASH_LEN, e.hash, MERKLE_HASH_LEN);
-			checked++;
+			if (leaf >= count_from && leaf <= count_to)
+				checked++;
 			if (!ColumnHash(tup, desc, 9, stored) || memcmp(stored, e.hash, MERKLE_HASH_LEN) != 0)
 				Bad(st, leaf, "entry %lld at leaf %lld does not match its hash: its stored facts were changed",
 					(long long) id, (long long) leaf);
@@ -317,6 +323,108 @@ ClimbUp(VerifyState *st, Climb *c)
 	c->count /= 2;
 	c->level++;
 	c->expect = 0;
+}
+
+/* Node fetch for VerifyTail: stored nodes from level 4 up, recomputed leaf hashes below. */
+typedef struct TailTree
+{
+	uint8	   *leaves;			/* recomputed hashes of leaves lo .. lo + n - 1 */
+	int64		lo;
+	int64		n;
+	bool		missing;		/* a stored node the tree head needs is missing */
+} TailTree;
+
+static void
+TailFetch(void *arg, int level, int64 idx, uint8 *out)
+{
+	TailTree   *t = (TailTree *) arg;
+	Oid			types[2] = {INT2OID, INT8OID};
+	Datum		args[2];
+
+	if (level < FINTX_AUDIT_STORED_LEVEL)
+	{
+		int64		first = idx << level;
+		int64		count = (int64) 1 << level;
+		uint8		h[MERKLE_HASH_LEN << (FINTX_AUDIT_STORED_LEVEL - 1)];
+
+		Assert(first >= t->lo && first + count <= t->lo + t->n);
+		memcpy(h, t->leaves + (first - t->lo) * MERKLE_HASH_LEN, MERKLE_HASH_LEN * count);
+		for (int64 m = count; m > 1; m /= 2)
+			for (int64 i = 0; i < m / 2; i++)
+				merkle_node_hash(h + 2 * i * MERKLE_HASH_LEN, h + (2 * i + 1) * MERKLE_HASH_LEN,
+								 h + i * MERKLE_HASH_LEN);
+		memcpy(out, h, MERKLE_HASH_LEN);
+		return;
+	}
+	args[0] = Int16GetDatum((int16) level);
+	args[1] = Int64GetDatum(idx);
+	if (SPI_execute_with_args("SELECT hash FROM fintx.audit_nodes WHERE level = $1 AND idx = $2",
+							  2, types, args, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "reading audit nodes failed");	/* LCOV_EXCL_LINE */
+	if (SPI_processed != 1 || !ColumnHash(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, out))
+	{
+		t->missing = true;
+		memset(out, 0, MERKLE_HASH_LEN);
+	}
+}
+
+/*
+ * For a range verification (from_leaf > 0), which rebuilt the leaf hashes of
+ * leaves lo .. lo + n - 1 (whole 16-leaf tiles, lo a multiple of 16): checks
+ * each complete tile against its stored level-4 node, and a last, incomplete
+ * tile (when the range reaches the end of the log) against the tree head of
+ * the latest block, computed from the stored nodes and the rebuilt leaves. So
+ * an entry rewritten together with its entry_hash is found by a range check
+ * too, located to its tile.
+ */
+static void
+VerifyTiles(VerifyState *st, uint8 *leaves, int64 lo, int64 n, int64 size)
+{
+	int64		tile = (int64) 1 << FINTX_AUDIT_STORED_LEVEL;
+
+	for (int64 first = lo; first + tile <= lo + n; first += tile)
+	{
+		TailTree	t = {leaves, lo, n, false};
+		uint8		h[MERKLE_HASH_LEN];
+		uint8		stored[MERKLE_HASH_LEN];
+		int64		idx = first >> FINTX_AUDIT_STORED_LEVEL;
+
+		TailFetch(&t, FINTX_AUDIT_STORED_LEVEL - 1, 2 * idx, h);
+		TailFetch(&t, FINTX_AUDIT_STORED_LEVEL - 1, 2 * idx + 1, stored);
+		merkle_node_hash(h, stored, h);
+		TailFetch(&t, FINTX_AUDIT_STORED_LEVEL, idx, stored);
+		if (t.missing)
+			Bad(st, first, "the tree node at level %d, index %lld is missing", FINTX_AUDIT_STORED_LEVEL,
+				(long long) idx);
+		else if (memcmp(h, stored, MERKLE_HASH_LEN) != 0)
+			Bad(st, st->first_bad >= 0 ? -1 : first,
+				"the tree node at level %d, index %lld does not match its leaves", FINTX_AUDIT_STORED_LEVEL,
+				(long long) idx);
+	}
+	if (lo + n == size && size % tile != 0)
+	{
+		TailTree	t = {leaves, lo, n, false};
+		uint8		root[MERKLE_HASH_LEN];
+		uint8		stored[MERKLE_HASH_LEN];
+		Datum		arg = Int64GetDatum(size);
+		Oid			type = INT8OID;
+		int64		tail = size & ~(tile - 1);
+
+		merkle_root(TailFetch, &t, size, root);
+		if (SPI_execute_with_args("SELECT block_id, root_hash FROM fintx.audit_blocks WHERE tree_size = $1"
+								  " ORDER BY block_id DESC LIMIT 1", 1, &type, &arg, NULL, true, 1) != SPI_OK_SELECT)
+			elog(ERROR, "reading audit blocks failed");	/* LCOV_EXCL_LINE */
+		if (SPI_processed == 1 && ColumnHash(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, stored) &&
+			!t.missing && memcmp(root, stored, MERKLE_HASH_LEN) != 0)
+		{
+			bool		isnull;
+
+			Bad(st, st->first_bad >= 0 ? -1 : tail,
+				"block %lld records a tree head for size %lld that the entries do not produce",
+				(long long) DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)),
+				(long long) size);
+		}
+	}
 }
 
 /*
@@ -649,13 +757,22 @@ fintx_verify_audit(PG_FUNCTION_ARGS)
 	nestlevel = fintx_jit_off();
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (size > 0)
+	if (size > 0 && from == 0)
 	{
-		if (from == 0)
-			leaves = palloc_extended(MERKLE_HASH_LEN * (to + 1), MCXT_ALLOC_HUGE);
-		checked = VerifyEntries(&st, from, to, leaves);
-		if (leaves)
-			VerifyNodes(&st, leaves, to + 1, size);
+		leaves = palloc_extended(MERKLE_HASH_LEN * (to + 1), MCXT_ALLOC_HUGE);
+		checked = VerifyEntries(&st, from, to, leaves, from, to);
+		VerifyNodes(&st, leaves, to + 1, size);
+	}
+	else if (size > 0)
+	{
+		/* a range: widened to the 16-leaf tiles that hold it, checked against the tree */
+		int64		lo = from & ~(((int64) 1 << FINTX_AUDIT_STORED_LEVEL) - 1);
+		int64		hi = Min(to | (((int64) 1 << FINTX_AUDIT_STORED_LEVEL) - 1), size - 1);
+		uint8	   *tiles = palloc_extended(MERKLE_HASH_LEN * (hi - lo + 1), MCXT_ALLOC_HUGE);
+
+		checked = VerifyEntries(&st, lo, hi, tiles, from, to);
+		if (st.ok)
+			VerifyTiles(&st, tiles, lo, hi - lo + 1, size);
 	}
 	VerifyBlocks(&st, leaves, leaves ? to + 1 : 0, &blocks, &other_key, &unsigned_blocks);
 	SPI_finish();

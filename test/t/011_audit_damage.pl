@@ -171,9 +171,32 @@ like(verdict('nested'), qr/^false\|15\|leaf 15 is in more than one run of fintx.
 	'a run inside another one is named');
 
 fresh('hugerun');
-tamper('hugerun', q{UPDATE fintx.audit_leaf_runs SET first_entry = 9223372036854775800 WHERE first_leaf = 14});
+like(psql_err('hugerun', q{SET session_replication_role = replica;
+                           UPDATE fintx.audit_leaf_runs SET first_entry = 9223372036854775800 WHERE first_leaf = 14}),
+	qr/23514/, 'a run whose entry ids would pass the largest bigint is refused by a CHECK, triggers off or not');
+tamper('hugerun', q{ALTER TABLE fintx.audit_leaf_runs DROP CONSTRAINT audit_leaf_runs_check;
+                    UPDATE fintx.audit_leaf_runs SET first_entry = 9223372036854775800 WHERE first_leaf = 14});
 like(verdict('hugerun'), qr/^false\|14\|the run of leaves at 14 in fintx.audit_leaf_runs is malformed/,
 	'a run whose entries would pass the largest bigint is named');
+
+# a range check (from_leaf > 0) checks the 16-leaf tiles that hold the range against the tree:
+# an entry rewritten with a matching entry_hash is found even when only its leaf is asked for
+fresh('range');
+is($node->safe_psql('range', q{SELECT ok || '|' || entries_checked FROM fintx.verify_audit(5, 8)}), 'true|4',
+	'an intact range verifies and counts only its own entries');
+for my $leaf (20, 36)
+{
+	fresh("range$leaf");
+	tamper("range$leaf", qq{
+		UPDATE fintx.audit_entries SET details = jsonb_set(details, '{new,id}', '999')
+		 WHERE entry_id = (SELECT entry_id FROM fintx.audit_leaves WHERE leaf_index = $leaf);
+		UPDATE fintx.audit_entries SET entry_hash = fintx.merkle_leaf_hash(fintx.leaf_data($leaf))
+		 WHERE entry_id = (SELECT entry_id FROM fintx.audit_leaves WHERE leaf_index = $leaf);});
+	like($node->safe_psql("range$leaf", "SELECT ok || '|' || coalesce(first_bad_leaf::text, '') || '|' || detail FROM fintx.verify_audit($leaf, $leaf)"),
+		$leaf == 20 ? qr/^false\|16\|the tree node at level 4, index 1 does not match its leaves/
+		            : qr/^false\|32\|block 3 records a tree head for size 42 that the entries do not produce/,
+		"leaf $leaf rewritten with its entry hash: verify_audit($leaf, $leaf) names its tile");
+}
 
 fresh('twice');
 remap('twice', 'UPDATE m SET entry_id = (SELECT entry_id FROM m WHERE leaf_index = 20) WHERE leaf_index = 30');

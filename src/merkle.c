@@ -37,6 +37,19 @@ merkle_node_hash(const uint8 *left, const uint8 *right, uint8 *out)
 	fintx_sha256(buf, sizeof(buf), out);
 }
 
+/*
+ * Folds count (a power of two) consecutive hashes into the hash of the
+ * complete subtree they are the leaves of, in place: the result is hashes[0].
+ */
+void
+merkle_fold(uint8 *hashes, int64 count)
+{
+	for (int64 n = count; n > 1; n /= 2)
+		for (int64 i = 0; i < n / 2; i++)
+			merkle_node_hash(hashes + 2 * i * MERKLE_HASH_LEN, hashes + (2 * i + 1) * MERKLE_HASH_LEN,
+							 hashes + i * MERKLE_HASH_LEN);
+}
+
 /* Root of the empty tree: SHA-256 of the empty string. */
 void
 merkle_empty_root(uint8 *out)

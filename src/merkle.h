@@ -19,6 +19,7 @@ typedef void (*MerkleNodeFetch) (void *arg, int level, int64 index, uint8 *out);
 
 extern void merkle_leaf_hash(const uint8 *data, size_t len, uint8 *out);
 extern void merkle_node_hash(const uint8 *left, const uint8 *right, uint8 *out);
+extern void merkle_fold(uint8 *hashes, int64 count);
 extern void merkle_empty_root(uint8 *out);
 extern void merkle_range_hash(MerkleNodeFetch fetch, void *arg, int64 start, int64 size, uint8 *out);
 extern void merkle_root(MerkleNodeFetch fetch, void *arg, int64 size, uint8 *out);

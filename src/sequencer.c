@@ -241,10 +241,7 @@ FetchNode(void *arg, int level, int64 idx, uint8 *out)
 		uint8		h[MERKLE_HASH_LEN << (FINTX_AUDIT_STORED_LEVEL - 1)];
 
 		LeafHashes(idx << level, (idx + 1) << level, h);
-		for (int64 n = (int64) 1 << level; n > 1; n /= 2)
-			for (int64 i = 0; i < n / 2; i++)
-				merkle_node_hash(h + 2 * i * MERKLE_HASH_LEN, h + (2 * i + 1) * MERKLE_HASH_LEN,
-								 h + i * MERKLE_HASH_LEN);
+		merkle_fold(h, (int64) 1 << level);
 		memcpy(out, h, MERKLE_HASH_LEN);
 		return;
 	}

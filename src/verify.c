@@ -349,10 +349,7 @@ TailFetch(void *arg, int level, int64 idx, uint8 *out)
 
 		Assert(first >= t->lo && first + count <= t->lo + t->n);
 		memcpy(h, t->leaves + (first - t->lo) * MERKLE_HASH_LEN, MERKLE_HASH_LEN * count);
-		for (int64 m = count; m > 1; m /= 2)
-			for (int64 i = 0; i < m / 2; i++)
-				merkle_node_hash(h + 2 * i * MERKLE_HASH_LEN, h + (2 * i + 1) * MERKLE_HASH_LEN,
-								 h + i * MERKLE_HASH_LEN);
+		merkle_fold(h, count);
 		memcpy(out, h, MERKLE_HASH_LEN);
 		return;
 	}

@@ -148,6 +148,8 @@ fresh('leafgap');
 remap('leafgap', 'DELETE FROM m WHERE leaf_index >= 10');
 like(verdict('leafgap'), qr/^false\|10\|leaves 10 to 41 are missing from fintx.audit_leaf_runs/,
 	'leaves cut off the end are reported from the first missing one');
+like($node->safe_psql('leafgap', q{SELECT ok || '|' || coalesce(first_bad_leaf::text, '') || '|' || entries_checked || '|' || detail FROM fintx.verify_audit(33, 34)}),
+	qr/^false\|32\|0\|leaves 32 to 41 are missing from fintx.audit_leaf_runs/, 'a range whose tile has no leaves left names them');
 like(psql_err('leafgap', 'SELECT fintx.root_hash(42)'), qr/ERROR:  XX001: audit leaf 32 is missing/,
 	'a tree head that needs leaf hashes of removed leaves fails with XX001, naming the first one');
 
@@ -197,6 +199,10 @@ for my $leaf (20, 36)
 		            : qr/^false\|32\|block 3 records a tree head for size 42 that the entries do not produce/,
 		"leaf $leaf rewritten with its entry hash: verify_audit($leaf, $leaf) names its tile");
 }
+
+tamper('range', 'DELETE FROM fintx.audit_nodes WHERE level = 4 AND idx = 1');
+like($node->safe_psql('range', "SELECT ok || '|' || coalesce(first_bad_leaf::text, '') || '|' || detail FROM fintx.verify_audit(20, 21)"),
+	qr/^false\|16\|the tree node at level 4, index 1 is missing/, 'a range whose tile lost its stored node says so');
 
 fresh('twice');
 remap('twice', 'UPDATE m SET entry_id = (SELECT entry_id FROM m WHERE leaf_index = 20) WHERE leaf_index = 30');

@@ -838,7 +838,6 @@ static void
 PushInt(Details *d, const char *key, int64 n)
 {
 	JsonbValue	v;
-
 	char	   *text = palloc(MAXINT8LEN + 1);
 
 	v.type = jbvNumeric;
@@ -863,7 +862,6 @@ PushString(Details *d, const char *key, const char *str)
 	escape_json(&text, str);
 	PushKey(d, key, &v, text.data);
 }
-
 
 /* Ends the object: its jsonb value, and *text the same value as jsonb prints it. */
 static Jsonb *
@@ -906,9 +904,8 @@ AuditTransfer(const char *principal, LedgerRequest *r, int i, Datum *timeout_at,
 	char		id[32];
 	const char *service;
 	const char *rule;
-
-	bool		by_service = fintx_authz_decision(i, &service, &rule);	/* the access decision that
-																		 * allowed a service's request */
+	/* the access decision that allowed a service's request */
+	bool		by_service = fintx_authz_decision(i, &service, &rule);
 
 	d.st = NULL;
 	d.n = 0;

@@ -286,6 +286,24 @@ static const FintxColumn position_columns[] = {
 	"  CROSS JOIN LATERAL pg_catalog.generate_series(b.lo," \
 	"         LEAST(r.event_count OPERATOR(pg_catalog.-) 1::bigint, b.lo OPERATOR(pg_catalog.+) $3 OPERATOR(pg_catalog.-) 1)) g(i)"
 
+/*
+ * Planner settings for poll(), until AtEOXact_GUC(true, returned level): no
+ * JIT (fintx_jit_off), and no sequential scans: its plans are generic and kept
+ * for the session, and a slot that was empty when one was made must not be
+ * read by a sequential scan per position once it fills up.
+ */
+static Datum Poll(FunctionCallInfo fcinfo);
+
+static int
+PollPlanning(void)
+{
+	int			level = fintx_jit_off();
+
+	(void) set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	return level;
+}
+
 /* {"actor": actor} or {"actor": actor, "audit_entry_id": id} (id >= 0). */
 static Jsonb *
 ActorHeaders(const char *actor, int64 audit_entry_id)
@@ -851,10 +869,22 @@ fintx_drop_consumer(PG_FUNCTION_ARGS)
  * position order, with position set; applies the consumer's filters and
  * group and skips its dead letters. Seals first when no worker does. When a
  * whole scanned window holds nothing for the consumer, its offset moves past
- * the window. Emits 22023 for invalid input or an unknown consumer.
+ * the window. Emits 22023 for invalid input or an unknown consumer. Every
+ * query it runs is planned under PollPlanning().
  */
 Datum
 fintx_poll(PG_FUNCTION_ARGS)
+{
+	int			nestlevel = PollPlanning();
+	Datum		result = Poll(fcinfo);
+
+	AtEOXact_GUC(true, nestlevel);
+	return result;
+}
+
+/* fintx_poll's body. */
+static Datum
+Poll(FunctionCallInfo fcinfo)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	char	   *name = CheckConsumerName(fcinfo, 0);
@@ -917,22 +947,8 @@ fintx_poll(PG_FUNCTION_ARGS)
 					"   AND ($9 OR fintx.event_visible(o.aggregatetype, o.aggregateid, o.payload))"
 					" ORDER BY p.run_position, p.run_offset LIMIT $8",
 					9, types);
-	{
-		/*
-		 * The plan is generic and kept for the session; a slot that was empty
-		 * when it was made must not be read by a sequential scan per position
-		 * once it fills up: plan (and replan) with enable_seqscan off.
-		 */
-		int			nestlevel = fintx_jit_off();
-		int			ret;
-
-		(void) set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION,
-								 GUC_ACTION_SAVE, true, 0, false);
-		ret = SPI_execute_plan(poll_plan, args, nulls, false, 0);
-		AtEOXact_GUC(true, nestlevel);
-		if (ret != SPI_OK_SELECT)
-			elog(ERROR, "polling outbox failed");	/* LCOV_EXCL_LINE */
-	}
+	if (SPI_execute_plan(poll_plan, args, nulls, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "polling outbox failed");	/* LCOV_EXCL_LINE */
 	nrows = SPI_processed;
 	for (uint64 r = 0; r < nrows; r++)
 	{
@@ -948,18 +964,11 @@ fintx_poll(PG_FUNCTION_ARGS)
 		/* nothing for this consumer in the window: move past it */
 		bool		isnull;
 		Datum		wmax;
-		int			nestlevel = fintx_jit_off();
-		int			ret;
 
 		fintx_keep_plan(&window_plan,
 						"SELECT pg_catalog.max(position) FROM (" POSITIONS_AFTER " ORDER BY r.first_position, g.i LIMIT $3) w",
 						3, types);
-		/* planned as the poll query is (see above) */
-		(void) set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION,
-								 GUC_ACTION_SAVE, true, 0, false);
-		ret = SPI_execute_plan(window_plan, args, NULL, false, 1);
-		AtEOXact_GUC(true, nestlevel);
-		if (ret != SPI_OK_SELECT)
+		if (SPI_execute_plan(window_plan, args, NULL, false, 1) != SPI_OK_SELECT)
 			elog(ERROR, "scanning outbox window failed");	/* LCOV_EXCL_LINE */
 		wmax = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 		if (!isnull)

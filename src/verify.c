@@ -9,7 +9,8 @@
  * once, that every leaf has its entry and no entry is at two leaves. A range
  * that does not start at leaf 0 is widened to the 16-leaf tiles that hold it,
  * whose stored level-4 nodes (and, for a last incomplete tile, the latest
- * block's tree head) are checked against the recomputed leaves. When from_leaf is 0 it rebuilds the tree from the
+ * block's tree head) are checked against the recomputed leaves. When
+ * from_leaf is 0 it rebuilds the tree from the
  * recomputed leaves and checks that every stored subtree (levels 4 and up)
  * is there and matches, every block's tree head,
  * the block hash chain and the block signatures (with the configured key).
@@ -325,7 +326,7 @@ ClimbUp(VerifyState *st, Climb *c)
 	c->expect = 0;
 }
 
-/* Node fetch for VerifyTail: stored nodes from level 4 up, recomputed leaf hashes below. */
+/* Node fetch for VerifyTiles: stored nodes from level 4 up, recomputed leaf hashes below. */
 typedef struct TailTree
 {
 	uint8	   *leaves;			/* recomputed hashes of leaves lo .. lo + n - 1 */
@@ -382,13 +383,12 @@ VerifyTiles(VerifyState *st, uint8 *leaves, int64 lo, int64 n, int64 size)
 	for (int64 first = lo; first + tile <= lo + n; first += tile)
 	{
 		TailTree	t = {leaves, lo, n, false};
-		uint8		h[MERKLE_HASH_LEN];
+		uint8		h[MERKLE_HASH_LEN << FINTX_AUDIT_STORED_LEVEL];
 		uint8		stored[MERKLE_HASH_LEN];
 		int64		idx = first >> FINTX_AUDIT_STORED_LEVEL;
 
-		TailFetch(&t, FINTX_AUDIT_STORED_LEVEL - 1, 2 * idx, h);
-		TailFetch(&t, FINTX_AUDIT_STORED_LEVEL - 1, 2 * idx + 1, stored);
-		merkle_node_hash(h, stored, h);
+		memcpy(h, leaves + (first - lo) * MERKLE_HASH_LEN, sizeof(h));
+		merkle_fold(h, tile);
 		TailFetch(&t, FINTX_AUDIT_STORED_LEVEL, idx, stored);
 		if (t.missing)
 			Bad(st, first, "the tree node at level %d, index %lld is missing", FINTX_AUDIT_STORED_LEVEL,

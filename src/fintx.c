@@ -222,6 +222,24 @@ fintx_jit_off(void)
 	return level;
 }
 
+/*
+ * fintx_jit_off(), and no sequential scan where an index serves, until
+ * AtEOXact_GUC(true, level). For the sealing pass, poll() and the proof and
+ * leaf lookups: their plans are generic and kept for the session (or, for the
+ * sealing scan, custom), and a plan made while a table was small must not go
+ * on reading it from end to end once it has grown (the tree-node lookup did:
+ * a sequential scan of audit_nodes per node until autovacuum's next ANALYZE).
+ */
+int
+fintx_index_planning(void)
+{
+	int			level = fintx_jit_off();
+
+	(void) set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	return level;
+}
+
 /* Emits an internal error unless an SPI (or similar) result code is the expected one. */
 void
 fintx_spi_expect(int ret, int expect, const char *what)

@@ -112,6 +112,7 @@ typedef struct LedgerRequest
 /* fintx.c */
 extern void fintx_spi_connect(void);
 extern int	fintx_jit_off(void);
+extern int	fintx_index_planning(void);
 extern void fintx_spi_expect(int ret, int expect, const char *what);
 extern SPIPlanPtr fintx_keep_plan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *types);
 extern SPIPlanPtr fintx_keep_plan_opts(SPIPlanPtr *slot, const char *sql, int nargs, Oid *types,

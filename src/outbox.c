@@ -286,23 +286,7 @@ static const FintxColumn position_columns[] = {
 	"  CROSS JOIN LATERAL pg_catalog.generate_series(b.lo," \
 	"         LEAST(r.event_count OPERATOR(pg_catalog.-) 1::bigint, b.lo OPERATOR(pg_catalog.+) $3 OPERATOR(pg_catalog.-) 1)) g(i)"
 
-/*
- * Planner settings for poll(), until AtEOXact_GUC(true, returned level): no
- * JIT (fintx_jit_off), and no sequential scans: its plans are generic and kept
- * for the session, and a slot that was empty when one was made must not be
- * read by a sequential scan per position once it fills up.
- */
 static Datum Poll(FunctionCallInfo fcinfo);
-
-static int
-PollPlanning(void)
-{
-	int			level = fintx_jit_off();
-
-	(void) set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
-	return level;
-}
 
 /* {"actor": actor} or {"actor": actor, "audit_entry_id": id} (id >= 0). */
 static Jsonb *
@@ -870,12 +854,14 @@ fintx_drop_consumer(PG_FUNCTION_ARGS)
  * group and skips its dead letters. Seals first when no worker does. When a
  * whole scanned window holds nothing for the consumer, its offset moves past
  * the window. Emits 22023 for invalid input or an unknown consumer. Every
- * query it runs is planned under PollPlanning().
+ * query it runs is planned under fintx_index_planning(): a slot that was
+ * empty when a kept plan was made must not be read by a sequential scan per
+ * position once it fills up.
  */
 Datum
 fintx_poll(PG_FUNCTION_ARGS)
 {
-	int			nestlevel = PollPlanning();
+	int			nestlevel = fintx_index_planning();
 	Datum		result = Poll(fcinfo);
 
 	AtEOXact_GUC(true, nestlevel);

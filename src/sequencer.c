@@ -331,14 +331,15 @@ fintx_block_hash(int64 id, int64 size, const uint8 *root, const uint8 *prev, Tim
 static int64 SealLog(void);
 
 /*
- * Runs a sealing pass (see SealLog) with JIT off: its queries are planned per
- * pass against fast-growing tables, and compiling them would cost more than
- * running them.
+ * Runs a sealing pass (see SealLog) under fintx_index_planning(): its queries
+ * run against fast-growing tables, with plans kept for the session or made per
+ * pass; compiling them would cost more than running them, and a plan made
+ * while a table was small must not scan it whole once it has grown.
  */
 int64
 fintx_seal_log(void)
 {
-	int			nestlevel = fintx_jit_off();
+	int			nestlevel = fintx_index_planning();
 	int64		size;
 
 	size = SealLog();
@@ -658,7 +659,11 @@ fintx_seal(PG_FUNCTION_ARGS)
 Datum
 fintx_sequence_outbox(PG_FUNCTION_ARGS)
 {
-	PG_RETURN_INT64(fintx_sequence_outbox_only());
+	int			nestlevel = fintx_index_planning();
+	int64		n = fintx_sequence_outbox_only();
+
+	AtEOXact_GUC(true, nestlevel);
+	PG_RETURN_INT64(n);
 }
 
 /* fintx.tree_size() → bigint: seals, then returns the number of leaves. */
@@ -709,7 +714,7 @@ fintx_root_hash(PG_FUNCTION_ARGS)
 		NullArg("tree_size");
 	n = PG_GETARG_INT64(0);
 	CheckSize(n, "tree size");
-	nestlevel = fintx_jit_off();
+	nestlevel = fintx_index_planning();
 	fintx_spi_connect();
 	merkle_root(FetchNode, NULL, n, root);
 	SPI_finish();
@@ -748,7 +753,7 @@ Proof(FunctionCallInfo fcinfo, bool inclusion)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("first size %lld is out of range", (long long) a),
 				 errdetail("A consistency proof needs 0 < first_size <= second_size (%lld).", (long long) n)));
-	nestlevel = fintx_jit_off();
+	nestlevel = fintx_index_planning();
 	fintx_spi_connect();
 	count = inclusion ? merkle_inclusion_proof(FetchNode, NULL, a, n, proof)
 		: merkle_consistency_proof(FetchNode, NULL, a, n, proof);
@@ -813,7 +818,7 @@ fintx_leaf_data(PG_FUNCTION_ARGS)
 		NullArg("leaf_index");
 	i = PG_GETARG_INT64(0);
 	CheckSize(0, "tree size");
-	nestlevel = fintx_jit_off();
+	nestlevel = fintx_index_planning();
 	fintx_spi_connect();
 	if (i < 0 || !fintx_read_leaf_entry(i, &e))
 		ereport(ERROR,

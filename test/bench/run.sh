@@ -7,11 +7,16 @@
 # each at $CLIENTS clients for $DURATION seconds, $ROUNDS rounds. Prints TPS, P99 latency
 # and the ratios against the baseline of the same run.
 # Env: CLIENTS (32) DURATION (30) ROUNDS (2) SCALE (32) BENCH_OUT (results/bench)
-# WORKLOADS: tpcb transfer transfer-svc batch batch-local batch-1000 (transfer-svc: the same
-# transfers made by a registered service, through its grant and the access log; batch-1000:
-# 1,000 transfers per call on each client's own accounts, BATCH_CLIENTS (8) clients, not in
-# the default list)
-#      WORKLOADS ("tpcb transfer batch batch-local") EXTRA_CONF (one more postgresql.conf line)
+# WORKLOADS: tpcb transfer transfer-svc batch batch-local batch-few batch-1000 (transfer-svc:
+# the same transfers made by a registered service, through its grant and the access log;
+# batch-few: batch-local at BATCH_CLIENTS (8) clients, the latency side of the target, as a
+# service would size its pool on 2 cores; batch-1000: 1,000 transfers per call on each
+# client's own accounts, BATCH_CLIENTS clients, not in the default list)
+#      WORKLOADS ("tpcb transfer transfer-svc batch batch-local batch-few")
+#      EXTRA_CONF (one more postgresql.conf line)
+#      CHECKPOINT_EACH=1: a CHECKPOINT before every run (diagnostic, not the default: every
+#      run then starts with a clean buffer pool and writes none of its new pages within its
+#      window, which flatters append-heavy workloads; docs/benchmarks.md)
 set -eu
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 source "$ROOT/test/scripts/cluster.sh"
@@ -32,7 +37,7 @@ cluster_start "$WORK/pg" "fsync = on" "synchronous_commit = on" "full_page_write
 PSQL="$PGBIN/psql -X -q -v ON_ERROR_STOP=1 -d bench"
 "$PGBIN/createdb" bench
 echo "fintx bench: $CLIENTS clients, ${DURATION}s x $ROUNDS rounds, fsync=on, synchronous_commit=on, TPC-B scale $SCALE"
-WORKLOADS=${WORKLOADS:-tpcb transfer transfer-svc batch batch-local}
+WORKLOADS=${WORKLOADS:-tpcb transfer transfer-svc batch batch-local batch-few}
 if [[ " $WORKLOADS " == *" tpcb "* ]]; then
     "$PGBIN/pgbench" -i -q -s "$SCALE" bench >"$OUT/init.log" 2>&1
 fi
@@ -94,6 +99,7 @@ run() {
     # PostgreSQL (no checkpoint, no full-page images); a round's own writeback starts after
     # about 30 s (vm.dirty_expire_centisecs) either way.
     sync
+    if [ -n "${CHECKPOINT_EACH:-}" ]; then $PSQL -c CHECKPOINT; fi
     ( cd "$dir" && "$PGBIN/pgbench" -n -M prepared -c "$CLIENTS" -j "$THREADS" -T "$DURATION" -l "$@" bench ) \
         > "$OUT/$name-$round.log" 2>&1
     local tps p99
@@ -109,6 +115,7 @@ for round in $(seq 1 "$ROUNDS"); do
             tpcb) run tpcb "$round" -b tpcb-like ;;
             transfer-svc) run transfer-svc "$round" -U bench_svc -f "$WORK/transfer.sql" ;;
             batch-1000) run batch-1000 "$round" -c "${BATCH_CLIENTS:-8}" -f "$WORK/batch-1000.sql" ;;
+            batch-few) run batch-few "$round" -c "${BATCH_CLIENTS:-8}" -f "$WORK/batch-local.sql" ;;
             *) run "$w" "$round" -f "$WORK/$w.sql" ;;
         esac
     done
@@ -122,7 +129,7 @@ $PSQL -At -c "SELECT 'checkpoints during the run: ' || checkpoints_timed || ' ti
               || ' requested (WAL volume or CHECKPOINT; server log in $OUT/server.log); pages written by'
               || ' backends ' || buffers_backend || ', the background writer ' || buffers_clean
               || ', checkpoints ' || buffers_checkpoint FROM pg_stat_bgwriter"
-awk -F'\t' '
+awk -F'\t' -v fc="${BATCH_CLIENTS:-8}" '
   function mean(w) { return n[w] ? tps[w] / n[w] : 0 }
   { tps[$1] += $3; n[$1]++; if ($4 > p99[$1]) p99[$1] = $4 }
   END {
@@ -134,6 +141,8 @@ awk -F'\t' '
     if (n["transfer-svc"]) printf "  transfer as a service %10.1f transfers/s   P99 %s ms%s\n", v, p99["transfer-svc"], t ? sprintf("   ratio vs TPC-B %.2f", v / t) : ""
     if (n["batch"]) printf "  fintx.transfer_batch  %10.1f transfers/s   P99 %s ms   (%.1f calls/s x 100, random accounts: every batch contends)\n", b * 100, p99["batch"], b
     if (n["batch-local"]) printf "  batch, own accounts   %10.1f transfers/s   P99 %s ms   (%.1f calls/s x 100; target >= 10,000, aim 50,000)\n", l * 100, p99["batch-local"], l
+    f = mean("batch-few")
+    if (n["batch-few"]) printf "  batch, own, %2d clients %9.1f transfers/s   P99 %s ms   (%.1f calls/s x 100; target >= 10,000 with P99 < 100 ms)\n", fc, f * 100, p99["batch-few"], f
     k = mean("batch-1000")
     if (n["batch-1000"]) printf "  batches of 1,000      %10.1f transfers/s   P99 %s ms   (%.1f calls/s x 1,000, own accounts; target 50,000)\n", k * 1000, p99["batch-1000"], k
   }' "$OUT/runs.tsv" | tee "$OUT/summary.txt"

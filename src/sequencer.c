@@ -153,7 +153,12 @@ GetHash(HeapTuple tup, TupleDesc desc, int col, uint8 *out, HashOwner owner, int
 	memcpy(out, VARDATA_ANY(h), MERKLE_HASH_LEN);
 }
 
-/* Reads the latest block (exists = false if there is none; SPI connected). */
+/*
+ * Reads the latest block (exists = false if there is none; SPI connected).
+ * Its plan is kept for the session and shared by every caller, the sealing
+ * pass and checkpoint(), public_key() and verify_audit() alike: it is made
+ * under fintx_index_planning() whoever runs it first.
+ */
 static void
 ReadBlock(BlockInfo *b)
 {
@@ -162,13 +167,16 @@ ReadBlock(BlockInfo *b)
 	bool		isnull;
 	int			ret;
 	Datum		d;
+	int			nestlevel;
 
 	memset(b, 0, sizeof(*b));
 	fintx_keep_plan(&last_block_plan,
 					"SELECT block_id, tree_size, root_hash, block_hash, sealed_at, snapshot, origin,"
 					"       key_name, signature"
 					"  FROM fintx.audit_blocks ORDER BY block_id DESC LIMIT 1", 0, NULL);
+	nestlevel = fintx_index_planning();
 	ret = SPI_execute_plan(last_block_plan, NULL, NULL, false, 1);
+	AtEOXact_GUC(true, nestlevel);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "reading audit blocks failed");
 	if (SPI_processed == 0)

@@ -174,8 +174,15 @@ ssql(q{
 	SELECT count(*) FROM fintx.poll('p', 5);
 });
 ssql('ANALYZE');
+# a signing key, so that public_key() can be the session's first call: the latest-block
+# lookup it makes is kept for the session and shared with the sealing pass
+my $small_key = $small->data_dir . '/fintx_audit_key.pem';
+system('openssl', 'genpkey', '-algorithm', 'ed25519', '-out', $small_key) == 0 or BAIL_OUT('openssl genpkey failed');
+ssql("ALTER SYSTEM SET fintx.signing_key_file = '$small_key'");
+$small->reload;
 $log_offset = -s $small->logfile;
-ssql(q{LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements = on;
+ssql(q{SELECT fintx.public_key() IS NOT NULL;
+       LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements = on;
        SELECT count(fintx.transfer('small-more-' || i, 'a', 'b', 1)) FROM generate_series(1, 60) i;
        SELECT fintx.seal();
        SELECT count(fintx.transfer('small-last-' || i, 'a', 'b', 1)) FROM generate_series(1, 9) i;
@@ -183,10 +190,11 @@ ssql(q{LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0; SET auto_expl
        SELECT count(fintx.inclusion_proof(i, fintx.tree_size())) FROM generate_series(0, 100, 7) i;
        SELECT count(fintx.consistency_proof(i, fintx.tree_size())) FROM generate_series(1, 100, 9) i;
        SELECT fintx.root_hash(77); SELECT fintx.leaf_data(50);
-       SELECT count(*) FROM fintx.poll('p', 30); SELECT count(*) FROM fintx.poll('p', 30)});
+       SELECT count(*) FROM fintx.poll('p', 30); SELECT count(*) FROM fintx.poll('p', 30);
+       SELECT fintx.checkpoint() IS NOT NULL});
 my @small_plans = grep { /Query Text:/ } split /LOG:  duration: /, slurp_file($small->logfile, $log_offset);
 my @small_nested = grep { !/Query Text: (SELECT fintx\.|SELECT count\()/ } @small_plans;
-cmp_ok(scalar(@small_nested), '>', 20, 'the nested queries of seal, proofs, leaf_data and poll were logged (' . scalar(@small_nested) . ')');
+cmp_ok(scalar(@small_nested), '>', 20, 'the nested queries of seal, proofs, leaf_data, poll and checkpoint were logged (' . scalar(@small_nested) . ')');
 cmp_ok(scalar(grep { /Index (Only )?Scan .*on (audit_nodes|audit_leaf_runs|audit_entries)/ } @small_nested), '>', 0,
 	'control: they read the audit tables');
 is(join("\n", map { (/(Seq Scan on \S+)/)[0] . ' in: ' . (/Query Text: ([^\n]{0,100})/)[0] }

@@ -400,6 +400,29 @@ fintx_outbox_write_audit(EState *estate, FintxAuditEntry *entries, int n)
  */
 
 /*
+ * Reads the latest outbox batch into SPI_tuptable (batch_id, snapshot,
+ * last_position); false if there is none (SPI connected). The plan is kept for
+ * the session and shared by the sequencing pass, poll(), ack(), reject() and
+ * outbox_tail(): it is made under fintx_index_planning() whoever runs it first.
+ */
+static bool
+ReadLastBatch(bool read_only)
+{
+	int			nestlevel;
+	int			ret;
+
+	fintx_keep_plan(&last_batch_plan,
+					"SELECT batch_id, snapshot, last_position FROM fintx.outbox_batches"
+					" ORDER BY batch_id DESC LIMIT 1", 0, NULL);
+	nestlevel = fintx_index_planning();
+	ret = SPI_execute_plan(last_batch_plan, NULL, NULL, read_only, 1);
+	AtEOXact_GUC(true, nestlevel);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "reading outbox batches failed");	/* LCOV_EXCL_LINE */
+	return SPI_processed == 1;
+}
+
+/*
  * Assigns positions to the events whose transaction is visible in snap but
  * was not visible in the previous batch's snapshot; own (an xid8 datum, or 0
  * when the sealing transaction has none) is skipped, as snap lists it as in
@@ -420,12 +443,7 @@ fintx_outbox_sequence(Datum snap, Datum own, bool own_null)
 	int64		count;
 	int			ret;
 
-	fintx_keep_plan(&last_batch_plan,
-					"SELECT batch_id, snapshot, last_position FROM fintx.outbox_batches"
-					" ORDER BY batch_id DESC LIMIT 1", 0, NULL);
-	if (SPI_execute_plan(last_batch_plan, NULL, NULL, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "reading outbox batches failed");	/* LCOV_EXCL_LINE */
-	exists = SPI_processed == 1;
+	exists = ReadLastBatch(false);
 	if (exists)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[0];
@@ -567,12 +585,7 @@ Tail(void)
 	bool		isnull;
 	int64		tail;
 
-	fintx_keep_plan(&last_batch_plan,
-					"SELECT batch_id, snapshot, last_position FROM fintx.outbox_batches"
-					" ORDER BY batch_id DESC LIMIT 1", 0, NULL);
-	if (SPI_execute_plan(last_batch_plan, NULL, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "reading outbox batches failed");	/* LCOV_EXCL_LINE */
-	if (SPI_processed == 0)
+	if (!ReadLastBatch(true))
 		return 0;
 	tail = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
 	return tail;

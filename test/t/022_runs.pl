@@ -175,13 +175,14 @@ ssql(q{
 });
 ssql('ANALYZE');
 # a signing key, so that public_key() can be the session's first call: the latest-block
-# lookup it makes is kept for the session and shared with the sealing pass
+# lookup it makes is kept for the session and shared with the sealing pass (and so is
+# outbox_tail()'s latest-batch lookup, shared with the outbox's sequencing)
 my $small_key = $small->data_dir . '/fintx_audit_key.pem';
 system('openssl', 'genpkey', '-algorithm', 'ed25519', '-out', $small_key) == 0 or BAIL_OUT('openssl genpkey failed');
 ssql("ALTER SYSTEM SET fintx.signing_key_file = '$small_key'");
 $small->reload;
 $log_offset = -s $small->logfile;
-ssql(q{SELECT fintx.public_key() IS NOT NULL;
+ssql(q{SELECT fintx.public_key() IS NOT NULL; SELECT fintx.outbox_tail() > 0;
        LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements = on;
        SELECT count(fintx.transfer('small-more-' || i, 'a', 'b', 1)) FROM generate_series(1, 60) i;
        SELECT fintx.seal();

@@ -718,7 +718,7 @@ fintx_authorize_hold(LedgerRequest *req)
 					"SELECT a.code, a.currency, t.amount FROM fintx.transfers t"
 					"  JOIN fintx.accounts a ON a.id = t.from_account WHERE t.id = $1",
 					1, types);
-	fintx_spi_expect(SPI_execute_plan(hold_plan, &arg, NULL, true, 1), SPI_OK_SELECT, "reading a hold failed");
+	fintx_spi_expect(fintx_execute_indexed(hold_plan, &arg, NULL, true, 1), SPI_OK_SELECT, "reading a hold failed");
 	if (SPI_processed != 1)
 		fintx_authz_deny(FINTX_OP_HOLD_RESOLVE, object, NULL, 0, false,
 						 psprintf("no grant of hold.resolve to service \"%s\" covers transfer %lld",
@@ -1009,7 +1009,7 @@ LoadTransferResult(int64 id, LedgerRequest *req)
 					"SELECT status, from_balance, to_balance, entry_hash, created_at"
 					"  FROM fintx.transfers WHERE id = $1",
 					1, types);
-	fintx_spi_expect(SPI_execute_plan(transfer_row_plan, &arg, NULL, false, 1), SPI_OK_SELECT,
+	fintx_spi_expect(fintx_execute_indexed(transfer_row_plan, &arg, NULL, false, 1), SPI_OK_SELECT,
 					 "reading a transfer failed");
 	fintx_spi_expect(SPI_processed == 1 ? SPI_OK_SELECT : 0, SPI_OK_SELECT, "transfer not found");
 	tup = SPI_tuptable->vals[0];

@@ -240,6 +240,22 @@ fintx_index_planning(void)
 	return level;
 }
 
+/*
+ * SPI_execute_plan of a plan kept for the session, under
+ * fintx_index_planning(): index lookups on fast-growing tables whose kept
+ * plan, made while a table was small (a new database), would otherwise go on
+ * scanning it whole until autovacuum's next ANALYZE.
+ */
+int
+fintx_execute_indexed(SPIPlanPtr plan, Datum *args, const char *nulls, bool read_only, long count)
+{
+	int			nestlevel = fintx_index_planning();
+	int			ret = SPI_execute_plan(plan, args, nulls, read_only, count);
+
+	AtEOXact_GUC(true, nestlevel);
+	return ret;
+}
+
 /* Emits an internal error unless an SPI (or similar) result code is the expected one. */
 void
 fintx_spi_expect(int ret, int expect, const char *what)

@@ -113,6 +113,8 @@ typedef struct LedgerRequest
 extern void fintx_spi_connect(void);
 extern int	fintx_jit_off(void);
 extern int	fintx_index_planning(void);
+extern int	fintx_execute_indexed(SPIPlanPtr plan, Datum *args, const char *nulls, bool read_only,
+								  long count);
 extern void fintx_spi_expect(int ret, int expect, const char *what);
 extern SPIPlanPtr fintx_keep_plan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *types);
 extern SPIPlanPtr fintx_keep_plan_opts(SPIPlanPtr *slot, const char *sql, int nargs, Oid *types,

@@ -257,7 +257,7 @@ fintx_journal_claim(EState *estate, const char *principal, LedgerRequest **reqs,
 				 "  JOIN fintx.transfers t ON t.id = j.transfer_id"
 				 " WHERE j.principal = $1 AND j.idempotency_key = ANY ($2)",
 				 2, rtypes);
-		ret = SPI_execute_plan(replay_plan, rargs, NULL, false, 0);
+		ret = fintx_execute_indexed(replay_plan, rargs, NULL, false, 0);
 		if (ret != SPI_OK_SELECT)
 			elog(ERROR, "reading idempotency journal failed: %s", SPI_result_code_string(ret));	/* LCOV_EXCL_LINE */
 

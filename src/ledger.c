@@ -486,7 +486,7 @@ HoldAlreadyResolved(int64 hold_id)
 	fintx_keep_plan(&hold_status_plan,
 					"SELECT status FROM fintx.transfers WHERE pending_id = $1", 1, types);
 	/* read-write mode: a fresh snapshot sees the resolver we may have waited for */
-	if (SPI_execute_plan(hold_status_plan, &arg, NULL, false, 1) == SPI_OK_SELECT &&
+	if (fintx_execute_indexed(hold_status_plan, &arg, NULL, false, 1) == SPI_OK_SELECT &&
 		SPI_processed == 1)
 		how = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 	ereport(ERROR,
@@ -518,7 +518,7 @@ ClaimHolds(LedgerRequest **reqs, int n, int *nholds)
 					"SELECT id, status, pending_id IS NOT NULL, from_account, to_account, amount, timeout_at"
 					"  FROM fintx.transfers WHERE id = ANY ($1) ORDER BY id",
 					1, types);
-	ret = SPI_execute_plan(hold_load_plan, &arg, NULL, false, 0);
+	ret = fintx_execute_indexed(hold_load_plan, &arg, NULL, false, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "loading holds failed: %s", SPI_result_code_string(ret));	/* LCOV_EXCL_LINE */
 	*nholds = (int) SPI_processed;
@@ -562,7 +562,7 @@ ClaimHolds(LedgerRequest **reqs, int n, int *nholds)
 	fintx_keep_plan(&hold_claim_plan,
 					"DELETE FROM fintx.pending_holds WHERE transfer_id = ANY ($1) RETURNING transfer_id",
 					1, types);
-	ret = SPI_execute_plan(hold_claim_plan, &arg, NULL, false, 0);
+	ret = fintx_execute_indexed(hold_claim_plan, &arg, NULL, false, 0);
 	if (ret != SPI_OK_DELETE_RETURNING)
 		elog(ERROR, "claiming holds failed: %s", SPI_result_code_string(ret));	/* LCOV_EXCL_LINE */
 	for (uint64 r = 0; r < SPI_processed; r++)

@@ -408,15 +408,12 @@ fintx_outbox_write_audit(EState *estate, FintxAuditEntry *entries, int n)
 static bool
 ReadLastBatch(bool read_only)
 {
-	int			nestlevel;
 	int			ret;
 
 	fintx_keep_plan(&last_batch_plan,
 					"SELECT batch_id, snapshot, last_position FROM fintx.outbox_batches"
 					" ORDER BY batch_id DESC LIMIT 1", 0, NULL);
-	nestlevel = fintx_index_planning();
-	ret = SPI_execute_plan(last_batch_plan, NULL, NULL, read_only, 1);
-	AtEOXact_GUC(true, nestlevel);
+	ret = fintx_execute_indexed(last_batch_plan, NULL, NULL, read_only, 1);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "reading outbox batches failed");	/* LCOV_EXCL_LINE */
 	return SPI_processed == 1;

@@ -167,16 +167,13 @@ ReadBlock(BlockInfo *b)
 	bool		isnull;
 	int			ret;
 	Datum		d;
-	int			nestlevel;
 
 	memset(b, 0, sizeof(*b));
 	fintx_keep_plan(&last_block_plan,
 					"SELECT block_id, tree_size, root_hash, block_hash, sealed_at, snapshot, origin,"
 					"       key_name, signature"
 					"  FROM fintx.audit_blocks ORDER BY block_id DESC LIMIT 1", 0, NULL);
-	nestlevel = fintx_index_planning();
-	ret = SPI_execute_plan(last_block_plan, NULL, NULL, false, 1);
-	AtEOXact_GUC(true, nestlevel);
+	ret = fintx_execute_indexed(last_block_plan, NULL, NULL, false, 1);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "reading audit blocks failed");
 	if (SPI_processed == 0)

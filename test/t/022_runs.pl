@@ -161,8 +161,9 @@ is(sql('SELECT ok FROM fintx.verify_audit()'), 't', 'verify_audit() ok');
 
 # Plans made while the tables were small: a second cluster without autovacuum, its tables
 # analyzed when they held a few dozen rows (a page each, where a sequential scan is the
-# cheapest plan). Every nested query of a sealing pass, of the proofs, leaf_data() and
-# poll() must still read the fast-growing tables through an index.
+# cheapest plan). Every nested query of a sealing pass, of the proofs, leaf_data(), poll(),
+# checkpoint(), a replayed transfer and the resolution of holds must still read the
+# fast-growing tables through an index.
 my $small = fintx_node('plans', "fintx.seal_interval = '1h'", 'autovacuum = off');
 sub ssql { return $small->safe_psql('postgres', $_[0]); }
 ssql(q{
@@ -170,6 +171,7 @@ ssql(q{
 	SELECT fintx.open_account('b', 'EUR');
 	SELECT fintx.create_consumer('p');
 	SELECT count(fintx.transfer('small-' || i, 'a', 'b', 1)) FROM generate_series(1, 40) i;
+	SELECT count(fintx.transfer('small-hold-' || i, 'a', 'b', 5, pending => true)) FROM generate_series(1, 3) i;
 	SELECT fintx.seal();
 	SELECT count(*) FROM fintx.poll('p', 5);
 });
@@ -192,15 +194,21 @@ ssql(q{SELECT fintx.public_key() IS NOT NULL; SELECT fintx.outbox_tail() > 0;
        SELECT count(fintx.consistency_proof(i, fintx.tree_size())) FROM generate_series(1, 100, 9) i;
        SELECT fintx.root_hash(77); SELECT fintx.leaf_data(50);
        SELECT count(*) FROM fintx.poll('p', 30); SELECT count(*) FROM fintx.poll('p', 30);
-       SELECT fintx.checkpoint() IS NOT NULL});
+       SELECT fintx.checkpoint() IS NOT NULL;
+       SELECT count(fintx.transfer('small-' || i, 'a', 'b', 1)) FROM generate_series(1, 8) i;
+       SELECT (fintx.post_pending('small-post', (SELECT min(id) FROM fintx.transfers WHERE status = 'pending'))).status;
+       SELECT (fintx.void_pending('small-void', (SELECT max(id) FROM fintx.transfers WHERE status = 'pending'))).status});
 my @small_plans = grep { /Query Text:/ } split /LOG:  duration: /, slurp_file($small->logfile, $log_offset);
 my @small_nested = grep { !/Query Text: (SELECT fintx\.|SELECT count\()/ } @small_plans;
 cmp_ok(scalar(@small_nested), '>', 20, 'the nested queries of seal, proofs, leaf_data, poll and checkpoint were logged (' . scalar(@small_nested) . ')');
 cmp_ok(scalar(grep { /Index (Only )?Scan .*on (audit_nodes|audit_leaf_runs|audit_entries)/ } @small_nested), '>', 0,
 	'control: they read the audit tables');
 is(join("\n", map { (/(Seq Scan on \S+)/)[0] . ' in: ' . (/Query Text: ([^\n]{0,100})/)[0] }
-		grep { /Seq Scan on (audit_|outbox_\d|outbox_position_runs_\d|transfers)/ } @small_nested), '',
-	'none of them scans an audit, outbox or transfer table whole');
+		grep { /Seq Scan on (audit_|outbox_\d|outbox_position_runs_\d|transfers|idempotency_keys|pending_holds)/ } @small_nested), '',
+	'none of them scans an audit, outbox, transfer, journal or hold table whole');
+is(ssql(q{SELECT count(*) FROM fintx.transfers WHERE status IN ('posted', 'voided') AND pending_id IS NOT NULL}), '2',
+	'the two holds were resolved');
+is(ssql('SELECT count(*) FROM fintx.reconcile()'), '0', 'reconcile() clean on the small cluster');
 is(ssql('SELECT ok FROM fintx.verify_audit()'), 't', 'verify_audit() ok on the small cluster');
 
 done_testing();

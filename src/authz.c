@@ -1152,6 +1152,9 @@ fintx_approve_transfer(PG_FUNCTION_ARGS)
 	{
 		LoadTransferResult(row.result_transfer_id, req);
 		req->replayed = true;
+		/* the codes decide which balances the caller may see, as on the first call */
+		req->from_code = row.from_account;
+		req->to_code = row.to_account;
 		SPI_finish();
 		PG_RETURN_DATUM(fintx_result_datum(fcinfo, req));
 	}

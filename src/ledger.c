@@ -716,6 +716,20 @@ ApplyTransfer(LedgerRequest *req, LedgerAccount **bycode, int naccts, TimestampT
 		*timeout_at = DirectFunctionCall2(timestamptz_pl_interval, TimestampTzGetDatum(clock),
 										  IntervalPGetDatum(req->timeout));
 		*timeout_null = false;
+
+		/*
+		 * CheckTimeout compares the interval with zero counting a month as 30
+		 * days and a day as 24 hours; added to the clock, months and days
+		 * follow the calendar and the time zone. An interval whose parts have
+		 * different signs can pass the first and still end now or earlier: a
+		 * hold that could never be posted.
+		 */
+		if (DatumGetTimestampTz(*timeout_at) <= clock)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("timeout must be a positive interval"),
+					 errdetail("now() + timeout is %s, not later than now(): months and days count by the calendar.",
+							   timestamptz_to_str(DatumGetTimestampTz(*timeout_at)))));
 	}
 }
 

@@ -10,7 +10,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION fintx;
-SELECT plan(312);
+SELECT plan(315);
 
 -- A fingerprint of the whole ledger: counts, and a hash over every row of every table.
 CREATE FUNCTION pg_temp.ledger_state() RETURNS text LANGUAGE sql AS $$
@@ -431,6 +431,12 @@ SELECT * FROM pg_temp.rejects($$SELECT fintx.transfer('e-t', 'e.alice', 'e.bob',
        '22023', 'timeout must be a positive interval', 'transfer: timeout that is negative in total');
 SELECT * FROM pg_temp.rejects($$SELECT fintx.transfer('e-t', 'e.alice', 'e.bob', 1, pending => true, timeout => '-1 microsecond')$$,
        '22023', 'timeout must be a positive interval', 'transfer: -1 microsecond timeout');
+-- positive when a month counts 30 days, 23 hours in the past by the calendar (4 years hold a 29 February)
+SELECT * FROM pg_temp.rejects($$SELECT fintx.transfer('e-t', 'e.alice', 'e.bob', 1, pending => true, timeout => '-4 years 1460 days 1 hour')$$,
+       '22023', 'timeout must be a positive interval', 'transfer: a timeout that ends in the past by the calendar');
+SELECT alike(pg_temp.error_of($$SELECT fintx.transfer('e-t', 'e.alice', 'e.bob', 1, pending => true, timeout => '-4 years 1460 days 1 hour')$$),
+            '22023|timeout must be a positive interval|now() + timeout is %, not later than now(): months and days count by the calendar.|',
+            'transfer: the detail says when the timeout would end and why');
 -- documented in docs/errors.md: PostgreSQL's own 22008 when now() + timeout is not a timestamp
 SELECT * FROM pg_temp.rejects($$SELECT fintx.transfer('e-t', 'e.alice', 'e.bob', 1, pending => true, timeout => '300000 years')$$,
        '22008', 'timestamp out of range', 'transfer: a timeout beyond the timestamptz range');

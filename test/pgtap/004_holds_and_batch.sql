@@ -10,7 +10,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION fintx;
-SELECT plan(258);
+SELECT plan(260);
 
 -- A fingerprint of the whole ledger: counts, and a hash over every row of every table.
 CREATE FUNCTION pg_temp.ledger_state() RETURNS text LANGUAGE sql AS $$
@@ -429,6 +429,8 @@ SELECT * FROM pg_temp.rejects($$SELECT * FROM fintx.transfer_batch('[{"idempoten
        '22023', 'timeout is only valid for a pending transfer', 'batch: timeout without pending');
 SELECT * FROM pg_temp.rejects($$SELECT * FROM fintx.transfer_batch('[{"idempotency_key": "h-m", "from_account": "h.alice", "to_account": "h.bob", "amount": 1, "pending": true, "timeout": "-1 hour"}]')$$,
        '22023', 'timeout must be a positive interval', 'batch: negative timeout');
+SELECT * FROM pg_temp.rejects($$SELECT * FROM fintx.transfer_batch('[{"idempotency_key": "h-m0", "from_account": "h.alice", "to_account": "h.bob", "amount": 1, "pending": true, "timeout": "1 hour"}, {"idempotency_key": "h-m", "from_account": "h.alice", "to_account": "h.bob", "amount": 1, "pending": true, "timeout": "-4 years 1460 days 1 hour"}]')$$,
+       '22023', 'timeout must be a positive interval', 'batch: a timeout that ends in the past by the calendar rejects the whole batch');
 -- documented in docs/errors.md: an unparsable timeout string is PostgreSQL's 22007
 SELECT * FROM pg_temp.rejects($$SELECT * FROM fintx.transfer_batch('[{"idempotency_key": "h-m", "from_account": "h.alice", "to_account": "h.bob", "amount": 1, "pending": true, "timeout": "soon"}]')$$,
        '22007', 'invalid input syntax for type interval: "soon"', 'batch: unparsable timeout');

@@ -11,7 +11,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION fintx;
-SELECT plan(168);
+SELECT plan(169);
 
 CREATE FUNCTION pg_temp.run_as(r text, q text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
@@ -215,6 +215,11 @@ SELECT is((SELECT status || ':' || decided_by_service FROM fintx.approvals WHERE
           'approved:risk', 'the decision is recorded');
 SELECT is(pg_temp.run_as('t6_risk', format('SELECT replayed::text FROM fintx.approve_transfer(%s)',
           (SELECT transfer_id FROM fintx.approvals WHERE amount = 3500))), 'true', 'the approver''s retry replays');
+SELECT is(pg_temp.run_as('t6_risk', format('SELECT from_balance || '':'' || to_balance FROM fintx.approve_transfer(%s)',
+          (SELECT transfer_id FROM fintx.approvals WHERE amount = 3500))),
+          (SELECT from_balance || ':' || to_balance FROM fintx.transfers
+            WHERE id = (SELECT result_transfer_id FROM fintx.approvals WHERE amount = 3500)),
+          'the approver''s retry returns the balances of the first answer');
 SELECT throws_ok($$SELECT pg_temp.run_as('t6_risk', format('SELECT status FROM fintx.reject_transfer(%s)', (SELECT transfer_id FROM fintx.approvals WHERE amount = 3500)))$$,
                  '55000', NULL, 'an approved transfer cannot be rejected');
 SELECT is(pg_temp.run_as('t6_pay', $q$SELECT status FROM fintx.transfer('m-2', 'pay:ops', 'pay:cust:2', 3100)$q$),

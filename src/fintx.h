@@ -273,6 +273,7 @@ extern int64 fintx_outbox_sequence(Datum snap, Datum own, bool own_null);
 
 /* worker.c */
 extern void fintx_register_worker(void);
+extern bool fintx_is_worker;
 extern bool fintx_worker_transaction(const char *activity, void (*body) (void *), void *arg);
 
 /* authz.c: who is calling and what they may do */

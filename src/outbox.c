@@ -582,7 +582,8 @@ Tail(void)
 	bool		isnull;
 	int64		tail;
 
-	if (!ReadLastBatch(true))
+	/* not read-only: a new snapshot, which sees a batch SealIfNoWorker() wrote in this statement */
+	if (!ReadLastBatch(false))
 		return 0;
 	tail = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
 	return tail;

@@ -341,6 +341,30 @@ static int64 SealLog(void);
  * pass; compiling them would cost more than running them, and a plan made
  * while a table was small must not scan it whole once it has grown.
  */
+/*
+ * Takes the sealing lock until the end of the transaction (SPI connected) and
+ * returns true. A session that seals inside a transaction it keeps open holds
+ * the lock until that transaction ends; the worker must go on releasing
+ * expired holds and writing denials meanwhile, so it only tries, and returns
+ * false if the lock is taken: it seals on a later pass.
+ */
+static bool
+TakeSealLock(void)
+{
+	bool		isnull;
+
+	if (SPI_execute(psprintf("SELECT pg_catalog.%s(%lld)",
+							 fintx_is_worker ? "pg_try_advisory_xact_lock" : "pg_advisory_xact_lock",
+							 (long long) SEAL_LOCK_KEY), false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not take the sealing lock");	/* LCOV_EXCL_LINE */
+	if (!fintx_is_worker ||
+		DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+		return true;
+	ereport(DEBUG1,
+			(errmsg("fintx: the sealing lock is held by another transaction; sealing on a later pass")));
+	return false;
+}
+
 int64
 fintx_seal_log(void)
 {
@@ -384,9 +408,13 @@ SealLog(void)
 		SPI_finish();
 		return prev.tree_size;
 	}
-	if (SPI_execute(psprintf("SELECT pg_catalog.pg_advisory_xact_lock(%lld)", (long long) SEAL_LOCK_KEY),
-					false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not take the sealing lock");
+	if (!TakeSealLock())
+	{
+		/* the worker, while another transaction holds the lock: the size sealed so far */
+		ReadBlock(&prev);
+		SPI_finish();
+		return prev.tree_size;
+	}
 	ReadBlock(&prev);			/* under the lock: the latest block is ours to extend */
 	n0 = prev.tree_size;
 
@@ -631,9 +659,11 @@ fintx_sequence_outbox_only(void)
 	if (IsolationUsesXactSnapshot())
 		return 0;
 	fintx_spi_connect();
-	if (SPI_execute(psprintf("SELECT pg_catalog.pg_advisory_xact_lock(%lld)", (long long) SEAL_LOCK_KEY),
-					false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not take the sealing lock");
+	if (!TakeSealLock())
+	{
+		SPI_finish();
+		return 0;
+	}
 	args[0] = (Datum) 0;
 	if (TransactionIdIsValid(own))
 		args[1] = FullTransactionIdGetDatum(GetTopFullTransactionId());
@@ -887,8 +917,14 @@ fintx_checkpoint(PG_FUNCTION_ARGS)
 	char	   *note;
 
 	fintx_authz_require(FINTX_OP_AUDIT_READ, "audit log");
-	key = RequireKey();
+	(void) RequireKey();		/* 55000 without a key, before sealing */
 	fintx_seal_log();
+	/*
+	 * Again after sealing: a pass that signs a block reloads the key when its
+	 * file has changed (it may have waited for the sealing lock meanwhile),
+	 * freeing the one returned before.
+	 */
+	key = RequireKey();
 	fintx_spi_connect();
 	ReadBlock(&b);
 	name = CurrentName(&b);

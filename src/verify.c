@@ -743,7 +743,8 @@ fintx_verify_audit(PG_FUNCTION_ARGS)
 	size = SealForVerify(&seal_failure);
 	from = PG_ARGISNULL(0) ? 0 : PG_GETARG_INT64(0);
 	to = PG_ARGISNULL(1) ? size - 1 : PG_GETARG_INT64(1);
-	if (from < 0 || (size > 0 && (to >= size || to < from)) || (size == 0 && !PG_ARGISNULL(1) && to >= 0))
+	if (from < 0 || (size > 0 && (to >= size || to < from)) ||
+		(size == 0 && (from > 0 || (!PG_ARGISNULL(1) && to >= 0))))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("leaf range %lld to %lld is out of range", (long long) from, (long long) to),

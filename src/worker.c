@@ -27,6 +27,9 @@
 
 PGDLLEXPORT void fintx_worker_main(Datum arg);
 
+/* True in the fintx background worker (sequencer.c: it only tries the sealing lock). */
+bool		fintx_is_worker = false;
+
 /* Registers the fintx background worker (called from _PG_init when preloaded). */
 void
 fintx_register_worker(void)
@@ -109,6 +112,7 @@ fintx_worker_main(Datum arg)
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
 	BackgroundWorkerUnblockSignals();
+	fintx_is_worker = true;
 	dbname = pstrdup(fintx_database);
 	BackgroundWorkerInitializeConnection(dbname, NULL, 0);
 	/*

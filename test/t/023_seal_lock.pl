@@ -1,0 +1,122 @@
+# The sealing lock held by a session's open transaction: the worker does not wait for it
+# (holds still expire, denials are still written), seals once the lock is free; a
+# checkpoint() that waited for the lock while the signing key file changed signs with the
+# key it reports; without a worker, outbox_tail() sees the batch its own call sequenced;
+# verify_audit() refuses a start beyond an empty log.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use MIME::Base64 qw(decode_base64);
+use Time::HiRes qw(usleep);
+use FintxTest;
+
+my $dir = PostgreSQL::Test::Utils::tempdir;
+my $key = "$dir/signing.pem";
+system_or_bail('openssl', 'genpkey', '-algorithm', 'ed25519', '-out', $key);
+system_or_bail('openssl', 'genpkey', '-algorithm', 'ed25519', '-out', "$dir/other.pem");
+
+my $node = PostgreSQL::Test::Cluster->new('seal_lock');
+$node->init;
+$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'fintx'
+fintx.database = 'postgres'
+fintx.seal_interval = '50ms'
+fintx.expire_interval = '100ms'
+fintx.signing_key_file = '$key'
+});
+$node->start;
+
+# Polls $sql until it returns $want (at most $secs seconds); returns the last value.
+sub wait_for
+{
+	my ($db, $sql, $want, $secs) = @_;
+	my $got;
+	for (1 .. $secs * 10)
+	{
+		$got = $node->safe_psql($db, $sql);
+		return $got if $got eq $want;
+		usleep(100_000);
+	}
+	return $got;
+}
+
+is(wait_for('postgres', "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'fintx worker'", '1', 10),
+	'1', 'the worker runs');
+$node->safe_psql('postgres', q{
+	CREATE EXTENSION fintx;
+	SELECT fintx.open_account('s:bank', 'EUR', allow_negative => true);
+	SELECT fintx.open_account('s:a', 'EUR');
+	SELECT fintx.open_account('s:b', 'EUR');
+	SELECT fintx.transfer('s-fund', 's:bank', 's:a', 1000);
+});
+my $all_sealed = q{SELECT coalesce((SELECT tree_size FROM fintx.audit_blocks ORDER BY block_id DESC LIMIT 1), 0) = (SELECT count(*) FROM fintx.audit_entries)};
+my $size0 = wait_for('postgres', $all_sealed, 't', 10);
+is($size0, 't', 'the worker seals what was committed');
+
+# session A seals inside a transaction it keeps open: it holds the sealing lock
+my $a = quiet_session($node);
+quiet_safe($a, 'BEGIN');
+quiet_safe($a, 'SELECT fintx.seal()');
+
+# meanwhile: a hold that expires, and more entries to seal
+my $hold = $node->safe_psql('postgres',
+	q{SELECT transfer_id FROM fintx.transfer('s-h', 's:a', 's:b', 10, pending => true, timeout => '200 milliseconds')});
+$node->safe_psql('postgres', q{SELECT fintx.transfer('s-t2', 's:a', 's:b', 5)});
+is(wait_for('postgres', "SELECT count(*) FROM fintx.transfers WHERE pending_id = $hold AND status = 'expired'", '1', 15),
+	'1', 'while a session holds the sealing lock, the worker still releases an expired hold');
+is($node->safe_psql('postgres',
+		q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'fintx worker' AND wait_event_type = 'Lock'}),
+	'0', 'the worker does not wait for the sealing lock');
+my $sealed_while_held = $node->safe_psql('postgres',
+	q{SELECT (SELECT tree_size FROM fintx.audit_blocks ORDER BY block_id DESC LIMIT 1) < (SELECT count(*) FROM fintx.audit_entries)});
+is($sealed_while_held, 't', 'entries committed meanwhile wait for the lock');
+
+# session B asks for a checkpoint: it waits for the lock; the key file changes meanwhile
+my $vkey_old = $node->safe_psql('postgres', 'SELECT fintx.public_key()');
+my $b = psql_start($node, 'ckpt', "SELECT fintx.checkpoint();\n");
+is(wait_for('postgres',
+		q{SELECT count(*) FROM pg_stat_activity WHERE application_name = 'ckpt' AND wait_event_type = 'Lock'}, '1', 10),
+	'1', 'checkpoint() waits for the sealing lock');
+rename("$dir/other.pem", $key) or die "rename: $!";
+utime(time + 10, time + 10, $key) or die "utime: $!";
+quiet_safe($a, 'COMMIT');
+$a->quit;
+my $r = psql_finish($b);
+is($r->{err}, '', 'checkpoint() returns once the lock is free');
+my $note = $r->{out};
+my $vkey = $node->safe_psql('postgres', 'SELECT fintx.public_key()');
+my ($key_id) = $vkey =~ /\+([0-9a-f]{8})\+/;
+my ($sig) = $note =~ /\S+ ([A-Za-z0-9+\/=]+)\s*$/;
+ok(defined $key_id && defined $sig, 'a verifier key and a signature line') or diag("key: $vkey\nnote: $note");
+is(unpack('H8', decode_base64($sig // '')), $key_id // 'none',
+	'the checkpoint is signed by the key public_key() reports (the new file), not a freed one');
+$node->safe_psql('postgres', q{SELECT fintx.transfer('s-t3', 's:a', 's:b', 5)});
+is(wait_for('postgres', $all_sealed, 't', 10), 't', 'once the lock is free the worker seals again');
+isnt($vkey, $vkey_old, 'public_key() is the new key');
+# the blocks signed before the change carry the old key: trusted, they verify
+$node->safe_psql('postgres', "ALTER SYSTEM SET fintx.trusted_keys = '$vkey_old'");
+$node->reload;
+is($node->safe_psql('postgres', q{SELECT ok::text || ' ' || detail FROM fintx.verify_audit()}) =~ /^true /
+	? 'true' : $node->safe_psql('postgres', q{SELECT detail FROM fintx.verify_audit()}),
+	'true', 'verify_audit() is clean (the old key trusted)');
+
+# a database without the worker: lazy sealing
+$node->safe_psql('postgres', 'CREATE DATABASE lazy');
+$node->safe_psql('lazy', 'CREATE EXTENSION fintx');
+my $empty = $node->safe_psql('lazy', 'SELECT fintx.tree_size()');
+SKIP:
+{
+	skip 'the new log is not empty', 1 unless $empty eq '0';
+	my ($ret, $out, $err) = $node->psql('lazy', 'SELECT * FROM fintx.verify_audit(5)');
+	like($err, qr/leaf range 5 to -1 is out of range/, 'verify_audit(5) on an empty log is 22023, not "verified 0 entries"');
+}
+$node->safe_psql('lazy', q{SELECT fintx.emit('order', 'o1', 'order.created', '{}')});
+my $t1 = $node->safe_psql('lazy', 'SELECT fintx.outbox_tail()');
+is($t1, '1', 'outbox_tail() sees the event its own call sequenced');
+$node->safe_psql('lazy', q{SELECT fintx.emit('order', 'o2', 'order.created', '{}')});
+is($node->safe_psql('lazy', 'SELECT fintx.outbox_tail()'), '2', 'and the next one');
+
+$node->stop;
+done_testing();

@@ -48,6 +48,19 @@ KeepFreedMemory(void)
 }
 
 /* Registers GUCs; when preloaded, also the background worker. */
+/* GUC check of fintx.checkpoint_origin: empty (the default origin), or bytes a C2SP key name may hold. */
+static bool
+CheckOrigin(char **newval, void **extra, GucSource source)
+{
+	for (const unsigned char *p = (const unsigned char *) *newval; p && *p; p++)
+		if (!fintx_origin_char_ok(*p))
+		{
+			GUC_check_errdetail("A checkpoint origin is also the signing key's name: printable ASCII without spaces or \"+\" (C2SP signed notes).");
+			return false;
+		}
+	return true;
+}
+
 void
 _PG_init(void)
 {
@@ -91,7 +104,7 @@ _PG_init(void)
 							   "",
 							   PGC_SUSET,
 							   0,
-							   NULL, NULL, NULL);
+							   CheckOrigin, NULL, NULL);
 	DefineCustomStringVariable("fintx.trusted_keys",
 							   "Verifier keys of earlier signing keys, for fintx.verify_audit() after a key rotation.",
 							   "C2SP verifier keys (name+keyid+base64), separated by commas or spaces.",

@@ -216,6 +216,7 @@ extern void fintx_direct_insert_rows(const char *name, const FintxColumn *column
 extern int	fintx_seal_interval_ms;
 extern char *fintx_signing_key_file;
 extern char *fintx_checkpoint_origin;
+extern bool fintx_origin_char_ok(unsigned char c);
 extern char *fintx_trusted_keys;
 extern int64 fintx_seal_log(void);
 extern int64 fintx_sealed_size(void);

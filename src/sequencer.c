@@ -288,14 +288,40 @@ FetchSealed(void *arg, int level, int64 idx, uint8 *out)
 		FetchNode(NULL, level, idx, out);
 }
 
-/* The checkpoint origin: fintx.checkpoint_origin or "fintx.local/<system identifier>". */
+/*
+ * Whether byte c may appear in a checkpoint origin. The origin is also the
+ * signing key's name, which C2SP signed notes forbid to hold spaces or "+";
+ * fintx allows printable ASCII without those (no control characters either:
+ * the origin is the first line of the checkpoint).
+ */
+bool
+fintx_origin_char_ok(unsigned char c)
+{
+	return c > 0x20 && c < 0x7F && c != '+';
+}
+
+/*
+ * The checkpoint origin: fintx.checkpoint_origin (its GUC check allows only
+ * fintx_origin_char_ok bytes) or "fintx.local/<system identifier>/<database>",
+ * the database name's other bytes written as %XX.
+ */
 static char *
 Origin(void)
 {
+	StringInfoData s;
+
 	if (fintx_checkpoint_origin && fintx_checkpoint_origin[0])
 		return pstrdup(fintx_checkpoint_origin);
-	return psprintf("fintx.local/%llu/%s", (unsigned long long) GetSystemIdentifier(),
-					get_database_name(MyDatabaseId));
+	initStringInfo(&s);
+	appendStringInfo(&s, "fintx.local/%llu/", (unsigned long long) GetSystemIdentifier());
+	for (const unsigned char *p = (const unsigned char *) get_database_name(MyDatabaseId); *p; p++)
+	{
+		if (fintx_origin_char_ok(*p))
+			appendStringInfoChar(&s, (char) *p);
+		else
+			appendStringInfo(&s, "%%%02X", *p);
+	}
+	return s.data;
 }
 
 /* The C2SP checkpoint body: "origin\nsize\nbase64(root)\n". */

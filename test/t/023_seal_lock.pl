@@ -2,7 +2,8 @@
 # (holds still expire, denials are still written), seals once the lock is free; a
 # checkpoint() that waited for the lock while the signing key file changed signs with the
 # key it reports; without a worker, outbox_tail() sees the batch its own call sequenced;
-# verify_audit() refuses a start beyond an empty log.
+# verify_audit() refuses a start beyond an empty log; checkpoint origins hold no spaces or "+"
+# (they are C2SP key names): the setting refuses them, the default origin escapes them.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -117,6 +118,26 @@ my $t1 = $node->safe_psql('lazy', 'SELECT fintx.outbox_tail()');
 is($t1, '1', 'outbox_tail() sees the event its own call sequenced');
 $node->safe_psql('lazy', q{SELECT fintx.emit('order', 'o2', 'order.created', '{}')});
 is($node->safe_psql('lazy', 'SELECT fintx.outbox_tail()'), '2', 'and the next one');
+
+# the origin is also the key name: no spaces, no '+', printable ASCII (C2SP signed notes)
+my @bad = ([ 'a space', q{'a b'} ], [ 'a +', q{'a+b'} ], [ 'a tab', q{E'a\tb'} ],
+	[ 'a newline', q{E'line1\nline2'} ], [ 'a non-ASCII byte', "'caf\xc3\xa9'" ]);
+for my $case (@bad)
+{
+	my ($ret, $out, $err) = $node->psql('postgres', "SET fintx.checkpoint_origin = $case->[1]");
+	like($err, qr/invalid value for parameter "fintx.checkpoint_origin"/, "checkpoint_origin refuses $case->[0]");
+}
+is($node->safe_psql('postgres', q{SET fintx.checkpoint_origin = 'ledger.example.com/fintx'; SHOW fintx.checkpoint_origin}),
+	'ledger.example.com/fintx', 'a host/path origin is accepted');
+# the default origin of a database whose name holds a space and a '+'
+$node->safe_psql('postgres', q{CREATE DATABASE "ledger prod+eu"});
+$node->safe_psql('ledger prod+eu', q{CREATE EXTENSION fintx; SELECT fintx.open_account('o:a', 'EUR')});
+my $sysid = $node->safe_psql('ledger prod+eu', 'SELECT system_identifier FROM pg_control_system()');
+my ($origin) = split /\n/, $node->safe_psql('ledger prod+eu', 'SELECT fintx.checkpoint()');
+is($origin, "fintx.local/$sysid/ledger%20prod%2Beu", 'the default origin writes the space and the + of the database name as %XX');
+my @vk = split /\+/, $node->safe_psql('ledger prod+eu', 'SELECT fintx.public_key()');
+is(scalar @vk, 3, 'its verifier key is name+id+key, three fields');
+is($vk[0], $origin, 'named after the origin');
 
 $node->stop;
 done_testing();

@@ -1,5 +1,5 @@
 # The sealing lock held by a session's open transaction: the worker does not wait for it
-# (holds still expire, denials are still written), seals once the lock is free; a
+# (holds still expire), and seals once the lock is free; a
 # checkpoint() that waited for the lock while the signing key file changed signs with the
 # key it reports; without a worker, outbox_tail() sees the batch its own call sequenced;
 # verify_audit() refuses a start beyond an empty log; checkpoint origins hold no spaces or "+"

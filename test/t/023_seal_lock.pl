@@ -10,7 +10,6 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use MIME::Base64 qw(decode_base64);
-use Time::HiRes qw(usleep);
 use FintxTest;
 
 my $dir = PostgreSQL::Test::Utils::tempdir;
@@ -18,35 +17,21 @@ my $key = "$dir/signing.pem";
 system_or_bail('openssl', 'genpkey', '-algorithm', 'ed25519', '-out', $key);
 system_or_bail('openssl', 'genpkey', '-algorithm', 'ed25519', '-out', "$dir/other.pem");
 
-my $node = PostgreSQL::Test::Cluster->new('seal_lock');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'fintx'
-fintx.database = 'postgres'
-fintx.seal_interval = '50ms'
-fintx.expire_interval = '100ms'
-fintx.signing_key_file = '$key'
-});
-$node->start;
+my $node = fintx_node('seal_lock', "fintx.seal_interval = '50ms'", "fintx.expire_interval = '100ms'",
+	"fintx.signing_key_file = '$key'");
+my $poll = quiet_session($node);
 
-# Polls $sql until it returns $want (at most $secs seconds); returns the last value.
+# Polls $sql in database postgres until it returns $want (at most $secs seconds); returns the last value.
 sub wait_for
 {
-	my ($db, $sql, $want, $secs) = @_;
-	my $got;
-	for (1 .. $secs * 10)
-	{
-		$got = $node->safe_psql($db, $sql);
-		return $got if $got eq $want;
-		usleep(100_000);
-	}
-	return $got;
+	my (undef, $sql, $want, $secs) = @_;
+	my ($ok, $got) = poll_until($poll, $sql, $want, $secs);
+	return $ok ? $want : $got;
 }
 
 is(wait_for('postgres', "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'fintx worker'", '1', 10),
 	'1', 'the worker runs');
 $node->safe_psql('postgres', q{
-	CREATE EXTENSION fintx;
 	SELECT fintx.open_account('s:bank', 'EUR', allow_negative => true);
 	SELECT fintx.open_account('s:a', 'EUR');
 	SELECT fintx.open_account('s:b', 'EUR');
@@ -140,5 +125,6 @@ my @vk = split /\+/, $node->safe_psql('ledger prod+eu', 'SELECT fintx.public_key
 is($vk[0], $origin, 'its verifier key is named after the origin');
 like($vk[1] // '', qr/^[0-9a-f]{8}$/, 'and the next field is the 8-hex-digit key id');
 
+$poll->quit;
 $node->stop;
 done_testing();

@@ -24,7 +24,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION fintx;
-SELECT plan(185);
+SELECT plan(188);
 
 -- RFC 6962 tree head over leaf hashes, with sha256() only (no fintx code): the reference.
 CREATE FUNCTION pg_temp.mth_h(h bytea[]) RETURNS bytea LANGUAGE plpgsql IMMUTABLE AS $$
@@ -484,5 +484,27 @@ SELECT ok((SELECT bool_and(t.entry_hash = e.entry_hash) FROM fintx.transfers t
             WHERE t.principal = current_user AND e.details->>'idempotency_key' LIKE 't005-%'),
           'each transfer row carries the hash of its audit entry');
 
+-- ===========================================================================
+-- 7. (last: it adds an entry) a row image never runs user code as the extension owner
+-- ===========================================================================
+-- a column whose type has a cast to json: the row image calls it as the role that made the
+-- change, never as the extension owner (the table's owner can add such a column)
+CREATE TYPE public.t005_tag AS ENUM ('x');
+CREATE TABLE public.t005_cast_calls (who text, super boolean);
+GRANT ALL ON public.t005_cast_calls TO PUBLIC;
+CREATE FUNCTION public.t005_tag_json(public.t005_tag) RETURNS json LANGUAGE plpgsql AS $f$
+BEGIN
+    INSERT INTO public.t005_cast_calls
+    SELECT current_user, rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user;
+    RETURN '"x"';
+END $f$;
+CREATE CAST (public.t005_tag AS json) WITH FUNCTION public.t005_tag_json(public.t005_tag);
+ALTER TABLE public.t005_owned ADD COLUMN tag public.t005_tag;
+SELECT lives_ok($$SELECT pg_temp.run_as('t005_owner', 'INSERT INTO public.t005_owned VALUES (2, ''tagged'', ''x'') RETURNING 1')$$,
+                'the owner inserts a row with such a column');
+SELECT is((SELECT string_agg(who || '|' || super, ',') FROM public.t005_cast_calls), 't005_owner|false',
+          'the cast ran as the owner, not as a superuser');
+SELECT is((SELECT details->'new'->>'tag' FROM fintx.audit_log WHERE object_id = 'public.t005_owned' AND details->'new'->>'id' = '2'),
+          'x', 'and the row image holds its value');
 SELECT * FROM finish();
 ROLLBACK;

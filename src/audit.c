@@ -296,6 +296,18 @@ fintx_audit_row(PG_FUNCTION_ARGS)
 		(!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) && !TRIGGER_FIRED_BY_TRUNCATE(trigdata->tg_event)))
 		elog(ERROR, "fintx_audit_row: must be fired AFTER, FOR EACH ROW (or for TRUNCATE)");
 	rel = trigdata->tg_relation;
+	/*
+	 * Maintenance commands (ANALYZE, VACUUM, REINDEX, CLUSTER, REFRESH
+	 * MATERIALIZED VIEW) run the table owner's code as the owner while the
+	 * session's role stays whoever started them: the entry would name the
+	 * wrong actor. The API functions refuse these contexts the same way.
+	 */
+	if (InSecurityRestrictedOperation())
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("cannot change the audited table \"%s\" within a security-restricted operation",
+						RelationGetRelationName(rel)),
+				 errdetail("The audit log could not name the role that made the change.")));
 	objid = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
 									   RelationGetRelationName(rel));
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -342,7 +354,13 @@ CheckTableOwner(Oid relid)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("must be owner of table %s", get_rel_name(relid))));
-	if (get_rel_relkind(relid) != RELKIND_RELATION && get_rel_relkind(relid) != RELKIND_PARTITIONED_TABLE)
+	if (get_rel_relkind(relid) == RELKIND_PARTITIONED_TABLE)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("\"%s\" is a partitioned table", get_rel_name(relid)),
+				 errdetail("A TRUNCATE of a partition does not fire the partitioned table's triggers, and rows would be logged under the partition's name."),
+				 errhint("Call the function for each partition.")));
+	if (get_rel_relkind(relid) != RELKIND_RELATION)
 		ereport(ERROR,
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
 				 errmsg("\"%s\" is not a table", get_rel_name(relid))));

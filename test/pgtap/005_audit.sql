@@ -24,7 +24,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION fintx;
-SELECT plan(188);
+SELECT plan(193);
 
 -- RFC 6962 tree head over leaf hashes, with sha256() only (no fintx code): the reference.
 CREATE FUNCTION pg_temp.mth_h(h bytea[]) RETURNS bytea LANGUAGE plpgsql IMMUTABLE AS $$
@@ -506,5 +506,22 @@ SELECT is((SELECT string_agg(who || '|' || super, ',') FROM public.t005_cast_cal
           'the cast ran as the owner, not as a superuser');
 SELECT is((SELECT details->'new'->>'tag' FROM fintx.audit_log WHERE object_id = 'public.t005_owned' AND details->'new'->>'id' = '2'),
           'x', 'and the row image holds its value');
+-- partitioned tables: refused (a TRUNCATE of a partition would escape the parent's triggers)
+CREATE TABLE public.t005_parted (id int) PARTITION BY RANGE (id);
+CREATE TABLE public.t005_part1 PARTITION OF public.t005_parted FOR VALUES FROM (0) TO (100);
+SELECT throws_ok($$SELECT fintx.audit_table('public.t005_parted')$$, '0A000', '"t005_parted" is a partitioned table',
+                 'audit_table on a partitioned table: 0A000');
+SELECT throws_ok($$SELECT fintx.append_only('public.t005_parted')$$, '0A000', '"t005_parted" is a partitioned table',
+                 'append_only on a partitioned table: 0A000');
+SELECT lives_ok($$SELECT fintx.append_only('public.t005_part1')$$, 'a partition itself can be made append-only');
+SELECT throws_ok($$TRUNCATE public.t005_part1$$, '42501', NULL, 'and its TRUNCATE is refused');
+-- a write into an audited table from a maintenance command (here REFRESH MATERIALIZED VIEW,
+-- which runs the owner's code in a security-restricted operation) is refused: 42501
+CREATE FUNCTION public.t005_write_note() RETURNS int LANGUAGE sql VOLATILE
+    AS $f$INSERT INTO public.t005_notes VALUES (900, 'from a refresh') RETURNING 1$f$;
+CREATE MATERIALIZED VIEW public.t005_mv AS SELECT public.t005_write_note() AS n WITH NO DATA;
+SELECT throws_ok($$REFRESH MATERIALIZED VIEW public.t005_mv$$, '42501',
+                 'cannot change the audited table "t005_notes" within a security-restricted operation',
+                 'an audited write inside REFRESH MATERIALIZED VIEW: 42501');
 SELECT * FROM finish();
 ROLLBACK;

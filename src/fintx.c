@@ -47,7 +47,6 @@ KeepFreedMemory(void)
 #endif
 }
 
-/* Registers GUCs; when preloaded, also the background worker. */
 /* GUC check of fintx.checkpoint_origin: empty (the default origin), or bytes a C2SP key name may hold. */
 static bool
 CheckOrigin(char **newval, void **extra, GucSource source)
@@ -61,6 +60,7 @@ CheckOrigin(char **newval, void **extra, GucSource source)
 	return true;
 }
 
+/* Registers GUCs; when preloaded, also the background worker. */
 void
 _PG_init(void)
 {

@@ -362,12 +362,6 @@ fintx_block_hash(int64 id, int64 size, const uint8 *root, const uint8 *prev, Tim
 static int64 SealLog(void);
 
 /*
- * Runs a sealing pass (see SealLog) under fintx_index_planning(): its queries
- * run against fast-growing tables, with plans kept for the session or made per
- * pass; compiling them would cost more than running them, and a plan made
- * while a table was small must not scan it whole once it has grown.
- */
-/*
  * Takes the sealing lock until the end of the transaction (SPI connected) and
  * returns true. A session that seals inside a transaction it keeps open holds
  * the lock until that transaction ends; the worker must go on releasing
@@ -391,6 +385,12 @@ TakeSealLock(void)
 	return false;
 }
 
+/*
+ * Runs a sealing pass (see SealLog) under fintx_index_planning(): its queries
+ * run against fast-growing tables, with plans kept for the session or made per
+ * pass; compiling them would cost more than running them, and a plan made
+ * while a table was small must not scan it whole once it has grown.
+ */
 int64
 fintx_seal_log(void)
 {

@@ -211,8 +211,11 @@ fintx_denial_enqueue(const char *role, const char *session_user, const char *ser
 
 	if (queue == NULL)
 	{
-		/* fallback without preload: a WAL message that outlives the abort, if decodable */
-		if (XLogLogicalInfoActive())
+		/*
+		 * fallback without preload: a WAL message that outlives the abort, if
+		 * decodable; a hot standby writes no WAL (the server log keeps it)
+		 */
+		if (XLogLogicalInfoActive() && !RecoveryInProgress())
 		{
 			StringInfoData buf;
 
@@ -449,8 +452,9 @@ WriteRecord(DenialRecord *r)
 					"INSERT INTO fintx.access_log_entries (at, service, role, session_user_name, operation,"
 					"       object, amount, currency, allowed, reason, rule, client_addr, application_name,"
 					"       backend_pid, recorded_by)"
-					" SELECT $1, COALESCE($2, (SELECT s.name FROM fintx.services s WHERE s.role_name = $3)),"
-					"        $3, $4, $5, $6, $7, $8, false, $9, $10, $11::inet, $13, $12, 'denial queue'",
+					" SELECT $1, COALESCE($2, (SELECT s.name FROM fintx.services s"
+					"                           WHERE s.role_name OPERATOR(pg_catalog.=) $3)),"
+					"        $3, $4, $5, $6, $7, $8, false, $9, $10, $11::pg_catalog.inet, $13, $12, 'denial queue'",
 					13, types);
 	fintx_spi_expect(SPI_execute_plan(write_plan, args, nulls, false, 0), SPI_OK_INSERT, "writing a denial failed");
 

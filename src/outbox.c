@@ -31,6 +31,7 @@
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
 #include "utils/numeric.h"
+#include "utils/snapmgr.h"
 #include "utils/guc.h"
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
@@ -893,6 +894,7 @@ Poll(FunctionCallInfo fcinfo)
 	Datum		args[9];
 	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	uint64		nrows;
+	Snapshot	snap;
 
 	if (PG_ARGISNULL(1))
 		NullArg("max_events");
@@ -910,6 +912,14 @@ Poll(FunctionCallInfo fcinfo)
 		return (Datum) 0;
 	}
 	SealIfNoWorker();
+
+	/*
+	 * The poll and the window query below read the positions under one
+	 * snapshot. Under READ COMMITTED each would otherwise take its own, and a
+	 * sealing pass committing between them would let the window cover
+	 * positions the poll never saw: the offset would skip them.
+	 */
+	snap = RegisterSnapshot(GetTransactionSnapshot());
 	scan = Max(OUTBOX_SCAN_FILTERED, max_events);	/* rows are pulled lazily */
 	args[0] = CStringGetTextDatum(name);
 	args[1] = Int64GetDatum(c.committed);
@@ -944,7 +954,7 @@ Poll(FunctionCallInfo fcinfo)
 					"   AND ($9 OR fintx.event_visible(o.aggregatetype, o.aggregateid, o.payload))"
 					" ORDER BY p.run_position, p.run_offset LIMIT $8",
 					9, types);
-	if (SPI_execute_plan(poll_plan, args, nulls, false, 0) != SPI_OK_SELECT)
+	if (SPI_execute_snapshot(poll_plan, args, nulls, snap, InvalidSnapshot, false, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "polling outbox failed");	/* LCOV_EXCL_LINE */
 	nrows = SPI_processed;
 	for (uint64 r = 0; r < nrows; r++)
@@ -965,7 +975,7 @@ Poll(FunctionCallInfo fcinfo)
 		fintx_keep_plan(&window_plan,
 						"SELECT pg_catalog.max(position) FROM (" POSITIONS_AFTER " ORDER BY r.first_position, g.i LIMIT $3) w",
 						3, types);
-		if (SPI_execute_plan(window_plan, args, NULL, false, 1) != SPI_OK_SELECT)
+		if (SPI_execute_snapshot(window_plan, args, NULL, snap, InvalidSnapshot, false, true, 1) != SPI_OK_SELECT)
 			elog(ERROR, "scanning outbox window failed");	/* LCOV_EXCL_LINE */
 		wmax = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 		if (!isnull)
@@ -984,6 +994,7 @@ Poll(FunctionCallInfo fcinfo)
 				elog(ERROR, "advancing consumer failed");	/* LCOV_EXCL_LINE */
 		}
 	}
+	UnregisterSnapshot(snap);
 	SPI_finish();
 	return (Datum) 0;
 }

@@ -121,6 +121,14 @@ fintx_worker_main(Datum arg)
 	 * pass jit_above_cost; compiling them took a sixth of all CPU time.
 	 */
 	SetConfigOption("jit", "off", PGC_SUSET, PGC_S_OVERRIDE);
+	/*
+	 * The worker runs as the bootstrap superuser, and some of its SQL (the
+	 * denial queue's writes) is not inside a fintx function that pins the
+	 * search path: pin it for the whole session, so that a database owner's
+	 * ALTER DATABASE ... SET search_path cannot put its own operators or
+	 * functions in front of pg_catalog's.
+	 */
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
 	fintx_denials_worker_attach();
 
 	{

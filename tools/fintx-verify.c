@@ -650,6 +650,11 @@ load_checkpoint(Checkpoint *cp, const VerifierKey *key, const char *what)
 			return -1;
 		}
 		namelen = (size_t) (sp - line);
+		if (namelen != strlen(key->name) || memcmp(line, key->name, namelen) != 0)
+		{
+			others++;			/* another key's signature (of any length): ignored, as C2SP says */
+			continue;
+		}
 		n = base64_decode(sp + 1, (size_t) (nl - sp - 1), blob, sizeof(blob));
 		if (n < KEY_ID_LEN + 1)
 		{
@@ -657,10 +662,9 @@ load_checkpoint(Checkpoint *cp, const VerifierKey *key, const char *what)
 				   what, cp->path, lineno);
 			return -1;
 		}
-		if (namelen != strlen(key->name) || memcmp(line, key->name, namelen) != 0 ||
-			memcmp(blob, key->id, KEY_ID_LEN) != 0)
+		if (memcmp(blob, key->id, KEY_ID_LEN) != 0)
 		{
-			others++;			/* another key's signature: ignored, as C2SP says */
+			others++;			/* the same name, another key: ignored */
 			continue;
 		}
 		if (matched++)
@@ -688,6 +692,19 @@ load_checkpoint(Checkpoint *cp, const VerifierKey *key, const char *what)
 		hex_encode(key->id, KEY_ID_LEN, idhex);
 		report("%s \"%s\" has no signature by key %s+%s (%d signature%s by other keys)",
 			   what, cp->path, key->name, idhex, others, others == 1 ? "" : "s");
+		return -1;
+	}
+
+	/*
+	 * The signature covers the body, not the name it was made under: a
+	 * checkpoint of another log signed with the same private key (one key
+	 * file serves every database of a server) would verify. fintx names each
+	 * log's key after the log's origin, so the two must be equal.
+	 */
+	if (strcmp(cp->origin, key->name) != 0)
+	{
+		report("%s \"%s\" is of log \"%s\", not of log \"%s\" that the verifier key names",
+			   what, cp->path, cp->origin, key->name);
 		return -1;
 	}
 	return 0;
@@ -1335,7 +1352,9 @@ print_entry(FILE *out, uint64_t leaf, const Entry *e)
 	fputc('\t', out);
 	print_text(out, &e->object_id);
 	/* details verbatim: jsonb output escapes every control character itself */
-	fprintf(out, "\t%.*s\n", (int) e->details.len, (const char *) e->details.p);
+	fputc('\t', out);
+	fwrite(e->details.p, 1, e->details.len, out);
+	fputc('\n', out);
 }
 
 /* ------------------------------------------------------------------------
@@ -1480,7 +1499,7 @@ read_export(const char *path, uint64_t size, int64_t prev_size, int print, Expor
 			report("leaf %" PRIu64 ": malformed entry: %s", idx, err);
 			goto done;
 		}
-		if (print)
+		if (print && idx < size)	/* only what the checkpoint covers */
 			print_entry(stdout, idx, &e);
 		if (n == idscap)
 		{

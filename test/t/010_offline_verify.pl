@@ -383,6 +383,38 @@ $node->safe_psql('empty_log', 'CREATE EXTENSION fintx');
 		"$dir/cp-empty.txt", '--key', "$dir/key-empty.txt");
 	verifier_is('another database\'s key does not verify this log', 1, qr/./, '--export', "$dir/export-none.tsv",
 		'--checkpoint', "$dir/cp-empty.txt", '--key', $keyf);
+
+	# One key file signs for every database of the server. Relabelled with the first
+	# database's key name and id, the other log's signature verifies with the first
+	# database's key: the origin, which the signature covers, gives it away.
+	my $other_note = read_file("$dir/cp-empty.txt") =~ s/\n+\z/\n/r;
+	my ($other_body, $other_line) = $other_note =~ /\A(.*?\n)\n(.*\n)\z/s;
+	my ($other_b64) = $other_line =~ /\A\x{e2}\x{80}\x{94} \S+ (\S+)\n\z/;
+	my $relabelled = "$dir/cp-relabelled.txt";
+	write_file($relabelled, "$other_body\n\x{e2}\x{80}\x{94} $signame "
+		  . encode_base64(substr($sigblob, 0, 4) . substr(decode_base64($other_b64), 4), '') . "\n");
+	my ($other_origin) = $other_body =~ /\A([^\n]+)\n/;
+	isnt($other_origin, $signame, 'the two databases have different origins');
+	verifier_is('another log\'s checkpoint relabelled with this log\'s key name', 1,
+		qr/is of log "\Q$other_origin\E", not of log "\Q$signame\E" that the verifier key names/,
+		'--export', "$dir/export-none.tsv", '--checkpoint', $relabelled, '--key', $keyf);
+}
+
+# a co-signature of any length by another key (a witness, say) is ignored
+{
+	my $f = "$dir/cp-cosigned.txt";
+	write_file($f, "$body\n$sigline\x{e2}\x{80}\x{94} witness.example/w1 " . encode_base64('w' x 200, '') . "\n");
+	verifier_is('a long signature line of another key', 0, qr/^OK: $size leaves verified/, '--export', $exp,
+		'--checkpoint', $f, '--key', $keyf);
+}
+
+# --print lists only what the checkpoint covers, not the leaves exported after it
+{
+	my $out = verifier_is('--print, old checkpoint, longer export', 0, qr/^OK: $size1 leaves verified/m, '--print',
+		'--export', $exp, '--checkpoint', $cp1, '--key', $keyf);
+	my @rows = grep { !/^OK: / } split /\n/, $out;
+	is(scalar(@rows), $size1, "--print prints the $size1 covered entries, not the " . ($size - $size1) . ' after them');
+	is((split /\t/, $rows[-1])[0], $size1 - 1, 'the last printed leaf is the last covered one');
 }
 
 $node->stop;

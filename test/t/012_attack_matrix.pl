@@ -387,6 +387,46 @@ is($node->safe_psql('postgres',
 	't', 'every denial has an access.denied audit entry');
 is($node->safe_psql('postgres', 'SELECT ok FROM fintx.verify_audit()'), 't', 'the audit log verifies');
 
+# A database owner (not a superuser) puts its own text = operator in front of
+# pg_catalog's for every new session of the database. The worker, which writes
+# the denial queue's rows as the bootstrap superuser, must not run it.
+my $watch = quiet_session($node);	# connected before: the default search_path
+$node->safe_psql('postgres', q{
+	CREATE ROLE dbowner LOGIN;
+	ALTER DATABASE postgres OWNER TO dbowner;
+	CREATE TABLE public.pwned (run_as text, session_as text);
+	GRANT INSERT ON public.pwned TO PUBLIC;
+});
+$node->safe_psql('postgres', q{
+	CREATE FUNCTION public.evil_eq(a text, b text) RETURNS boolean LANGUAGE sql AS $f$
+		INSERT INTO public.pwned VALUES (current_user, session_user);
+		SELECT a OPERATOR(pg_catalog.=) b;
+	$f$;
+	CREATE OPERATOR public.= (LEFTARG = text, RIGHTARG = text, FUNCTION = public.evil_eq);
+	ALTER DATABASE postgres SET search_path = public, pg_catalog;
+}, extra_params => [ '-U', 'dbowner' ]);
+# a new worker session picks up the database's setting (the test's own queries
+# from here on spell out pg_catalog's operator)
+my $old_worker = $node->safe_psql('postgres', q{SELECT pid FROM pg_stat_activity WHERE backend_type OPERATOR(pg_catalog.=) 'fintx worker'});
+$node->safe_psql('postgres', "SELECT pg_terminate_backend($old_worker)");
+ok((poll_until($watch, qq{SELECT count(*) = 1 FROM pg_stat_activity
+	WHERE backend_type OPERATOR(pg_catalog.=) 'fintx worker' AND pid <> $old_worker}, 't'))[0],
+	'the worker is back');
+# a denial PostgreSQL decides: the worker looks the service up by role name
+($st) = run_as('pay', 'owner-operator', q{UPDATE fintx.accounts SET credits_posted = 0});
+is($st, '42501', 'a denial while the database sets an owner-made search_path');
+ok((poll_until($watch, q{SELECT count(*) > 0 FROM fintx.access_log
+	WHERE application_name OPERATOR(pg_catalog.=) 'owner-operator' AND NOT allowed}, 't'))[0],
+	'the worker recorded the denial');
+is($node->safe_psql('postgres', q{SELECT coalesce(string_agg(run_as || '/' || session_as, ','), '') FROM public.pwned}), '',
+	'the worker did not run the database owner\'s operator');
+$node->safe_psql('postgres', q{
+	ALTER DATABASE postgres RESET search_path;
+	DROP OPERATOR public.= (text, text);
+	DROP FUNCTION public.evil_eq(text, text);
+});
+$watch->quit;
+
 diag("attack matrix (attack, role, SQLSTATE, auditor view):\n" . join("\n", @matrix));
 $node->stop;
 done_testing();

@@ -43,5 +43,26 @@ is($node->safe_psql('postgres', q{SELECT string_agg(operation || ':' || allowed,
 	'transfer:true', 'the allowed decision is in the access log');
 ($rc, $out, $err) = $node->psql('postgres', 'SELECT * FROM fintx.denial_queue_stats()');
 like($err, qr/the fintx denial queue needs shared memory/, 'denial_queue_stats() names the missing preload');
+
+# A hot standby writes no WAL: a denial there is still 42501, recorded in the
+# standby's server log (not an internal error from the WAL message).
+$node->backup('b');
+my $standby = PostgreSQL::Test::Cluster->new('nopreload_authz_standby');
+$standby->init_from_backup($node, 'b', has_streaming => 1);
+$standby->start;
+$node->wait_for_catchup($standby);
+($rc, $out, $err) = $standby->psql('postgres', 'SELECT fintx.tree_size()',
+	extra_params => [ '-U', 'pay', '-v', 'VERBOSITY=verbose' ]);
+like($err, qr/ERROR:  42501: permission denied for audit.read on "audit log"/,
+	'a denial on a hot standby is 42501 (no WAL message is attempted)');
+($rc, $out, $err) = $standby->psql('postgres', q{SELECT count(*) FROM fintx.poll('feed', 1)},
+	extra_params => [ '-U', 'pay', '-v', 'VERBOSITY=verbose' ]);
+like($err, qr/ERROR:  42501: permission denied for event.consume on "feed"/, 'so is a refused poll()');
+like(slurp_file($standby->logfile), qr/ERROR:  permission denied for audit.read on "audit log"/,
+	'and the denial is in the standby\'s server log');
+($rc, $out, $err) = $standby->psql('postgres', q{SELECT status FROM fintx.transfer('np-s', 'pay:ops', 'pay:cust', 10)},
+	extra_params => [ '-U', 'pay', '-v', 'VERBOSITY=verbose' ]);
+like($err, qr/ERROR:  25006: /, 'a transfer on the standby is refused as read-only');
+$standby->stop;
 $node->stop;
 done_testing();

@@ -1,0 +1,82 @@
+# Copyright fintx contributors
+#
+# 024_poll_window.pl — a consumer that has caught up never skips an event.
+#
+# When poll() finds nothing for a consumer in the window it scanned, it moves
+# the consumer's offset past that window. The window must be the one the poll
+# read: under READ COMMITTED two queries would see two snapshots, and a
+# sealing pass committing between them made the offset jump over positions
+# the consumer never received. Here a producer commits one event at a time
+# while the worker sequences every 10 ms and a consumer polls in a tight loop,
+# mostly finding nothing new; every position must reach it exactly once.
+
+use strict;
+use warnings;
+use FintxTest;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $node = fintx_node('poll_window', "fintx.seal_interval = '10ms'", "fintx.outbox_wakeup = '1ms'");
+sub sql { return $node->safe_psql('postgres', $_[0]); }
+
+sql(q{
+	CREATE TABLE seen (position bigint NOT NULL, polled_empty boolean NOT NULL);
+	CREATE TABLE stop_flag (stop boolean NOT NULL);
+	INSERT INTO stop_flag VALUES (false);
+	SELECT fintx.create_consumer('tight');
+	CREATE PROCEDURE consume() LANGUAGE plpgsql AS $$
+	DECLARE
+		last bigint;
+		n int;
+	BEGIN
+		LOOP
+			last := NULL;
+			n := 0;
+			FOR last IN SELECT position FROM fintx.poll('tight', 1000) LOOP
+				INSERT INTO seen VALUES (last, false);
+				n := n + 1;
+			END LOOP;
+			IF n > 0 THEN
+				PERFORM fintx.ack('tight', last);
+			END IF;
+			COMMIT;
+			EXIT WHEN n = 0 AND (SELECT stop FROM stop_flag);
+		END LOOP;
+	END $$;
+});
+
+my $events = 6000;
+my $producer = psql_start($node, 'producer', qq{
+DO \$\$
+BEGIN
+	FOR i IN 1 .. $events LOOP
+		PERFORM fintx.emit('job', 'j' || i, 'job.created', pg_catalog.jsonb_build_object('i', i));
+		COMMIT;
+		IF i % 10 = 0 THEN PERFORM pg_catalog.pg_sleep(0.001); END IF;
+	END LOOP;
+END \$\$;
+});
+my $consumer = psql_start($node, 'consumer', "CALL consume();\n");
+
+my $p = psql_finish($producer);
+is($p->{err}, '', 'the producer committed its events one transaction at a time');
+# let the worker sequence the last events, then tell the consumer to finish once it is empty
+my $watch = quiet_session($node);
+ok((poll_until($watch, qq{SELECT fintx.outbox_tail() >= $events}, 't', 60))[0], 'every event is sequenced');
+$watch->quit;
+sql('UPDATE stop_flag SET stop = true');
+my $c = psql_finish($consumer);
+is($c->{err}, '', 'the consumer ran without an error');
+
+is(sql('SELECT fintx.outbox_tail()'), $events, "$events positions were assigned");
+is(sql('SELECT count(*) FROM seen'), $events, 'the consumer received as many events as were sequenced');
+is(sql(qq{SELECT count(*) FROM generate_series(1, $events) g WHERE NOT EXISTS (SELECT FROM seen s WHERE s.position = g)}),
+	0, 'no position was skipped');
+is(sql('SELECT count(*) FROM (SELECT position FROM seen GROUP BY position HAVING count(*) > 1) d'),
+	0, 'no position was received twice');
+is(sql(q{SELECT committed_position FROM fintx.consumer_state('tight')}), $events,
+	'the committed offset is the last position');
+
+$node->stop;
+done_testing();

@@ -1736,6 +1736,31 @@ fintx_authz_sees_all(void)
 }
 
 /*
+ * Whether poll() returns the calling role every event: it sees every row, or
+ * one of its grants that make accounts visible (CodeVisible) has a pattern
+ * that matches every code ('%').
+ */
+bool
+fintx_authz_sees_every_event(void)
+{
+	if (fintx_authz_sees_all())
+		return true;
+	if (InSecurityRestrictedOperation())
+		return false;
+	for (int i = 0; i < cache_ngrants; i++)
+	{
+		FintxOp		op = cache_grants[i].op;
+		const char *p = cache_grants[i].pattern;
+
+		if (op == FINTX_OP_EVENT_EMIT || op == FINTX_OP_EVENT_CONSUME)
+			continue;
+		if (p[0] != '\0' && strspn(p, "%") == strlen(p))
+			return true;
+	}
+	return false;
+}
+
+/*
  * fintx.event_visible(aggregatetype, aggregateid, payload) → boolean: the
  * filter poll() applies for services. Ledger events (aggregate types
  * "account" and "transfer") are visible if they concern an account the

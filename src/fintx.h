@@ -320,6 +320,7 @@ extern void fintx_approval_record(LedgerRequest *req);
 extern void fintx_authz_require(FintxOp op, const char *object);
 extern void fintx_authorize_hold(LedgerRequest *req);
 extern bool fintx_authz_sees_all(void);
+extern bool fintx_authz_sees_every_event(void);
 extern bool fintx_authz_hides_balance(const char *code);
 extern void fintx_authz_init(void);
 extern Oid	fintx_calling_user(void);

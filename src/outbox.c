@@ -1054,6 +1054,25 @@ fintx_relay_checkpoint(PG_FUNCTION_ARGS)
 				 errmsg("positions and sequences must not be negative")));
 	fintx_spi_connect();
 	ReadConsumer(name, true, &c);
+
+	/*
+	 * A relay publishes what poll() returns and checkpoints past it: events a
+	 * filter, a group or the caller's grants keep from it would be skipped
+	 * without a trace. Its consumer must receive every event.
+	 */
+	if (c.group_size > 1 || c.aggregatetypes != (Datum) 0 || c.types != (Datum) 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("consumer \"%s\" does not receive every event", name),
+				 errdetail("It was created with a group or with aggregate type or event type filters."),
+				 errhint("A relay needs a consumer of its own, created with fintx.create_consumer(name).")));
+	if (!fintx_authz_sees_every_event())
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("role \"%s\" does not see every event of the outbox",
+						GetUserNameFromId(fintx_calling_user(), false)),
+				 errdetail("poll() returns a service only the ledger events of the accounts its grants cover."),
+				 errhint("Grant the relay's service audit.read on '%%'.")));
 	CheckAckPosition(name, &c, up_to);
 	if (seq < c.stream_sequence)
 		ereport(ERROR,

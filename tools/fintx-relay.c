@@ -78,6 +78,7 @@ static natsConnection *nc = NULL;
 static jsCtx *js = NULL;
 static Acks acks;
 static volatile sig_atomic_t stop = 0;
+static bool fatal = false;		/* a condition retrying cannot fix: stop with exit status 1 */
 
 /* state as last stored in PostgreSQL */
 static int64_t committed = 0;
@@ -114,6 +115,8 @@ logmsg(const char *fmt,...)
 	fflush(stderr);
 }
 
+static bool pg_state(void);
+
 /* The periodic health line. */
 static void
 health(bool force)
@@ -123,6 +126,9 @@ health(bool force)
 	if (!force && now - last_health < (int64_t) cfg.health_s * 1000)
 		return;
 	last_health = now;
+	/* the tail is otherwise only read when reconciling: refresh it for the lag */
+	if (!force && pg && PQstatus(pg) == CONNECTION_OK && PQtransactionStatus(pg) == PQTRANS_IDLE)
+		(void) pg_state();
 	logmsg("health state=%s published=%lld position=%" PRId64 " stream_seq=%" PRIu64
 		   " tail=%" PRId64 " lag=%" PRId64 " pg=%s nats=%s",
 		   state, published, committed, stream_seq, tail, tail > committed ? tail - committed : 0,
@@ -152,6 +158,19 @@ sleep_ms(int ms)
  * ------------------------------------------------------------------------
  */
 
+/*
+ * Whether a failed query's SQLSTATE is one retrying cannot fix: missing
+ * privileges or functions (class 42), a consumer in the wrong state (55),
+ * invalid input such as an unknown consumer (22).
+ */
+static bool
+pg_error_is_permanent(const PGresult *r)
+{
+	const char *st = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+
+	return st != NULL && (strncmp(st, "42", 2) == 0 || strncmp(st, "55", 2) == 0 || strncmp(st, "22", 2) == 0);
+}
+
 static void
 pg_close(void)
 {
@@ -170,7 +189,18 @@ pg_connect(void)
 	if (pg && PQstatus(pg) == CONNECTION_OK)
 		return true;
 	pg_close();
-	pg = PQconnectdb(cfg.conninfo);
+	{
+		/*
+		 * Defaults first, the user's connection string (expanded) after them,
+		 * so that it can override them: without timeouts and keepalives a
+		 * network partition blocks a query for good, and SIGTERM with it.
+		 */
+		const char *const keys[] = {"connect_timeout", "keepalives", "keepalives_idle", "keepalives_interval",
+		"keepalives_count", "tcp_user_timeout", "application_name", "dbname", NULL};
+		const char *const values[] = {"10", "1", "10", "5", "3", "30000", "fintx-relay", cfg.conninfo, NULL};
+
+		pg = PQconnectdbParams(keys, values, 1);
+	}
 	if (PQstatus(pg) != CONNECTION_OK)
 	{
 		logmsg("could not connect to PostgreSQL: %s", PQerrorMessage(pg));
@@ -191,6 +221,8 @@ pg_connect(void)
 	if (PQresultStatus(r) != PGRES_TUPLES_OK)
 	{
 		logmsg("could not create consumer \"%s\": %s", cfg.consumer, PQerrorMessage(pg));
+		if (pg_error_is_permanent(r))
+			fatal = true;
 		PQclear(r);
 		pg_close();
 		return false;
@@ -225,6 +257,8 @@ pg_state(void)
 	if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1)
 	{
 		logmsg("could not read consumer state: %s", PQerrorMessage(pg));
+		if (pg_error_is_permanent(r))
+			fatal = true;
 		PQclear(r);
 		return false;
 	}
@@ -251,6 +285,8 @@ pg_checkpoint(int64_t position, uint64_t seq)
 	{
 		logmsg("could not store checkpoint (position %s, stream sequence %s): %s", p, s,
 			   PQerrorMessage(pg));
+		if (pg_error_is_permanent(r))
+			fatal = true;
 		PQclear(r);
 		return false;
 	}
@@ -271,6 +307,15 @@ pg_wait(int timeout_ms)
 
 	if (sock < 0)
 		return;
+	/* a notification libpq has already read (during the last query) means: poll now */
+	PQconsumeInput(pg);
+	if ((n = PQnotifies(pg)) != NULL)
+	{
+		do
+			PQfreemem(n);
+		while ((n = PQnotifies(pg)) != NULL);
+		return;
+	}
 	FD_ZERO(&fds);
 	FD_SET(sock, &fds);
 	if (select(sock + 1, &fds, NULL, NULL, &tv) > 0)
@@ -283,6 +328,47 @@ pg_wait(int timeout_ms)
  * NATS
  * ------------------------------------------------------------------------
  */
+
+/*
+ * The NATS URL(s) for a log line, without credentials: user and password or
+ * token before an "@" are replaced by three asterisks.
+ */
+static const char *
+nats_url_for_log(void)
+{
+	static char buf[1024];
+	const char *in = cfg.nats_url;
+	size_t		n = 0;
+
+	while (*in && n + 8 < sizeof(buf))
+	{
+		const char *scheme = strstr(in, "://");
+		const char *end;
+		const char *at;
+
+		if (scheme == NULL)
+			break;
+		/* copy through the scheme, then drop everything up to an '@' before the next '/', ',' or end */
+		while (in < scheme + 3 && n + 8 < sizeof(buf))
+			buf[n++] = *in++;
+		end = in + strcspn(in, "/,");
+		at = memchr(in, '@', (size_t) (end - in));
+		if (at != NULL)
+		{
+			memcpy(buf + n, "***@", 4);
+			n += 4;
+			in = at + 1;
+		}
+		while (*in && *in != ',' && n + 8 < sizeof(buf))
+			buf[n++] = *in++;
+		if (*in == ',' && n + 8 < sizeof(buf))
+			buf[n++] = *in++;
+	}
+	while (*in && n + 1 < sizeof(buf))
+		buf[n++] = *in++;
+	buf[n] = '\0';
+	return buf;
+}
 
 static void
 nats_close(void)
@@ -370,7 +456,7 @@ nats_connect(void)
 	natsOptions_Destroy(opts);
 	if (s != NATS_OK)
 	{
-		logmsg("could not connect to NATS at %s: %s", cfg.nats_url, natsStatus_GetText(s));
+		logmsg("could not connect to NATS at %s: %s", nats_url_for_log(), natsStatus_GetText(s));
 		nats_close();
 		return false;
 	}
@@ -402,6 +488,13 @@ nats_connect(void)
 	}
 	if (si)
 		jsStreamInfo_Destroy(si);
+	if (s == NATS_NOT_FOUND && !cfg.create_stream)
+	{
+		logmsg("JetStream stream %s does not exist and --no-create-stream was given", cfg.stream);
+		fatal = true;
+		nats_close();
+		return false;
+	}
 	if (s != NATS_OK)
 	{
 		logmsg("JetStream stream %s is not available: %s (error code %d)", cfg.stream,
@@ -427,9 +520,18 @@ reconcile(void)
 	uint64_t	last;
 	natsMsg    *m = NULL;
 	const char *pos = NULL;
+	const char *id = NULL;
+	char		msg_id[64];
 	int64_t		p;
 
 	if (!pg_state())
+		return -1;
+	/*
+	 * The consumer must receive every event (no filter or group, a role that
+	 * sees every account): relay_checkpoint() refuses otherwise, so ask it
+	 * now with the stored values, before anything is published.
+	 */
+	if (!pg_checkpoint(committed, stream_seq))
 		return -1;
 	s = js_GetStreamInfo(&si, js, cfg.stream, NULL, &jerr);
 	if (s != NATS_OK)
@@ -462,6 +564,9 @@ reconcile(void)
 		return -2;
 	}
 	p = strtoll(pos, NULL, 10);
+	if (natsMsgHeader_Get(m, "Nats-Msg-Id", &id) != NATS_OK || id == NULL)
+		id = "";
+	snprintf(msg_id, sizeof(msg_id), "%s", id);
 	natsMsg_Destroy(m);
 	if (p > tail)
 	{
@@ -469,11 +574,49 @@ reconcile(void)
 			   PRId64 ": the stream belongs to another outbox; refusing to continue", last, cfg.stream, p, tail);
 		return -2;
 	}
-	if (p < committed)
+	if (p <= committed)
 	{
-		logmsg("message %" PRIu64 " of stream %s carries position %" PRId64 ", before the committed %"
-			   PRId64 "; refusing to continue", last, cfg.stream, p, committed);
+		logmsg("message %" PRIu64 " of stream %s carries position %" PRId64 ", not after the committed %"
+			   PRId64 " (stored stream sequence %" PRIu64 "): another relay or outbox appended to the stream; "
+			   "refusing to continue", last, cfg.stream, p, committed, stream_seq);
 		return -2;
+	}
+	if (p - committed > 10000)
+	{
+		logmsg("message %" PRIu64 " of stream %s carries position %" PRId64 ", %" PRId64 " after the committed %"
+			   PRId64 "; a relay is never more than one batch ahead: refusing to continue",
+			   last, cfg.stream, p, p - committed, committed);
+		return -2;
+	}
+	/* the message must be this outbox's event at that position, not another one's */
+	{
+		char		n[16],
+					q[32];
+		const char *params[3] = {cfg.consumer, n, q};
+		PGresult   *r;
+		bool		same;
+
+		snprintf(n, sizeof(n), "%" PRId64, p - committed);
+		snprintf(q, sizeof(q), "%" PRId64, p);
+		r = PQexecParams(pg, "SELECT id FROM fintx.poll($1, $2::int) WHERE position = $3::bigint",
+						 3, NULL, params, NULL, NULL, 0);
+		if (PQresultStatus(r) != PGRES_TUPLES_OK)
+		{
+			logmsg("could not read the event at position %s: %s", q, PQerrorMessage(pg));
+			if (pg_error_is_permanent(r))
+				fatal = true;
+			PQclear(r);
+			return -1;
+		}
+		same = PQntuples(r) == 1 && strcmp(PQgetvalue(r, 0, 0), msg_id) == 0;
+		if (!same)
+			logmsg("message %" PRIu64 " of stream %s carries position %" PRId64 " with Nats-Msg-Id \"%s\", but "
+				   "the outbox's event at that position is \"%s\": the stream belongs to another outbox or "
+				   "history; refusing to continue", last, cfg.stream, p, msg_id,
+				   PQntuples(r) == 1 ? PQgetvalue(r, 0, 0) : "(none)");
+		PQclear(r);
+		if (!same)
+			return -2;
 	}
 	logmsg("reconciled: stream %s is at sequence %" PRIu64 " (position %" PRId64
 		   "), PostgreSQL had sequence %" PRIu64 " (position %" PRId64 ")",
@@ -518,6 +661,8 @@ relay_batch(void)
 	if (PQresultStatus(r) != PGRES_TUPLES_OK)
 	{
 		logmsg("poll failed: %s", PQerrorMessage(pg));
+		if (pg_error_is_permanent(r))
+			fatal = true;
 		PQclear(r);
 		return -1;
 	}
@@ -565,6 +710,15 @@ relay_batch(void)
 		if (s == NATS_OK)
 			s = js_PublishMsgAsync(js, &m, NULL);
 		natsMsg_Destroy(m);
+		if (s == NATS_MAX_PAYLOAD)
+		{
+			/* retrying would send the same event again, forever: stop and say why */
+			logmsg("the event at position %s (id %s, %zu bytes of payload) is larger than the NATS server's "
+				   "max_payload of %" PRId64 " bytes with its headers; raise max_payload in the server's "
+				   "configuration (the relay never skips an event)", PQgetvalue(r, i, 0), PQgetvalue(r, i, 1),
+				   strlen(payload), natsConnection_GetMaxPayload(nc));
+			fatal = true;
+		}
 		if (s != NATS_OK)
 		{
 			logmsg("publish failed at position %s: %s", PQgetvalue(r, i, 0), natsStatus_GetText(s));
@@ -725,7 +879,9 @@ main(int argc, char **argv)
 			default: usage(); return 2;
 		}
 	}
-	if (cfg.batch < 1 || cfg.batch > 10000 || cfg.health_s < 1 || cfg.dup_window_ms < 0 || optind < argc)
+	/* the duplicate window is sent in nanoseconds: at most a week keeps it far from overflowing */
+	if (cfg.batch < 1 || cfg.batch > 10000 || cfg.health_s < 1 || cfg.dup_window_ms < 0 ||
+		cfg.dup_window_ms > INT64_C(7) * 24 * 3600 * 1000 || optind < argc)
 	{
 		usage();
 		return 2;
@@ -760,7 +916,7 @@ main(int argc, char **argv)
 		else
 			n = relay_batch();
 
-		if (n == -2)
+		if (n == -2 || fatal)
 		{
 			state = "stopped";
 			health(true);
@@ -806,5 +962,6 @@ main(int argc, char **argv)
 	nats_close();
 	pg_close();
 	nats_Close();
-	return 0;
+	/* --once stopped by a signal before it was done: not a success */
+	return cfg.once && stop ? 1 : 0;
 }

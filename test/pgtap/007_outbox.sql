@@ -17,7 +17,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION fintx;
-SELECT plan(89);
+SELECT plan(93);
 
 CREATE FUNCTION pg_temp.run_as(r text, q text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
@@ -154,6 +154,20 @@ SELECT throws_ok($$SELECT pg_temp.run_as('tap006_service', 'SELECT count(*) FROM
                  '42501', NULL, 'fintx_service cannot read the outbox table directly');
 SELECT throws_ok($$SELECT pg_temp.run_as('tap006_service', 'SELECT fintx.outbox_rotate()')$$,
                  '42501', NULL, 'fintx_service cannot rotate');
+-- relay_checkpoint(): only for a consumer that receives every event, by a role that sees every event
+SELECT throws_ok($$SELECT pg_temp.run_as('tap006_service', 'SELECT fintx.relay_checkpoint(''t6'', 0, 5)::text')$$,
+                 '42501', 'role "tap006_service" does not see every event of the outbox',
+                 'relay_checkpoint: a service that sees only some accounts is refused');
+SELECT fintx.grant_permission('tap006-svc', 'audit.read', '%');
+SELECT lives_ok($$SELECT pg_temp.run_as('tap006_service', 'SELECT fintx.relay_checkpoint(''t6'', 0, 5)::text')$$,
+                'relay_checkpoint: audit.read on ''%'' shows the service every event');
+SELECT fintx.revoke_permission('tap006-svc', 'audit.read', '%');
+SELECT fintx.create_consumer('t6-orders', 1, 0, aggregatetypes => '{order}');
+SELECT fintx.create_consumer('t6-group', 2, 1);
+SELECT throws_ok($$SELECT fintx.relay_checkpoint('t6-orders', 0, 0)$$, '55000',
+                 'consumer "t6-orders" does not receive every event', 'relay_checkpoint: a filtered consumer is refused');
+SELECT throws_ok($$SELECT fintx.relay_checkpoint('t6-group', 0, 0)$$, '55000',
+                 'consumer "t6-group" does not receive every event', 'relay_checkpoint: a group member is refused');
 SELECT is_empty($$SELECT p.oid::regprocedure::text FROM pg_proc p
                    WHERE p.pronamespace = 'fintx'::regnamespace
                      AND p.proname IN ('emit', 'poll', 'ack', 'inbox_accept', 'create_consumer', 'reject', 'outbox_rotate')

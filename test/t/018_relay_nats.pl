@@ -177,5 +177,94 @@ my $all_logs = join '', map { slurp_file($_) } @relay_logs;
 like($all_logs, qr/reconciled: stream FINTX is at sequence/, 'a killed relay\'s successor reconciled from the stream');
 note("relay runs: $relay_runs, NATS runs: $nats_runs");
 
+# ---------------------------------------------------------------------------
+# Refusals: conditions retrying cannot fix end the relay with exit status 1,
+# daemon mode included, before anything is skipped or published twice.
+# ---------------------------------------------------------------------------
+# Runs the relay (no --once unless given) with @args for at most 30 s; returns (exit status, stderr).
+sub relay_run
+{
+	my ($cmd) = @_;
+	my ($o, $e) = ('', '');
+	my $h = IPC::Run::start($cmd, '<', '/dev/null', '>', \$o, '2>', \$e, IPC::Run::timeout(30));
+	eval { $h->finish; };
+	if ($@)
+	{
+		$h->kill_kill;
+		return ('timeout', $e);
+	}
+	return ($h->result(0), $e);
+}
+
+# another database's outbox, as long as this one, relayed into the same stream: the stream's
+# last message carries a position this outbox has too, but not this outbox's event there
+sql('CREATE DATABASE other_outbox');
+$node->safe_psql('other_outbox', qq{CREATE EXTENSION fintx;
+	SELECT count(fintx.emit('job', 'o-' || g, 'job.created', '{}')) FROM generate_series(1, $tail + 10) g;
+	SELECT fintx.seal();
+	SELECT fintx.create_consumer('fintx-relay');
+	SELECT fintx.ack('fintx-relay', $tail - 5);});
+my ($rc, $rerr) = relay_run([ $relay_bin, '-d', $node->connstr('other_outbox'), '-s', $nats_url, '-S', 'FINTX',
+	'-p', 'fx', '--health-interval=1' ]);
+is($rc, 1, 'a relay of another outbox into the same stream stops with exit status 1');
+like($rerr, qr/carries position $tail with Nats-Msg-Id "[0-9a-f-]+", but the outbox's event at that position is "[0-9a-f-]+": the stream belongs to another outbox/,
+	'it names the position whose event differs');
+is($node->safe_psql('other_outbox', q{SELECT committed_position || ' ' || stream_sequence FROM fintx.consumer_state('fintx-relay')}),
+	($tail - 5) . ' 0', 'and it adopted nothing');
+
+# a consumer with a filter, and a service that does not see every account
+sql(q{SELECT fintx.create_consumer('jobs-only', 1, 0, aggregatetypes => '{job}')});
+($rc, $rerr) = relay_run(relay_cmd('-c', 'jobs-only'));
+is($rc, 1, 'a relay on a filtered consumer stops with exit status 1');
+like($rerr, qr/consumer "jobs-only" does not receive every event/, 'it says the consumer is filtered');
+sql(q{CREATE ROLE relaysvc LOGIN;
+	SELECT fintx.register_service('svc-relay', 'relaysvc');
+	SELECT fintx.grant_permission('svc-relay', 'event.consume', 'svc-relay');
+	SELECT fintx.grant_permission('svc-relay', 'audit.read', 'r:a');});
+($rc, $rerr) = relay_run([ $relay_bin, '-d', $node->connstr('postgres') . ' user=relaysvc', '-s', $nats_url,
+	'-S', 'FINTX', '-p', 'fx', '-c', 'svc-relay', '--health-interval=1' ]);
+is($rc, 1, 'a relay whose service sees only some accounts stops with exit status 1');
+like($rerr, qr/role "relaysvc" does not see every event of the outbox/, 'it says the role does not see every event');
+is(sql(q{SELECT committed_position FROM fintx.consumer_state('svc-relay')}), '0', 'its consumer did not move');
+
+# --no-create-stream without the stream, in daemon mode
+($rc, $rerr) = relay_run(relay_cmd('--no-create-stream', '-S', 'NO_SUCH_STREAM', '-c', 'no-stream'));
+is($rc, 1, '--no-create-stream and no stream: exit status 1, also without --once');
+like($rerr, qr/stream NO_SUCH_STREAM does not exist and --no-create-stream was given/, 'it names the stream');
+
+# credentials in the NATS URL stay out of the log
+my $closed = PostgreSQL::Test::Cluster::get_free_port();
+($rc, $rerr) = relay_run([ $relay_bin, '-d', $node->connstr('postgres'), '-s', "nats://alice:s3cret\@127.0.0.1:$closed",
+	'-c', 'no-nats', '--once' ]);
+is($rc, 1, 'no NATS server: --once exits 1');
+like($rerr, qr{could not connect to NATS at nats://\*\*\*\@127\.0\.0\.1:$closed}, 'the log names the server');
+unlike($rerr, qr/s3cret|alice/, 'but not the user or the password');
+
+# an event larger than the NATS server's max_payload: stop and say so, not retry forever
+{
+	my $small_port = PostgreSQL::Test::Cluster::get_free_port();
+	make_path("$tmp/small-store");
+	PostgreSQL::Test::Utils::append_to_file("$tmp/small.conf", "max_payload: 4096\n");
+	my $small = IPC::Run::start([ $nats_bin, '-c', "$tmp/small.conf", '-a', '127.0.0.1', '-p', $small_port, '-js',
+			'-sd', "$tmp/small-store" ], '<', '/dev/null', '>', "$tmp/nats-small.log", '2>&1');
+	my $deadline = time + 20;
+	usleep(50_000) until slurp_file("$tmp/nats-small.log") =~ /Server is ready/ || time > $deadline;
+	sql('CREATE DATABASE big_events');
+	$node->safe_psql('big_events', q{CREATE EXTENSION fintx;
+		SELECT fintx.emit('doc', 'd1', 'doc.small', '{"n": 1}');
+		SELECT fintx.emit('doc', 'd2', 'doc.large', jsonb_build_object('text', repeat('x', 8000)));
+		SELECT fintx.emit('doc', 'd3', 'doc.small', '{"n": 3}');
+		SELECT fintx.seal();});
+	($rc, $rerr) = relay_run([ $relay_bin, '-d', $node->connstr('big_events'), '-s', "nats://127.0.0.1:$small_port",
+		'-S', 'BIG', '-p', 'big', '--health-interval=1' ]);
+	is($rc, 1, 'an event over max_payload stops the relay with exit status 1, also without --once');
+	like($rerr, qr/the event at position 2 \(id [0-9a-f-]+, 80\d\d bytes of payload\) is larger than the NATS server's max_payload of 4096 bytes/,
+		'it names the event and the limit');
+	is($node->safe_psql('big_events', q{SELECT committed_position < 2 FROM fintx.consumer_state('fintx-relay')}), 't',
+		'the offset stays before the large event: it was not skipped');
+	$small->signal('TERM');
+	eval { $small->finish; };
+}
+
 nats_stop();
 done_testing();

@@ -718,7 +718,12 @@ fintx_authorize_hold(LedgerRequest *req)
 					"SELECT a.code, a.currency, t.amount FROM fintx.transfers t"
 					"  JOIN fintx.accounts a ON a.id = t.from_account WHERE t.id = $1",
 					1, types);
-	fintx_spi_expect(fintx_execute_indexed(hold_plan, &arg, NULL, true, 1), SPI_OK_SELECT, "reading a hold failed");
+	/*
+	 * read_only = false: a new snapshot, as the ledger's own hold lookup
+	 * takes; the statement's snapshot misses a hold made earlier in the same
+	 * statement or committed since it began, and would refuse it.
+	 */
+	fintx_spi_expect(fintx_execute_indexed(hold_plan, &arg, NULL, false, 1), SPI_OK_SELECT, "reading a hold failed");
 	if (SPI_processed != 1)
 		fintx_authz_deny(FINTX_OP_HOLD_RESOLVE, object, NULL, 0, false,
 						 psprintf("no grant of hold.resolve to service \"%s\" covers transfer %lld",

@@ -356,8 +356,13 @@ TailFetch(void *arg, int level, int64 idx, uint8 *out)
 	}
 	args[0] = Int16GetDatum((int16) level);
 	args[1] = Int64GetDatum(idx);
+	/*
+	 * read_only = false: a new snapshot, as the leaf cursors take. The
+	 * statement's own snapshot predates the sealing pass verify_audit() just
+	 * made, and would miss the nodes and the block it wrote.
+	 */
 	if (SPI_execute_with_args("SELECT hash FROM fintx.audit_nodes WHERE level = $1 AND idx = $2",
-							  2, types, args, NULL, true, 1) != SPI_OK_SELECT)
+							  2, types, args, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "reading audit nodes failed");	/* LCOV_EXCL_LINE */
 	if (SPI_processed != 1 || !ColumnHash(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, out))
 	{
@@ -409,7 +414,7 @@ VerifyTiles(VerifyState *st, uint8 *leaves, int64 lo, int64 n, int64 size)
 
 		merkle_root(TailFetch, &t, size, root);
 		if (SPI_execute_with_args("SELECT block_id, root_hash FROM fintx.audit_blocks WHERE tree_size = $1"
-								  " ORDER BY block_id DESC LIMIT 1", 1, &type, &arg, NULL, true, 1) != SPI_OK_SELECT)
+								  " ORDER BY block_id DESC LIMIT 1", 1, &type, &arg, NULL, false, 1) != SPI_OK_SELECT)
 			elog(ERROR, "reading audit blocks failed");	/* LCOV_EXCL_LINE */
 		if (SPI_processed == 1 && ColumnHash(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, stored) &&
 			!t.missing && memcmp(root, stored, MERKLE_HASH_LEN) != 0)

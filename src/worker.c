@@ -129,6 +129,14 @@ fintx_worker_main(Datum arg)
 	 * functions in front of pg_catalog's.
 	 */
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
+	/*
+	 * Sealing and sequencing need READ COMMITTED read-write transactions (a
+	 * pass under a transaction snapshot only reports the size): a server or
+	 * database whose default is SERIALIZABLE, REPEATABLE READ or read-only
+	 * must not stop the worker's passes.
+	 */
+	SetConfigOption("default_transaction_isolation", "read committed", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("default_transaction_read_only", "off", PGC_SUSET, PGC_S_OVERRIDE);
 	fintx_denials_worker_attach();
 
 	{

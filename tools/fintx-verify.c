@@ -44,7 +44,6 @@
 #define KEY_ID_LEN		4
 #define ALG_ED25519		0x01
 #define ENTRY_MAGIC		"fintx.audit.v1"
-#define MAX_JSON_DEPTH	10000
 #define EM_DASH			"\xe2\x80\x94"	/* U+2014, starts a signature line */
 
 #define EXIT_VERIFIED	0
@@ -930,7 +929,6 @@ typedef struct Json
 	const char *err;
 } Json;
 
-static int	json_value(Json *j, int depth);
 
 static int
 json_fail(Json *j, const char *err)
@@ -1073,30 +1071,118 @@ json_sep(Json *j, const char *sep)
 	return 0;
 }
 
-/* An object: keys unique and sorted by length, then bytewise, as jsonb stores them. */
-static int
-json_object(Json *j, int depth)
+/* An open container while validating: an array, or an object with its last key. */
+typedef struct JsonFrame
 {
-	uint8_t    *prev = NULL,
-			   *cur = NULL;
-	size_t		prevlen = 0;
-	int			first = 1;
+	int			object;
+	uint8_t    *prev;			/* the object's last key (unescaped), NULL before the first */
+	size_t		prevlen;
+} JsonFrame;
+
+/*
+ * A scalar at j->pos (a string, a literal or a number); the caller has
+ * checked that a byte is there.
+ */
+static int
+json_scalar(Json *j)
+{
+	switch (j->p[j->pos])
+	{
+		case '"':
+			return json_string(j, NULL, NULL);
+		case 't':
+			return json_lit(j, "true");
+		case 'f':
+			return json_lit(j, "false");
+		case 'n':
+			return json_lit(j, "null");
+		default:
+			if (j->p[j->pos] == '-' || (j->p[j->pos] >= '0' && j->p[j->pos] <= '9'))
+				return json_number(j);
+			return json_fail(j, "unexpected character");
+	}
+}
+
+/*
+ * One JSON value as jsonb's output function writes it; object keys unique and
+ * sorted by length, then bytewise, as jsonb stores them. Iterative, with the
+ * open containers on the heap: jsonb nests as deep as the server's
+ * max_stack_depth lets it (tens of thousands of levels), so the verifier
+ * must not run out of its own stack on a document the server accepted.
+ */
+static int
+json_value(Json *j)
+{
+	JsonFrame  *st = NULL;
+	size_t		n = 0,
+				cap = 0;
 	int			ret = -1;
 
-	j->pos++;
-	if (j->pos < j->len && j->p[j->pos] == '}')
+value:
+	if (j->pos >= j->len)
+	{
+		json_fail(j, "unexpected end");
+		goto done;
+	}
+	if (j->p[j->pos] == '{' || j->p[j->pos] == '[')
+	{
+		int			object = j->p[j->pos] == '{';
+
+		j->pos++;
+		if (j->pos < j->len && j->p[j->pos] == (object ? '}' : ']'))
+		{
+			j->pos++;
+			goto after_value;
+		}
+		if (n == cap)
+		{
+			size_t		ncap = cap ? cap * 2 : 16;
+			JsonFrame  *ns = realloc(st, ncap * sizeof(JsonFrame));
+
+			if (ns == NULL)
+			{
+				json_fail(j, "out of memory");
+				goto done;
+			}
+			st = ns;
+			cap = ncap;
+		}
+		st[n].object = object;
+		st[n].prev = NULL;
+		st[n].prevlen = 0;
+		n++;
+		if (object)
+			goto key;
+		goto value;
+	}
+	if (json_scalar(j) != 0)
+		goto done;
+
+after_value:
+	if (n == 0)
+	{
+		ret = 0;
+		goto done;
+	}
+	if (j->pos < j->len && j->p[j->pos] == (st[n - 1].object ? '}' : ']'))
 	{
 		j->pos++;
-		return 0;
+		free(st[n - 1].prev);
+		n--;
+		goto after_value;
 	}
-	for (;;)
+	if (json_sep(j, ", ") != 0)
+		goto done;
+	if (!st[n - 1].object)
+		goto value;
+
+key:
 	{
+		JsonFrame  *f = &st[n - 1];
 		size_t		start = j->pos,
 					curlen;
+		uint8_t    *cur;
 
-		if (!first && json_sep(j, ", ") != 0)
-			goto done;
-		start = j->pos;
 		if (j->pos >= j->len || j->p[j->pos] != '"')
 		{
 			json_fail(j, "expected a string key");
@@ -1120,88 +1206,33 @@ json_object(Json *j, int depth)
 			}
 		}
 		(void) json_string(j, cur, &curlen);
-		if (!first)
+		if (f->prev != NULL)
 		{
 			/* prev versus cur: must be strictly smaller */
-			int			cmp = prevlen != curlen ? (prevlen < curlen ? -1 : 1) : memcmp(prev, cur, curlen);
+			int			cmp = f->prevlen != curlen ? (f->prevlen < curlen ? -1 : 1) : memcmp(f->prev, cur, curlen);
 
 			if (cmp >= 0)
 			{
+				free(cur);
 				j->pos = start;
 				json_fail(j, cmp == 0 ? "duplicate object key"
 						  : "object keys not in jsonb order (by length, then bytewise)");
 				goto done;
 			}
 		}
-		free(prev);
-		prev = cur;
-		prevlen = curlen;
-		cur = NULL;
-		first = 0;
-		if (json_sep(j, ": ") != 0 || json_value(j, depth + 1) != 0)
+		free(f->prev);
+		f->prev = cur;
+		f->prevlen = curlen;
+		if (json_sep(j, ": ") != 0)
 			goto done;
-		if (j->pos < j->len && j->p[j->pos] == '}')
-		{
-			j->pos++;
-			ret = 0;
-			goto done;
-		}
+		goto value;
 	}
+
 done:
-	free(prev);
-	free(cur);
+	while (n > 0)
+		free(st[--n].prev);
+	free(st);
 	return ret;
-}
-
-static int
-json_array(Json *j, int depth)
-{
-	j->pos++;
-	if (j->pos < j->len && j->p[j->pos] == ']')
-	{
-		j->pos++;
-		return 0;
-	}
-	for (;;)
-	{
-		if (json_value(j, depth + 1) != 0)
-			return -1;
-		if (j->pos < j->len && j->p[j->pos] == ']')
-		{
-			j->pos++;
-			return 0;
-		}
-		if (json_sep(j, ", ") != 0)
-			return -1;
-	}
-}
-
-static int
-json_value(Json *j, int depth)
-{
-	if (depth > MAX_JSON_DEPTH)
-		return json_fail(j, "nested too deeply");
-	if (j->pos >= j->len)
-		return json_fail(j, "unexpected end");
-	switch (j->p[j->pos])
-	{
-		case '{':
-			return json_object(j, depth);
-		case '[':
-			return json_array(j, depth);
-		case '"':
-			return json_string(j, NULL, NULL);
-		case 't':
-			return json_lit(j, "true");
-		case 'f':
-			return json_lit(j, "false");
-		case 'n':
-			return json_lit(j, "null");
-		default:
-			if (j->p[j->pos] == '-' || (j->p[j->pos] >= '0' && j->p[j->pos] <= '9'))
-				return json_number(j);
-			return json_fail(j, "unexpected character");
-	}
 }
 
 /*
@@ -1278,7 +1309,7 @@ decode_entry(const uint8_t *b, size_t len, Entry *e, char *err, size_t errlen)
 	{
 		Json		j = {e->details.p, e->details.len, 0, NULL};
 
-		if (json_value(&j, 0) != 0 || (j.pos != j.len && json_fail(&j, "text after the JSON value")))
+		if (json_value(&j) != 0 || (j.pos != j.len && json_fail(&j, "text after the JSON value")))
 		{
 			snprintf(err, errlen, "field 'd' (details) is not jsonb output: %s at byte %zu of the details",
 					 j.err, j.pos);

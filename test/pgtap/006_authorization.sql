@@ -11,7 +11,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION fintx;
-SELECT plan(169);
+SELECT plan(170);
 
 CREATE FUNCTION pg_temp.run_as(r text, q text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
@@ -191,6 +191,9 @@ SELECT is(pg_temp.run_as('t6_pay', $q$SELECT status FROM fintx.transfer('h-1', '
           'pending', 'a service places a hold');
 SELECT is(pg_temp.run_as('t6_pay', format('SELECT status FROM fintx.post_pending(%L, %s)', 'h-2',
           (SELECT transfer_id FROM fintx.idempotency_keys WHERE idempotency_key = 'h-1'))), 'posted', 'and posts it');
+SELECT is(pg_temp.run_as('t6_pay', $q$SELECT p.status FROM fintx.transfer('h-5', 'pay:ops', 'pay:cust:1', 4, pending => true) h,
+                                       LATERAL fintx.post_pending('h-6', h.transfer_id) p$q$),
+          'posted', 'a hold placed and posted in one statement is found (not refused as unknown)');
 SELECT fintx.transfer('h-3', 'risk:pool', 'pay:cust:1', 3, pending => true);
 SELECT throws_ok(format($$SELECT pg_temp.run_as('t6_pay', 'SELECT status FROM fintx.void_pending(''h-4'', %s)')$$,
                  (SELECT transfer_id FROM fintx.idempotency_keys WHERE idempotency_key = 'h-3')),

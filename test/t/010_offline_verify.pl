@@ -102,6 +102,8 @@ $node->safe_psql('postgres', q{
 	                            (2, E'tab\there', '"str"');
 	UPDATE public.t SET v = 'uno' WHERE id = 1;
 	DELETE FROM public.t WHERE id = 2;
+	-- nested deeper than 10,000 levels: jsonb accepts it (within max_stack_depth), so must the verifier
+	INSERT INTO public.t VALUES (100, 'deep', (repeat('[', 11000) || '1' || repeat(']', 11000))::jsonb);
 	SELECT fintx.open_account('ov:bank', 'EUR', allow_negative => true);
 	SELECT fintx.open_account('ov:a', 'EUR');
 	SELECT fintx.transfer('ov-1', 'ov:bank', 'ov:a', 1000);

@@ -78,5 +78,17 @@ is(sql('SELECT count(*) FROM (SELECT position FROM seen GROUP BY position HAVING
 is(sql(q{SELECT committed_position FROM fintx.consumer_state('tight')}), $events,
 	'the committed offset is the last position');
 
+# The worker seals and sequences in READ COMMITTED transactions whatever the server's
+# default: with SERIALIZABLE (a common choice for a ledger) it must not stop.
+sql(q{ALTER SYSTEM SET default_transaction_isolation = 'serializable'; SELECT pg_reload_conf();});
+is(sql('SHOW default_transaction_isolation'), 'serializable', 'the server defaults to SERIALIZABLE');
+sql(q{SELECT fintx.emit('job', 'after-serializable', 'job.created', '{}'); SELECT fintx.open_account('ser:1', 'EUR');});
+my $w2 = quiet_session($node);
+ok((poll_until($w2, 'SELECT fintx.outbox_tail() >= ' . ($events + 2), 't', 30))[0],
+	'the worker still sequences the outbox');
+ok((poll_until($w2, 'SELECT (SELECT max(tree_size) FROM fintx.audit_blocks) = (SELECT count(*) FROM fintx.audit_entries)', 't', 30))[0],
+	'and seals the audit log');
+$w2->quit;
+
 $node->stop;
 done_testing();

@@ -602,6 +602,26 @@ SealLog(void)
 	if (nn > 0)
 		fintx_direct_insert_rows("audit_nodes", node_columns, 3, (int) nn, nodes, palloc0(sizeof(bool) * 3 * nn));
 
+	/*
+	 * The older leaves of the partial tile were read back from audit_entries
+	 * above, not from a stored node: they must still produce the previous
+	 * block's tree head, or this block would sign over entries rewritten
+	 * together with their hashes since.
+	 */
+	if (n0 > tile0)
+	{
+		uint8		old_root[MERKLE_HASH_LEN];
+
+		merkle_root(FetchSealed, &lv, n0, old_root);
+		if (memcmp(old_root, prev.root, MERKLE_HASH_LEN) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg("audit leaves %lld to %lld no longer produce the tree head of block %lld",
+							(long long) tile0, (long long) (n0 - 1), (long long) prev.block_id),
+					 errdetail("An audit entry was changed after it was sealed; nothing was sealed."),
+					 errhint("Run fintx.verify_audit() to locate the damage.")));
+	}
+
 	/* the block: tree head (its subtrees mostly from this pass's memory), hash chain, signature */
 	merkle_root(FetchSealed, &lv, m, root);
 	if (prev.exists)

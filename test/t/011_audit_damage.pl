@@ -200,6 +200,14 @@ for my $leaf (20, 36)
 		"leaf $leaf rewritten with its entry hash: verify_audit($leaf, $leaf) names its tile");
 }
 
+# the next sealing pass reads leaves 32..41 back to extend their partial tile: with leaf 36
+# rewritten together with its hash it must refuse to sign over them, not seal a new block
+$node->safe_psql('range36', 'INSERT INTO t VALUES (1)');
+like(psql_err('range36', 'SELECT fintx.seal()'),
+	qr/ERROR:  XX001: audit leaves 32 to 41 no longer produce the tree head of block 3/,
+	'sealing refuses to extend a partial tile whose entries changed since they were sealed (XX001)');
+is($node->safe_psql('range36', 'SELECT max(tree_size) FROM fintx.audit_blocks'), '42', 'and no block was added');
+
 tamper('range', 'DELETE FROM fintx.audit_nodes WHERE level = 4 AND idx = 1');
 like($node->safe_psql('range', "SELECT ok || '|' || coalesce(first_bad_leaf::text, '') || '|' || detail FROM fintx.verify_audit(20, 21)"),
 	qr/^false\|16\|the tree node at level 4, index 1 is missing/, 'a range whose tile lost its stored node says so');

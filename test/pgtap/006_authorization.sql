@@ -11,7 +11,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION fintx;
-SELECT plan(170);
+SELECT plan(174);
 
 CREATE FUNCTION pg_temp.run_as(r text, q text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
@@ -273,6 +273,15 @@ SELECT throws_ok($$SELECT pg_temp.run_as('t6_pay', 'SELECT fintx.verify_audit()'
                  'audit.read is needed for audit functions');
 SELECT is(pg_temp.run_as('t6_risk', $q$SELECT (fintx.tree_size() >= 0)::text$q$), 'true', 'a service with audit.read may read the audit log');
 SELECT is(pg_temp.run_as('t6_pay', $q$SELECT (fintx.seal() >= 0)::text$q$), 'true', 'sealing needs no audit.read (it reveals only the tree size)');
+-- staff reads of the audit log are logged too (PCI DSS 10.2.1.3)
+SELECT is(pg_temp.run_as('t6_auditor', $q$SELECT (fintx.tree_size() >= 0)::text$q$), 'true', 'the auditor reads the tree size');
+SELECT is((SELECT operation || ' ' || object || ' ' || allowed || ' ' || reason || ' ' || rule FROM fintx.access_log
+            WHERE role = 't6_auditor' AND operation = 'audit.read' ORDER BY at DESC LIMIT 1),
+          'audit.read audit log true auditor member of fintx_auditor', 'and that read is in the access log');
+SELECT is((SELECT count(*)::int FROM (SELECT fintx.verify_audit()) v), 1, 'an administrator verifies the audit log');
+SELECT is((SELECT reason || ' ' || rule FROM fintx.access_log
+            WHERE role = current_user AND operation = 'audit.read' ORDER BY at DESC LIMIT 1),
+          'administrator superuser', 'and that read is in the access log as well');
 
 -- ===========================================================================
 -- 8. the access log holds every allowed decision, with the PCI DSS fields

@@ -9,8 +9,9 @@ REVOKE ALL ON ALL FUNCTIONS IN SCHEMA fintx FROM PUBLIC;
 GRANT SELECT ON ALL TABLES IN SCHEMA fintx TO fintx_admin;
 GRANT SELECT ON fintx.account_balances, fintx.open_holds, fintx.transfer_history, fintx.pending_approvals
   TO fintx_service, fintx_auditor;
--- The views above read with the caller's rights; row security on the tables limits a
--- service to the accounts its grants cover.
+-- account_balances and pending_approvals read with the caller's rights (row security on the
+-- tables limits a service to the accounts its grants cover); open_holds and transfer_history
+-- read with their owner's and filter with fintx.transfer_visible() (docs/authorization.md).
 GRANT SELECT ON fintx.accounts, fintx.transfers, fintx.pending_holds, fintx.approvals
   TO fintx_service, fintx_auditor;
 GRANT SELECT ON fintx.access_log, fintx.access_log_entries, fintx.services, fintx.permissions,

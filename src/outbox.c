@@ -1079,7 +1079,9 @@ fintx_relay_checkpoint(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("cannot move the stream sequence of consumer \"%s\" back to %lld", name, (long long) seq),
 				 errdetail("The stored stream sequence is %lld.", (long long) c.stream_sequence)));
-	SetOffset(name, up_to, seq, true);
+	/* unchanged: no write (acked_at keeps telling when the relay last moved) */
+	if (up_to != c.committed || seq != c.stream_sequence)
+		SetOffset(name, up_to, seq, true);
 	SPI_finish();
 	PG_RETURN_VOID();
 }

@@ -159,16 +159,21 @@ sleep_ms(int ms)
  */
 
 /*
- * Whether a failed query's SQLSTATE is one retrying cannot fix: missing
- * privileges or functions (class 42), a consumer in the wrong state (55),
- * invalid input such as an unknown consumer (22).
+ * Whether a failed query's SQLSTATE is one retrying cannot fix: a missing
+ * privilege, function, table or schema, a consumer in the wrong state, or
+ * invalid input such as an unknown consumer. Transient errors of the same
+ * classes (55P03 lock_not_available, 55006 object_in_use, ...) are retried.
  */
 static bool
 pg_error_is_permanent(const PGresult *r)
 {
+	static const char *const permanent[] = {"42501", "42883", "42P01", "3F000", "55000", "22023", "22P02", "22004", NULL};
 	const char *st = PQresultErrorField(r, PG_DIAG_SQLSTATE);
 
-	return st != NULL && (strncmp(st, "42", 2) == 0 || strncmp(st, "55", 2) == 0 || strncmp(st, "22", 2) == 0);
+	for (int i = 0; st != NULL && permanent[i] != NULL; i++)
+		if (strcmp(st, permanent[i]) == 0)
+			return true;
+	return false;
 }
 
 static void
@@ -195,10 +200,18 @@ pg_connect(void)
 		 * so that it can override them: without timeouts and keepalives a
 		 * network partition blocks a query for good, and SIGTERM with it.
 		 */
-		const char *const keys[] = {"connect_timeout", "keepalives", "keepalives_idle", "keepalives_interval",
-		"keepalives_count", "tcp_user_timeout", "application_name", "dbname", NULL};
-		const char *const values[] = {"10", "1", "10", "5", "3", "30000", "fintx-relay", cfg.conninfo, NULL};
+		const char *keys[] = {"keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count",
+		"tcp_user_timeout", "fallback_application_name", "connect_timeout", "dbname", NULL};
+		const char *values[] = {"1", "10", "5", "3", "30000", "fintx-relay", "10", cfg.conninfo, NULL};
 
+		/* PGCONNECT_TIMEOUT, when set, is the user's choice: leave connect_timeout to libpq */
+		if (getenv("PGCONNECT_TIMEOUT") != NULL)
+		{
+			keys[6] = "dbname";
+			values[6] = cfg.conninfo;
+			keys[7] = NULL;
+			values[7] = NULL;
+		}
 		pg = PQconnectdbParams(keys, values, 1);
 	}
 	if (PQstatus(pg) != CONNECTION_OK)
@@ -330,8 +343,9 @@ pg_wait(int timeout_ms)
  */
 
 /*
- * The NATS URL(s) for a log line, without credentials: user and password or
- * token before an "@" are replaced by three asterisks.
+ * The NATS URL(s) for a log line, without credentials: in each
+ * comma-separated entry, everything before its last "@" (after the scheme,
+ * if there is one) is replaced by three asterisks, as libnats splits it.
  */
 static const char *
 nats_url_for_log(void)
@@ -342,30 +356,38 @@ nats_url_for_log(void)
 
 	while (*in && n + 8 < sizeof(buf))
 	{
-		const char *scheme = strstr(in, "://");
-		const char *end;
-		const char *at;
+		size_t		len = strcspn(in, ",");
+		const char *scheme = NULL;
+		const char *at = NULL;
+		const char *host = in;
 
-		if (scheme == NULL)
-			break;
-		/* copy through the scheme, then drop everything up to an '@' before the next '/', ',' or end */
-		while (in < scheme + 3 && n + 8 < sizeof(buf))
-			buf[n++] = *in++;
-		end = in + strcspn(in, "/,");
-		at = memchr(in, '@', (size_t) (end - in));
+		for (size_t i = 0; i + 2 < len; i++)
+			if (in[i] == ':' && in[i + 1] == '/' && in[i + 2] == '/')
+			{
+				scheme = in + i + 3;
+				break;
+			}
+		for (size_t i = 0; i < len; i++)
+			if (in[i] == '@')
+				at = in + i;
 		if (at != NULL)
 		{
+			size_t		keep = scheme != NULL && scheme <= at ? (size_t) (scheme - in) : 0;
+
+			if (n + keep + 4 >= sizeof(buf))
+				break;
+			memcpy(buf + n, in, keep);
+			n += keep;
 			memcpy(buf + n, "***@", 4);
 			n += 4;
-			in = at + 1;
+			host = at + 1;
 		}
-		while (*in && *in != ',' && n + 8 < sizeof(buf))
-			buf[n++] = *in++;
-		if (*in == ',' && n + 8 < sizeof(buf))
+		while (host < in + len && n + 2 < sizeof(buf))
+			buf[n++] = *host++;
+		in += len;
+		if (*in == ',' && n + 2 < sizeof(buf))
 			buf[n++] = *in++;
 	}
-	while (*in && n + 1 < sizeof(buf))
-		buf[n++] = *in++;
 	buf[n] = '\0';
 	return buf;
 }
@@ -581,6 +603,14 @@ reconcile(void)
 			   "refusing to continue", last, cfg.stream, p, committed, stream_seq);
 		return -2;
 	}
+	if (last - stream_seq != (uint64_t) (p - committed))
+	{
+		logmsg("stream %s holds %" PRIu64 " messages after the stored sequence %" PRIu64 " but its last one "
+			   "carries position %" PRId64 ", %" PRId64 " after the committed %" PRId64 ": positions were skipped "
+			   "or published twice; refusing to continue", cfg.stream, last - stream_seq, stream_seq, p,
+			   p - committed, committed);
+		return -2;
+	}
 	if (p - committed > 10000)
 	{
 		logmsg("message %" PRIu64 " of stream %s carries position %" PRId64 ", %" PRId64 " after the committed %"
@@ -673,6 +703,44 @@ relay_batch(void)
 		tail = committed;		/* nothing after the offset */
 		return 0;
 	}
+
+	/*
+	 * Before anything is published: the batch must be the positions right
+	 * after the committed one (a consumer that does not receive every event
+	 * would leave gaps, and the checkpoint would skip them), and each message
+	 * must fit the server's max_payload, headers included (NATS counts both;
+	 * retrying a message the server refuses would go on forever).
+	 */
+	for (int i = 0; i < n; i++)
+	{
+		static const int hcols[] = {1, -1, 0, 2, 3, 4, 6};	/* the header values' columns; -1: the sequence */
+		static const char *const hnames[] = {"Nats-Msg-Id", "Nats-Expected-Last-Sequence", "Fintx-Position",
+		"Fintx-Aggregate-Type", "Fintx-Aggregate-Id", "Fintx-Type", "Fintx-Headers"};
+		int64_t		pos = strtoll(PQgetvalue(r, i, 0), NULL, 10);
+		int64_t		size = (int64_t) PQgetlength(r, i, 5) + 12;	/* "NATS/1.0\r\n" ... "\r\n" */
+
+		if (pos != committed + 1 + i)
+		{
+			logmsg("poll() returned position %" PRId64 " where %" PRId64 " was expected: the consumer does not "
+				   "receive every event (a filter, a dead letter or the role's grants); refusing to publish",
+				   pos, committed + 1 + i);
+			PQclear(r);
+			return -2;
+		}
+		for (int h = 0; h < 7; h++)
+			size += (int64_t) strlen(hnames[h]) + 4 + (hcols[h] < 0 ? 20 : PQgetlength(r, i, hcols[h]));
+		if (size > natsConnection_GetMaxPayload(nc))
+		{
+			logmsg("the event at position %s (id %s, %d bytes of payload, about %" PRId64 " bytes with its "
+				   "headers) is larger than the NATS server's max_payload of %" PRId64 " bytes; raise "
+				   "max_payload in the server's configuration (the relay never skips an event)",
+				   PQgetvalue(r, i, 0), PQgetvalue(r, i, 1), PQgetlength(r, i, 5), size,
+				   natsConnection_GetMaxPayload(nc));
+			PQclear(r);
+			return -2;
+		}
+	}
+
 	pthread_mutex_lock(&acks.mu);
 	acks.ok = acks.failed = 0;
 	acks.max_position = 0;
@@ -710,15 +778,6 @@ relay_batch(void)
 		if (s == NATS_OK)
 			s = js_PublishMsgAsync(js, &m, NULL);
 		natsMsg_Destroy(m);
-		if (s == NATS_MAX_PAYLOAD)
-		{
-			/* retrying would send the same event again, forever: stop and say why */
-			logmsg("the event at position %s (id %s, %zu bytes of payload) is larger than the NATS server's "
-				   "max_payload of %" PRId64 " bytes with its headers; raise max_payload in the server's "
-				   "configuration (the relay never skips an event)", PQgetvalue(r, i, 0), PQgetvalue(r, i, 1),
-				   strlen(payload), natsConnection_GetMaxPayload(nc));
-			fatal = true;
-		}
 		if (s != NATS_OK)
 		{
 			logmsg("publish failed at position %s: %s", PQgetvalue(r, i, 0), natsStatus_GetText(s));

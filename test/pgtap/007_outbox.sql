@@ -17,7 +17,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION fintx;
-SELECT plan(93);
+SELECT plan(94);
 
 CREATE FUNCTION pg_temp.run_as(r text, q text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
@@ -46,6 +46,10 @@ SELECT throws_ok($$SELECT fintx.relay_checkpoint('t6', 0, NULL)$$, '22023', 'str
 SELECT throws_ok($$SELECT fintx.relay_checkpoint('t6', -1, 0)$$, '22023', 'positions and sequences must not be negative', 'relay_checkpoint: negative');
 SELECT lives_ok($$SELECT fintx.relay_checkpoint('t6', 0, 5)$$, 'relay_checkpoint records a stream sequence');
 SELECT throws_ok($$SELECT fintx.relay_checkpoint('t6', 0, 4)$$, '55000', NULL, 'relay_checkpoint: the stream sequence cannot move back');
+SELECT ctid AS t6_ctid FROM fintx.outbox_consumers WHERE name = 't6' \gset
+SELECT fintx.relay_checkpoint('t6', 0, 5);
+SELECT is((SELECT ctid::text FROM fintx.outbox_consumers WHERE name = 't6'), :'t6_ctid',
+          'relay_checkpoint with the stored position and sequence writes nothing');
 SELECT throws_ok($$SELECT fintx.create_consumer(NULL)$$, '22023', 'consumer must not be null', 'create_consumer(NULL)');
 SELECT throws_ok($$SELECT fintx.create_consumer('')$$, '22023', 'invalid consumer name', 'empty consumer name');
 SELECT throws_ok($$SELECT fintx.create_consumer('x''; DROP TABLE fintx.outbox; --')$$, '22023', 'invalid consumer name',

@@ -203,14 +203,14 @@ $node->safe_psql('other_outbox', qq{CREATE EXTENSION fintx;
 	SELECT count(fintx.emit('job', 'o-' || g, 'job.created', '{}')) FROM generate_series(1, $tail + 10) g;
 	SELECT fintx.seal();
 	SELECT fintx.create_consumer('fintx-relay');
-	SELECT fintx.ack('fintx-relay', $tail - 5);});
+	SELECT fintx.relay_checkpoint('fintx-relay', $tail - 5, $tail - 5);});
 my ($rc, $rerr) = relay_run([ $relay_bin, '-d', $node->connstr('other_outbox'), '-s', $nats_url, '-S', 'FINTX',
 	'-p', 'fx', '--health-interval=1' ]);
 is($rc, 1, 'a relay of another outbox into the same stream stops with exit status 1');
 like($rerr, qr/carries position $tail with Nats-Msg-Id "[0-9a-f-]+", but the outbox's event at that position is "[0-9a-f-]+": the stream belongs to another outbox/,
 	'it names the position whose event differs');
 is($node->safe_psql('other_outbox', q{SELECT committed_position || ' ' || stream_sequence FROM fintx.consumer_state('fintx-relay')}),
-	($tail - 5) . ' 0', 'and it adopted nothing');
+	($tail - 5) . ' ' . ($tail - 5), 'and it adopted nothing');
 
 # a consumer with a filter, and a service that does not see every account
 sql(q{SELECT fintx.create_consumer('jobs-only', 1, 0, aggregatetypes => '{job}')});
@@ -227,6 +227,21 @@ is($rc, 1, 'a relay whose service sees only some accounts stops with exit status
 like($rerr, qr/role "relaysvc" does not see every event of the outbox/, 'it says the role does not see every event');
 is(sql(q{SELECT committed_position FROM fintx.consumer_state('svc-relay')}), '0', 'its consumer did not move');
 
+# a gap in what poll() returns (here a dead letter someone else recorded for the relay's
+# consumer) is refused before anything is published, not checkpointed past
+sql(q{SELECT fintx.emit('job', 'gap-1', 'job.created', '{}'); SELECT fintx.emit('job', 'gap-2', 'job.created', '{}');
+	SELECT fintx.seal();});
+my $gap_pos = sql(q{SELECT fintx.outbox_tail() - 1});
+sql(join '', map { "SELECT fintx.reject('fintx-relay', $gap_pos, 'test');\n" } 1 .. 5);	# max_retries 5: a dead letter
+is(sql(qq{SELECT count(*) FROM fintx.outbox_dead_letters WHERE consumer = 'fintx-relay' AND position = $gap_pos}), '1',
+	'the event is a dead letter of the relay\'s consumer');
+my $before = sql(q{SELECT committed_position || ' ' || stream_sequence FROM fintx.consumer_state('fintx-relay')});
+($rc, $rerr) = relay_run(relay_cmd());
+is($rc, 1, 'a dead letter in the relay\'s way stops it with exit status 1');
+like($rerr, qr/poll\(\) returned position ${\($gap_pos + 1)} where $gap_pos was expected/, 'it names the gap');
+is(sql(q{SELECT committed_position || ' ' || stream_sequence FROM fintx.consumer_state('fintx-relay')}), $before,
+	'and checkpointed nothing past it');
+
 # --no-create-stream without the stream, in daemon mode
 ($rc, $rerr) = relay_run(relay_cmd('--no-create-stream', '-S', 'NO_SUCH_STREAM', '-c', 'no-stream'));
 is($rc, 1, '--no-create-stream and no stream: exit status 1, also without --once');
@@ -239,6 +254,11 @@ my $closed = PostgreSQL::Test::Cluster::get_free_port();
 is($rc, 1, 'no NATS server: --once exits 1');
 like($rerr, qr{could not connect to NATS at nats://\*\*\*\@127\.0\.0\.1:$closed}, 'the log names the server');
 unlike($rerr, qr/s3cret|alice/, 'but not the user or the password');
+($rc, $rerr) = relay_run([ $relay_bin, '-d', $node->connstr('postgres'),
+	'-s', "nats://127.0.0.1:$closed,bob:pw\@x\@127.0.0.1:$closed,carol:t0ken\@localhost:$closed", '-c', 'no-nats', '--once' ]);
+like($rerr, qr{could not connect to NATS at nats://127\.0\.0\.1:$closed,\*\*\*\@127\.0\.0\.1:$closed,\*\*\*\@localhost:$closed},
+	'in a list of servers, with and without a scheme, every entry loses its credentials');
+unlike($rerr, qr/bob|pw|carol|t0ken/, 'up to the last @ of each entry');
 
 # an event larger than the NATS server's max_payload: stop and say so, not retry forever
 {
@@ -258,10 +278,20 @@ unlike($rerr, qr/s3cret|alice/, 'but not the user or the password');
 	($rc, $rerr) = relay_run([ $relay_bin, '-d', $node->connstr('big_events'), '-s', "nats://127.0.0.1:$small_port",
 		'-S', 'BIG', '-p', 'big', '--health-interval=1' ]);
 	is($rc, 1, 'an event over max_payload stops the relay with exit status 1, also without --once');
-	like($rerr, qr/the event at position 2 \(id [0-9a-f-]+, 80\d\d bytes of payload\) is larger than the NATS server's max_payload of 4096 bytes/,
+	like($rerr, qr/the event at position 2 \(id [0-9a-f-]+, 80\d\d bytes of payload, about \d+ bytes with its headers\) is larger than the NATS server's max_payload of 4096 bytes/,
 		'it names the event and the limit');
 	is($node->safe_psql('big_events', q{SELECT committed_position < 2 FROM fintx.consumer_state('fintx-relay')}), 't',
 		'the offset stays before the large event: it was not skipped');
+	# a small payload whose headers make the message too large: NATS counts both
+	sql('CREATE DATABASE big_headers');
+	$node->safe_psql('big_headers', q{CREATE EXTENSION fintx;
+		SELECT fintx.emit('doc', 'h1', 'doc.small', '{"n": 1}', jsonb_build_object('note', repeat('h', 6000)));
+		SELECT fintx.seal();});
+	($rc, $rerr) = relay_run([ $relay_bin, '-d', $node->connstr('big_headers'), '-s', "nats://127.0.0.1:$small_port",
+		'-S', 'BIGH', '-p', 'bigh', '--health-interval=1' ]);
+	is($rc, 1, 'an event whose headers take it over max_payload stops the relay too');
+	like($rerr, qr/the event at position 1 \(id [0-9a-f-]+, \d+ bytes of payload, about 6\d\d\d bytes with its headers\) is larger than the NATS server's max_payload of 4096 bytes/,
+		'it counts the headers');
 	$small->signal('TERM');
 	eval { $small->finish; };
 }

@@ -28,7 +28,8 @@ while (my $line = <$ix>) {
     if ($suite eq 'regress') {
         my $n = 0;
         for (@lines) {
-            if (/^(?:test\s+|\s+)(\S+)\s+\.\.\.\s+(ok|FAILED|failed \(ignored\))\s+(\d+) ms/) {
+            # "FAILED (test process exited with exit code 2)" when a test's backend crashed
+            if (/^(?:test\s+|\s+)(\S+)\s+\.\.\.\s+(ok|FAILED|failed \(ignored\))(?:\s+\(.*?\))?\s+(\d+) ms/) {
                 add("sql/$1.sql", $2 eq 'ok' ? 'passed' : 'failed', $3,
                     $2 eq 'ok' ? undef : "see results/regress/regression.diffs");
                 $n++;
@@ -45,7 +46,8 @@ while (my $line = <$ix>) {
     my ($count, $pending_diag) = (0, undef);
     my $last;
     for (@lines) {
-        if (/^(not )?ok (\d+)(?:\s*-\s*(.*?))?\s*$/) {
+        # "ok 7 - name", "ok 7 name", "ok 7 # skip why", "not ok 8 # TODO"
+        if (/^(not )?ok (\d+)\b\s*(?:-\s*)?(.*?)\s*$/) {
             my ($not, $num, $desc) = ($1, $2, $3 // '');
             my $outcome = $not ? 'failed' : 'passed';
             $outcome = 'skipped' if $desc =~ /#\s*SKIP/i;
@@ -58,8 +60,10 @@ while (my $line = <$ix>) {
             $last->{call}{longrepr} .= "$1\n";
         }
     }
-    # the file itself: plan respected, exit status zero
-    add("${name}::plan", $rc == 0 ? 'passed' : 'failed', $ms,
+    # the file itself: plan respected, exit status zero; a whole file skipped ("1..0 # SKIP")
+    # is reported as skipped, not passed
+    my $skipped_all = grep { /^1\.\.0\s*#\s*skip/i || /\.\. skipped:/ } @lines;
+    add("${name}::plan", $rc != 0 ? 'failed' : $skipped_all ? 'skipped' : 'passed', $ms,
         $rc == 0 ? undef : join("", grep { !/^ok / } (@lines > 40 ? @lines[-40 .. -1] : @lines)));
 }
 

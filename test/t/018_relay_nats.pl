@@ -142,7 +142,7 @@ for my $p (@producers)
 }
 sql('SELECT fintx.seal()');
 my ($out, $err) = ('', '');
-my $once = IPC::Run::run(relay_cmd('--once'), '<', '/dev/null', '>', \$out, '2>', \$err);
+my $once = IPC::Run::run(relay_cmd('--once'), '<', '/dev/null', '>', \$out, '2>', \$err, IPC::Run::timeout(120));
 ok($once, 'fintx-relay --once exits 0') or diag($err);
 like($err, qr/health state=done .* lag=0 pg=up nats=up/, 'the --once run ends with a health line showing no lag');
 
@@ -150,7 +150,7 @@ like($err, qr/health state=done .* lag=0 pg=up nats=up/, 'the --once run ends wi
 my $tail = sql('SELECT fintx.outbox_tail()');
 cmp_ok($tail, '>', 3000, "the outbox holds $tail sequenced events");
 my $stream = '';
-IPC::Run::run(relay_cmd('--dump-stream'), '<', '/dev/null', '>', \$stream, '2>', \$err)
+IPC::Run::run(relay_cmd('--dump-stream'), '<', '/dev/null', '>', \$stream, '2>', \$err, IPC::Run::timeout(120))
   or die "dump failed: $err";
 my @msgs = map { [ split /\t/ ] } split /\n/, $stream;
 my %outbox = map { split /\|/ } split /\n/,

@@ -97,7 +97,8 @@ is(sql(q{SELECT string_agg(tableoid::regclass::text || ':' || n, ',' ORDER BY ta
 	'fintx.outbox_0:25,fintx.outbox_1:16,fintx.outbox_2:9', 'the crossing events spread over three partitions');
 is(sql(q{SELECT count(*) FROM fintx.outbox WHERE tableoid <> ('fintx.outbox_' || ((event_no / 1048576) % 3))::regclass}),
 	'0', 'every event is in the partition of its slot');
-ok(sql(q{SELECT fintx.sequence_outbox()}) ne '', 'outbox sequenced');
+sql(q{SELECT fintx.sequence_outbox()});
+is(sql(q{SELECT fintx.outbox_tail() = (SELECT count(*) FROM fintx.outbox)}), 't', 'every event is sequenced');
 is(sql(q{SELECT count(*) FROM fintx.outbox_position_runs
           WHERE tableoid <> ('fintx.outbox_position_runs_' || ((first_event_no / 1048576) % 3))::regclass
              OR (first_event_no + event_count - 1) / 1048576 <> first_event_no / 1048576}),

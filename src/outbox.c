@@ -1066,6 +1066,21 @@ fintx_relay_checkpoint(PG_FUNCTION_ARGS)
 				 errmsg("consumer \"%s\" does not receive every event", name),
 				 errdetail("It was created with a group or with aggregate type or event type filters."),
 				 errhint("A relay needs a consumer of its own, created with fintx.create_consumer(name).")));
+	{
+		Oid			dtypes[1] = {TEXTOID};
+		Datum		darg = CStringGetTextDatum(name);
+
+		if (SPI_execute_with_args("SELECT 1 FROM fintx.outbox_dead_letters WHERE consumer OPERATOR(pg_catalog.=) $1 LIMIT 1",
+								  1, dtypes, &darg, NULL, false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "reading dead letters failed");	/* LCOV_EXCL_LINE */
+		if (SPI_processed > 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("consumer \"%s\" has dead letters", name),
+					 errdetail("poll() skips them, so a relay would never publish them."),
+					 errhint("Give the relay a new consumer and move it to this one's position and stream sequence "
+							 "with fintx.relay_checkpoint(); the new consumer has no dead letters.")));
+	}
 	if (!fintx_authz_sees_every_event())
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),

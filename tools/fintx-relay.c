@@ -361,12 +361,17 @@ nats_url_for_log(void)
 		const char *at = NULL;
 		const char *host = in;
 
-		for (size_t i = 0; i + 2 < len; i++)
-			if (in[i] == ':' && in[i + 1] == '/' && in[i + 2] == '/')
-			{
+		/* a scheme is [A-Za-z][A-Za-z0-9+.-]*:// at the start of the entry, nowhere else */
+		if (len > 0 && ((in[0] >= 'A' && in[0] <= 'Z') || (in[0] >= 'a' && in[0] <= 'z')))
+		{
+			size_t		i = 1;
+
+			while (i < len && ((in[i] >= 'A' && in[i] <= 'Z') || (in[i] >= 'a' && in[i] <= 'z') ||
+							   (in[i] >= '0' && in[i] <= '9') || in[i] == '+' || in[i] == '.' || in[i] == '-'))
+				i++;
+			if (i + 2 < len && in[i] == ':' && in[i + 1] == '/' && in[i + 2] == '/')
 				scheme = in + i + 3;
-				break;
-			}
+		}
 		for (size_t i = 0; i < len; i++)
 			if (in[i] == '@')
 				at = in + i;
@@ -603,11 +608,17 @@ reconcile(void)
 			   "refusing to continue", last, cfg.stream, p, committed, stream_seq);
 		return -2;
 	}
-	if (last - stream_seq != (uint64_t) (p - committed))
+	/*
+	 * The messages after the stored sequence hold positions p - (last - S) + 1
+	 * .. p; the first of them must not lie beyond the committed offset + 1 (a
+	 * gap). Lying before it is fine: the offset was moved forward by hand
+	 * (ack()) after they were published.
+	 */
+	if ((uint64_t) (p - committed) > last - stream_seq)
 	{
 		logmsg("stream %s holds %" PRIu64 " messages after the stored sequence %" PRIu64 " but its last one "
-			   "carries position %" PRId64 ", %" PRId64 " after the committed %" PRId64 ": positions were skipped "
-			   "or published twice; refusing to continue", cfg.stream, last - stream_seq, stream_seq, p,
+			   "carries position %" PRId64 ", %" PRId64 " after the committed %" PRId64 ": positions between "
+			   "were never published; refusing to continue", cfg.stream, last - stream_seq, stream_seq, p,
 			   p - committed, committed);
 		return -2;
 	}
@@ -699,7 +710,23 @@ relay_batch(void)
 	n = PQntuples(r);
 	if (n == 0)
 	{
+		int64_t		before = committed;
+
 		PQclear(r);
+		/*
+		 * poll() moves the offset past a window that held nothing for the
+		 * consumer (a dead letter recorded meanwhile): for a relay that is an
+		 * event skipped, not an empty outbox.
+		 */
+		if (!pg_state())
+			return -1;
+		if (committed != before)
+		{
+			logmsg("the offset of consumer \"%s\" moved from %" PRId64 " to %" PRId64 " without a publish "
+				   "(poll() skipped what it could not return: a dead letter?); refusing to continue",
+				   cfg.consumer, before, committed);
+			return -2;
+		}
 		tail = committed;		/* nothing after the offset */
 		return 0;
 	}
@@ -727,8 +754,11 @@ relay_batch(void)
 			PQclear(r);
 			return -2;
 		}
+		char		seqbuf[32];
+
+		snprintf(seqbuf, sizeof(seqbuf), "%" PRIu64, stream_seq + (uint64_t) i);
 		for (int h = 0; h < 7; h++)
-			size += (int64_t) strlen(hnames[h]) + 4 + (hcols[h] < 0 ? 20 : PQgetlength(r, i, hcols[h]));
+			size += (int64_t) strlen(hnames[h]) + 4 + (hcols[h] < 0 ? (int64_t) strlen(seqbuf) : PQgetlength(r, i, hcols[h]));
 		if (size > natsConnection_GetMaxPayload(nc))
 		{
 			logmsg("the event at position %s (id %s, %d bytes of payload, about %" PRId64 " bytes with its "
@@ -778,6 +808,14 @@ relay_batch(void)
 		if (s == NATS_OK)
 			s = js_PublishMsgAsync(js, &m, NULL);
 		natsMsg_Destroy(m);
+		if (s == NATS_MAX_PAYLOAD)
+		{
+			/* the server's limit changed since the check above (a reconnect to another server) */
+			logmsg("the event at position %s (id %s) is larger than the NATS server's max_payload of %" PRId64
+				   " bytes; raise max_payload (the relay never skips an event)", PQgetvalue(r, i, 0),
+				   PQgetvalue(r, i, 1), natsConnection_GetMaxPayload(nc));
+			fatal = true;
+		}
 		if (s != NATS_OK)
 		{
 			logmsg("publish failed at position %s: %s", PQgetvalue(r, i, 0), natsStatus_GetText(s));

@@ -227,8 +227,8 @@ is($rc, 1, 'a relay whose service sees only some accounts stops with exit status
 like($rerr, qr/role "relaysvc" does not see every event of the outbox/, 'it says the role does not see every event');
 is(sql(q{SELECT committed_position FROM fintx.consumer_state('svc-relay')}), '0', 'its consumer did not move');
 
-# a gap in what poll() returns (here a dead letter someone else recorded for the relay's
-# consumer) is refused before anything is published, not checkpointed past
+# a dead letter someone else recorded for the relay's consumer (poll() skips it) is refused
+# before anything is published, not checkpointed past
 sql(q{SELECT fintx.emit('job', 'gap-1', 'job.created', '{}'); SELECT fintx.emit('job', 'gap-2', 'job.created', '{}');
 	SELECT fintx.seal();});
 my $gap_pos = sql(q{SELECT fintx.outbox_tail() - 1});
@@ -238,7 +238,7 @@ is(sql(qq{SELECT count(*) FROM fintx.outbox_dead_letters WHERE consumer = 'fintx
 my $before = sql(q{SELECT committed_position || ' ' || stream_sequence FROM fintx.consumer_state('fintx-relay')});
 ($rc, $rerr) = relay_run(relay_cmd());
 is($rc, 1, 'a dead letter in the relay\'s way stops it with exit status 1');
-like($rerr, qr/poll\(\) returned position ${\($gap_pos + 1)} where $gap_pos was expected/, 'it names the gap');
+like($rerr, qr/consumer "fintx-relay" has dead letters/, 'it says why, before publishing anything');
 is(sql(q{SELECT committed_position || ' ' || stream_sequence FROM fintx.consumer_state('fintx-relay')}), $before,
 	'and checkpointed nothing past it');
 
@@ -255,10 +255,11 @@ is($rc, 1, 'no NATS server: --once exits 1');
 like($rerr, qr{could not connect to NATS at nats://\*\*\*\@127\.0\.0\.1:$closed}, 'the log names the server');
 unlike($rerr, qr/s3cret|alice/, 'but not the user or the password');
 ($rc, $rerr) = relay_run([ $relay_bin, '-d', $node->connstr('postgres'),
-	'-s', "nats://127.0.0.1:$closed,bob:pw\@x\@127.0.0.1:$closed,carol:t0ken\@localhost:$closed", '-c', 'no-nats', '--once' ]);
-like($rerr, qr{could not connect to NATS at nats://127\.0\.0\.1:$closed,\*\*\*\@127\.0\.0\.1:$closed,\*\*\*\@localhost:$closed},
+	'-s', "nats://127.0.0.1:$closed,bob:pw\@x\@127.0.0.1:$closed,carol:t0ken\@localhost:$closed,dave:zq://wx\@localhost:$closed",
+	'-c', 'no-nats', '--once' ]);
+like($rerr, qr{could not connect to NATS at nats://127\.0\.0\.1:$closed,\*\*\*\@127\.0\.0\.1:$closed,\*\*\*\@localhost:$closed,\*\*\*\@localhost:$closed},
 	'in a list of servers, with and without a scheme, every entry loses its credentials');
-unlike($rerr, qr/bob|pw|carol|t0ken/, 'up to the last @ of each entry');
+unlike($rerr, qr/bob|pw|carol|t0ken|dave|zq|wx/, 'up to the last @ of each entry, also with "://" in a password');
 
 # an event larger than the NATS server's max_payload: stop and say so, not retry forever
 {

@@ -29,7 +29,7 @@ PG_CONFIG ?= $(firstword $(wildcard /usr/lib/postgresql/15/bin/pg_config) pg_con
 DRIVER_GOALS = check demo coverage bootstrap bench valgrind
 ifneq ($(filter $(DRIVER_GOALS),$(MAKECMDGOALS)),)
 
-.PHONY: $(DRIVER_GOALS)
+.PHONY: $(DRIVER_GOALS) check-reset
 bootstrap:
 	@test/scripts/bootstrap.sh
 # the old result must not outlive a bootstrap or build failure

@@ -41,7 +41,7 @@ check-reset:
 demo: bootstrap
 	@$(MAKE) --no-print-directory all install
 	@test/scripts/demo.sh
-coverage: bootstrap
+coverage: check-reset bootstrap
 	@$(MAKE) --no-print-directory clean
 	@$(MAKE) --no-print-directory all install PG_CFLAGS="-O0 -fprofile-arcs -ftest-coverage" \
 	    SHLIB_LINK="-lcrypto -lgcov"

@@ -1070,16 +1070,23 @@ fintx_relay_checkpoint(PG_FUNCTION_ARGS)
 		Oid			dtypes[1] = {TEXTOID};
 		Datum		darg = CStringGetTextDatum(name);
 
-		if (SPI_execute_with_args("SELECT 1 FROM fintx.outbox_dead_letters WHERE consumer OPERATOR(pg_catalog.=) $1 LIMIT 1",
+		if (SPI_execute_with_args("SELECT pg_catalog.min(position) FROM fintx.outbox_dead_letters"
+								  " WHERE consumer OPERATOR(pg_catalog.=) $1",
 								  1, dtypes, &darg, NULL, false, 1) != SPI_OK_SELECT)
 			elog(ERROR, "reading dead letters failed");	/* LCOV_EXCL_LINE */
-		if (SPI_processed > 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("consumer \"%s\" has dead letters", name),
-					 errdetail("poll() skips them, so a relay would never publish them."),
-					 errhint("Give the relay a new consumer and move it to this one's position and stream sequence "
-							 "with fintx.relay_checkpoint(); the new consumer has no dead letters.")));
+		{
+			bool		isnull;
+			Datum		first = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+			if (!isnull)
+				ereport(ERROR,
+						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						 errmsg("consumer \"%s\" has dead letters", name),
+						 errdetail("The first is at position %lld; poll() skips dead letters, so a relay would never "
+								   "publish them.", (long long) DatumGetInt64(first)),
+						 errhint("Give the relay a new consumer, moved with fintx.relay_checkpoint() to the position "
+								 "and sequence of the stream's last message (fintx-relay --dump-stream shows both).")));
+		}
 	}
 	if (!fintx_authz_sees_every_event())
 		ereport(ERROR,

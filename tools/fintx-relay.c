@@ -727,8 +727,7 @@ relay_batch(void)
 				   cfg.consumer, before, committed);
 			return -2;
 		}
-		tail = committed;		/* nothing after the offset */
-		return 0;
+		return 0;				/* pg_state() read the tail too */
 	}
 
 	/*

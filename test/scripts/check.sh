@@ -22,7 +22,7 @@ cat > "$ROOT/test_results.json" <<'JSON'
 JSON
 # every runner gets a time limit: a hung test must fail the run, not use up CI's time
 T_FILE=${FINTX_TIMEOUT_FILE:-900}
-[[ "$T_FILE" =~ ^[0-9]+$ ]] || { echo "FINTX_TIMEOUT_FILE must be a number of seconds"; exit 1; }
+[[ "$T_FILE" =~ ^[1-9][0-9]*$ ]] || { echo "FINTX_TIMEOUT_FILE must be a positive number of seconds"; exit 1; }
 WORK=$(mktemp -d /tmp/fintx-check.XXXXXX)
 chmod 755 "$WORK"
 trap 'cluster_stop; rm -rf "$WORK"' EXIT

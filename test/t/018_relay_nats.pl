@@ -242,6 +242,29 @@ like($rerr, qr/consumer "fintx-relay" has dead letters/, 'it says why, before pu
 is(sql(q{SELECT committed_position || ' ' || stream_sequence FROM fintx.consumer_state('fintx-relay')}), $before,
 	'and checkpointed nothing past it');
 
+# a dead letter recorded while the relay runs, at the tail: poll() moves the offset past it
+# without returning anything; the relay must notice that, not carry on
+{
+	sql('CREATE DATABASE idle_dead');
+	$node->safe_psql('idle_dead', q{CREATE EXTENSION fintx; SELECT fintx.emit('job', 'i1', 'job.created', '{}'); SELECT fintx.seal();});
+	my ($ro, $re) = ('', '');
+	my $h = IPC::Run::start([ $relay_bin, '-d', $node->connstr('idle_dead'), '-s', $nats_url, '-S', 'IDLE', '-p', 'idle',
+			'--health-interval=1' ], '<', '/dev/null', '>', \$ro, '2>', \$re, IPC::Run::timeout(60));
+	my $deadline = time + 20;
+	usleep(50_000) until time > $deadline
+	  || $node->safe_psql('idle_dead', q{SELECT committed_position FROM fintx.consumer_state('fintx-relay')}) eq '1';
+	my $pid = $h->{KIDS}[0]{PID};
+	kill 'STOP', $pid;
+	$node->safe_psql('idle_dead', q{SELECT fintx.emit('job', 'i2', 'job.created', '{}'); SELECT fintx.seal();}
+		. join('', map { "SELECT fintx.reject('fintx-relay', 2, 'test');" } 1 .. 5));
+	kill 'CONT', $pid;
+	eval { $h->finish; };
+	is($@ ? 'timeout' : $h->result(0), 1, 'a dead letter recorded at the tail while the relay runs stops it');
+	like($re, qr/the offset of consumer "fintx-relay" moved from 1 to 2 without a publish/, 'it says the offset moved');
+	my (undef, undef, $cerr) = $node->psql('idle_dead', q{SELECT fintx.relay_checkpoint('fintx-relay', 2, 1)});
+	like($cerr, qr/consumer "fintx-relay" has dead letters/, 'and a restart is refused until an operator decides');
+}
+
 # --no-create-stream without the stream, in daemon mode
 ($rc, $rerr) = relay_run(relay_cmd('--no-create-stream', '-S', 'NO_SUCH_STREAM', '-c', 'no-stream'));
 is($rc, 1, '--no-create-stream and no stream: exit status 1, also without --once');

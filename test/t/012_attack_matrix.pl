@@ -387,6 +387,18 @@ is($node->safe_psql('postgres',
 	't', 'every denial has an access.denied audit entry');
 is($node->safe_psql('postgres', 'SELECT ok FROM fintx.verify_audit()'), 't', 'the audit log verifies');
 
+# a superuser's change of an append-only table is refused by fintx's trigger; the denial says so
+{
+	local $ENV{PGAPPNAME} = 'su-erase';
+	my ($rc2, $out2, $err2) = $node->psql('postgres', 'DELETE FROM fintx.access_log_entries',
+		extra_params => [ '-v', 'VERBOSITY=sqlstate' ]);
+	is(first_sqlstate($err2), '42501', 'a superuser cannot delete access-log rows');
+}
+is(denials_seen('su-erase'), 1, 'the refusal is in the access log');
+is($node->safe_psql('postgres', q{SELECT rule || ' | ' || reason FROM fintx.access_log WHERE application_name = 'su-erase'}),
+	'append-only table | refused by fintx: DELETE on table "access_log_entries" is not allowed',
+	'named as fintx\'s append-only refusal, not as a PostgreSQL privilege check');
+
 # A database owner (not a superuser) puts its own text = operator in front of
 # pg_catalog's for every new session of the database. The worker, which writes
 # the denial queue's rows as the bootstrap superuser, must not run it.

@@ -742,50 +742,10 @@ fintx_authorize_hold(LedgerRequest *req)
 	req->preauthorized = true;
 }
 
-/*
- * For functions that act on no account (audit reading, events): staff
- * (administrators, and auditors for audit.read) pass without a log row; a
- * service needs a grant of op whose pattern matches object.
- */
-void
-fintx_authz_require(FintxOp op, const char *object)
+/* Writes the decisions recorded so far to the access log now, unless nothing can be written. */
+static void
+FlushDecisionsNow(void)
 {
-	fintx_authz_begin();
-	if (caller.admin && op == FINTX_OP_ADMIN)
-	{
-		/* managing services and grants: logged for administrators too */
-		RecordAllowed(op, object, NULL, 0, false, "administrator",
-					  caller.superuser ? "superuser" : "member of fintx_admin");
-		fintx_spi_connect();
-		fintx_authz_flush();
-		SPI_finish();
-		return;
-	}
-	if (caller.admin || (op == FINTX_OP_AUDIT_READ && caller.auditor))
-	{
-		/*
-		 * Reading the audit log is logged for staff too (PCI DSS 10.2.1.3:
-		 * all access to audit logs), except where nothing can be written (a
-		 * read-only transaction, a hot standby). Staff event operations are
-		 * not: the outbox records who emitted, and consumers poll constantly.
-		 */
-		if (op == FINTX_OP_AUDIT_READ && !XactReadOnly)
-		{
-			RecordAllowed(op, object, NULL, 0, false, caller.admin ? "administrator" : "auditor",
-						  caller.admin ? (caller.superuser ? "superuser" : "member of fintx_admin")
-						  : "member of fintx_auditor");
-			fintx_spi_connect();
-			fintx_authz_flush();
-			SPI_finish();
-		}
-		decisions = NIL;
-		return;
-	}
-	if (op == FINTX_OP_ADMIN)
-		fintx_authz_deny(op, object, NULL, 0, false,
-						 psprintf("role \"%s\" is not an administrator (superuser or member of fintx_admin)",
-								  caller.role_name), NULL);
-	fintx_authorize(op, object, NULL, 0, false, false);
 	if (!XactReadOnly)
 	{
 		fintx_spi_connect();
@@ -793,6 +753,37 @@ fintx_authz_require(FintxOp op, const char *object)
 		SPI_finish();
 	}
 	decisions = NIL;
+}
+
+/*
+ * For functions that act on no account (audit reading, managing services
+ * and grants, events): staff (administrators, and auditors for audit.read)
+ * pass; a service needs a grant of op whose pattern matches object.
+ * Managing services and grants and reading the audit log are logged for
+ * staff too (reads: PCI DSS 10.2.1.3, all access to audit logs), except
+ * where nothing can be written (a read-only transaction, a hot standby).
+ * Staff event operations are not: the outbox records who emitted, and
+ * consumers poll constantly.
+ */
+void
+fintx_authz_require(FintxOp op, const char *object)
+{
+	fintx_authz_begin();
+	if (caller.admin || (op == FINTX_OP_AUDIT_READ && caller.auditor))
+	{
+		if (op == FINTX_OP_ADMIN || op == FINTX_OP_AUDIT_READ)
+			RecordAllowed(op, object, NULL, 0, false, caller.admin ? "administrator" : "auditor",
+						  caller.admin ? (caller.superuser ? "superuser" : "member of fintx_admin")
+						  : "member of fintx_auditor");
+		FlushDecisionsNow();
+		return;
+	}
+	if (op == FINTX_OP_ADMIN)
+		fintx_authz_deny(op, object, NULL, 0, false,
+						 psprintf("role \"%s\" is not an administrator (superuser or member of fintx_admin)",
+								  caller.role_name), NULL);
+	fintx_authorize(op, object, NULL, 0, false, false);
+	FlushDecisionsNow();
 }
 
 /* The object column of a decision (a folded administrator decision names the count). */

@@ -241,6 +241,7 @@ fintx_refuse_change(PG_FUNCTION_ARGS)
 {
 	TriggerData *trigdata = (TriggerData *) fcinfo->context;
 	const char *op;
+	char	   *msg;
 
 	if (!CALLED_AS_TRIGGER(fcinfo))
 		elog(ERROR, "fintx_refuse_change: not called by trigger manager");
@@ -252,10 +253,13 @@ fintx_refuse_change(PG_FUNCTION_ARGS)
 		op = "TRUNCATE";
 	else
 		op = "this change";
+	msg = psprintf("%s on table \"%s\" is not allowed", op, RelationGetRelationName(trigdata->tg_relation));
+	/* a denial like any other: in the access log and the audit log, though the change aborts */
+	fintx_denial_enqueue(GetUserNameFromId(GetOuterUserId(), false), fintx_session_role_name(), NULL, "sql", msg,
+						 NULL, 0, false, psprintf("refused by fintx: %s", msg), "append-only table");
 	ereport(ERROR,
 			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-			 errmsg("%s on table \"%s\" is not allowed", op,
-					RelationGetRelationName(trigdata->tg_relation)),
+			 errmsg("%s", msg),
 			 errdetail("The table is append-only: rows can be inserted, never changed or removed.")));
 	PG_RETURN_NULL();
 }

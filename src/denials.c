@@ -288,19 +288,16 @@ DenialLogHook(ErrorData *edata)
 				char		reason[2 * sizeof(rec.reason)];	/* no palloc while reporting an error */
 
 				/*
-				 * fintx's own triggers and caller checks raise 42501 with a plain
-				 * ereport (no fintx decision to record first): name them as
-				 * fintx's, not as PostgreSQL's privilege checks
+				 * fintx's caller checks raise 42501 with a plain ereport (no
+				 * decision recorded first): name them as fintx's, not as
+				 * PostgreSQL's privilege checks
 				 */
-				bool		append_only = edata->funcname != NULL &&
-					strcmp(edata->funcname, "fintx_refuse_change") == 0;
 				bool		by_fintx = edata->funcname != NULL && strncmp(edata->funcname, "fintx_", 6) == 0;
 
 				snprintf(reason, sizeof(reason), "%s: %s", by_fintx ? "refused by fintx" : "denied by PostgreSQL",
 						 edata->message ? edata->message : "permission denied");
 				CopyField(rec.reason, reason, sizeof(rec.reason));
-				CopyField(rec.rule, append_only ? "append-only table" : by_fintx ? "fintx" : "PostgreSQL privileges",
-						  sizeof(rec.rule));
+				CopyField(rec.rule, by_fintx ? "fintx" : "PostgreSQL privileges", sizeof(rec.rule));
 			}
 			(void) Enqueue(&rec);
 		}

@@ -1029,6 +1029,23 @@ fintx_ack(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
+/* The position of consumer name's first dead letter, 0 if it has none (SPI connected). */
+static int64
+FirstDeadLetter(const char *name)
+{
+	Oid			types[1] = {TEXTOID};
+	Datum		arg = CStringGetTextDatum(name);
+	bool		isnull;
+	Datum		first;
+
+	if (SPI_execute_with_args("SELECT pg_catalog.min(position) FROM fintx.outbox_dead_letters"
+							  " WHERE consumer OPERATOR(pg_catalog.=) $1",
+							  1, types, &arg, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "reading dead letters failed");	/* LCOV_EXCL_LINE */
+	first = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	return isnull ? 0 : DatumGetInt64(first);
+}
+
 /*
  * fintx.relay_checkpoint(consumer, up_to_position, stream_sequence) → void
  * As ack(), and stores the broker's sequence of the last event published
@@ -1040,6 +1057,7 @@ fintx_relay_checkpoint(PG_FUNCTION_ARGS)
 	char	   *name = CheckConsumerName(fcinfo, 0);
 	int64		up_to;
 	int64		seq;
+	int64		first_dead;
 	Consumer	c;
 
 	if (PG_ARGISNULL(1))
@@ -1066,28 +1084,15 @@ fintx_relay_checkpoint(PG_FUNCTION_ARGS)
 				 errmsg("consumer \"%s\" does not receive every event", name),
 				 errdetail("It was created with a group or with aggregate type or event type filters."),
 				 errhint("A relay needs a consumer of its own, created with fintx.create_consumer(name).")));
-	{
-		Oid			dtypes[1] = {TEXTOID};
-		Datum		darg = CStringGetTextDatum(name);
-
-		if (SPI_execute_with_args("SELECT pg_catalog.min(position) FROM fintx.outbox_dead_letters"
-								  " WHERE consumer OPERATOR(pg_catalog.=) $1",
-								  1, dtypes, &darg, NULL, false, 1) != SPI_OK_SELECT)
-			elog(ERROR, "reading dead letters failed");	/* LCOV_EXCL_LINE */
-		{
-			bool		isnull;
-			Datum		first = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-
-			if (!isnull)
-				ereport(ERROR,
-						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-						 errmsg("consumer \"%s\" has dead letters", name),
-						 errdetail("The first is at position %lld; poll() skips dead letters, so a relay would never "
-								   "publish them.", (long long) DatumGetInt64(first)),
-						 errhint("Give the relay a new consumer, moved with fintx.relay_checkpoint() to the position "
-								 "and sequence of the stream's last message (fintx-relay --dump-stream shows both).")));
-		}
-	}
+	first_dead = FirstDeadLetter(name);
+	if (first_dead > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("consumer \"%s\" has dead letters", name),
+				 errdetail("The first is at position %lld; poll() skips dead letters, so a relay would never "
+						   "publish them.", (long long) first_dead),
+				 errhint("Give the relay a new consumer, moved with fintx.relay_checkpoint() to the position "
+						 "and sequence of the stream's last message (fintx-relay --dump-stream shows both).")));
 	if (!fintx_authz_sees_every_event())
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),

@@ -32,17 +32,26 @@ my $nats_url = "nats://127.0.0.1:$nats_port";
 my $nats;
 my $nats_runs = 0;
 
+# Starts nats-server with JetStream on loopback ($port, file store $dir, log $log, extra
+# arguments after) and waits until it is ready; returns its IPC::Run harness.
+sub nats_server
+{
+	my ($port, $dir, $log, @extra) = @_;
+	my $h = IPC::Run::start([ $nats_bin, @extra, '-a', '127.0.0.1', '-p', $port, '-js', '-sd', $dir ],
+		'<', '/dev/null', '>', $log, '2>&1');
+	my $deadline = time + 20;
+	until (slurp_file($log) =~ /Server is ready/)
+	{
+		die 'nats-server did not start: ' . slurp_file($log) if time > $deadline;
+		usleep(50_000);
+	}
+	return $h;
+}
+
 sub nats_start
 {
 	$nats_runs++;
-	$nats = IPC::Run::start([ $nats_bin, '-a', '127.0.0.1', '-p', $nats_port, '-js', '-sd', $store ],
-		'<', '/dev/null', '>', "$tmp/nats-$nats_runs.log", '2>&1');
-	my $deadline = time + 20;
-	until (slurp_file("$tmp/nats-$nats_runs.log") =~ /Server is ready/)
-	{
-		die 'nats-server did not start: ' . slurp_file("$tmp/nats-$nats_runs.log") if time > $deadline;
-		usleep(50_000);
-	}
+	$nats = nats_server($nats_port, $store, "$tmp/nats-$nats_runs.log");
 }
 
 sub nats_stop
@@ -289,10 +298,7 @@ unlike($rerr, qr/bob|pw|carol|t0ken|dave|zq|wx/, 'up to the last @ of each entry
 	my $small_port = PostgreSQL::Test::Cluster::get_free_port();
 	make_path("$tmp/small-store");
 	PostgreSQL::Test::Utils::append_to_file("$tmp/small.conf", "max_payload: 4096\n");
-	my $small = IPC::Run::start([ $nats_bin, '-c', "$tmp/small.conf", '-a', '127.0.0.1', '-p', $small_port, '-js',
-			'-sd', "$tmp/small-store" ], '<', '/dev/null', '>', "$tmp/nats-small.log", '2>&1');
-	my $deadline = time + 20;
-	usleep(50_000) until slurp_file("$tmp/nats-small.log") =~ /Server is ready/ || time > $deadline;
+	my $small = nats_server($small_port, "$tmp/small-store", "$tmp/nats-small.log", '-c', "$tmp/small.conf");
 	sql('CREATE DATABASE big_events');
 	$node->safe_psql('big_events', q{CREATE EXTENSION fintx;
 		SELECT fintx.emit('doc', 'd1', 'doc.small', '{"n": 1}');

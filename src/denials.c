@@ -28,6 +28,7 @@
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "replication/message.h"
+#include "storage/condition_variable.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "port/atomics.h"
@@ -76,7 +77,14 @@ typedef struct DenialQueue
 	uint64		written;		/* all below this are committed (or given up) */
 	uint64		dropped;		/* queue full: only in the server log */
 	Latch	   *worker_latch;
+	Oid			worker_dbid;	/* the database the worker seals */
 	pg_atomic_uint32 wake_pending;	/* the worker was woken for the outbox, has not run yet */
+	/* sealing passes asked of the worker (fintx_worker_seal): request numbers */
+	uint64		seal_requested; /* last request made */
+	uint64		seal_started;	/* requests made before the running (or last) pass began */
+	uint64		seal_served;	/* ... before a pass that committed */
+	uint64		seal_refused;	/* ... before a pass that could not seal (lock taken, error) */
+	ConditionVariable seal_done;	/* broadcast when a pass ends */
 	DenialRecord ring[DENIAL_QUEUE_SIZE];
 } DenialQueue;
 
@@ -111,6 +119,7 @@ DenialShmemStartup(void)
 		memset(queue, 0, sizeof(DenialQueue));
 		queue->lock = &(GetNamedLWLockTranche("fintx_denials"))->lock;
 		pg_atomic_init_u32(&queue->wake_pending, 0);
+		ConditionVariableInit(&queue->seal_done);
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -349,7 +358,10 @@ DetachWorker(int code, Datum arg)
 {
 	LWLockAcquire(queue->lock, LW_EXCLUSIVE);
 	queue->worker_latch = NULL;
+	queue->worker_dbid = InvalidOid;
 	LWLockRelease(queue->lock);
+	/* sessions waiting for a sealing pass seal on their own */
+	ConditionVariableBroadcast(&queue->seal_done);
 }
 
 /* The worker announces itself so that backends wake it and wait for it. */
@@ -360,6 +372,9 @@ fintx_denials_worker_attach(void)
 		return;					/* LCOV_EXCL_LINE: the worker only runs when preloaded */
 	LWLockAcquire(queue->lock, LW_EXCLUSIVE);
 	queue->worker_latch = MyLatch;
+	queue->worker_dbid = MyDatabaseId;
+	/* requests made before a restart were answered when the previous worker left */
+	queue->seal_started = queue->seal_refused = queue->seal_requested;
 	LWLockRelease(queue->lock);
 	pg_atomic_write_u32(&queue->wake_pending, 0);
 	before_shmem_exit(DetachWorker, (Datum) 0);
@@ -390,6 +405,122 @@ fintx_worker_woken(void)
 {
 	if (queue != NULL)
 		pg_atomic_write_u32(&queue->wake_pending, 0);
+}
+
+/* ------------------------------------------------------------------------
+ * Sealing passes on request
+ *
+ * A session that would seal inside its own transaction holds the sealing
+ * lock until that transaction ends: left open, it would stop every sealing
+ * pass, and with them the outbox positions every consumer waits for. Where
+ * the worker seals, a session asks it for a pass instead and waits for its
+ * commit; the session's transaction takes no lock and writes nothing.
+ * ------------------------------------------------------------------------
+ */
+
+/* How long a session waits for the worker to begin a pass it asked for. */
+#define SEAL_START_WAIT_MS	1000
+
+/*
+ * Asks the worker for a sealing pass that begins after this call and waits
+ * until it has committed. Returns false, at once or after waiting, if the
+ * worker does not seal this database, could not seal (another transaction
+ * holds the sealing lock, or the pass failed), left, or did not begin within
+ * SEAL_START_WAIT_MS (it may be waiting for a lock this session holds): the
+ * caller then seals on its own.
+ */
+bool
+fintx_worker_seal(void)
+{
+	Latch	   *latch;
+	uint64		req;
+	TimestampTz deadline;
+	bool		served = false;
+
+	if (queue == NULL || fintx_is_worker)
+		return false;
+	LWLockAcquire(queue->lock, LW_EXCLUSIVE);
+	latch = queue->worker_latch;
+	if (latch == NULL || queue->worker_dbid != MyDatabaseId)
+	{
+		LWLockRelease(queue->lock);
+		return false;
+	}
+	req = ++queue->seal_requested;
+	LWLockRelease(queue->lock);
+	SetLatch(latch);
+
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), SEAL_START_WAIT_MS);
+	ConditionVariablePrepareToSleep(&queue->seal_done);
+	for (;;)
+	{
+		bool		gone,
+					refused,
+					started;
+
+		LWLockAcquire(queue->lock, LW_SHARED);
+		served = queue->seal_served >= req;
+		refused = queue->seal_refused >= req;
+		started = queue->seal_started >= req;
+		gone = queue->worker_latch == NULL;
+		LWLockRelease(queue->lock);
+		if (served || refused || gone)
+			break;
+		/* once the pass has begun, it holds the sealing lock: sealing here would wait for it anyway */
+		if (!started && GetCurrentTimestamp() >= deadline)
+			break;
+		/* wakes on the broadcast at the end of a pass; the timeout rechecks the deadline */
+		(void) ConditionVariableTimedSleep(&queue->seal_done, 100, PG_WAIT_EXTENSION);
+	}
+	ConditionVariableCancelSleep();
+	return served;
+}
+
+/* The worker: true if a session waits for a sealing pass. */
+bool
+fintx_worker_seal_requested(void)
+{
+	bool		pending;
+
+	if (queue == NULL)
+		return false;			/* LCOV_EXCL_LINE: the worker only runs when preloaded */
+	LWLockAcquire(queue->lock, LW_SHARED);
+	pending = queue->seal_requested > queue->seal_started;
+	LWLockRelease(queue->lock);
+	return pending;
+}
+
+/*
+ * The worker, before a sealing pass takes its snapshot: the pass answers every
+ * request made so far. Returns the last of them, for fintx_worker_seal_end().
+ */
+uint64
+fintx_worker_seal_begin(void)
+{
+	uint64		req;
+
+	if (queue == NULL)
+		return 0;				/* LCOV_EXCL_LINE: the worker only runs when preloaded */
+	LWLockAcquire(queue->lock, LW_EXCLUSIVE);
+	req = queue->seal_requested;
+	queue->seal_started = req;
+	LWLockRelease(queue->lock);
+	return req;
+}
+
+/* The worker, after the pass: it committed a pass (sealed) or not; wakes the waiting sessions. */
+void
+fintx_worker_seal_end(uint64 req, bool sealed)
+{
+	if (queue == NULL)
+		return;					/* LCOV_EXCL_LINE: the worker only runs when preloaded */
+	LWLockAcquire(queue->lock, LW_EXCLUSIVE);
+	if (sealed)
+		queue->seal_served = Max(queue->seal_served, req);
+	else
+		queue->seal_refused = Max(queue->seal_refused, req);
+	LWLockRelease(queue->lock);
+	ConditionVariableBroadcast(&queue->seal_done);
 }
 
 bool

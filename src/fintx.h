@@ -213,6 +213,7 @@ extern void fintx_direct_insert_rows(const char *name, const FintxColumn *column
 									 int nrows, const Datum *values, const bool *nulls);
 
 /* sequencer.c */
+extern bool fintx_seal_lock_missed;
 extern int	fintx_seal_interval_ms;
 extern char *fintx_signing_key_file;
 extern char *fintx_checkpoint_origin;
@@ -332,6 +333,10 @@ extern void fintx_denials_worker_attach(void);
 extern bool fintx_denials_pending(void);
 extern void fintx_worker_wake(void);
 extern void fintx_worker_woken(void);
+extern bool fintx_worker_seal(void);
+extern bool fintx_worker_seal_requested(void);
+extern uint64 fintx_worker_seal_begin(void);
+extern void fintx_worker_seal_end(uint64 req, bool sealed);
 extern void fintx_denials_worker_flush(void);
 extern void fintx_denial_enqueue(const char *role, const char *session_user, const char *service,
 								 const char *operation, const char *object, const char *currency,

@@ -50,6 +50,8 @@ int			fintx_seal_interval_ms = 100;
 char	   *fintx_signing_key_file = NULL;
 char	   *fintx_checkpoint_origin = NULL;
 char	   *fintx_trusted_keys = NULL;
+/* set when the worker's sealing pass found the sealing lock taken (worker.c reads it) */
+bool		fintx_seal_lock_missed = false;
 
 #define SEAL_LOCK_KEY	INT64CONST(0x66696E7478736C)	/* "fintxsl" */
 #define BLOCK_MAGIC		"fintx.block.v1"
@@ -382,6 +384,7 @@ TakeSealLock(void)
 		return true;
 	ereport(DEBUG1,
 			(errmsg("fintx: the sealing lock is held by another transaction; sealing on a later pass")));
+	fintx_seal_lock_missed = true;
 	return false;
 }
 
@@ -427,8 +430,15 @@ SealLog(void)
 	char		bnulls[10];
 
 	fintx_spi_connect();
-	/* Under REPEATABLE READ or SERIALIZABLE the snapshot could be stale: report the size. */
-	if (IsolationUsesXactSnapshot())
+	/*
+	 * Under REPEATABLE READ or SERIALIZABLE the snapshot could be stale:
+	 * report the size. Where the worker seals, it runs the pass in its own
+	 * transaction (ours would hold the sealing lock until it ends, and
+	 * could not write in a read-only transaction); a new snapshot then
+	 * sees the block it committed. Without the worker, a read-only
+	 * transaction cannot seal: it reports the size sealed so far.
+	 */
+	if (IsolationUsesXactSnapshot() || fintx_worker_seal() || XactReadOnly)
 	{
 		ReadBlock(&prev);
 		SPI_finish();

@@ -97,10 +97,10 @@ RunIfInstalled(void *arg)
 	SPI_finish();
 }
 
-static void
+static bool
 WorkerPass(const char *activity, const char *sql)
 {
-	(void) fintx_worker_transaction(activity, RunIfInstalled, (void *) sql);
+	return fintx_worker_transaction(activity, RunIfInstalled, (void *) sql);
 }
 
 /* Entry point of the background worker. */
@@ -157,10 +157,16 @@ fintx_worker_main(Datum arg)
 			if (fintx_denials_pending())
 				fintx_denials_worker_flush();
 
-			if (now >= next_seal)
+			/* on schedule, or now when a session waits for a pass (fintx_worker_seal) */
+			if (now >= next_seal || fintx_worker_seal_requested())
 			{
+				uint64		req = fintx_worker_seal_begin();
+				bool		sealed;
+
 				fintx_worker_woken();
-				WorkerPass("fintx: sealing the audit log", "SELECT fintx.seal()");
+				fintx_seal_lock_missed = false;
+				sealed = WorkerPass("fintx: sealing the audit log", "SELECT fintx.seal()");
+				fintx_worker_seal_end(req, sealed && !fintx_seal_lock_missed);
 				last_seal = GetCurrentTimestamp();
 				next_seal = TimestampTzPlusMilliseconds(last_seal, fintx_seal_interval_ms);
 				next_outbox = 0;	/* the seal sequenced the outbox too */

@@ -144,9 +144,36 @@ $_->quit for values %s;
 # ---------------------------------------------------------------------------
 # 2. concurrent sealers
 # ---------------------------------------------------------------------------
-# a) sealing is serialized, and never blocks writers
+# a) a session that seals inside a transaction it keeps open holds no lock: the worker runs
+#    the pass it asks for in a transaction of its own, so other sessions (and the worker)
+#    go on sealing; a read-only transaction can ask for a pass too
+my $open = quiet_session($node);
+quiet_safe($open, 'BEGIN; SELECT fintx.seal(); SELECT fintx.tree_size();');
+is(sql(q{SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+          WHERE l.locktype = 'advisory' AND a.state = 'idle in transaction'}), '0',
+	'an open transaction that called seal() and tree_size() holds no sealing lock');
+sql("INSERT INTO ev (who) VALUES ('O1')");
+my (undef, $sealed_meanwhile) = $node->psql('postgres', "SET statement_timeout = '10s'; SELECT fintx.seal()");
+is($sealed_meanwhile, sql('SELECT count(*) FROM fintx.audit_entries'),
+	'another session seals what committed meanwhile, while that transaction stays open (does not wait for it)');
+is(status('O1'), 'O1:sealed', 'O1 is sealed');
+sql("INSERT INTO ev (who) VALUES ('O2')");
+is(quiet_query($open, 'SELECT fintx.seal()'), sql('SELECT count(*) FROM fintx.audit_entries'),
+	'the open transaction seals again (READ COMMITTED: a new snapshot sees the new block)');
+quiet_safe($open, 'COMMIT');
+is(status('O2'), 'O2:sealed', 'O2 is sealed');
+sql("INSERT INTO ev (who) VALUES ('O3')");
+is($node->safe_psql('postgres', 'BEGIN READ ONLY; SELECT fintx.seal(); COMMIT;'),
+	sql('SELECT count(*) FROM fintx.audit_entries'), 'a read-only transaction gets its entries sealed by the worker');
+is(status('O3'), 'O3:sealed', 'O3 is sealed');
+$open->quit;
+
+# b) sealing is serialized, and never blocks writers: a transaction holding the sealing
+#    lock (as a session that seals on its own does where the worker does not seal) makes
+#    the worker give up the pass, and a seal() then waits for the lock
+my $seal_lock_key = hex('66696E7478736C');    # sequencer.c: SEAL_LOCK_KEY
 my $holder = quiet_session($node);
-quiet_safe($holder, 'BEGIN; SELECT fintx.seal();');
+quiet_safe($holder, "BEGIN; SELECT pg_advisory_xact_lock($seal_lock_key);");
 my $waiter = psql_start($node, 'sealer-waiting', "SELECT 'size', fintx.seal();\n");
 my $mon = quiet_session($node);
 my ($ok, $info) = poll_until($mon,
@@ -164,7 +191,7 @@ is($w->{out} =~ s/\s+\z//r, 'size|' . sql('SELECT count(*) FROM fintx.audit_leav
 is(status('W1'), 'W1:sealed', 'W1 sealed by the waiting sealer');
 $holder->quit;
 
-# b) 4 writers and 4 sealers at once
+# c) 4 writers and 4 sealers at once
 my ($writers, $txns) = (4, 40);
 my ($expected, @ps) = (0);
 for my $wn (1 .. $writers)

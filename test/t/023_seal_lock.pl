@@ -1,4 +1,5 @@
-# The sealing lock held by a session's open transaction: the worker does not wait for it
+# A session that seals in a transaction it keeps open holds no sealing lock (the worker
+# seals for it); the sealing lock held by a transaction: the worker does not wait for it
 # (holds still expire), and seals once the lock is free; a
 # checkpoint() that waited for the lock while the signing key file changed signs with the
 # key it reports; without a worker, outbox_tail() sees the batch its own call sequenced;
@@ -10,6 +11,7 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use MIME::Base64 qw(decode_base64);
+use Time::HiRes qw(time);
 use FintxTest;
 
 my $dir = PostgreSQL::Test::Utils::tempdir;
@@ -40,10 +42,54 @@ $node->safe_psql('postgres', q{
 my $all_sealed = q{SELECT coalesce((SELECT tree_size FROM fintx.audit_blocks ORDER BY block_id DESC LIMIT 1), 0) = (SELECT count(*) FROM fintx.audit_entries)};
 is(wait_for($all_sealed, 't', 10), 't', 'the worker seals what was committed');
 
-# session A seals inside a transaction it keeps open: it holds the sealing lock
+# A session that seals inside a transaction it keeps open (an auditor's psql with
+# autocommit off, say): the worker runs the passes it asks for in transactions of its own,
+# so the session holds no sealing lock, and sealing and the outbox's positions go on.
+my $open = quiet_session($node);
+quiet_safe($open, 'BEGIN');
+is(quiet_query($open, 'SELECT fintx.seal() = fintx.tree_size()'), 't', 'seal() and tree_size() in an open transaction');
+like(quiet_query($open, 'SELECT fintx.checkpoint()'), qr/^\S+\n\d+\n/, 'checkpoint() in the open transaction');
+like(quiet_query($open, 'SELECT fintx.inclusion_proof(0, fintx.tree_size())::text'), qr/^\{/,
+	'inclusion_proof() in the open transaction');
+$node->safe_psql('postgres', q{SELECT fintx.transfer('s-o1', 's:a', 's:b', 1)});
+is(wait_for($all_sealed, 't', 10), 't', 'the worker seals a transfer committed while that transaction stays open');
+is(wait_for(q{SELECT fintx.outbox_tail() = (SELECT count(*) FROM fintx.outbox)}, 't', 10), 't',
+	'and gives its outbox event a position');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'}), '0',
+	'the open transaction holds no sealing lock');
+quiet_safe($open, 'COMMIT');
+$open->quit;
+
+# The worker busy elsewhere: releasing an expired hold, it waits for an account row that
+# the asking session's own transaction has locked. The session does not wait for the worker
+# past a second; it seals on its own.
+$node->safe_psql('postgres', q{
+	SELECT fintx.open_account('s:c', 'EUR');
+	SELECT fintx.transfer('s-busy-h', 's:b', 's:a', 1, pending => true, timeout => '2 seconds');
+});
+my $busy = quiet_session($node);
+quiet_safe($busy, 'BEGIN');
+quiet_safe($busy, q{SELECT fintx.transfer('s-busy', 's:a', 's:b', 1)});
+is(wait_for(q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'fintx worker' AND wait_event_type = 'Lock'},
+		'1', 10), '1', 'the worker waits for the account row the open transaction locked');
+$node->safe_psql('postgres', q{SELECT fintx.transfer('s-busy-2', 's:bank', 's:c', 1)});
+my $t0 = time;
+is(quiet_query($busy, q{SELECT fintx.seal() = (SELECT count(*) FROM fintx.audit_entries) - 1}), 't',
+	'seal() then seals on its own: everything committed (the own transfer stays for a later pass)');
+my $waited = time - $t0;
+ok($waited >= 1 && $waited < 8, "it waited for the worker about a second ($waited s), not for ever");
+quiet_safe($busy, 'COMMIT');
+$busy->quit;
+is(wait_for(q{SELECT count(*) FROM fintx.transfers WHERE status = 'expired'}, '1', 10), '1',
+	'the worker goes on and releases the hold');
+is(wait_for($all_sealed, 't', 10), 't', 'and seals the rest');
+
+# A transaction that holds the sealing lock itself (as a session sealing on its own does
+# where no worker seals for it): the worker does not wait for it.
+my $seal_lock_key = hex('66696E7478736C');    # sequencer.c: SEAL_LOCK_KEY
 my $a = quiet_session($node);
 quiet_safe($a, 'BEGIN');
-quiet_safe($a, 'SELECT fintx.seal()');
+quiet_safe($a, "SELECT pg_advisory_xact_lock($seal_lock_key)");
 
 # meanwhile: a hold that expires, and more entries to seal
 my $hold = $node->safe_psql('postgres',

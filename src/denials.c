@@ -77,6 +77,7 @@ typedef struct DenialQueue
 	uint64		written;		/* all below this are committed (or given up) */
 	uint64		dropped;		/* queue full: only in the server log */
 	Latch	   *worker_latch;
+	PGPROC	   *worker_proc;	/* the worker's, while it runs */
 	Oid			worker_dbid;	/* the database the worker seals */
 	pg_atomic_uint32 wake_pending;	/* the worker was woken for the outbox, has not run yet */
 	/* sealing passes asked of the worker (fintx_worker_seal): request numbers */
@@ -358,6 +359,7 @@ DetachWorker(int code, Datum arg)
 {
 	LWLockAcquire(queue->lock, LW_EXCLUSIVE);
 	queue->worker_latch = NULL;
+	queue->worker_proc = NULL;
 	queue->worker_dbid = InvalidOid;
 	LWLockRelease(queue->lock);
 	/* sessions waiting for a sealing pass seal on their own */
@@ -372,6 +374,7 @@ fintx_denials_worker_attach(void)
 		return;					/* LCOV_EXCL_LINE: the worker only runs when preloaded */
 	LWLockAcquire(queue->lock, LW_EXCLUSIVE);
 	queue->worker_latch = MyLatch;
+	queue->worker_proc = MyProc;
 	queue->worker_dbid = MyDatabaseId;
 	/* requests made before a restart were answered when the previous worker left */
 	queue->seal_started = queue->seal_refused = queue->seal_requested;
@@ -399,6 +402,13 @@ fintx_worker_wake(void)
 		SetLatch(latch);
 }
 
+/* The worker: true if a committed transaction's wake-up is pending (not a seal request's). */
+bool
+fintx_worker_wake_pending(void)
+{
+	return queue != NULL && pg_atomic_read_u32(&queue->wake_pending) != 0;
+}
+
 /* The worker: the pass that a wake-up asked for is running. */
 void
 fintx_worker_woken(void)
@@ -418,23 +428,29 @@ fintx_worker_woken(void)
  * ------------------------------------------------------------------------
  */
 
-/* How long a session waits for the worker to begin a pass it asked for. */
-#define SEAL_START_WAIT_MS	1000
+/* How long the worker may wait for a lock before a session that waits for it seals on its own. */
+#define SEAL_LOCK_WAIT_MS	1000
 
 /*
  * Asks the worker for a sealing pass that begins after this call and waits
  * until it has committed. Returns false, at once or after waiting, if the
  * worker does not seal this database, could not seal (another transaction
- * holds the sealing lock, or the pass failed), left, or did not begin within
- * SEAL_START_WAIT_MS (it may be waiting for a lock this session holds): the
- * caller then seals on its own.
+ * holds the sealing lock, or the pass failed) or left: the caller then seals
+ * on its own. While the worker works (a pass, or releasing holds before it),
+ * the session waits as long as it takes (a cancel or statement_timeout ends
+ * the wait). A worker that has waited for a heavyweight lock for
+ * SEAL_LOCK_WAIT_MS may be waiting for this session's own transaction (a row
+ * it locked, a table it locked, or a lock queued behind one it holds), a
+ * wait the deadlock detector cannot see through a condition variable: the
+ * session then seals on its own, and its wait for the sealing lock, if the
+ * worker holds it, is one the detector sees.
  */
 bool
 fintx_worker_seal(void)
 {
 	Latch	   *latch;
 	uint64		req;
-	TimestampTz deadline;
+	TimestampTz lock_wait_since = 0;
 	bool		served = false;
 
 	if (queue == NULL || fintx_is_worker)
@@ -450,26 +466,29 @@ fintx_worker_seal(void)
 	LWLockRelease(queue->lock);
 	SetLatch(latch);
 
-	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), SEAL_START_WAIT_MS);
 	ConditionVariablePrepareToSleep(&queue->seal_done);
 	for (;;)
 	{
 		bool		gone,
 					refused,
-					started;
+					lock_wait;
 
 		LWLockAcquire(queue->lock, LW_SHARED);
 		served = queue->seal_served >= req;
 		refused = queue->seal_refused >= req;
-		started = queue->seal_started >= req;
 		gone = queue->worker_latch == NULL;
+		/* read without the lock manager's locks: a hint, rechecked every 100 ms */
+		lock_wait = !gone && queue->worker_proc != NULL && queue->worker_proc->waitLock != NULL;
 		LWLockRelease(queue->lock);
 		if (served || refused || gone)
 			break;
-		/* once the pass has begun, it holds the sealing lock: sealing here would wait for it anyway */
-		if (!started && GetCurrentTimestamp() >= deadline)
+		if (!lock_wait)
+			lock_wait_since = 0;
+		else if (lock_wait_since == 0)
+			lock_wait_since = GetCurrentTimestamp();
+		else if (TimestampDifferenceExceeds(lock_wait_since, GetCurrentTimestamp(), SEAL_LOCK_WAIT_MS))
 			break;
-		/* wakes on the broadcast at the end of a pass; the timeout rechecks the deadline */
+		/* wakes on the broadcast at the end of a pass; the timeout rechecks the worker */
 		(void) ConditionVariableTimedSleep(&queue->seal_done, 100, PG_WAIT_EXTENSION);
 	}
 	ConditionVariableCancelSleep();

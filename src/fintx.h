@@ -333,6 +333,7 @@ extern void fintx_denials_worker_attach(void);
 extern bool fintx_denials_pending(void);
 extern void fintx_worker_wake(void);
 extern void fintx_worker_woken(void);
+extern bool fintx_worker_wake_pending(void);
 extern bool fintx_worker_seal(void);
 extern bool fintx_worker_seal_requested(void);
 extern uint64 fintx_worker_seal_begin(void);

@@ -438,10 +438,20 @@ SealLog(void)
 	 * sees the block it committed. Without the worker, a read-only
 	 * transaction cannot seal: it reports the size sealed so far.
 	 */
-	if (IsolationUsesXactSnapshot() || fintx_worker_seal() || XactReadOnly)
+	if (IsolationUsesXactSnapshot() || fintx_worker_seal())
 	{
 		ReadBlock(&prev);
 		SPI_finish();
+		return prev.tree_size;
+	}
+	if (XactReadOnly)
+	{
+		ReadBlock(&prev);
+		SPI_finish();
+		ereport(NOTICE,
+				(errmsg("fintx: a read-only transaction cannot seal the audit log; the answer covers the %lld entries sealed so far",
+						(long long) prev.tree_size),
+				 errhint("Entries committed since are sealed by the next pass: call fintx.seal() in a read-write transaction, or preload fintx so that its worker seals this database.")));
 		return prev.tree_size;
 	}
 	if (!TakeSealLock())

@@ -197,7 +197,7 @@ fintx_worker_main(Datum arg)
 			rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						   wait_ms, PG_WAIT_EXTENSION);
 			ResetLatch(MyLatch);
-			if ((rc & WL_LATCH_SET) && fintx_outbox_wakeup_ms > 0)
+			if ((rc & WL_LATCH_SET) && fintx_outbox_wakeup_ms > 0 && fintx_worker_wake_pending())
 			{
 				/*
 				 * A transaction that wrote outbox events committed (outbox.c

@@ -55,7 +55,8 @@ $node->safe_psql('postgres', q{SELECT fintx.transfer('s-o1', 's:a', 's:b', 1)});
 is(wait_for($all_sealed, 't', 10), 't', 'the worker seals a transfer committed while that transaction stays open');
 is(wait_for(q{SELECT fintx.outbox_tail() = (SELECT count(*) FROM fintx.outbox)}, 't', 10), 't',
 	'and gives its outbox event a position');
-is($node->safe_psql('postgres', q{SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'}), '0',
+my $open_pid = quiet_query($open, 'SELECT pg_backend_pid()');
+is($node->safe_psql('postgres', qq{SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = $open_pid}), '0',
 	'the open transaction holds no sealing lock');
 quiet_safe($open, 'COMMIT');
 $open->quit;
@@ -83,6 +84,23 @@ $busy->quit;
 is(wait_for(q{SELECT count(*) FROM fintx.transfers WHERE status = 'expired'}, '1', 10), '1',
 	'the worker goes on and releases the hold');
 is(wait_for($all_sealed, 't', 10), 't', 'and seals the rest');
+
+# The worker's pass waits for a lock that the asking transaction holds: after a second the
+# session seals on its own, waits for the sealing lock the pass holds, and the deadlock
+# detector ends one of the two (here the session: 40P01), instead of both waiting for ever.
+my $locker = quiet_session($node, on_error_stop => 0);
+quiet_safe($locker, "SET statement_timeout = '30s'");
+quiet_safe($locker, 'BEGIN');
+quiet_safe($locker, 'LOCK TABLE fintx.audit_blocks IN ACCESS EXCLUSIVE MODE');
+$t0 = time;
+quiet_query($locker, 'SELECT fintx.seal()');
+my $locker_err = $locker->{stderr} // '';
+like($locker_err, qr/deadlock detected/, 'seal() while holding a lock its pass needs: 40P01, not a hang')
+	or diag("stderr: $locker_err");
+cmp_ok(time - $t0, '<', 15, 'within seconds (the statement timeout is 30 s)');
+$locker->quit;
+$node->safe_psql('postgres', q{SELECT fintx.transfer('s-lock-1', 's:bank', 's:c', 1)});
+is(wait_for($all_sealed, 't', 10), 't', 'the worker seals again once that transaction has ended');
 
 # A transaction that holds the sealing lock itself (as a session sealing on its own does
 # where no worker seals for it): the worker does not wait for it.

@@ -22,6 +22,7 @@
 #include "fintx.h"
 
 #include "access/xact.h"
+#include "catalog/pg_type.h"
 #include "access/xlog.h"
 #include "commands/extension.h"
 #include "funcapi.h"
@@ -36,7 +37,9 @@
 #include "storage/proc.h"
 #include "storage/shmem.h"
 #include "mb/pg_wchar.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
 #include "utils/guc.h"
 #include "utils/json.h"
 #include "utils/snapmgr.h"
@@ -428,8 +431,47 @@ fintx_worker_woken(void)
  * ------------------------------------------------------------------------
  */
 
-/* How long the worker may wait for a lock before a session that waits for it seals on its own. */
+/* How long the worker may wait for one lock before a session that waits for it seals on its own. */
 #define SEAL_LOCK_WAIT_MS	1000
+/* How many sessions BlocksWorker() follows through the lock graph. */
+#define SEAL_BLOCKER_WALK	32
+
+/*
+ * True if this session blocks the worker's lock wait, directly or through
+ * sessions that wait for it (a lock request queued behind one this session
+ * holds): the waits PostgreSQL's pg_blocking_pids() reports, followed.
+ */
+static bool
+BlocksWorker(int worker_pid)
+{
+	int			pids[SEAL_BLOCKER_WALK];
+	int			n = 1,
+				next = 0;
+
+	pids[0] = worker_pid;
+	while (next < n)
+	{
+		ArrayType  *a = DatumGetArrayTypeP(DirectFunctionCall1(pg_blocking_pids, Int32GetDatum(pids[next++])));
+		Datum	   *elems;
+		bool	   *nulls;
+		int			ne;
+
+		deconstruct_array(a, INT4OID, sizeof(int32), true, TYPALIGN_INT, &elems, &nulls, &ne);
+		for (int i = 0; i < ne; i++)
+		{
+			int			pid = DatumGetInt32(elems[i]);
+			bool		seen = false;
+
+			if (pid == MyProcPid)
+				return true;
+			for (int j = 0; j < n; j++)
+				seen |= pids[j] == pid;
+			if (!seen && n < SEAL_BLOCKER_WALK)
+				pids[n++] = pid;
+		}
+	}
+	return false;
+}
 
 /*
  * Asks the worker for a sealing pass that begins after this call and waits
@@ -438,12 +480,13 @@ fintx_worker_woken(void)
  * holds the sealing lock, or the pass failed) or left: the caller then seals
  * on its own. While the worker works (a pass, or releasing holds before it),
  * the session waits as long as it takes (a cancel or statement_timeout ends
- * the wait). A worker that has waited for a heavyweight lock for
- * SEAL_LOCK_WAIT_MS may be waiting for this session's own transaction (a row
- * it locked, a table it locked, or a lock queued behind one it holds), a
- * wait the deadlock detector cannot see through a condition variable: the
- * session then seals on its own, and its wait for the sealing lock, if the
- * worker holds it, is one the detector sees.
+ * the wait). It also seals on its own when the worker waits for a lock
+ * (heavyweight: a row, a table, a transaction) that this session holds or
+ * that waits for this session (a wait the deadlock detector cannot see
+ * through a condition variable; its wait for the sealing lock, if the
+ * worker's pass holds it, is one the detector sees), or has waited for the
+ * same lock for SEAL_LOCK_WAIT_MS (stuck on another session: it cannot seal
+ * for this one meanwhile).
  */
 bool
 fintx_worker_seal(void)
@@ -451,6 +494,7 @@ fintx_worker_seal(void)
 	Latch	   *latch;
 	uint64		req;
 	TimestampTz lock_wait_since = 0;
+	void	   *waited_lock = NULL;
 	bool		served = false;
 
 	if (queue == NULL || fintx_is_worker)
@@ -470,24 +514,34 @@ fintx_worker_seal(void)
 	for (;;)
 	{
 		bool		gone,
-					refused,
-					lock_wait;
+					refused;
+		void	   *wait_lock = NULL;
+		int			worker_pid = 0;
 
 		LWLockAcquire(queue->lock, LW_SHARED);
 		served = queue->seal_served >= req;
 		refused = queue->seal_refused >= req;
 		gone = queue->worker_latch == NULL;
-		/* read without the lock manager's locks: a hint, rechecked every 100 ms */
-		lock_wait = !gone && queue->worker_proc != NULL && queue->worker_proc->waitLock != NULL;
+		if (!gone && queue->worker_proc != NULL)
+		{
+			/* read without the lock manager's locks: a hint, rechecked every 100 ms */
+			wait_lock = (void *) queue->worker_proc->waitLock;
+			worker_pid = queue->worker_proc->pid;
+		}
 		LWLockRelease(queue->lock);
 		if (served || refused || gone)
 			break;
-		if (!lock_wait)
+		if (wait_lock == NULL)
 			lock_wait_since = 0;
-		else if (lock_wait_since == 0)
-			lock_wait_since = GetCurrentTimestamp();
-		else if (TimestampDifferenceExceeds(lock_wait_since, GetCurrentTimestamp(), SEAL_LOCK_WAIT_MS))
-			break;
+		else
+		{
+			if (wait_lock != waited_lock || lock_wait_since == 0)
+				lock_wait_since = GetCurrentTimestamp();
+			if (BlocksWorker(worker_pid) ||
+				TimestampDifferenceExceeds(lock_wait_since, GetCurrentTimestamp(), SEAL_LOCK_WAIT_MS))
+				break;
+		}
+		waited_lock = wait_lock;
 		/* wakes on the broadcast at the end of a pass; the timeout rechecks the worker */
 		(void) ConditionVariableTimedSleep(&queue->seal_done, 100, PG_WAIT_EXTENSION);
 	}

@@ -151,7 +151,6 @@ fintx_worker_main(Datum arg)
 			TimestampTz now = GetCurrentTimestamp();
 			TimestampTz next;
 			long		wait_ms;
-			int			rc;
 
 			/* denials first: a denied caller is waiting for its row to commit */
 			if (fintx_denials_pending())
@@ -194,10 +193,11 @@ fintx_worker_main(Datum arg)
 			wait_ms = (long) ((next - GetCurrentTimestamp()) / 1000);
 			if (wait_ms < 1)
 				wait_ms = 1;
-			rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						   wait_ms, PG_WAIT_EXTENSION);
 			ResetLatch(MyLatch);
-			if ((rc & WL_LATCH_SET) && fintx_outbox_wakeup_ms > 0 && fintx_worker_wake_pending())
+			/* the pending flag, not the latch: a wake-up set between a timeout and ResetLatch counts too */
+			if (fintx_outbox_wakeup_ms > 0 && fintx_worker_wake_pending())
 			{
 				/*
 				 * A transaction that wrote outbox events committed (outbox.c

@@ -1883,7 +1883,8 @@ fintx_signing_message(PG_FUNCTION_ARGS)
 /*
  * Releases up to max_holds holds whose timeout has passed, each as an
  * 'expired' transfer under the system principal. Holds locked by a
- * concurrent resolver are skipped. Returns the number released.
+ * concurrent resolver, or whose accounts another transaction has locked,
+ * are skipped (a later pass releases them). Returns the number released.
  */
 int
 fintx_expire_holds(int max_holds)
@@ -1897,10 +1898,20 @@ fintx_expire_holds(int max_holds)
 		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
 	args[0] = TimestampTzGetDatum(GetCurrentTimestamp());
 	args[1] = Int32GetDatum(max_holds);
+	/*
+	 * The hold's two accounts are locked here too, skipping locked ones: a
+	 * session that keeps an account row locked must not stop the worker,
+	 * which seals the audit log and sequences the outbox between these
+	 * passes. Never waiting, this statement cannot deadlock however it
+	 * orders the rows; the ledger then finds those rows already ours.
+	 */
 	fintx_keep_plan(&expired_plan,
-					"SELECT transfer_id FROM fintx.pending_holds"
-					" WHERE timeout_at <= $1 ORDER BY transfer_id LIMIT $2"
-					" FOR UPDATE SKIP LOCKED",
+					"SELECT h.transfer_id FROM fintx.pending_holds h"
+					"  JOIN fintx.transfers t ON t.id OPERATOR(pg_catalog.=) h.transfer_id"
+					"  JOIN fintx.accounts f ON f.id OPERATOR(pg_catalog.=) t.from_account"
+					"  JOIN fintx.accounts d ON d.id OPERATOR(pg_catalog.=) t.to_account"
+					" WHERE h.timeout_at OPERATOR(pg_catalog.<=) $1 ORDER BY h.transfer_id LIMIT $2"
+					" FOR UPDATE OF h, f, d SKIP LOCKED",
 					2, types);
 	if (SPI_execute_plan(expired_plan, args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "finding expired holds failed");	/* LCOV_EXCL_LINE */

@@ -61,29 +61,45 @@ is($node->safe_psql('postgres', qq{SELECT count(*) FROM pg_locks WHERE locktype 
 quiet_safe($open, 'COMMIT');
 $open->quit;
 
-# The worker busy elsewhere: releasing an expired hold, it waits for an account row that
-# the asking session's own transaction has locked. The session sees that it blocks the
-# worker and seals on its own at once.
+# A session keeps an account row locked while a hold on that account expires: the worker
+# skips the hold instead of waiting for the row, and goes on sealing.
 $node->safe_psql('postgres', q{
 	SELECT fintx.open_account('s:c', 'EUR');
-	SELECT fintx.transfer('s-busy-h', 's:b', 's:a', 1, pending => true, timeout => '2 seconds');
+	SELECT fintx.transfer('s-busy-h', 's:b', 's:a', 1, pending => true, timeout => '1 second');
 });
 my $busy = quiet_session($node);
 quiet_safe($busy, 'BEGIN');
 quiet_safe($busy, q{SELECT fintx.transfer('s-busy', 's:a', 's:b', 1)});
-is(wait_for(q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'fintx worker' AND wait_event_type = 'Lock'},
-		'1', 10), '1', 'the worker waits for the account row the open transaction locked');
+sleep 2;    # the hold has expired; the worker has tried it (expire_interval 100 ms)
+is($node->safe_psql('postgres', q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'fintx worker' AND wait_event_type = 'Lock'}),
+	'0', 'the worker does not wait for the account row the open transaction locked');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM fintx.transfers WHERE status = 'expired'}), '0',
+	'it skips the hold whose account is locked');
 $node->safe_psql('postgres', q{SELECT fintx.transfer('s-busy-2', 's:bank', 's:c', 1)});
-my $t0 = time;
-is(quiet_query($busy, q{SELECT fintx.seal() = (SELECT count(*) FROM fintx.audit_entries) - 1}), 't',
-	'seal() then seals on its own: everything committed (the own transfer stays for a later pass)');
-my $waited = time - $t0;
-ok($waited < 0.9, "at once: the worker waits for this session ($waited s), so it does not wait for the worker");
+is(wait_for(q{SELECT count(*) FROM fintx.audit_log WHERE details->>'idempotency_key' = 's-busy-2' AND leaf_index IS NOT NULL}, '1', 10),
+	'1', 'and seals a transfer committed meanwhile');
 quiet_safe($busy, 'COMMIT');
 $busy->quit;
 is(wait_for(q{SELECT count(*) FROM fintx.transfers WHERE status = 'expired'}, '1', 10), '1',
-	'the worker goes on and releases the hold');
+	'once the row is free the worker releases the hold');
 is(wait_for($all_sealed, 't', 10), 't', 'and seals the rest');
+
+# The worker waits, before its pass, for a lock the asking session holds (here a table lock
+# that its hold expiry needs): the session sees that it blocks the worker and seals on its
+# own at once.
+my $busy2 = quiet_session($node);
+quiet_safe($busy2, 'BEGIN');
+quiet_safe($busy2, 'LOCK TABLE fintx.pending_holds IN ACCESS EXCLUSIVE MODE');
+is(wait_for(q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'fintx worker' AND wait_event_type = 'Lock'},
+		'1', 10), '1', 'the worker waits for the table the open transaction locked');
+$node->safe_psql('postgres', q{SELECT fintx.transfer('s-busy-3', 's:bank', 's:c', 1)});
+my $t0 = time;
+is(quiet_query($busy2, q{SELECT fintx.seal() = (SELECT count(*) FROM fintx.audit_entries)}), 't',
+	'seal() then seals on its own: everything committed');
+my $waited = time - $t0;
+ok($waited < 0.9, "at once: the worker waits for this session ($waited s), so it does not wait for the worker");
+quiet_safe($busy2, 'COMMIT');
+$busy2->quit;
 
 # The worker's pass waits for a lock that the asking transaction holds: the session seals
 # on its own, waits for the sealing lock the pass holds, and the deadlock detector ends one

@@ -101,6 +101,41 @@ ok($waited < 0.9, "at once: the worker waits for this session ($waited s), so it
 quiet_safe($busy2, 'COMMIT');
 $busy2->quit;
 
+# Queued behind this session: it reads pending_holds (ACCESS SHARE), a maintenance session
+# queues for ACCESS EXCLUSIVE behind it, and the worker's hold expiry queues behind that. The
+# session blocks the worker through the waiting session (pg_blocking_pids(), followed) and
+# seals on its own at once; without that it would wait for a worker that waits for it.
+my $reader = quiet_session($node);
+quiet_safe($reader, 'BEGIN');
+quiet_safe($reader, 'SELECT count(*) FROM fintx.pending_holds');
+my $maint = psql_start($node, 'maint', "SET lock_timeout = '20s';\nBEGIN;\nLOCK TABLE fintx.pending_holds IN ACCESS EXCLUSIVE MODE;\nCOMMIT;\n");
+is(wait_for(q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'fintx worker' AND wait_event_type = 'Lock'},
+		'1', 10), '1', 'the worker queues behind the maintenance session');
+$t0 = time;
+is(quiet_query($reader, q{SELECT fintx.seal() = (SELECT count(*) FROM fintx.audit_entries)}), 't',
+	'the reading session seals on its own');
+$waited = time - $t0;
+ok($waited < 0.9, "at once: it blocks the worker through the queued session ($waited s)");
+quiet_safe($reader, 'COMMIT');
+$reader->quit;
+is(psql_finish($maint)->{err}, '', 'the maintenance session gets its lock once the reader has committed');
+
+# Stuck on another session: a session that holds nothing the worker waits for waits a
+# second for the worker (stuck on the same lock all along), then seals on its own.
+my $holder_t = quiet_session($node);
+quiet_safe($holder_t, 'BEGIN');
+quiet_safe($holder_t, 'LOCK TABLE fintx.pending_holds IN ACCESS EXCLUSIVE MODE');
+is(wait_for(q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'fintx worker' AND wait_event_type = 'Lock'},
+		'1', 10), '1', 'the worker waits for the table another session locked');
+$node->safe_psql('postgres', q{SELECT fintx.transfer('s-stuck', 's:bank', 's:c', 1)});
+$t0 = time;
+is($node->safe_psql('postgres', q{SELECT fintx.seal() = (SELECT count(*) FROM fintx.audit_entries)}), 't',
+	'a session that does not block the worker gets everything sealed');
+$waited = time - $t0;
+ok($waited >= 1 && $waited < 5, "after waiting a second for the stuck worker ($waited s)");
+quiet_safe($holder_t, 'COMMIT');
+$holder_t->quit;
+
 # The worker's pass waits for a lock that the asking transaction holds: the session seals
 # on its own, waits for the sealing lock the pass holds, and the deadlock detector ends one
 # of the two instead of both waiting for ever: usually the worker's pass (it waited first;

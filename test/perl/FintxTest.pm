@@ -47,9 +47,16 @@ use Test::More;
 
 our @EXPORT = qw(fintx_node psql_start psql_finish psql_result_rows first_sqlstate
   all_sqlstates poll_until barrier_race reconcile_rows quiet_query quiet_safe quiet_session
-  remap_leaves_sql);
+  remap_leaves_sql seal_lock_key);
 
 my $file_seq = 0;
+
+# The advisory lock key of fintx's sealing lock (src/sequencer.c, SEAL_LOCK_KEY), for tests
+# that hold it the way a session sealing in its own transaction does.
+sub seal_lock_key
+{
+	return hex('66696E7478736C');
+}
 
 # Creates, configures and starts a node with fintx preloaded, and installs
 # the extension in database "postgres" (where the worker runs). Extra

@@ -171,9 +171,8 @@ $open->quit;
 # b) sealing is serialized, and never blocks writers: a transaction holding the sealing
 #    lock (as a session that seals on its own does where the worker does not seal) makes
 #    the worker give up the pass, and a seal() then waits for the lock
-my $seal_lock_key = hex('66696E7478736C');    # sequencer.c: SEAL_LOCK_KEY
 my $holder = quiet_session($node);
-quiet_safe($holder, "BEGIN; SELECT pg_advisory_xact_lock($seal_lock_key);");
+quiet_safe($holder, "BEGIN; SELECT pg_advisory_xact_lock(" . seal_lock_key() . ");");
 my $waiter = psql_start($node, 'sealer-waiting', "SELECT 'size', fintx.seal();\n");
 my $mon = quiet_session($node);
 my ($ok, $info) = poll_until($mon,

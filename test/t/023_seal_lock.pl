@@ -41,6 +41,28 @@ $node->safe_psql('postgres', q{
 });
 my $all_sealed = q{SELECT coalesce((SELECT tree_size FROM fintx.audit_blocks ORDER BY block_id DESC LIMIT 1), 0) = (SELECT count(*) FROM fintx.audit_entries)};
 is(wait_for($all_sealed, 't', 10), 't', 'the worker seals what was committed');
+my $worker_lock_waits = q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'fintx worker' AND wait_event_type = 'Lock'};
+
+# A session with an open transaction that ran $sql.
+sub open_session
+{
+	my ($sql) = @_;
+	my $session = quiet_session($node);
+	quiet_safe($session, 'BEGIN');
+	quiet_safe($session, $sql);
+	return $session;
+}
+
+# seal() in $session (a new connection if undef) must seal everything committed
+# (test $name); returns how many seconds it took.
+sub timed_seal_all
+{
+	my ($session, $name) = @_;
+	my $sql = q{SELECT fintx.seal() = (SELECT count(*) FROM fintx.audit_entries)};
+	my $t0 = time;
+	is(defined $session ? quiet_query($session, $sql) : $node->safe_psql('postgres', $sql), 't', $name);
+	return time - $t0;
+}
 
 # A session that seals inside a transaction it keeps open (an auditor's psql with
 # autocommit off, say): the worker runs the passes it asks for in transactions of its own,
@@ -67,11 +89,9 @@ $node->safe_psql('postgres', q{
 	SELECT fintx.open_account('s:c', 'EUR');
 	SELECT fintx.transfer('s-busy-h', 's:b', 's:a', 1, pending => true, timeout => '1 second');
 });
-my $busy = quiet_session($node);
-quiet_safe($busy, 'BEGIN');
-quiet_safe($busy, q{SELECT fintx.transfer('s-busy', 's:a', 's:b', 1)});
+my $busy = open_session(q{SELECT fintx.transfer('s-busy', 's:a', 's:b', 1)});
 sleep 2;    # the hold has expired; the worker has tried it (expire_interval 100 ms)
-is($node->safe_psql('postgres', q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'fintx worker' AND wait_event_type = 'Lock'}),
+is($node->safe_psql('postgres', $worker_lock_waits),
 	'0', 'the worker does not wait for the account row the open transaction locked');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM fintx.transfers WHERE status = 'expired'}), '0',
 	'it skips the hold whose account is locked');
@@ -87,16 +107,11 @@ is(wait_for($all_sealed, 't', 10), 't', 'and seals the rest');
 # The worker waits, before its pass, for a lock the asking session holds (here a table lock
 # that its hold expiry needs): the session sees that it blocks the worker and seals on its
 # own at once.
-my $busy2 = quiet_session($node);
-quiet_safe($busy2, 'BEGIN');
-quiet_safe($busy2, 'LOCK TABLE fintx.pending_holds IN ACCESS EXCLUSIVE MODE');
-is(wait_for(q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'fintx worker' AND wait_event_type = 'Lock'},
+my $busy2 = open_session('LOCK TABLE fintx.pending_holds IN ACCESS EXCLUSIVE MODE');
+is(wait_for($worker_lock_waits,
 		'1', 10), '1', 'the worker waits for the table the open transaction locked');
 $node->safe_psql('postgres', q{SELECT fintx.transfer('s-busy-3', 's:bank', 's:c', 1)});
-my $t0 = time;
-is(quiet_query($busy2, q{SELECT fintx.seal() = (SELECT count(*) FROM fintx.audit_entries)}), 't',
-	'seal() then seals on its own: everything committed');
-my $waited = time - $t0;
+my $waited = timed_seal_all($busy2, 'seal() then seals on its own: everything committed');
 ok($waited < 0.9, "at once: the worker waits for this session ($waited s), so it does not wait for the worker");
 quiet_safe($busy2, 'COMMIT');
 $busy2->quit;
@@ -105,16 +120,11 @@ $busy2->quit;
 # queues for ACCESS EXCLUSIVE behind it, and the worker's hold expiry queues behind that. The
 # session blocks the worker through the waiting session (pg_blocking_pids(), followed) and
 # seals on its own at once; without that it would wait for a worker that waits for it.
-my $reader = quiet_session($node);
-quiet_safe($reader, 'BEGIN');
-quiet_safe($reader, 'SELECT count(*) FROM fintx.pending_holds');
+my $reader = open_session('SELECT count(*) FROM fintx.pending_holds');
 my $maint = psql_start($node, 'maint', "SET lock_timeout = '20s';\nBEGIN;\nLOCK TABLE fintx.pending_holds IN ACCESS EXCLUSIVE MODE;\nCOMMIT;\n");
-is(wait_for(q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'fintx worker' AND wait_event_type = 'Lock'},
+is(wait_for($worker_lock_waits,
 		'1', 10), '1', 'the worker queues behind the maintenance session');
-$t0 = time;
-is(quiet_query($reader, q{SELECT fintx.seal() = (SELECT count(*) FROM fintx.audit_entries)}), 't',
-	'the reading session seals on its own');
-$waited = time - $t0;
+$waited = timed_seal_all($reader, 'the reading session seals on its own');
 ok($waited < 0.9, "at once: it blocks the worker through the queued session ($waited s)");
 quiet_safe($reader, 'COMMIT');
 $reader->quit;
@@ -122,16 +132,11 @@ is(psql_finish($maint)->{err}, '', 'the maintenance session gets its lock once t
 
 # Stuck on another session: a session that holds nothing the worker waits for waits a
 # second for the worker (stuck on the same lock all along), then seals on its own.
-my $holder_t = quiet_session($node);
-quiet_safe($holder_t, 'BEGIN');
-quiet_safe($holder_t, 'LOCK TABLE fintx.pending_holds IN ACCESS EXCLUSIVE MODE');
-is(wait_for(q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'fintx worker' AND wait_event_type = 'Lock'},
+my $holder_t = open_session('LOCK TABLE fintx.pending_holds IN ACCESS EXCLUSIVE MODE');
+is(wait_for($worker_lock_waits,
 		'1', 10), '1', 'the worker waits for the table another session locked');
 $node->safe_psql('postgres', q{SELECT fintx.transfer('s-stuck', 's:bank', 's:c', 1)});
-$t0 = time;
-is($node->safe_psql('postgres', q{SELECT fintx.seal() = (SELECT count(*) FROM fintx.audit_entries)}), 't',
-	'a session that does not block the worker gets everything sealed');
-$waited = time - $t0;
+$waited = timed_seal_all(undef, 'a session that does not block the worker gets everything sealed');
 ok($waited >= 1 && $waited < 5, "after waiting a second for the stuck worker ($waited s)");
 quiet_safe($holder_t, 'COMMIT');
 $holder_t->quit;
@@ -144,7 +149,7 @@ my $locker = quiet_session($node, on_error_stop => 0);
 quiet_safe($locker, "SET statement_timeout = '30s'");
 quiet_safe($locker, 'BEGIN');
 quiet_safe($locker, 'LOCK TABLE fintx.audit_blocks IN ACCESS EXCLUSIVE MODE');
-$t0 = time;
+my $t0 = time;
 my $locker_out = quiet_query($locker, 'SELECT fintx.seal()');
 my $locker_err = $locker->{stderr} // '';
 ok(($locker_err eq '' && $locker_out =~ /^\d+$/) || $locker_err =~ /deadlock detected/,
@@ -158,10 +163,7 @@ is(wait_for($all_sealed, 't', 10), 't', 'the worker seals again once that transa
 
 # A transaction that holds the sealing lock itself (as a session sealing on its own does
 # where no worker seals for it): the worker does not wait for it.
-my $seal_lock_key = hex('66696E7478736C');    # sequencer.c: SEAL_LOCK_KEY
-my $a = quiet_session($node);
-quiet_safe($a, 'BEGIN');
-quiet_safe($a, "SELECT pg_advisory_xact_lock($seal_lock_key)");
+my $a = open_session("SELECT pg_advisory_xact_lock(" . seal_lock_key() . ")");
 
 # meanwhile: a hold that expires, and more entries to seal
 my $hold = $node->safe_psql('postgres',
@@ -170,7 +172,7 @@ $node->safe_psql('postgres', q{SELECT fintx.transfer('s-t2', 's:a', 's:b', 5)});
 is(wait_for("SELECT count(*) FROM fintx.transfers WHERE pending_id = $hold AND status = 'expired'", '1', 15),
 	'1', 'while a session holds the sealing lock, the worker still releases an expired hold');
 is($node->safe_psql('postgres',
-		q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'fintx worker' AND wait_event_type = 'Lock'}),
+		$worker_lock_waits),
 	'0', 'the worker does not wait for the sealing lock');
 my $sealed_while_held = $node->safe_psql('postgres',
 	q{SELECT (SELECT tree_size FROM fintx.audit_blocks ORDER BY block_id DESC LIMIT 1) < (SELECT count(*) FROM fintx.audit_entries)});

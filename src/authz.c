@@ -746,7 +746,7 @@ fintx_authorize_hold(LedgerRequest *req)
 static void
 FlushDecisionsNow(void)
 {
-	if (!XactReadOnly)
+	if (decisions != NIL && !XactReadOnly)
 	{
 		fintx_spi_connect();
 		fintx_authz_flush();
@@ -773,8 +773,7 @@ fintx_authz_require(FintxOp op, const char *object)
 	{
 		if (op == FINTX_OP_ADMIN || op == FINTX_OP_AUDIT_READ)
 			RecordAllowed(op, object, NULL, 0, false, caller.admin ? "administrator" : "auditor",
-						  caller.admin ? (caller.superuser ? "superuser" : "member of fintx_admin")
-						  : "member of fintx_auditor");
+						  caller.superuser ? "superuser" : caller.admin ? "member of fintx_admin" : "member of fintx_auditor");
 		FlushDecisionsNow();
 		return;
 	}
@@ -1633,6 +1632,20 @@ fintx_revoke_permission(PG_FUNCTION_ARGS)
  * ------------------------------------------------------------------------
  */
 
+/* Whether cached grant i makes the accounts its pattern matches visible. */
+static bool
+GrantShowsAccounts(int i)
+{
+	FintxOp		op = cache_grants[i].op;
+
+	/*
+	 * Grants on accounts make them visible; so does audit.read, which reads
+	 * every ledger fact in the audit log anyway. Event grants name consumers
+	 * and aggregate types, not accounts.
+	 */
+	return op != FINTX_OP_EVENT_EMIT && op != FINTX_OP_EVENT_CONSUME;
+}
+
 /* May the calling role see rows of this account? Any grant whose pattern matches. */
 static bool
 CodeVisible(const char *code)
@@ -1642,19 +1655,8 @@ CodeVisible(const char *code)
 		return false;
 	EnsureCache(fintx_calling_user());
 	for (int i = 0; i < cache_ngrants; i++)
-	{
-		FintxOp		op = cache_grants[i].op;
-
-		/*
-		 * Grants on accounts make them visible; so does audit.read, which
-		 * reads every ledger fact in the audit log anyway. Event grants name
-		 * consumers and aggregate types, not accounts.
-		 */
-		if (op == FINTX_OP_EVENT_EMIT || op == FINTX_OP_EVENT_CONSUME)
-			continue;
-		if (LikeMatch(code, cache_grants[i].pattern))
+		if (GrantShowsAccounts(i) && LikeMatch(code, cache_grants[i].pattern))
 			return true;
-	}
 	return false;
 }
 
@@ -1763,12 +1765,10 @@ fintx_authz_sees_every_event(void)
 		return true;
 	for (int i = 0; i < cache_ngrants; i++)
 	{
-		FintxOp		op = cache_grants[i].op;
 		const char *p = cache_grants[i].pattern;
 
-		if (op == FINTX_OP_EVENT_EMIT || op == FINTX_OP_EVENT_CONSUME)
-			continue;
-		if (p[0] != '\0' && strspn(p, "%") == strlen(p))
+		/* a pattern of nothing but % matches every account */
+		if (GrantShowsAccounts(i) && p[0] != '\0' && strspn(p, "%") == strlen(p))
 			return true;
 	}
 	return false;

@@ -85,9 +85,8 @@ typedef struct DenialQueue
 	pg_atomic_uint32 wake_pending;	/* the worker was woken for the outbox, has not run yet */
 	/* sealing passes asked of the worker (fintx_worker_seal): request numbers */
 	uint64		seal_requested; /* last request made */
-	uint64		seal_started;	/* requests made before the running (or last) pass began */
-	uint64		seal_served;	/* ... before a pass that committed */
-	uint64		seal_refused;	/* ... before a pass that could not seal (lock taken, error) */
+	uint64		seal_answered;	/* all up to here were made before a pass that has ended */
+	uint64		seal_served;	/* ... before a pass that committed (the others: could not seal) */
 	ConditionVariable seal_done;	/* broadcast when a pass ends */
 	DenialRecord ring[DENIAL_QUEUE_SIZE];
 } DenialQueue;
@@ -379,8 +378,8 @@ fintx_denials_worker_attach(void)
 	queue->worker_latch = MyLatch;
 	queue->worker_proc = MyProc;
 	queue->worker_dbid = MyDatabaseId;
-	/* requests made before a restart were answered when the previous worker left */
-	queue->seal_started = queue->seal_refused = queue->seal_requested;
+	/* requests made before a restart were answered (not served) when the previous worker left */
+	queue->seal_answered = queue->seal_requested;
 	LWLockRelease(queue->lock);
 	pg_atomic_write_u32(&queue->wake_pending, 0);
 	before_shmem_exit(DetachWorker, (Datum) 0);
@@ -430,6 +429,27 @@ fintx_worker_woken(void)
  * commit; the session's transaction takes no lock and writes nothing.
  * ------------------------------------------------------------------------
  */
+
+/* True if the worker runs in this database (queue->lock held). */
+static bool
+SealsHere(void)
+{
+	return queue->worker_latch != NULL && queue->worker_dbid == MyDatabaseId;
+}
+
+/* True if the fintx worker runs and seals this database (it seals; callers need not). */
+bool
+fintx_worker_seals_here(void)
+{
+	bool		here;
+
+	if (queue == NULL)
+		return false;
+	LWLockAcquire(queue->lock, LW_SHARED);
+	here = SealsHere();
+	LWLockRelease(queue->lock);
+	return here;
+}
 
 /* How long the worker may wait for one lock before a session that waits for it seals on its own. */
 #define SEAL_LOCK_WAIT_MS	1000
@@ -500,12 +520,12 @@ fintx_worker_seal(void)
 	if (queue == NULL || fintx_is_worker)
 		return false;
 	LWLockAcquire(queue->lock, LW_EXCLUSIVE);
-	latch = queue->worker_latch;
-	if (latch == NULL || queue->worker_dbid != MyDatabaseId)
+	if (!SealsHere())
 	{
 		LWLockRelease(queue->lock);
 		return false;
 	}
+	latch = queue->worker_latch;
 	req = ++queue->seal_requested;
 	LWLockRelease(queue->lock);
 	SetLatch(latch);
@@ -520,9 +540,9 @@ fintx_worker_seal(void)
 
 		LWLockAcquire(queue->lock, LW_SHARED);
 		served = queue->seal_served >= req;
-		refused = queue->seal_refused >= req;
+		refused = queue->seal_answered >= req && !served;
 		gone = queue->worker_latch == NULL;
-		if (!gone && queue->worker_proc != NULL)
+		if (!gone)
 		{
 			/* read without the lock manager's locks: a hint, rechecked every 100 ms */
 			wait_lock = (void *) queue->worker_proc->waitLock;
@@ -535,7 +555,7 @@ fintx_worker_seal(void)
 			lock_wait_since = 0;
 		else
 		{
-			if (wait_lock != waited_lock || lock_wait_since == 0)
+			if (wait_lock != waited_lock)
 				lock_wait_since = GetCurrentTimestamp();
 			if (BlocksWorker(worker_pid) ||
 				TimestampDifferenceExceeds(lock_wait_since, GetCurrentTimestamp(), SEAL_LOCK_WAIT_MS))
@@ -558,7 +578,7 @@ fintx_worker_seal_requested(void)
 	if (queue == NULL)
 		return false;			/* LCOV_EXCL_LINE: the worker only runs when preloaded */
 	LWLockAcquire(queue->lock, LW_SHARED);
-	pending = queue->seal_requested > queue->seal_started;
+	pending = queue->seal_requested > queue->seal_answered;
 	LWLockRelease(queue->lock);
 	return pending;
 }
@@ -574,9 +594,8 @@ fintx_worker_seal_begin(void)
 
 	if (queue == NULL)
 		return 0;				/* LCOV_EXCL_LINE: the worker only runs when preloaded */
-	LWLockAcquire(queue->lock, LW_EXCLUSIVE);
+	LWLockAcquire(queue->lock, LW_SHARED);
 	req = queue->seal_requested;
-	queue->seal_started = req;
 	LWLockRelease(queue->lock);
 	return req;
 }
@@ -588,10 +607,9 @@ fintx_worker_seal_end(uint64 req, bool sealed)
 	if (queue == NULL)
 		return;					/* LCOV_EXCL_LINE: the worker only runs when preloaded */
 	LWLockAcquire(queue->lock, LW_EXCLUSIVE);
+	queue->seal_answered = Max(queue->seal_answered, req);
 	if (sealed)
 		queue->seal_served = Max(queue->seal_served, req);
-	else
-		queue->seal_refused = Max(queue->seal_refused, req);
 	LWLockRelease(queue->lock);
 	ConditionVariableBroadcast(&queue->seal_done);
 }

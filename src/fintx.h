@@ -334,6 +334,7 @@ extern bool fintx_denials_pending(void);
 extern void fintx_worker_wake(void);
 extern void fintx_worker_woken(void);
 extern bool fintx_worker_wake_pending(void);
+extern bool fintx_worker_seals_here(void);
 extern bool fintx_worker_seal(void);
 extern bool fintx_worker_seal_requested(void);
 extern uint64 fintx_worker_seal_begin(void);

@@ -75,7 +75,6 @@ static SPIPlanPtr window_plan = NULL;
 static SPIPlanPtr advance_plan = NULL;
 static SPIPlanPtr ack_plan = NULL;
 static SPIPlanPtr inbox_plan = NULL;
-static SPIPlanPtr worker_plan = NULL;
 
 /* One consumer row. */
 typedef struct Consumer
@@ -175,8 +174,6 @@ CheckConsumerName(FunctionCallInfo fcinfo, int arg)
 	fintx_authz_require(FINTX_OP_EVENT_CONSUME, s);
 	return s;
 }
-
-static int	WorkerPid(void);
 
 /*
  * At commit of a transaction that wrote outbox events, wakes the worker so
@@ -542,37 +539,11 @@ fintx_outbox_sequence(Datum snap, Datum own, bool own_null)
  * ------------------------------------------------------------------------
  */
 
-/* The pid of the fintx worker of this database, 0 if none runs (SPI connected). */
-static int
-WorkerPid(void)
-{
-	bool		isnull;
-	Datum		d;
-
-	fintx_keep_plan(&worker_plan,
-					"SELECT pg_catalog.max(pid) FROM pg_catalog.pg_stat_activity"
-					" WHERE backend_type OPERATOR(pg_catalog.=) 'fintx worker'"
-					"   AND datid OPERATOR(pg_catalog.=) (SELECT oid FROM pg_catalog.pg_database"
-					"         WHERE datname OPERATOR(pg_catalog.=) pg_catalog.current_database())",
-					0, NULL);
-	if (SPI_execute_plan(worker_plan, NULL, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "reading pg_stat_activity failed");	/* LCOV_EXCL_LINE */
-	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	return isnull ? 0 : DatumGetInt32(d);
-}
-
-/* True if the fintx worker runs in this database (it seals; poll need not). */
-static bool
-WorkerSeals(void)
-{
-	return WorkerPid() != 0;
-}
-
 /* Seals lazily when no worker does (SPI connected; seal connects on its own). */
 static void
 SealIfNoWorker(void)
 {
-	if (!WorkerSeals())
+	if (!fintx_worker_seals_here())
 		(void) fintx_seal_log();
 }
 
@@ -1029,6 +1000,8 @@ fintx_ack(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
+static SPIPlanPtr first_dead_plan = NULL;
+
 /* The position of consumer name's first dead letter, 0 if it has none (SPI connected). */
 static int64
 FirstDeadLetter(const char *name)
@@ -1038,9 +1011,10 @@ FirstDeadLetter(const char *name)
 	bool		isnull;
 	Datum		first;
 
-	if (SPI_execute_with_args("SELECT pg_catalog.min(position) FROM fintx.outbox_dead_letters"
-							  " WHERE consumer OPERATOR(pg_catalog.=) $1",
-							  1, types, &arg, NULL, false, 1) != SPI_OK_SELECT)
+	fintx_keep_plan(&first_dead_plan,
+					"SELECT pg_catalog.min(position) FROM fintx.outbox_dead_letters"
+					" WHERE consumer OPERATOR(pg_catalog.=) $1", 1, types);
+	if (SPI_execute_plan(first_dead_plan, &arg, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "reading dead letters failed");	/* LCOV_EXCL_LINE */
 	first = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	return isnull ? 0 : DatumGetInt64(first);

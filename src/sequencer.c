@@ -405,6 +405,17 @@ fintx_seal_log(void)
 	return size;
 }
 
+/* The tree size of the latest block, and SPI_finish(): SealLog()'s answer when it does not seal. */
+static int64
+SizeSealed(void)
+{
+	BlockInfo	b;
+
+	ReadBlock(&b);
+	SPI_finish();
+	return b.tree_size;
+}
+
 static int64
 SealLog(void)
 {
@@ -439,28 +450,19 @@ SealLog(void)
 	 * transaction cannot seal: it reports the size sealed so far.
 	 */
 	if (IsolationUsesXactSnapshot() || fintx_worker_seal())
-	{
-		ReadBlock(&prev);
-		SPI_finish();
-		return prev.tree_size;
-	}
+		return SizeSealed();
 	if (XactReadOnly)
 	{
-		ReadBlock(&prev);
-		SPI_finish();
+		int64		size = SizeSealed();
+
 		ereport(NOTICE,
 				(errmsg("fintx: a read-only transaction cannot seal the audit log; the answer covers the %lld entries sealed so far",
-						(long long) prev.tree_size),
+						(long long) size),
 				 errhint("Entries committed since are sealed by the next pass: call fintx.seal() in a read-write transaction, or preload fintx so that its worker seals this database.")));
-		return prev.tree_size;
+		return size;
 	}
 	if (!TakeSealLock())
-	{
-		/* the worker, while another transaction holds the lock: the size sealed so far */
-		ReadBlock(&prev);
-		SPI_finish();
-		return prev.tree_size;
-	}
+		return SizeSealed();	/* the worker, while another transaction holds the lock */
 	ReadBlock(&prev);			/* under the lock: the latest block is ours to extend */
 	n0 = prev.tree_size;
 
@@ -697,12 +699,8 @@ SealLog(void)
 int64
 fintx_sealed_size(void)
 {
-	BlockInfo	b;
-
 	fintx_spi_connect();
-	ReadBlock(&b);
-	SPI_finish();
-	return b.tree_size;
+	return SizeSealed();
 }
 
 /*

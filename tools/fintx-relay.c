@@ -45,6 +45,7 @@
 #define BACKOFF_MIN_MS	100
 #define BACKOFF_MAX_MS	5000
 #define IDLE_WAIT_MS	500
+#define MAX_BATCH		10000	/* --batch's limit, and how far ahead of the outbox a stream may be */
 
 typedef struct Config
 {
@@ -79,6 +80,14 @@ static jsCtx *js = NULL;
 static Acks acks;
 static volatile sig_atomic_t stop = 0;
 static bool fatal = false;		/* a condition retrying cannot fix: stop with exit status 1 */
+
+/* Return value of a step that found a condition retrying cannot fix (logged already). */
+static int
+refuse(void)
+{
+	fatal = true;
+	return -1;
+}
 
 /* state as last stored in PostgreSQL */
 static int64_t committed = 0;
@@ -535,7 +544,7 @@ nats_connect(void)
 /*
  * Brings PostgreSQL in line with the stream: if the stream holds messages
  * after the stored sequence, their last one names the position published
- * last; checkpoint it. Returns 0 on success, -1 on a retryable error, -2 if
+ * last; checkpoint it. Returns 0 on success, -1 on an error; fatal is set if
  * the stream is behind PostgreSQL (it lost messages) or holds foreign ones.
  */
 static int
@@ -574,7 +583,7 @@ reconcile(void)
 	{
 		logmsg("stream %s ends at sequence %" PRIu64 " but sequence %" PRIu64
 			   " was stored: the stream lost messages; refusing to continue", cfg.stream, last, stream_seq);
-		return -2;
+		return refuse();
 	}
 	s = js_GetMsg(&m, js, cfg.stream, last, NULL, &jerr);
 	if (s != NATS_OK)
@@ -588,7 +597,7 @@ reconcile(void)
 		logmsg("message %" PRIu64 " of stream %s has no Fintx-Position header: the stream is not "
 			   "fintx-relay's alone; refusing to continue", last, cfg.stream);
 		natsMsg_Destroy(m);
-		return -2;
+		return refuse();
 	}
 	p = strtoll(pos, NULL, 10);
 	if (natsMsgHeader_Get(m, "Nats-Msg-Id", &id) != NATS_OK || id == NULL)
@@ -599,14 +608,14 @@ reconcile(void)
 	{
 		logmsg("message %" PRIu64 " of stream %s carries position %" PRId64 ", beyond the outbox's tail %"
 			   PRId64 ": the stream belongs to another outbox; refusing to continue", last, cfg.stream, p, tail);
-		return -2;
+		return refuse();
 	}
 	if (p <= committed)
 	{
 		logmsg("message %" PRIu64 " of stream %s carries position %" PRId64 ", not after the committed %"
 			   PRId64 " (stored stream sequence %" PRIu64 "): another relay or outbox appended to the stream; "
 			   "refusing to continue", last, cfg.stream, p, committed, stream_seq);
-		return -2;
+		return refuse();
 	}
 	/*
 	 * The messages after the stored sequence hold positions p - (last - S) + 1
@@ -620,14 +629,14 @@ reconcile(void)
 			   "carries position %" PRId64 ", %" PRId64 " after the committed %" PRId64 ": positions between "
 			   "were never published; refusing to continue", cfg.stream, last - stream_seq, stream_seq, p,
 			   p - committed, committed);
-		return -2;
+		return refuse();
 	}
-	if (p - committed > 10000)
+	if (p - committed > MAX_BATCH)
 	{
 		logmsg("message %" PRIu64 " of stream %s carries position %" PRId64 ", %" PRId64 " after the committed %"
 			   PRId64 "; a relay is never more than one batch ahead: refusing to continue",
 			   last, cfg.stream, p, p - committed, committed);
-		return -2;
+		return refuse();
 	}
 	/* the message must be this outbox's event at that position, not another one's */
 	{
@@ -657,7 +666,7 @@ reconcile(void)
 				   PQntuples(r) == 1 ? PQgetvalue(r, 0, 0) : "(none)");
 		PQclear(r);
 		if (!same)
-			return -2;
+			return refuse();
 	}
 	logmsg("reconciled: stream %s is at sequence %" PRIu64 " (position %" PRId64
 		   "), PostgreSQL had sequence %" PRIu64 " (position %" PRId64 ")",
@@ -684,7 +693,7 @@ append_token(char *out, size_t outlen, const char *s)
 
 /*
  * Publishes one batch and checkpoints it. Returns the number of events
- * published (0: none available), -1 on a retryable error, -2 on a fatal one.
+ * published (0: none available), or -1 on an error (fatal set if retrying cannot fix it).
  */
 static int
 relay_batch(void)
@@ -725,7 +734,7 @@ relay_batch(void)
 			logmsg("the offset of consumer \"%s\" moved from %" PRId64 " to %" PRId64 " without a publish "
 				   "(poll() skipped what it could not return: a dead letter?); refusing to continue",
 				   cfg.consumer, before, committed);
-			return -2;
+			return refuse();
 		}
 		return 0;				/* pg_state() read the tail too */
 	}
@@ -751,7 +760,7 @@ relay_batch(void)
 				   "receive every event (a filter, a dead letter or the role's grants); refusing to publish",
 				   pos, committed + 1 + i);
 			PQclear(r);
-			return -2;
+			return refuse();
 		}
 		char		seqbuf[32];
 
@@ -766,7 +775,7 @@ relay_batch(void)
 				   PQgetvalue(r, i, 0), PQgetvalue(r, i, 1), PQgetlength(r, i, 5), size,
 				   natsConnection_GetMaxPayload(nc));
 			PQclear(r);
-			return -2;
+			return refuse();
 		}
 	}
 
@@ -976,7 +985,7 @@ main(int argc, char **argv)
 		}
 	}
 	/* the duplicate window is sent in nanoseconds: at most a week keeps it far from overflowing */
-	if (cfg.batch < 1 || cfg.batch > 10000 || cfg.health_s < 1 || cfg.dup_window_ms < 0 ||
+	if (cfg.batch < 1 || cfg.batch > MAX_BATCH || cfg.health_s < 1 || cfg.dup_window_ms < 0 ||
 		cfg.dup_window_ms > INT64_C(7) * 24 * 3600 * 1000 || optind < argc)
 	{
 		usage();
@@ -1012,7 +1021,7 @@ main(int argc, char **argv)
 		else
 			n = relay_batch();
 
-		if (n == -2 || fatal)
+		if (fatal)
 		{
 			state = "stopped";
 			health(true);

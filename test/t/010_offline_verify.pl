@@ -383,7 +383,7 @@ $node->safe_psql('empty_log', 'CREATE EXTENSION fintx');
 	write_file("$dir/key-empty.txt", $node->safe_psql('empty_log', 'SELECT fintx.public_key()'));
 	verifier_is('empty log', 0, qr/^OK: 0 leaves verified/, '--export', "$dir/export-none.tsv", '--checkpoint',
 		"$dir/cp-empty.txt", '--key', "$dir/key-empty.txt");
-	verifier_is('another database\'s key does not verify this log', 1, qr/has no signature by key \Q$signame\E\+[0-9a-f]{8}|is of log ".*", not of log "\Q$signame\E"/, '--export', "$dir/export-none.tsv",
+	verifier_is('another database\'s key does not verify this log', 1, qr/has no signature by key \Q$signame\E\+[0-9a-f]{8}/, '--export', "$dir/export-none.tsv",
 		'--checkpoint', "$dir/cp-empty.txt", '--key', $keyf);
 
 	# One key file signs for every database of the server. Relabelled with the first

@@ -76,6 +76,7 @@ bool		fintx_seal_lock_missed = false;
 	" SELECT s.snap, e.entry_id, e.entry_hash FROM s LEFT JOIN e ON true ORDER BY e.entry_id"
 
 static SPIPlanPtr last_block_plan = NULL;
+static SPIPlanPtr block_before_plan = NULL;
 static SPIPlanPtr first_scan_plan = NULL;
 static SPIPlanPtr next_scan_plan = NULL;
 static SPIPlanPtr node_plan = NULL;
@@ -117,6 +118,7 @@ typedef struct BlockInfo
 	char	   *origin;
 	char	   *key_name;
 	bytea	   *signature;
+	bool		own;			/* written by this transaction (or a subtransaction of it) */
 } BlockInfo;
 
 /* Whose hash GetHash reads, for its error message. */
@@ -155,14 +157,17 @@ GetHash(HeapTuple tup, TupleDesc desc, int col, uint8 *out, HashOwner owner, int
 	memcpy(out, VARDATA_ANY(h), MERKLE_HASH_LEN);
 }
 
+#define BLOCK_COLUMNS \
+	"SELECT block_id, tree_size, root_hash, block_hash, sealed_at, snapshot, origin," \
+	"       key_name, signature, xmin FROM fintx.audit_blocks "
+
 /*
- * Reads the latest block (exists = false if there is none; SPI connected).
- * Its plan is kept for the session and shared by every caller, the sealing
- * pass and checkpoint(), public_key() and verify_audit() alike: it is made
- * under fintx_index_planning() whoever runs it first.
+ * Reads the block the kept plan finds (exists = false if none; SPI connected).
+ * Plans are kept for the session and shared by every caller (made under
+ * fintx_index_planning() whoever runs them first).
  */
 static void
-ReadBlock(BlockInfo *b)
+ReadBlockWith(BlockInfo *b, SPIPlanPtr plan, Datum *args)
 {
 	HeapTuple	tup;
 	TupleDesc	desc;
@@ -171,11 +176,7 @@ ReadBlock(BlockInfo *b)
 	Datum		d;
 
 	memset(b, 0, sizeof(*b));
-	fintx_keep_plan(&last_block_plan,
-					"SELECT block_id, tree_size, root_hash, block_hash, sealed_at, snapshot, origin,"
-					"       key_name, signature"
-					"  FROM fintx.audit_blocks ORDER BY block_id DESC LIMIT 1", 0, NULL);
-	ret = fintx_execute_indexed(last_block_plan, NULL, NULL, false, 1);
+	ret = fintx_execute_indexed(plan, args, NULL, false, 1);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "reading audit blocks failed");
 	if (SPI_processed == 0)
@@ -201,6 +202,39 @@ ReadBlock(BlockInfo *b)
 
 		b->key_name = SPI_palloc(strlen(k) + 1);
 		strcpy(b->key_name, k);
+	}
+	b->own = TransactionIdIsCurrentTransactionId(DatumGetTransactionId(SPI_getbinval(tup, desc, 10, &isnull)));
+}
+
+/*
+ * Reads the latest block (exists = false if there is none; SPI connected):
+ * the sealing pass and checkpoint(), public_key() and verify_audit() alike.
+ */
+static void
+ReadBlock(BlockInfo *b)
+{
+	fintx_keep_plan(&last_block_plan, BLOCK_COLUMNS "ORDER BY block_id DESC LIMIT 1", 0, NULL);
+	ReadBlockWith(b, last_block_plan, NULL);
+}
+
+/*
+ * Reads the latest block that a transaction other than this one wrote, the
+ * latest committed one in READ COMMITTED (SPI connected; b holds the latest
+ * block and is replaced). Blocks written by this transaction's own passes
+ * exist only if it commits.
+ */
+static void
+ReadCommittedBlock(BlockInfo *b)
+{
+	Oid			type = INT8OID;
+
+	fintx_keep_plan(&block_before_plan, BLOCK_COLUMNS "WHERE block_id < $1 ORDER BY block_id DESC LIMIT 1",
+					1, &type);
+	while (b->exists && b->own)
+	{
+		Datum		arg = Int64GetDatum(b->block_id);
+
+		ReadBlockWith(b, block_before_plan, &arg);
 	}
 }
 
@@ -991,9 +1025,36 @@ fintx_checkpoint(PG_FUNCTION_ARGS)
 	key = RequireKey();
 	fintx_spi_connect();
 	ReadBlock(&b);
+	if (b.own && IsTransactionBlock())
+	{
+		/*
+		 * This transaction sealed on its own: its blocks exist only if it
+		 * commits, and it may roll back after the caller has the checkpoint.
+		 * A later pass would then sign another head for the same size, which
+		 * an auditor reads as a fork. Sign the last committed head instead.
+		 * (Outside a transaction block the statement commits before its
+		 * result reaches the client.)
+		 */
+		int64		sealed = b.tree_size;
+
+		ReadCommittedBlock(&b);
+		ereport(NOTICE,
+				(errmsg("the checkpoint signs the %lld entries sealed before this transaction; the %lld it sealed are signed after it commits",
+						(long long) (b.exists ? b.tree_size : 0),
+						(long long) (sealed - (b.exists ? b.tree_size : 0))),
+				 errhint("Commit, then call fintx.checkpoint() again.")));
+	}
 	name = CurrentName(&b);
 	if (!b.exists)
 		merkle_empty_root(b.root);
+	/*
+	 * Durable before signed: with synchronous_commit = off, a crash can take
+	 * back a block (and the transfers in it) whose commit record is not yet
+	 * flushed, and the log would then grow again under another head.
+	 * Everything this snapshot sees was inserted into the WAL before now.
+	 */
+	if (!RecoveryInProgress())
+		XLogFlush(GetXLogInsertRecPtr());
 	body = CheckpointBody(name, b.exists ? b.tree_size : 0, b.root);
 	fintx_ed25519_public(key, pub);
 	fintx_note_key_id(name, pub, blob);

@@ -224,6 +224,40 @@ my $v = $node->safe_psql('lazy',
 	q{SELECT ok::text || ' ' || coalesce(first_bad_leaf::text, '-') || ' ' || detail FROM fintx.verify_audit(1)});
 like($v, qr/^true - /, 'verify_audit(1) over entries its own sealing pass sequenced is clean') or diag($v);
 
+# checkpoint() never signs a head that a rollback can take back. Without a worker the
+# caller's own pass writes the block; inside a transaction block the checkpoint signs the
+# last committed head instead (a later pass after a rollback could sign another head for
+# the same size: a fork to an auditor), and says so.
+$node->safe_psql('lazy', 'SELECT fintx.seal()');
+my $committed = $node->safe_psql('lazy', 'SELECT fintx.tree_size()');
+$node->safe_psql('lazy', q{SELECT fintx.open_account('lz:cp1', 'EUR')});
+my ($cret, $cout, $cerr) = $node->psql('lazy', 'BEGIN; SELECT fintx.seal(); SELECT fintx.checkpoint(); ROLLBACK;');
+my @cl = split /\n/, $cout;
+is($cl[0], $committed + 1, 'a transaction that seals on its own seals the committed entry');
+is($cl[2], $committed, 'its checkpoint() signs the size committed before it, not its own pass');
+is($cl[3], $node->safe_psql('lazy', "SELECT encode(fintx.root_hash($committed), 'base64')"),
+	'with the root the log still has after the rollback');
+like($cerr, qr/NOTICE:  the checkpoint signs the $committed entries sealed before this transaction; the 1 it sealed are signed after it commits/,
+	'and a NOTICE says so') or diag($cerr);
+# (root_hash() sealed the entry in a pass of its own, committed)
+# a pass in a released savepoint is this transaction's too
+$node->safe_psql('lazy', q{SELECT fintx.open_account('lz:cp2', 'EUR')});
+($cret, $cout, $cerr) = $node->psql('lazy',
+	'BEGIN; SAVEPOINT a; SELECT fintx.seal(); RELEASE a; SELECT fintx.checkpoint(); COMMIT;');
+@cl = split /\n/, $cout;
+is("$cl[0] $cl[2]", ($committed + 2) . ' ' . ($committed + 1), 'a pass in a subtransaction is not signed before the commit either')
+  or diag("$cout\n$cerr");
+# outside a transaction block the statement commits before the client reads its result:
+# the checkpoint signs the pass it made
+$node->safe_psql('lazy', q{SELECT fintx.open_account('lz:cp3', 'EUR')});
+($cret, $cout, $cerr) = $node->psql('lazy', 'SELECT fintx.checkpoint()');
+is((split /\n/, $cout)[1], $committed + 3, 'checkpoint() alone signs the head its own pass sealed');
+is($cerr, '', 'without a NOTICE');
+# nothing new to seal: the transaction writes no block and signs the latest head quietly
+($cret, $cout, $cerr) = $node->psql('lazy', 'BEGIN; SELECT fintx.checkpoint(); COMMIT;');
+is((split /\n/, $cout)[1], $committed + 3, 'a transaction with nothing to seal signs the latest head');
+is($cerr, '', 'without a NOTICE');
+
 # the origin is also the key name: no spaces, no '+', printable ASCII (C2SP signed notes)
 my @bad = ([ 'a space', q{'a b'} ], [ 'a +', q{'a+b'} ], [ 'a tab', q{E'a\tb'} ],
 	[ 'a newline', q{E'line1\nline2'} ], [ 'a non-ASCII byte', "'caf\xc3\xa9'" ]);

@@ -42,6 +42,16 @@ is($node->safe_psql('postgres', "SELECT status FROM fintx.transfers WHERE pendin
 	'expired', 'the release is recorded as an expired transfer');
 is($node->safe_psql('postgres', 'SELECT count(*) FROM fintx.reconcile()'), '0', 'reconcile clean');
 
+# the outbox without a worker: outbox_tail() and poll() sequence what was committed themselves
+$node->safe_psql('postgres', q{SELECT fintx.create_consumer('np-consumer')});
+$node->safe_psql('postgres', q{SELECT fintx.emit('order', 'np-o1', 'order.created', '{"n": 1}')});
+is($node->safe_psql('postgres', q{SELECT fintx.outbox_tail() = (SELECT count(*) FROM fintx.outbox)}),
+	't', 'outbox_tail() gives every committed event a position without a worker');
+$node->safe_psql('postgres', q{SELECT fintx.emit('order', 'np-o2', 'order.created', '{"n": 2}')});
+is($node->safe_psql('postgres',
+		q{SELECT count(*) = (SELECT count(*) FROM fintx.outbox) FROM fintx.poll('np-consumer', 1000)}),
+	't', 'poll() delivers every committed event without a worker, the one committed just before included');
+
 # pg_dump / pg_restore round trip
 $node->safe_psql('postgres', q{
 	SELECT count(*) FROM fintx.transfer_batch((SELECT jsonb_agg(jsonb_build_object(

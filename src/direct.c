@@ -110,6 +110,26 @@ CheckLayout(Relation rel, const FintxColumn *columns, int ncolumns)
 				 errdetail("fintx writes the columns its installation script created; reinstall or upgrade the extension.")));
 }
 
+/*
+ * Refuses a table with a deferrable unique or exclusion constraint. For those,
+ * ExecInsertIndexTuples returns the indexes whose check must wait for the
+ * commit, and the executor queues that check as a trigger, which these writes
+ * do not have. fintx's tables have none; one added by hand is refused rather
+ * than left unchecked.
+ */
+static void
+RefuseDeferred(FintxLeaf *leaf)
+{
+	for (int i = 0; i < leaf->rri->ri_NumIndices; i++)
+		if (!leaf->rri->ri_IndexRelationDescs[i]->rd_index->indimmediate)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("deferrable constraints on \"fintx.%s\" are not supported",
+							RelationGetRelationName(leaf->rel)),
+					 errdetail("Index \"%s\" is deferrable.",
+							   RelationGetRelationName(leaf->rri->ri_IndexRelationDescs[i]))));
+}
+
 /* Opens one leaf relation for writing (speculative: for insert-unless-exists). */
 static void
 OpenLeaf(FintxLeaf *leaf, Relation rel, const FintxColumn *columns, int ncolumns, bool speculative)
@@ -119,6 +139,7 @@ OpenLeaf(FintxLeaf *leaf, Relation rel, const FintxColumn *columns, int ncolumns
 	leaf->rri = makeNode(ResultRelInfo);
 	InitResultRelInfo(leaf->rri, rel, 0, NULL, 0);
 	ExecOpenIndices(leaf->rri, speculative);
+	RefuseDeferred(leaf);
 	leaf->slot = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsVirtual);
 	leaf->heap_slot = NULL;
 	leaf->table_slot = NULL;
@@ -265,21 +286,6 @@ fintx_direct_close(FintxTable *t)
 		table_close(t->parent, NoLock);
 }
 
-/*
- * ExecInsertIndexTuples returns the indexes whose deferred uniqueness must be
- * checked at commit; the executor queues that check as a trigger, which
- * these writes do not have. fintx's tables have no deferrable constraints;
- * one added by hand is refused rather than left unchecked.
- */
-static void
-RefuseDeferred(FintxLeaf *leaf, List *recheck)
-{
-	if (recheck != NIL)
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("deferrable unique constraints on \"fintx.%s\" are not supported",
-						RelationGetRelationName(leaf->rel))));
-}
 
 /* Puts a row into a slot of the leaf (its virtual slot, or a buffered one) and checks its constraints. */
 static TupleTableSlot *
@@ -316,8 +322,7 @@ FlushLeaf(FintxLeaf *leaf, EState *estate)
 	for (int i = 0; i < n; i++)
 	{
 		if (leaf->rri->ri_NumIndices > 0)
-			RefuseDeferred(leaf, ExecInsertIndexTuples(leaf->rri, leaf->buffer[i], estate,
-													   false, false, NULL, NIL));
+			list_free(ExecInsertIndexTuples(leaf->rri, leaf->buffer[i], estate, false, false, NULL, NIL));
 		ExecClearTuple(leaf->buffer[i]);
 		ResetPerTupleExprContext(estate);
 	}
@@ -560,8 +565,7 @@ fintx_direct_update(FintxTable *t, ItemPointer tid, HeapTuple old,
 	{
 		/* the slot holds tup, whose t_self is now the new version */
 		leaf->heap_slot->tts_tid = tup->t_self;
-		RefuseDeferred(leaf, ExecInsertIndexTuples(leaf->rri, leaf->heap_slot, t->estate,
-												   true, false, NULL, NIL));
+		list_free(ExecInsertIndexTuples(leaf->rri, leaf->heap_slot, t->estate, true, false, NULL, NIL));
 	}
 	ExecClearTuple(leaf->heap_slot);
 	ResetPerTupleExprContext(t->estate);

@@ -157,8 +157,25 @@ is(sql(q{SELECT count(*) FROM fintx.transfers WHERE metadata ? 'u'}), '0', 'no t
 sql(q{ALTER TABLE fintx.pending_holds ADD CONSTRAINT review_d UNIQUE (timeout_at) DEFERRABLE});
 ($out, $state, $err) = run_sql(q{SELECT fintx.transfer_batch('[{"idempotency_key": "defer-1", "from_account": "src", "to_account": "dst", "amount": 1, "pending": true, "timeout": "1 hour"},
 	{"idempotency_key": "defer-2", "from_account": "src", "to_account": "dst", "amount": 1, "pending": true, "timeout": "1 hour"}]')});
-is($state, '0A000', 'a deferrable unique constraint with a conflict in one flush is refused (0A000)');
+is($state, '0A000', 'a deferrable unique constraint is refused (0A000)');
+my (undef, undef, $named) = $node->psql('postgres', q{SELECT fintx.transfer('defer-3', 'src', 'dst', 1, pending => true)});
+like($named, qr/deferrable constraints on "fintx.pending_holds" are not supported\nDETAIL:  Index "review_d" is deferrable/,
+	'refused when the table is opened, without a conflict, naming the table and the index');
 sql(q{ALTER TABLE fintx.pending_holds DROP CONSTRAINT review_d});
+
+# the journal's speculative insert refuses one too (a new database: the constraint needs a
+# journal without two records of one timestamp); unchecked, the batch would commit two
+$node->safe_psql('postgres', 'CREATE DATABASE defer');
+$node->safe_psql('defer', q{CREATE EXTENSION fintx;
+	SELECT fintx.open_account('src', 'EUR', allow_negative => true);
+	SELECT fintx.open_account('dst', 'EUR');
+	ALTER TABLE fintx.idempotency_keys ADD CONSTRAINT review_dk UNIQUE (created_at) DEFERRABLE INITIALLY DEFERRED});
+my ($drc, $dout, $derr) = $node->psql('defer', q{SELECT count(*) FROM fintx.transfer_batch('[
+	{"idempotency_key": "dk-1", "from_account": "src", "to_account": "dst", "amount": 1},
+	{"idempotency_key": "dk-2", "from_account": "src", "to_account": "dst", "amount": 2}]')},
+	extra_params => [ '-v', 'VERBOSITY=sqlstate' ]);
+is(first_sqlstate($derr) // '', '0A000', 'a deferrable unique constraint on the journal is refused (0A000)') or diag($derr);
+is($node->safe_psql('defer', 'SELECT count(*) FROM fintx.idempotency_keys'), '0', 'and none of its records stays');
 
 # sealing fails writing audit_leaf_runs (the next pass's first leaf index taken behind fintx's back);
 # verify_audit seals in a subtransaction and re-throws anything but XX001

@@ -725,6 +725,15 @@ SealLog(void)
 		if (SPI_execute_plan(block_plan, bargs, bnulls, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "writing audit block failed");
 	}
+	/*
+	 * Durable before visible: the block's signature signs its tree head (as
+	 * a checkpoint does), so it must not be seen, and signed again by
+	 * checkpoint(), before its commit record is flushed. With
+	 * synchronous_commit = off a crash could otherwise take back a signed
+	 * head, and the transfers under it (their commits precede this one in
+	 * the WAL), and the log would grow again under another head.
+	 */
+	ForceSyncCommit();
 	SPI_finish();
 	return m;
 }
@@ -1025,36 +1034,29 @@ fintx_checkpoint(PG_FUNCTION_ARGS)
 	key = RequireKey();
 	fintx_spi_connect();
 	ReadBlock(&b);
-	if (b.own && IsTransactionBlock())
+	if (b.own)
 	{
 		/*
 		 * This transaction sealed on its own: its blocks exist only if it
-		 * commits, and it may roll back after the caller has the checkpoint.
-		 * A later pass would then sign another head for the same size, which
-		 * an auditor reads as a fork. Sign the last committed head instead.
-		 * (Outside a transaction block the statement commits before its
-		 * result reaches the client.)
+		 * commits, and nothing here can tell whether it will (an exception
+		 * block, a procedure's ROLLBACK, a failing statement later in a
+		 * pipeline). Had it signed its own pass and then rolled back, a later
+		 * pass could sign another head for the same size: a fork to an
+		 * auditor. Sign the last committed head; every committed block was
+		 * flushed before it became visible (SealLog).
 		 */
 		int64		sealed = b.tree_size;
 
 		ReadCommittedBlock(&b);
 		ereport(NOTICE,
-				(errmsg("the checkpoint signs the %lld entries sealed before this transaction; the %lld it sealed are signed after it commits",
+				(errmsg("the checkpoint signs the %lld entries sealed before this transaction; the %lld sealed in it are signed by a checkpoint() after it commits",
 						(long long) (b.exists ? b.tree_size : 0),
 						(long long) (sealed - (b.exists ? b.tree_size : 0))),
-				 errhint("Commit, then call fintx.checkpoint() again.")));
+				 errhint("Without a worker sealing this database, call fintx.seal() in a transaction of its own first.")));
 	}
 	name = CurrentName(&b);
 	if (!b.exists)
 		merkle_empty_root(b.root);
-	/*
-	 * Durable before signed: with synchronous_commit = off, a crash can take
-	 * back a block (and the transfers in it) whose commit record is not yet
-	 * flushed, and the log would then grow again under another head.
-	 * Everything this snapshot sees was inserted into the WAL before now.
-	 */
-	if (!RecoveryInProgress())
-		XLogFlush(GetXLogInsertRecPtr());
 	body = CheckpointBody(name, b.exists ? b.tree_size : 0, b.root);
 	fintx_ed25519_public(key, pub);
 	fintx_note_key_id(name, pub, blob);

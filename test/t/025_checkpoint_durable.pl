@@ -7,13 +7,16 @@
 # a sealing pass's block (and the transfers in it) can be read, and signed, and
 # then be lost in a crash. The log would then grow again under another head
 # for the same size, which an auditor holding the signed checkpoint reads as a
-# fork. checkpoint() flushes the WAL of everything it signs first.
+# fork. A sealing pass therefore commits synchronously (its block is flushed, with every
+# commit before it, before anyone can see it), and checkpoint() signs only committed blocks.
 #
-# The WAL writer is stopped (SIGSTOP) so that nothing but checkpoint() itself
-# can flush: a transfer commits asynchronously, the worker seals it (another
-# asynchronous commit), checkpoint() signs the head, and the WAL writer is
+# The WAL writer is stopped (SIGSTOP) so that nothing but a synchronous commit can
+# flush: a transfer commits asynchronously, a sealing pass (the worker's, or a seal()
+# without a worker) seals it, checkpoint() signs the head, and the WAL writer is
 # killed (SIGKILL: the postmaster restarts every process and recovers from the
-# WAL on disk). The signed size and root must still be in the log.
+# WAL on disk). The signed size and root must still be in the log. (A process crash
+# keeps WAL that was written but not fsynced; what the test shows is that the block's
+# commit was flushed, which is what fsync = on then makes durable.)
 
 use strict;
 use warnings;
@@ -39,36 +42,67 @@ $node->safe_psql('postgres', q{
 	CHECKPOINT;
 });
 
-# The signed head after one more asynchronously committed transfer, with the WAL
-# writer stopped; then a crash. Returns (size, base64 root) of the checkpoint.
+$node->safe_psql('postgres', 'CREATE DATABASE lazy');
+$node->safe_psql('lazy', q{CREATE EXTENSION fintx;
+	SELECT fintx.open_account('d:bank', 'EUR', allow_negative => true);
+	SELECT fintx.open_account('d:a', 'EUR');
+	SELECT fintx.seal();
+	CHECKPOINT;
+});
+
+# In database $db, with the WAL writer stopped: one more asynchronously committed transfer
+# ($key), the statements @seal, then checkpoint(); then the WAL writer is killed and the
+# server recovers. Checks that the signed head, the block holding it and the transfer
+# survived.
 sub checkpoint_then_crash
 {
-	my ($key_suffix) = @_;
+	my ($db, $key, @seal) = @_;
 	my $walwriter = $node->safe_psql('postgres',
 		q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'walwriter'});
-	ok($walwriter =~ /^\d+$/ && kill('STOP', $walwriter), 'the WAL writer is stopped');
-	$node->safe_psql('postgres', "SELECT fintx.transfer('d-$key_suffix', 'd:bank', 'd:a', 7)");
-	my (undef, $size, $root) = split /\n/, $node->safe_psql('postgres', 'SELECT fintx.checkpoint()');
+	ok($walwriter =~ /^\d+$/ && kill('STOP', $walwriter), "$db: the WAL writer is stopped");
+	$node->safe_psql($db, "SELECT fintx.transfer('$key', 'd:bank', 'd:a', 7)");
+	$node->safe_psql($db, $_) for @seal;
+	my (undef, $size, $root) = split /\n/, $node->safe_psql($db, 'SELECT fintx.checkpoint()');
+	my $block = $node->safe_psql($db,
+		"SELECT block_id || ' ' || encode(block_hash, 'hex') FROM fintx.audit_blocks WHERE tree_size = $size");
+	like($size, qr/^\d+$/, "$db: checkpoint() signed a head of $size entries");
+	is($node->safe_psql($db, "SELECT count(*) FROM fintx.idempotency_keys WHERE idempotency_key = '$key'"),
+		'1', "$db: the head covers the new transfer");
 	kill 'KILL', $walwriter;
 	kill 'CONT', $walwriter;
-	# the postmaster notices the death, ends every backend and recovers
+	# the postmaster notices the death, ends every backend and recovers: wait for a new WAL writer
 	my $t0 = time;
-	usleep(100_000) while time - $t0 < 60
-	  && !(eval { $node->safe_psql('postgres', 'SELECT pg_is_in_recovery()') eq 'f' });
-	return ($size, $root);
+	my $now = '';
+	while (time - $t0 < 60)
+	{
+		$now = eval {
+			$node->safe_psql('postgres', q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'walwriter'})
+		} // '';
+		last if $now =~ /^\d+$/ && $now != $walwriter;
+		usleep(100_000);
+	}
+	isnt($now, $walwriter, "$db: the server recovered with a new WAL writer");
+	# read without sealing: the block itself, as it was before the crash
+	is($node->safe_psql($db,
+			"SELECT block_id || ' ' || encode(block_hash, 'hex') FROM fintx.audit_blocks WHERE tree_size = $size"),
+		$block, "$db: after the crash the block of the signed size is the one signed") or diag("size $size");
+	is($node->safe_psql($db, "SELECT encode(root_hash, 'base64') FROM fintx.audit_blocks WHERE tree_size = $size"),
+		$root, "$db: with the signed root");
+	is($node->safe_psql($db, "SELECT count(*) FROM fintx.idempotency_keys WHERE idempotency_key = '$key'"),
+		'1', "$db: and the transfer it covers");
+	return;
 }
 
-my ($size, $root) = checkpoint_then_crash('1');
-like($size, qr/^\d+$/, "checkpoint() signed a head of $size entries");
-is($node->safe_psql('postgres',
-		"SELECT encode(root_hash, 'base64') FROM fintx.audit_blocks WHERE tree_size = $size"),
-	$root, 'after the crash the log still has a block of that size with the signed root');
-is($node->safe_psql('postgres', q{SELECT count(*) FROM fintx.transfers t
-		JOIN fintx.idempotency_keys k ON k.transfer_id = t.id WHERE k.idempotency_key = 'd-1'}),
-	'1', 'and the transfer it covers');
+# the worker seals (it commits its pass synchronously whatever synchronous_commit says)
+checkpoint_then_crash('postgres', 'd-1');
+# no worker: seal() in a transaction of its own, then checkpoint() signs that committed pass
+checkpoint_then_crash('lazy', 'd-2', 'SELECT fintx.seal()');
 like(slurp_file($node->logfile), qr/terminated by signal 9/, 'the server went through crash recovery');
-is($node->safe_psql('postgres', 'SELECT count(*) FROM fintx.reconcile()'), '0', 'reconcile() is clean');
-is($node->safe_psql('postgres', 'SELECT ok FROM fintx.verify_audit()'), 't', 'verify_audit() is clean');
+for my $db ('postgres', 'lazy')
+{
+	is($node->safe_psql($db, 'SELECT count(*) FROM fintx.reconcile()'), '0', "$db: reconcile() is clean");
+	is($node->safe_psql($db, 'SELECT ok FROM fintx.verify_audit()'), 't', "$db: verify_audit() is clean");
+}
 
 $node->stop;
 done_testing();

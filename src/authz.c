@@ -609,20 +609,17 @@ fintx_authz_deny(FintxOp op, const char *object, const char *currency, int64 amo
 			 rule ? errhint("Decided by %s.", rule) : 0));
 }
 
-/* Counts amount against the grant's daily limit (UTC calendar day, per currency). */
-static void
-UseDailyLimit(Grant *g, FintxOp op, const char *object, const char *currency, int64 amount,
-			  const char *rule)
+/*
+ * Adds amount to the caller's usage of grant g today (UTC calendar day, per
+ * currency), locking the usage row; false if that would exceed the limit
+ * (the row is locked all the same). SPI connected.
+ */
+static bool
+CountUsage(Grant *g, FintxOp op, const char *currency, int64 amount)
 {
 	Datum		args[6];
 	Oid			types[6] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT8OID, INT8OID};
-	int			ret;
 
-	if (amount > g->daily_limit)
-		fintx_authz_deny(op, object, currency, amount, true,
-						 psprintf("amount %lld exceeds the daily limit %lld",
-								  (long long) amount, (long long) g->daily_limit), rule);
-	fintx_spi_connect();
 	args[0] = CStringGetTextDatum(caller.service);
 	args[1] = CStringGetTextDatum(op_names[op]);
 	args[2] = CStringGetTextDatum(g->pattern);
@@ -636,13 +633,82 @@ UseDailyLimit(Grant *g, FintxOp op, const char *object, const char *currency, in
 					" DO UPDATE SET used = u.used + EXCLUDED.used WHERE u.used <= $6 - EXCLUDED.used"
 					" RETURNING used",
 					6, types);
-	ret = SPI_execute_plan(usage_plan, args, NULL, false, 0);
-	fintx_spi_expect(ret, SPI_OK_INSERT_RETURNING, "counting the daily limit failed");
-	if (SPI_processed != 1)
+	fintx_spi_expect(SPI_execute_plan(usage_plan, args, NULL, false, 0), SPI_OK_INSERT_RETURNING,
+					 "counting the daily limit failed");
+	return SPI_processed == 1;
+}
+
+/* Counts amount against the grant's daily limit; emits 42501 if it would exceed it. */
+static void
+UseDailyLimit(Grant *g, FintxOp op, const char *object, const char *currency, int64 amount,
+			  const char *rule)
+{
+	if (amount > g->daily_limit)
+		fintx_authz_deny(op, object, currency, amount, true,
+						 psprintf("amount %lld exceeds the daily limit %lld",
+								  (long long) amount, (long long) g->daily_limit), rule);
+	fintx_spi_connect();
+	if (!CountUsage(g, op, currency, amount))
 		fintx_authz_deny(op, object, currency, amount, true,
 						 psprintf("amount %lld would exceed the daily limit %lld for %s today (UTC)",
 								  (long long) amount, (long long) g->daily_limit,
 								  currency ? currency : "this currency"), rule);
+	SPI_finish();
+}
+
+/* A daily-limit usage row: the grant's pattern and the request's currency. */
+typedef struct UsageRow
+{
+	Grant	   *grant;
+	const char *currency;
+} UsageRow;
+
+static int
+CompareUsageRow(const void *a, const void *b)
+{
+	const UsageRow *x = a;
+	const UsageRow *y = b;
+	int			c = strcmp(x->grant->pattern, y->grant->pattern);
+
+	return c != 0 ? c : strcmp(x->currency ? x->currency : "", y->currency ? y->currency : "");
+}
+
+/*
+ * Locks, in one fixed order (pattern, then currency), the daily-limit rows
+ * that the n requests (op on objects[i] in currencies[i]) will count against.
+ * Each request counts its amount in the batch's order, one row after another;
+ * two batches of one service whose requests meet the same two rows in
+ * opposite orders would otherwise deadlock. Counting then finds every row
+ * already locked by this transaction. Requests that no grant with a daily
+ * limit covers are skipped (their authorization decides).
+ */
+void
+fintx_authz_lock_limits(FintxOp op, const char **objects, const char **currencies, int n)
+{
+	UsageRow   *rows;
+	int			nrows = 0;
+
+	if (!active || caller.admin || caller.service == NULL || n < 2)
+		return;
+	rows = palloc(sizeof(UsageRow) * n);
+	for (int i = 0; i < n; i++)
+	{
+		Grant	   *g = BestGrant(op, objects[i], currencies[i]);
+
+		if (g != NULL && g->has_daily)
+		{
+			rows[nrows].grant = g;
+			rows[nrows].currency = currencies[i];
+			nrows++;
+		}
+	}
+	if (nrows < 2)
+		return;
+	qsort(rows, nrows, sizeof(UsageRow), CompareUsageRow);
+	fintx_spi_connect();
+	for (int i = 0; i < nrows; i++)
+		if (i == 0 || CompareUsageRow(&rows[i - 1], &rows[i]) != 0)
+			(void) CountUsage(rows[i].grant, op, rows[i].currency, 0);
 	SPI_finish();
 }
 

@@ -320,6 +320,7 @@ extern bool fintx_authz_decision(int i, const char **service, const char **rule)
 extern void fintx_approval_record(LedgerRequest *req);
 extern void fintx_authz_require(FintxOp op, const char *object);
 extern void fintx_authorize_hold(LedgerRequest *req);
+extern void fintx_authz_lock_limits(FintxOp op, const char **objects, const char **currencies, int n);
 extern bool fintx_authz_sees_all(void);
 extern bool fintx_authz_sees_every_event(void);
 extern bool fintx_authz_hides_balance(const char *code);

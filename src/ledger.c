@@ -28,6 +28,8 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/guc.h"
+#include "utils/resowner.h"
 #include "commands/dbcommands.h"
 #include "utils/json.h"
 #include "utils/numeric.h"
@@ -1095,6 +1097,35 @@ Authorize(LedgerRequest *req, LedgerAccount **bycode, int naccts, int nreqs)
 						   req->amount, true, nreqs == 1);
 }
 
+/*
+ * Locks the daily-limit rows that a batch's transfers will count against, in
+ * a fixed order, after the accounts (fintx_authz_lock_limits): batches whose
+ * requests meet the same rows in different orders cannot deadlock.
+ */
+static void
+LockLimits(LedgerRequest **reqs, int n, LedgerAccount **bycode, int naccts)
+{
+	const char **objects = palloc(sizeof(char *) * n);
+	const char **currencies = palloc(sizeof(char *) * n);
+	int			m = 0;
+
+	for (int i = 0; i < n; i++)
+	{
+		LedgerAccount key;
+		LedgerAccount *keyp = &key;
+		LedgerAccount **found;
+
+		if (reqs[i]->preauthorized)
+			continue;
+		key.code = reqs[i]->from_code;
+		found = bsearch(&keyp, bycode, naccts, sizeof(LedgerAccount *), CompareAccountCode);
+		objects[m] = reqs[i]->from_code;
+		currencies[m] = found ? (*found)->currency : NULL;
+		m++;
+	}
+	fintx_authz_lock_limits(FINTX_OP_TRANSFER, objects, currencies, m);
+}
+
 /* Applies requests whose keys were newly claimed (SPI connected, in the direct write group estate). */
 static void
 ApplyNew(EState *estate, const char *principal, LedgerRequest **reqs, int n)
@@ -1113,7 +1144,18 @@ ApplyNew(EState *estate, const char *principal, LedgerRequest **reqs, int n)
 	FintxTable	accounts;
 
 	if (reqs[0]->op != LEDGER_TRANSFER)
+	{
+		/*
+		 * Only now, for keys claimed by this call: a retry that replays is
+		 * not authorized (nor counted against a daily limit) again, as for
+		 * transfers. Before the hold is looked up, so that a hold outside the
+		 * service's grants is refused without revealing whether it exists.
+		 */
+		for (int i = 0; i < n; i++)
+			if (reqs[i]->op != LEDGER_EXPIRE)
+				fintx_authorize_hold(reqs[i]);
 		holds = ClaimHolds(reqs, n, &nholds);
+	}
 	fintx_direct_open(&accounts, estate, "accounts", account_columns, ACC_NCOLUMNS);
 	accts = LockAccounts(&accounts, reqs, n, holds, nholds, &naccts);
 	/* read the clock only now: taking the locks may have waited past a timeout */
@@ -1122,6 +1164,8 @@ ApplyNew(EState *estate, const char *principal, LedgerRequest **reqs, int n)
 	for (int i = 0; i < naccts; i++)
 		bycode[i] = &accts[i];
 	qsort(bycode, naccts, sizeof(LedgerAccount *), CompareAccountCode);
+	if (n > 1 && reqs[0]->op == LEDGER_TRANSFER && fintx_authz_active())
+		LockLimits(reqs, n, bycode, naccts);
 
 	for (int i = 0; i < n; i++)
 	{
@@ -1441,7 +1485,6 @@ ResolveHold(FunctionCallInfo fcinfo, LedgerOp op)
 		req->amount_given = true;
 	}
 	fintx_authz_begin();
-	fintx_authorize_hold(req);
 	fintx_execute(fintx_principal(), &req, 1);
 	PG_RETURN_DATUM(fintx_result_datum(fcinfo, req));
 }
@@ -1880,11 +1923,99 @@ fintx_signing_message(PG_FUNCTION_ARGS)
 	PG_RETURN_BYTEA_P(out);
 }
 
+/* A new expiry request for hold hold_id (the i-th of its call), in memory that outlives SPI. */
+static LedgerRequest *
+ExpireRequest(int64 hold_id, int i)
+{
+	LedgerRequest *r = SPI_palloc(sizeof(LedgerRequest));
+
+	memset(r, 0, sizeof(LedgerRequest));
+	r->op = LEDGER_EXPIRE;
+	r->index = i;
+	r->hold_id = hold_id;
+	r->key = SPI_palloc(32);
+	snprintf(r->key, 32, "expire:%lld", (long long) hold_id);
+	return r;
+}
+
+/*
+ * The batch below skips holds whose accounts another transaction has locked,
+ * so a hold on an account that is locked at every pass (one that takes
+ * transfer after transfer) would never be released. The oldest hold overdue
+ * by FINTX_OVERDUE_MS is released first, waiting for its accounts at most
+ * FINTX_OVERDUE_WAIT_MS: queued behind the transactions that hold them, the
+ * wait ends as they commit. Gives up quietly when the wait runs out (a later
+ * pass tries again). Returns 1 if it released the hold.
+ */
+#define FINTX_OVERDUE_MS		1000
+#define FINTX_OVERDUE_WAIT_MS	"200"
+static int
+ExpireOverdueHold(void)
+{
+	static SPIPlanPtr overdue_plan = NULL;
+	Oid			type = TIMESTAMPTZOID;
+	Datum		arg = TimestampTzGetDatum(TimestampTzPlusMilliseconds(GetCurrentTimestamp(), -FINTX_OVERDUE_MS));
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	LedgerRequest *req;
+	int			released = 0;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
+	/* only the hold is locked here (skipping one a resolver holds): the ledger waits for the accounts */
+	fintx_keep_plan(&overdue_plan,
+					"SELECT h.transfer_id FROM fintx.pending_holds h"
+					" WHERE h.timeout_at OPERATOR(pg_catalog.<=) $1 ORDER BY h.timeout_at, h.transfer_id LIMIT 1"
+					" FOR UPDATE OF h SKIP LOCKED",
+					1, &type);
+	if (SPI_execute_plan(overdue_plan, &arg, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "finding overdue holds failed");	/* LCOV_EXCL_LINE */
+	req = SPI_processed == 1 ? ExpireRequest(GetInt64(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), 0) : NULL;
+	SPI_finish();
+	if (req == NULL)
+		return 0;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		int			nest = NewGUCNestLevel();
+
+		(void) set_config_option("lock_timeout", FINTX_OVERDUE_WAIT_MS, PGC_SUSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
+		fintx_authz_system();
+		fintx_execute(FINTX_SYSTEM_PRINCIPAL, &req, 1);
+		AtEOXact_GUC(true, nest);
+		ReleaseCurrentSubTransaction();
+		released = 1;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		if (edata->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE)
+			PG_RE_THROW();
+		FlushErrorState();
+		FreeErrorData(edata);
+		RollbackAndReleaseCurrentSubTransaction();
+		fintx_batch_position = -1;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+	return released;
+}
+
 /*
  * Releases up to max_holds holds whose timeout has passed, each as an
- * 'expired' transfer under the system principal. Holds locked by a
+ * 'expired' transfer under the system principal: first the oldest hold
+ * overdue by a second, waiting a little for its accounts
+ * (ExpireOverdueHold), then a batch of the others; holds locked by a
  * concurrent resolver, or whose accounts another transaction has locked,
- * are skipped (a later pass releases them). Returns the number released.
+ * are skipped by the batch (a later pass releases them). Returns the number
+ * released.
  */
 int
 fintx_expire_holds(int max_holds)
@@ -1893,11 +2024,14 @@ fintx_expire_holds(int max_holds)
 	Oid			types[2] = {TIMESTAMPTZOID, INT4OID};
 	LedgerRequest **reqs;
 	int			n;
+	int			overdue = ExpireOverdueHold();
 
+	if (overdue == max_holds)
+		return overdue;
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
 	args[0] = TimestampTzGetDatum(GetCurrentTimestamp());
-	args[1] = Int32GetDatum(max_holds);
+	args[1] = Int32GetDatum(max_holds - overdue);
 	/*
 	 * The hold's two accounts are locked here too, skipping locked ones: a
 	 * session that keeps an account row locked must not stop the worker,
@@ -1918,22 +2052,12 @@ fintx_expire_holds(int max_holds)
 	n = (int) SPI_processed;
 	reqs = SPI_palloc(sizeof(LedgerRequest *) * (n + 1));
 	for (int i = 0; i < n; i++)
-	{
-		LedgerRequest *r = SPI_palloc(sizeof(LedgerRequest));
-
-		memset(r, 0, sizeof(LedgerRequest));
-		r->op = LEDGER_EXPIRE;
-		r->index = i;
-		r->hold_id = GetInt64(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
-		r->key = SPI_palloc(32);
-		snprintf(r->key, 32, "expire:%lld", (long long) r->hold_id);
-		reqs[i] = r;
-	}
+		reqs[i] = ExpireRequest(GetInt64(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1), i);
 	SPI_finish();
 	fintx_authz_system();
 	if (n > 0)
 		fintx_execute(FINTX_SYSTEM_PRINCIPAL, reqs, n);
-	return n;
+	return overdue + n;
 }
 
 /* fintx.expire_pending(max_holds) → integer: releases expired holds now. */

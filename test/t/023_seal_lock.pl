@@ -11,7 +11,7 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use MIME::Base64 qw(decode_base64);
-use Time::HiRes qw(time);
+use Time::HiRes qw(time usleep);
 use FintxTest;
 
 my $dir = PostgreSQL::Test::Utils::tempdir;
@@ -84,15 +84,24 @@ quiet_safe($open, 'COMMIT');
 $open->quit;
 
 # A session keeps an account row locked while a hold on that account expires: the worker
-# skips the hold instead of waiting for the row, and goes on sealing.
+# skips the hold in its batch, and waits for the row at most 200 ms at a time once the
+# hold is overdue by a second, so it goes on sealing.
 $node->safe_psql('postgres', q{
 	SELECT fintx.open_account('s:c', 'EUR');
 	SELECT fintx.transfer('s-busy-h', 's:b', 's:a', 1, pending => true, timeout => '1 second');
 });
 my $busy = open_session(q{SELECT fintx.transfer('s-busy', 's:a', 's:b', 1)});
-sleep 2;    # the hold has expired; the worker has tried it (expire_interval 100 ms)
-is($node->safe_psql('postgres', $worker_lock_waits),
-	'0', 'the worker does not wait for the account row the open transaction locked');
+# sample the worker's lock waits for 3 s (the hold is overdue after 2 s): the longest
+my ($longest, $stretch, $t_prev) = (0, 0, time);
+for (1 .. 150)
+{
+	my $now = time;
+	$stretch = quiet_query($poll, $worker_lock_waits) eq '1' ? $stretch + ($now - $t_prev) : 0;
+	$longest = $stretch if $stretch > $longest;
+	$t_prev = $now;
+	usleep(20_000);
+}
+ok($longest > 0 && $longest < 0.6, "the worker waits for the row the open transaction locked, but never long (longest wait $longest s)");
 is($node->safe_psql('postgres', q{SELECT count(*) FROM fintx.transfers WHERE status = 'expired'}), '0',
 	'it skips the hold whose account is locked');
 $node->safe_psql('postgres', q{SELECT fintx.transfer('s-busy-2', 's:bank', 's:c', 1)});
@@ -103,6 +112,26 @@ $busy->quit;
 is(wait_for(q{SELECT count(*) FROM fintx.transfers WHERE status = 'expired'}, '1', 10), '1',
 	'once the row is free the worker releases the hold');
 is(wait_for($all_sealed, 't', 10), 't', 'and seals the rest');
+
+# An account that is locked at nearly every moment (a transaction after another, as an
+# account that takes transfer after transfer): a batch that skips locked rows would never
+# release a hold on it; the worker queues for the row once the hold is overdue.
+$node->safe_psql('postgres', q{
+	SELECT fintx.open_account('s:hot', 'EUR');
+	SELECT fintx.transfer('s-hot-fund', 's:bank', 's:hot', 100);
+	SELECT fintx.transfer('s-hot-h', 's:hot', 's:a', 1, pending => true, timeout => '1 second');
+});
+my $locker = psql_start($node, 'locker',
+	join('', map { "BEGIN; SELECT 1 FROM fintx.accounts WHERE code = 's:hot' FOR UPDATE; SELECT pg_sleep(0.15); COMMIT;\n" } 1 .. 60));
+my $t_hot = time;
+my ($hot_ok, $hot_wait) = poll_until($poll,
+	q{SELECT count(*) FROM fintx.transfers t JOIN fintx.idempotency_keys k ON k.transfer_id = t.pending_id
+	   WHERE k.idempotency_key = 's-hot-h' AND t.status = 'expired'}, '1', 8);
+my $hot_elapsed = time - $t_hot;
+my $lr = psql_finish($locker);
+ok($hot_ok && $hot_elapsed < 7, "a hold on an account locked at nearly every moment is released ($hot_elapsed s)");
+is($lr->{err}, '', 'the locking transactions all went through');
+is(wait_for(q{SELECT available FROM fintx.account_balances WHERE code = 's:hot'}, '100', 10), '100', 'its money is available again');
 
 # The worker waits, before its pass, for a lock the asking session holds (here a table lock
 # that its hold expiry needs): the session sees that it blocks the worker and seals on its

@@ -26,4 +26,29 @@ BEGIN;
 DELETE FROM fintx.pending_holds;
 SELECT check_name, expected, actual FROM fintx.reconcile() ORDER BY 1, 2;
 ROLLBACK;
+-- two journal records swap their transfers: a retry of either key would replay the other's
+BEGIN;
+SELECT transfer_id AS swap_a FROM fintx.idempotency_keys WHERE idempotency_key = 't-1' \gset
+SELECT transfer_id AS swap_b FROM fintx.idempotency_keys WHERE idempotency_key = 'i-2' \gset
+UPDATE fintx.idempotency_keys SET transfer_id = -1 WHERE idempotency_key = 't-1';
+UPDATE fintx.idempotency_keys SET transfer_id = :swap_a WHERE idempotency_key = 'i-2';
+UPDATE fintx.idempotency_keys SET transfer_id = :swap_b WHERE idempotency_key = 't-1';
+SELECT check_name, count(*) FROM fintx.reconcile() GROUP BY 1 ORDER BY 1;
+ROLLBACK;
+-- a journal record moved to another principal
+BEGIN;
+UPDATE fintx.idempotency_keys SET principal = 'mallory' WHERE idempotency_key = 't-1';
+SELECT check_name, count(*) FROM fintx.reconcile() GROUP BY 1 ORDER BY 1;
+ROLLBACK;
+-- an open hold's timeout changed behind the API
+BEGIN;
+UPDATE fintx.pending_holds SET timeout_at = COALESCE(timeout_at, now()) + interval '1 hour'
+ WHERE transfer_id = (SELECT min(transfer_id) FROM fintx.pending_holds);
+SELECT check_name, count(*) FROM fintx.reconcile() GROUP BY 1 ORDER BY 1;
+ROLLBACK;
+-- an account with money on it marked closed
+BEGIN;
+UPDATE fintx.accounts SET closed_at = now() WHERE code = 't:a';
+SELECT check_name, object, expected FROM fintx.reconcile() ORDER BY 1, 2;
+ROLLBACK;
 SELECT * FROM fintx.reconcile();

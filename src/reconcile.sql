@@ -115,6 +115,26 @@ SELECT 'journal_without_transfer',
   FROM fintx.idempotency_keys j
  WHERE NOT EXISTS (SELECT FROM fintx.transfers t WHERE t.id OPERATOR(pg_catalog.=) j.transfer_id)
 UNION ALL
+-- a journal record names the transfer its request made: the same principal, and the key the
+-- transfer's audit entry recorded when it was written (a record re-pointed at another
+-- transfer would replay that transfer's result for this key)
+SELECT 'journal_transfer_mismatch', pg_catalog.format('key %L of %L', j.idempotency_key, j.principal),
+       'transfer ' OPERATOR(pg_catalog.||) j.transfer_id::text OPERATOR(pg_catalog.||) ' made by this key',
+       pg_catalog.format('transfer of %L under key %L', t.principal,
+                         (SELECT e.details OPERATOR(pg_catalog.->>) 'idempotency_key' FROM fintx.audit_entries e
+                           WHERE e.object_type OPERATOR(pg_catalog.=) 'transfer'
+                             AND e.object_id OPERATOR(pg_catalog.=) t.id::text
+                             AND e.details OPERATOR(pg_catalog.?) 'idempotency_key'
+                           ORDER BY e.entry_id LIMIT 1))
+  FROM fintx.idempotency_keys j
+  JOIN fintx.transfers t ON t.id OPERATOR(pg_catalog.=) j.transfer_id
+ WHERE t.principal OPERATOR(pg_catalog.<>) j.principal
+    OR EXISTS (SELECT FROM fintx.audit_entries e
+                WHERE e.object_type OPERATOR(pg_catalog.=) 'transfer'
+                  AND e.object_id OPERATOR(pg_catalog.=) t.id::text
+                  AND e.details OPERATOR(pg_catalog.?) 'idempotency_key'
+                  AND e.details OPERATOR(pg_catalog.->>) 'idempotency_key' OPERATOR(pg_catalog.<>) j.idempotency_key)
+UNION ALL
 SELECT 'transfer_unknown_account', 'transfer ' OPERATOR(pg_catalog.||) t.id::text,
        'existing accounts', pg_catalog.format('from %s to %s', t.from_account, t.to_account)
   FROM fintx.transfers t
@@ -147,6 +167,22 @@ SELECT 'open_hold_tracking', 'transfer ' OPERATOR(pg_catalog.||) p.id::text,
  WHERE p.status OPERATOR(pg_catalog.=) 'pending'
    AND (h.transfer_id IS NULL) OPERATOR(pg_catalog.=)
        (NOT EXISTS (SELECT FROM fintx.transfers r WHERE r.pending_id OPERATOR(pg_catalog.=) p.id))
+UNION ALL
+-- the worker and post_pending read the timeout from the open-hold row, reports from the hold
+SELECT 'hold_timeout_mismatch', 'transfer ' OPERATOR(pg_catalog.||) p.id::text,
+       COALESCE(p.timeout_at::text, 'no timeout'), COALESCE(h.timeout_at::text, 'no timeout')
+  FROM fintx.pending_holds h
+  JOIN fintx.transfers p ON p.id OPERATOR(pg_catalog.=) h.transfer_id
+ WHERE h.timeout_at IS DISTINCT FROM p.timeout_at
+UNION ALL
+-- an account is closed only with nothing on it, and closed accounts take no transfers
+SELECT 'closed_account_not_empty', code, 'zero balance, no holds',
+       pg_catalog.format('debits_posted=%s credits_posted=%s debits_pending=%s credits_pending=%s',
+                         debits_posted, credits_posted, debits_pending, credits_pending)
+  FROM fintx.accounts
+ WHERE closed_at IS NOT NULL
+   AND (debits_posted OPERATOR(pg_catalog.<>) credits_posted
+        OR debits_pending OPERATOR(pg_catalog.<>) 0 OR credits_pending OPERATOR(pg_catalog.<>) 0)
 UNION ALL
 SELECT 'open_hold_tracking', 'transfer ' OPERATOR(pg_catalog.||) h.transfer_id::text, 'a pending transfer', 'missing'
   FROM fintx.pending_holds h

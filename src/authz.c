@@ -656,6 +656,33 @@ UseDailyLimit(Grant *g, FintxOp op, const char *object, const char *currency, in
 	SPI_finish();
 }
 
+/*
+ * Locks the caller's usage row of grant g today, creating it (used = 0) if
+ * there is none; writes nothing to an existing row (a row lock only). SPI
+ * connected.
+ */
+static void
+LockUsage(Grant *g, FintxOp op, const char *currency)
+{
+	static SPIPlanPtr lock_usage_plan = NULL;
+	Datum		args[4];
+	Oid			types[4] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID};
+
+	args[0] = CStringGetTextDatum(caller.service);
+	args[1] = CStringGetTextDatum(op_names[op]);
+	args[2] = CStringGetTextDatum(g->pattern);
+	args[3] = CStringGetTextDatum(currency ? currency : "");
+	/* ON CONFLICT DO UPDATE locks the existing row before its WHERE clause refuses the update */
+	fintx_keep_plan(&lock_usage_plan,
+					"INSERT INTO fintx.limit_usage AS u (service, operation, account_pattern, currency, day, used)"
+					" VALUES ($1, $2, $3, $4, (pg_catalog.now() AT TIME ZONE 'UTC')::date, 0)"
+					" ON CONFLICT (service, operation, account_pattern, currency, day)"
+					" DO UPDATE SET used = u.used WHERE false",
+					4, types);
+	fintx_spi_expect(SPI_execute_plan(lock_usage_plan, args, NULL, false, 0), SPI_OK_INSERT,
+					 "locking a daily limit failed");
+}
+
 /* A daily-limit usage row: the grant's pattern and the request's currency. */
 typedef struct UsageRow
 {
@@ -708,7 +735,7 @@ fintx_authz_lock_limits(FintxOp op, const char **objects, const char **currencie
 	fintx_spi_connect();
 	for (int i = 0; i < nrows; i++)
 		if (i == 0 || CompareUsageRow(&rows[i - 1], &rows[i]) != 0)
-			(void) CountUsage(rows[i].grant, op, rows[i].currency, 0);
+			LockUsage(rows[i].grant, op, rows[i].currency);
 	SPI_finish();
 }
 

@@ -1941,53 +1941,69 @@ ExpireRequest(int64 hold_id, int i)
 /*
  * The batch below skips holds whose accounts another transaction has locked,
  * so a hold on an account that is locked at every pass (one that takes
- * transfer after transfer) would never be released. The oldest hold overdue
- * by FINTX_OVERDUE_MS is released first, waiting for its accounts at most
+ * transfer after transfer) would never be released. One hold overdue by
+ * FINTX_OVERDUE_MS is released first, waiting for its accounts at most
  * FINTX_OVERDUE_WAIT_MS: queued behind the transactions that hold them, the
- * wait ends as they commit. Gives up quietly when the wait runs out (a later
- * pass tries again). Returns 1 if it released the hold.
+ * wait ends as they commit. When the wait runs out (or ends in a deadlock)
+ * it gives up quietly, its subtransaction releasing every lock it took, and
+ * the next call tries the next overdue hold (round robin, so one hold that
+ * stays blocked does not keep the others waiting). Not under REPEATABLE READ
+ * or SERIALIZABLE, where a row changed after the wait fails with 40001: there
+ * the batch alone runs. Returns 1 if it released a hold.
  */
 #define FINTX_OVERDUE_MS		1000
 #define FINTX_OVERDUE_WAIT_MS	"200"
+static int64 overdue_after = 0;	/* the overdue hold tried last */
+
 static int
 ExpireOverdueHold(void)
 {
 	static SPIPlanPtr overdue_plan = NULL;
-	Oid			type = TIMESTAMPTZOID;
-	Datum		arg = TimestampTzGetDatum(TimestampTzPlusMilliseconds(GetCurrentTimestamp(), -FINTX_OVERDUE_MS));
+	Oid			types[2] = {TIMESTAMPTZOID, INT8OID};
+	Datum		args[2];
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
-	LedgerRequest *req;
-	int			released = 0;
+	volatile int released = 0;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
-	/* only the hold is locked here (skipping one a resolver holds): the ledger waits for the accounts */
-	fintx_keep_plan(&overdue_plan,
-					"SELECT h.transfer_id FROM fintx.pending_holds h"
-					" WHERE h.timeout_at OPERATOR(pg_catalog.<=) $1 ORDER BY h.timeout_at, h.transfer_id LIMIT 1"
-					" FOR UPDATE OF h SKIP LOCKED",
-					1, &type);
-	if (SPI_execute_plan(overdue_plan, &arg, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "finding overdue holds failed");	/* LCOV_EXCL_LINE */
-	req = SPI_processed == 1 ? ExpireRequest(GetInt64(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), 0) : NULL;
-	SPI_finish();
-	if (req == NULL)
+	if (IsolationUsesXactSnapshot())
 		return 0;
-
+	args[0] = TimestampTzGetDatum(TimestampTzPlusMilliseconds(GetCurrentTimestamp(), -FINTX_OVERDUE_MS));
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(cxt);
 	PG_TRY();
 	{
 		int			nest = NewGUCNestLevel();
+		LedgerRequest *req = NULL;
 
 		(void) set_config_option("lock_timeout", FINTX_OVERDUE_WAIT_MS, PGC_SUSET, PGC_S_SESSION,
 								 GUC_ACTION_SAVE, true, 0, false);
-		fintx_authz_system();
-		fintx_execute(FINTX_SYSTEM_PRINCIPAL, &req, 1);
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
+		/* only the hold is locked here (skipping one a resolver holds): the ledger waits for the accounts */
+		fintx_keep_plan(&overdue_plan,
+						"SELECT h.transfer_id FROM fintx.pending_holds h"
+						" WHERE h.timeout_at OPERATOR(pg_catalog.<=) $1 AND h.transfer_id OPERATOR(pg_catalog.>) $2"
+						" ORDER BY h.transfer_id LIMIT 1 FOR UPDATE OF h SKIP LOCKED",
+						2, types);
+		/* the next overdue hold after the one tried last, else the first */
+		for (int round = 0; round < (overdue_after > 0 ? 2 : 1) && req == NULL; round++)
+		{
+			args[1] = Int64GetDatum(round == 0 ? overdue_after : 0);
+			if (SPI_execute_plan(overdue_plan, args, NULL, false, 0) != SPI_OK_SELECT)
+				elog(ERROR, "finding overdue holds failed");	/* LCOV_EXCL_LINE */
+			if (SPI_processed == 1)
+				req = ExpireRequest(GetInt64(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), 0);
+		}
+		SPI_finish();
+		if (req != NULL)
+		{
+			overdue_after = req->hold_id;
+			fintx_authz_system();
+			fintx_execute(FINTX_SYSTEM_PRINCIPAL, &req, 1);
+			released = 1;
+		}
 		AtEOXact_GUC(true, nest);
 		ReleaseCurrentSubTransaction();
-		released = 1;
 	}
 	PG_CATCH();
 	{
@@ -1995,12 +2011,15 @@ ExpireOverdueHold(void)
 
 		MemoryContextSwitchTo(cxt);
 		edata = CopyErrorData();
-		if (edata->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE)
-			PG_RE_THROW();
 		FlushErrorState();
-		FreeErrorData(edata);
+		/* first out of the subtransaction, whatever the error: it releases the hold's lock too */
 		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
 		fintx_batch_position = -1;
+		if (edata->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE && edata->sqlerrcode != ERRCODE_T_R_DEADLOCK_DETECTED)
+			ReThrowError(edata);
+		FreeErrorData(edata);
 	}
 	PG_END_TRY();
 	MemoryContextSwitchTo(cxt);

@@ -120,20 +120,14 @@ UNION ALL
 -- transfer would replay that transfer's result for this key)
 SELECT 'journal_transfer_mismatch', pg_catalog.format('key %L of %L', j.idempotency_key, j.principal),
        'transfer ' OPERATOR(pg_catalog.||) j.transfer_id::text OPERATOR(pg_catalog.||) ' made by this key',
-       pg_catalog.format('transfer of %L under key %L', t.principal,
-                         (SELECT e.details OPERATOR(pg_catalog.->>) 'idempotency_key' FROM fintx.audit_entries e
-                           WHERE e.object_type OPERATOR(pg_catalog.=) 'transfer'
-                             AND e.object_id OPERATOR(pg_catalog.=) t.id::text
-                             AND e.details OPERATOR(pg_catalog.?) 'idempotency_key'
-                           ORDER BY e.entry_id LIMIT 1))
+       pg_catalog.format('transfer of %L under key %L', t.principal, e.k)
   FROM fintx.idempotency_keys j
   JOIN fintx.transfers t ON t.id OPERATOR(pg_catalog.=) j.transfer_id
- WHERE t.principal OPERATOR(pg_catalog.<>) j.principal
-    OR EXISTS (SELECT FROM fintx.audit_entries e
-                WHERE e.object_type OPERATOR(pg_catalog.=) 'transfer'
-                  AND e.object_id OPERATOR(pg_catalog.=) t.id::text
-                  AND e.details OPERATOR(pg_catalog.?) 'idempotency_key'
-                  AND e.details OPERATOR(pg_catalog.->>) 'idempotency_key' OPERATOR(pg_catalog.<>) j.idempotency_key)
+  -- one hash join: each transfer row has one entry that records its key
+  LEFT JOIN (SELECT object_id, details OPERATOR(pg_catalog.->>) 'idempotency_key' AS k FROM fintx.audit_entries
+              WHERE object_type OPERATOR(pg_catalog.=) 'transfer' AND details OPERATOR(pg_catalog.?) 'idempotency_key') e
+         ON e.object_id OPERATOR(pg_catalog.=) t.id::text
+ WHERE t.principal OPERATOR(pg_catalog.<>) j.principal OR e.k OPERATOR(pg_catalog.<>) j.idempotency_key
 UNION ALL
 SELECT 'transfer_unknown_account', 'transfer ' OPERATOR(pg_catalog.||) t.id::text,
        'existing accounts', pg_catalog.format('from %s to %s', t.from_account, t.to_account)
@@ -168,7 +162,7 @@ SELECT 'open_hold_tracking', 'transfer ' OPERATOR(pg_catalog.||) p.id::text,
    AND (h.transfer_id IS NULL) OPERATOR(pg_catalog.=)
        (NOT EXISTS (SELECT FROM fintx.transfers r WHERE r.pending_id OPERATOR(pg_catalog.=) p.id))
 UNION ALL
--- the worker and post_pending read the timeout from the open-hold row, reports from the hold
+-- expiry finds holds by the timeout in the open-hold row; post_pending and reports read the hold's
 SELECT 'hold_timeout_mismatch', 'transfer ' OPERATOR(pg_catalog.||) p.id::text,
        COALESCE(p.timeout_at::text, 'no timeout'), COALESCE(h.timeout_at::text, 'no timeout')
   FROM fintx.pending_holds h

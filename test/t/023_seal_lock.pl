@@ -121,17 +121,46 @@ $node->safe_psql('postgres', q{
 	SELECT fintx.transfer('s-hot-fund', 's:bank', 's:hot', 100);
 	SELECT fintx.transfer('s-hot-h', 's:hot', 's:a', 1, pending => true, timeout => '1 second');
 });
-my $locker = psql_start($node, 'locker',
+my $hot_locker = psql_start($node, 'locker',
 	join('', map { "BEGIN; SELECT 1 FROM fintx.accounts WHERE code = 's:hot' FOR UPDATE; SELECT pg_sleep(0.15); COMMIT;\n" } 1 .. 60));
 my $t_hot = time;
 my ($hot_ok, $hot_wait) = poll_until($poll,
 	q{SELECT count(*) FROM fintx.transfers t JOIN fintx.idempotency_keys k ON k.transfer_id = t.pending_id
 	   WHERE k.idempotency_key = 's-hot-h' AND t.status = 'expired'}, '1', 8);
 my $hot_elapsed = time - $t_hot;
-my $lr = psql_finish($locker);
+my $lr = psql_finish($hot_locker);
 ok($hot_ok && $hot_elapsed < 7, "a hold on an account locked at nearly every moment is released ($hot_elapsed s)");
 is($lr->{err}, '', 'the locking transactions all went through');
 is(wait_for(q{SELECT available FROM fintx.account_balances WHERE code = 's:hot'}, '100', 10), '100', 'its money is available again');
+
+# Round robin: the oldest overdue hold sits on an account another session keeps locked;
+# the worker gives up on it after 200 ms and tries the next one at the next pass, so a
+# younger hold on a busy account is still released.
+$node->safe_psql('postgres', q{
+	SELECT fintx.open_account('s:stuck', 'EUR');
+	SELECT fintx.transfer('s-stuck-fund', 's:bank', 's:stuck', 100);
+	SELECT fintx.transfer('s-stuck-h', 's:stuck', 's:a', 1, pending => true, timeout => '1 second');
+	SELECT fintx.transfer('s-hot-h2', 's:hot', 's:a', 1, pending => true, timeout => '1 second');
+});
+my $stuck = open_session(q{SELECT 1 FROM fintx.accounts WHERE code = 's:stuck' FOR UPDATE});
+my $locker2 = psql_start($node, 'locker2',
+	join('', map { "BEGIN; SELECT 1 FROM fintx.accounts WHERE code = 's:hot' FOR UPDATE; SELECT pg_sleep(0.15); COMMIT;\n" } 1 .. 60));
+my $expired_of = sub {
+	my ($key) = @_;
+	return qq{SELECT count(*) FROM fintx.transfers t JOIN fintx.idempotency_keys k ON k.transfer_id = t.pending_id
+	           WHERE k.idempotency_key = '$key' AND t.status = 'expired'};
+};
+$t_hot = time;
+($hot_ok) = poll_until($poll, $expired_of->('s-hot-h2'), '1', 8);
+$hot_elapsed = time - $t_hot;
+psql_finish($locker2);
+ok($hot_ok && $hot_elapsed < 7,
+	"a younger hold on a busy account is released while an older one waits for a row held for good ($hot_elapsed s)");
+is($node->safe_psql('postgres', $expired_of->('s-stuck-h')), '0', 'the older one is still open');
+quiet_safe($stuck, 'COMMIT');
+$stuck->quit;
+is(wait_for($expired_of->('s-stuck-h'), '1', 10), '1', 'and released once its account is free');
+
 
 # The worker waits, before its pass, for a lock the asking session holds (here a table lock
 # that its hold expiry needs): the session sees that it blocks the worker and seals on its
@@ -318,6 +347,38 @@ $node->safe_psql('lazy', 'SELECT fintx.seal()');
 ($cret, $cout, $cerr) = $node->psql('lazy', 'BEGIN; SELECT fintx.checkpoint(); COMMIT;');
 is((split /\n/, $cout)[1], $committed + 5, 'after seal() in its own transaction, checkpoint() signs the fresh head');
 is($cerr, '', 'without a NOTICE');
+
+# expire_pending() called by a user, without a worker (database lazy): a statement timeout
+# during the wait for an overdue hold's account ends the statement and nothing else (the
+# session is usable, no transaction is left open); under REPEATABLE READ it does not wait.
+$node->safe_psql('lazy', q{
+	SELECT fintx.open_account('lz:h1', 'EUR', allow_negative => true);
+	SELECT fintx.open_account('lz:h2', 'EUR');
+	SELECT fintx.transfer('lz-h', 'lz:h1', 'lz:h2', 5, pending => true, timeout => '1 second');
+});
+my $lz_lock = $node->background_psql('lazy');
+$lz_lock->query_safe('BEGIN');
+$lz_lock->query_safe(q{SELECT 1 FROM fintx.accounts WHERE code = 'lz:h1' FOR UPDATE});
+sleep 2;    # overdue
+my (undef, $xout, $xerr) = $node->psql('lazy', q{
+	SET statement_timeout = '100ms';
+	SELECT fintx.expire_pending(10);
+	RESET statement_timeout;
+	SELECT 'after: ' || count(*) FROM fintx.pending_holds;
+	ROLLBACK;
+}, on_error_stop => 0);
+like($xerr, qr/canceling statement due to statement timeout/, 'a statement timeout during the wait ends expire_pending()');
+like($xout, qr/^after: 1$/m, 'the session goes on, the hold still open');
+unlike($xerr, qr/FATAL|unexpected state|terminat/, 'no transaction was left open (ROLLBACK only warns)') or diag($xerr);
+my $t_rr = time;
+is($node->safe_psql('lazy', q{BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT fintx.expire_pending(10); COMMIT;}),
+	'0', 'under REPEATABLE READ expire_pending() skips the hold whose account is locked');
+my $rr_elapsed = time - $t_rr;
+ok($rr_elapsed < 0.15, "without waiting for it ($rr_elapsed s)");
+is($node->safe_psql('lazy', 'SELECT fintx.expire_pending(10)'), '0', 'READ COMMITTED: waits 200 ms, gives up, returns 0');
+$lz_lock->query_safe('COMMIT');
+$lz_lock->quit;
+is($node->safe_psql('lazy', 'SELECT fintx.expire_pending(10)'), '1', 'and releases it once the account is free');
 
 # the origin is also the key name: no spaces, no '+', printable ASCII (C2SP signed notes)
 my @bad = ([ 'a space', q{'a b'} ], [ 'a +', q{'a+b'} ], [ 'a tab', q{E'a\tb'} ],

@@ -817,7 +817,14 @@ fintx_authorize_hold(LedgerRequest *req)
 	 * statement or committed since it began, and would refuse it.
 	 */
 	fintx_spi_expect(fintx_execute_indexed(hold_plan, &arg, NULL, false, 1), SPI_OK_SELECT, "reading a hold failed");
-	if (SPI_processed != 1)
+	/*
+	 * A transfer that no grant covers is refused as an unknown one is, naming
+	 * only its id: naming its account would tell a service which account any
+	 * transfer id belongs to.
+	 */
+	if (SPI_processed != 1 ||
+		BestGrant(FINTX_OP_HOLD_RESOLVE, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1),
+				  SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2)) == NULL)
 		fintx_authz_deny(FINTX_OP_HOLD_RESOLVE, object, NULL, 0, false,
 						 psprintf("no grant of hold.resolve to service \"%s\" covers transfer %lld",
 								  caller.service, (long long) req->hold_id), NULL);

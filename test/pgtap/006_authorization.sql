@@ -197,7 +197,8 @@ SELECT is(pg_temp.run_as('t6_pay', $q$SELECT p.status FROM fintx.transfer('h-5',
 SELECT fintx.transfer('h-3', 'risk:pool', 'pay:cust:1', 3, pending => true);
 SELECT throws_ok(format($$SELECT pg_temp.run_as('t6_pay', 'SELECT status FROM fintx.void_pending(''h-4'', %s)')$$,
                  (SELECT transfer_id FROM fintx.idempotency_keys WHERE idempotency_key = 'h-3')),
-                 '42501', 'permission denied for hold.resolve on "risk:pool"', 'a service cannot void another service''s hold');
+                 '42501', 'permission denied for hold.resolve on "transfer ' || (SELECT transfer_id FROM fintx.idempotency_keys WHERE idempotency_key = 'h-3') || '"',
+                 'a service cannot void another service''s hold, and is not told whose account it debits');
 
 -- ===========================================================================
 -- 6. maker-checker
@@ -465,7 +466,7 @@ SELECT fintx.revoke_permission('holds', 'hold.resolve', 'hold:%');
 SELECT is(pg_temp.run_as('t6_hold', format('SELECT status || '':'' || replayed FROM fintx.post_pending(%L, %s)', 'hp-1', (SELECT h1 FROM t6_h))),
           'posted:true', 'after the grant is revoked a retry still gets the original answer, as a transfer''s does');
 SELECT throws_ok(format($$SELECT pg_temp.run_as('t6_hold', 'SELECT status FROM fintx.post_pending(''hp-2'', %s)')$$, (SELECT h1 FROM t6_h)),
-                 '42501', 'permission denied for hold.resolve on "hold:a"',
+                 '42501', 'permission denied for hold.resolve on "transfer ' || (SELECT h1 FROM t6_h) || '"',
                  'a new key is refused: no grant covers the hold any more');
 
 SELECT * FROM finish();

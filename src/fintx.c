@@ -6,6 +6,7 @@
  */
 #include "fintx.h"
 
+#include "access/xact.h"
 #include "miscadmin.h"
 #include "port/pg_bswap.h"
 #include "nodes/parsenodes.h"
@@ -275,4 +276,37 @@ fintx_spi_expect(int ret, int expect, const char *what)
 {
 	if (ret != expect)
 		elog(ERROR, "%s: unexpected result %s", what, SPI_result_code_string(ret));	/* LCOV_EXCL_LINE */
+}
+
+/*
+ * Runs fn(arg) in a subtransaction. Returns NULL if it succeeded (its work
+ * joins the caller's transaction), else the error it raised, after rolling
+ * the subtransaction back (every lock it took released) and flushing the
+ * error state: the caller re-throws (ReThrowError) what it does not handle.
+ */
+ErrorData *
+fintx_subtransaction(void (*fn) (void *), void *arg)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	ErrorData  *volatile edata = NULL;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		fn(arg);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+	return edata;
 }

@@ -111,6 +111,7 @@ typedef struct LedgerRequest
 
 /* fintx.c */
 extern void fintx_spi_connect(void);
+extern ErrorData *fintx_subtransaction(void (*fn) (void *), void *arg);
 extern int	fintx_jit_off(void);
 extern int	fintx_index_planning(void);
 extern int	fintx_execute_indexed(SPIPlanPtr plan, Datum *args, const char *nulls, bool read_only,

@@ -29,7 +29,6 @@
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
-#include "utils/resowner.h"
 #include "commands/dbcommands.h"
 #include "utils/json.h"
 #include "utils/numeric.h"
@@ -1107,23 +1106,20 @@ LockLimits(LedgerRequest **reqs, int n, LedgerAccount **bycode, int naccts)
 {
 	const char **objects = palloc(sizeof(char *) * n);
 	const char **currencies = palloc(sizeof(char *) * n);
-	int			m = 0;
 
+	/* (a batch's requests are never preauthorized: only approvals and hold resolutions are) */
 	for (int i = 0; i < n; i++)
 	{
 		LedgerAccount key;
 		LedgerAccount *keyp = &key;
 		LedgerAccount **found;
 
-		if (reqs[i]->preauthorized)
-			continue;
 		key.code = reqs[i]->from_code;
 		found = bsearch(&keyp, bycode, naccts, sizeof(LedgerAccount *), CompareAccountCode);
-		objects[m] = reqs[i]->from_code;
-		currencies[m] = found ? (*found)->currency : NULL;
-		m++;
+		objects[i] = reqs[i]->from_code;
+		currencies[i] = found ? (*found)->currency : NULL;
 	}
-	fintx_authz_lock_limits(FINTX_OP_TRANSFER, objects, currencies, m);
+	fintx_authz_lock_limits(FINTX_OP_TRANSFER, objects, currencies, n);
 }
 
 /* Applies requests whose keys were newly claimed (SPI connected, in the direct write group estate). */
@@ -1955,76 +1951,64 @@ ExpireRequest(int64 hold_id, int i)
 #define FINTX_OVERDUE_WAIT_MS	"200"
 static int64 overdue_after = 0;	/* the overdue hold tried last */
 
-static int
-ExpireOverdueHold(void)
+/* fintx_subtransaction step of ExpireOverdueHold: *arg = 1 if it released a hold. */
+static void
+ExpireOverdueStep(void *arg)
 {
 	static SPIPlanPtr overdue_plan = NULL;
 	Oid			types[2] = {TIMESTAMPTZOID, INT8OID};
 	Datum		args[2];
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
-	volatile int released = 0;
+	int			nest = NewGUCNestLevel();
+	LedgerRequest *req = NULL;
+
+	(void) set_config_option("lock_timeout", FINTX_OVERDUE_WAIT_MS, PGC_SUSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
+	/* only the hold is locked here (skipping one a resolver holds): the ledger waits for the accounts */
+	fintx_keep_plan(&overdue_plan,
+					"SELECT h.transfer_id FROM fintx.pending_holds h"
+					" WHERE h.timeout_at OPERATOR(pg_catalog.<=) $1 AND h.transfer_id OPERATOR(pg_catalog.>) $2"
+					" ORDER BY h.transfer_id LIMIT 1 FOR UPDATE OF h SKIP LOCKED",
+					2, types);
+	args[0] = TimestampTzGetDatum(TimestampTzPlusMilliseconds(GetCurrentTimestamp(), -FINTX_OVERDUE_MS));
+	/* the next overdue hold after the one tried last, else the first */
+	for (int round = 0; round < (overdue_after > 0 ? 2 : 1) && req == NULL; round++)
+	{
+		args[1] = Int64GetDatum(round == 0 ? overdue_after : 0);
+		if (SPI_execute_plan(overdue_plan, args, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "finding overdue holds failed");	/* LCOV_EXCL_LINE */
+		if (SPI_processed == 1)
+			req = ExpireRequest(GetInt64(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), 0);
+	}
+	SPI_finish();
+	if (req != NULL)
+	{
+		overdue_after = req->hold_id;
+		fintx_authz_system();
+		fintx_execute(FINTX_SYSTEM_PRINCIPAL, &req, 1);
+		*(int *) arg = 1;
+	}
+	AtEOXact_GUC(true, nest);
+}
+
+static int
+ExpireOverdueHold(void)
+{
+	int			released = 0;
+	ErrorData  *edata;
 
 	if (IsolationUsesXactSnapshot())
 		return 0;
-	args[0] = TimestampTzGetDatum(TimestampTzPlusMilliseconds(GetCurrentTimestamp(), -FINTX_OVERDUE_MS));
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(cxt);
-	PG_TRY();
-	{
-		int			nest = NewGUCNestLevel();
-		LedgerRequest *req = NULL;
-
-		(void) set_config_option("lock_timeout", FINTX_OVERDUE_WAIT_MS, PGC_SUSET, PGC_S_SESSION,
-								 GUC_ACTION_SAVE, true, 0, false);
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
-		/* only the hold is locked here (skipping one a resolver holds): the ledger waits for the accounts */
-		fintx_keep_plan(&overdue_plan,
-						"SELECT h.transfer_id FROM fintx.pending_holds h"
-						" WHERE h.timeout_at OPERATOR(pg_catalog.<=) $1 AND h.transfer_id OPERATOR(pg_catalog.>) $2"
-						" ORDER BY h.transfer_id LIMIT 1 FOR UPDATE OF h SKIP LOCKED",
-						2, types);
-		/* the next overdue hold after the one tried last, else the first */
-		for (int round = 0; round < (overdue_after > 0 ? 2 : 1) && req == NULL; round++)
-		{
-			args[1] = Int64GetDatum(round == 0 ? overdue_after : 0);
-			if (SPI_execute_plan(overdue_plan, args, NULL, false, 0) != SPI_OK_SELECT)
-				elog(ERROR, "finding overdue holds failed");	/* LCOV_EXCL_LINE */
-			if (SPI_processed == 1)
-				req = ExpireRequest(GetInt64(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), 0);
-		}
-		SPI_finish();
-		if (req != NULL)
-		{
-			overdue_after = req->hold_id;
-			fintx_authz_system();
-			fintx_execute(FINTX_SYSTEM_PRINCIPAL, &req, 1);
-			released = 1;
-		}
-		AtEOXact_GUC(true, nest);
-		ReleaseCurrentSubTransaction();
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		/* first out of the subtransaction, whatever the error: it releases the hold's lock too */
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
-		fintx_batch_position = -1;
-		if (edata->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE && edata->sqlerrcode != ERRCODE_T_R_DEADLOCK_DETECTED)
-			ReThrowError(edata);
-		FreeErrorData(edata);
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(cxt);
-	CurrentResourceOwner = owner;
-	return released;
+	/* the subtransaction's rollback releases every lock it took, the hold's too */
+	edata = fintx_subtransaction(ExpireOverdueStep, &released);
+	if (edata == NULL)
+		return released;
+	fintx_batch_position = -1;
+	if (edata->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE && edata->sqlerrcode != ERRCODE_T_R_DEADLOCK_DETECTED)
+		ReThrowError(edata);
+	FreeErrorData(edata);
+	return 0;
 }
 
 /*

@@ -683,34 +683,21 @@ VerifyBlocks(VerifyState *st, uint8 *leaves, int64 nleaves, int64 *blocks_checke
  * function that locates it. Then the log as sealed so far is verified and
  * *failure holds the sealing error. Other errors propagate.
  */
+/* fintx_subtransaction step: seals, leaving the tree size in *arg. */
+static void
+SealStep(void *arg)
+{
+	*(int64 *) arg = fintx_seal_log();
+}
+
 static int64
 SealForVerify(char **failure)
 {
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
-	volatile int64 size = 0;
-	ErrorData  *volatile edata = NULL;
+	int64		size = 0;
+	ErrorData  *edata;
 
 	*failure = NULL;
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(cxt);
-	PG_TRY();
-	{
-		size = fintx_seal_log();
-		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
-	}
-	PG_CATCH();
-	{
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
-	}
-	PG_END_TRY();
+	edata = fintx_subtransaction(SealStep, &size);
 	if (edata == NULL)
 		return size;
 	if (edata->sqlerrcode != ERRCODE_DATA_CORRUPTED)

@@ -378,7 +378,7 @@ ok($rr_elapsed < 0.15, "without waiting for it ($rr_elapsed s)");
 is($node->safe_psql('lazy', 'SELECT fintx.expire_pending(10)'), '0', 'READ COMMITTED: waits 200 ms, gives up, returns 0');
 $lz_lock->query_safe('COMMIT');
 $lz_lock->quit;
-is($node->safe_psql('lazy', 'SELECT fintx.expire_pending(10)'), '1', 'and releases it once the account is free');
+is($node->safe_psql('lazy', 'SELECT fintx.expire_pending(1)'), '1', 'and releases it once the account is free (the overdue step, max_holds 1)');
 
 # the origin is also the key name: no spaces, no '+', printable ASCII (C2SP signed notes)
 my @bad = ([ 'a space', q{'a b'} ], [ 'a +', q{'a+b'} ], [ 'a tab', q{E'a\tb'} ],

@@ -609,6 +609,21 @@ fintx_authz_deny(FintxOp op, const char *object, const char *currency, int64 amo
 			 rule ? errhint("Decided by %s.", rule) : 0));
 }
 
+/* The key of the caller's usage row of grant g today, in args[0..3] ($1..$4 of USAGE_INSERT). */
+static void
+UsageKey(Datum *args, Grant *g, FintxOp op, const char *currency)
+{
+	args[0] = CStringGetTextDatum(caller.service);
+	args[1] = CStringGetTextDatum(op_names[op]);
+	args[2] = CStringGetTextDatum(g->pattern);
+	args[3] = CStringGetTextDatum(currency ? currency : "");
+}
+
+#define USAGE_INSERT(used) \
+	"INSERT INTO fintx.limit_usage AS u (service, operation, account_pattern, currency, day, used)" \
+	" VALUES ($1, $2, $3, $4, (pg_catalog.now() AT TIME ZONE 'UTC')::date, " used ")" \
+	" ON CONFLICT (service, operation, account_pattern, currency, day)"
+
 /*
  * Adds amount to the caller's usage of grant g today (UTC calendar day, per
  * currency), locking the usage row; false if that would exceed the limit
@@ -620,16 +635,11 @@ CountUsage(Grant *g, FintxOp op, const char *currency, int64 amount)
 	Datum		args[6];
 	Oid			types[6] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT8OID, INT8OID};
 
-	args[0] = CStringGetTextDatum(caller.service);
-	args[1] = CStringGetTextDatum(op_names[op]);
-	args[2] = CStringGetTextDatum(g->pattern);
-	args[3] = CStringGetTextDatum(currency ? currency : "");
+	UsageKey(args, g, op, currency);
 	args[4] = Int64GetDatum(amount);
 	args[5] = Int64GetDatum(g->daily_limit);
 	fintx_keep_plan(&usage_plan,
-					"INSERT INTO fintx.limit_usage AS u (service, operation, account_pattern, currency, day, used)"
-					" VALUES ($1, $2, $3, $4, (pg_catalog.now() AT TIME ZONE 'UTC')::date, $5)"
-					" ON CONFLICT (service, operation, account_pattern, currency, day)"
+					USAGE_INSERT("$5")
 					" DO UPDATE SET used = u.used + EXCLUDED.used WHERE u.used <= $6 - EXCLUDED.used"
 					" RETURNING used",
 					6, types);
@@ -668,17 +678,9 @@ LockUsage(Grant *g, FintxOp op, const char *currency)
 	Datum		args[4];
 	Oid			types[4] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID};
 
-	args[0] = CStringGetTextDatum(caller.service);
-	args[1] = CStringGetTextDatum(op_names[op]);
-	args[2] = CStringGetTextDatum(g->pattern);
-	args[3] = CStringGetTextDatum(currency ? currency : "");
+	UsageKey(args, g, op, currency);
 	/* ON CONFLICT DO UPDATE locks the existing row before its WHERE clause refuses the update */
-	fintx_keep_plan(&lock_usage_plan,
-					"INSERT INTO fintx.limit_usage AS u (service, operation, account_pattern, currency, day, used)"
-					" VALUES ($1, $2, $3, $4, (pg_catalog.now() AT TIME ZONE 'UTC')::date, 0)"
-					" ON CONFLICT (service, operation, account_pattern, currency, day)"
-					" DO UPDATE SET used = u.used WHERE false",
-					4, types);
+	fintx_keep_plan(&lock_usage_plan, USAGE_INSERT("0") " DO UPDATE SET used = u.used WHERE false", 4, types);
 	fintx_spi_expect(SPI_execute_plan(lock_usage_plan, args, NULL, false, 0), SPI_OK_INSERT,
 					 "locking a daily limit failed");
 }
@@ -715,7 +717,7 @@ fintx_authz_lock_limits(FintxOp op, const char **objects, const char **currencie
 	UsageRow   *rows;
 	int			nrows = 0;
 
-	if (!active || caller.admin || caller.service == NULL || n < 2)
+	if (!active || caller.admin || caller.service == NULL)
 		return;
 	rows = palloc(sizeof(UsageRow) * n);
 	for (int i = 0; i < n; i++)
@@ -800,6 +802,8 @@ fintx_authorize_hold(LedgerRequest *req)
 	Datum		arg = Int64GetDatum(req->hold_id);
 	Oid			types[1] = {INT8OID};
 	char	   *object = psprintf("transfer %lld", (long long) req->hold_id);
+	char	   *code;
+	char	   *currency;
 
 	if (!active || caller.admin)
 		return;
@@ -822,21 +826,18 @@ fintx_authorize_hold(LedgerRequest *req)
 	 * only its id: naming its account would tell a service which account any
 	 * transfer id belongs to.
 	 */
-	if (SPI_processed != 1 ||
-		BestGrant(FINTX_OP_HOLD_RESOLVE, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1),
-				  SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2)) == NULL)
+	code = SPI_processed == 1 ? SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1) : NULL;
+	currency = SPI_processed == 1 ? SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2) : NULL;
+	if (code == NULL || BestGrant(FINTX_OP_HOLD_RESOLVE, code, currency) == NULL)
 		fintx_authz_deny(FINTX_OP_HOLD_RESOLVE, object, NULL, 0, false,
 						 psprintf("no grant of hold.resolve to service \"%s\" covers transfer %lld",
 								  caller.service, (long long) req->hold_id), NULL);
 	else
 	{
-		HeapTuple	tup = SPI_tuptable->vals[0];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
-		int64		held = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
+		int64		held = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
 
-		fintx_authorize(FINTX_OP_HOLD_RESOLVE, SPI_getvalue(tup, desc, 1), SPI_getvalue(tup, desc, 2),
-						req->amount_given ? req->amount : held, true, false);
+		fintx_authorize(FINTX_OP_HOLD_RESOLVE, code, currency, req->amount_given ? req->amount : held, true, false);
 	}
 	SPI_finish();
 	req->preauthorized = true;

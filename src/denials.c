@@ -39,7 +39,6 @@
 #include "mb/pg_wchar.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
-#include "utils/fmgrprotos.h"
 #include "utils/guc.h"
 #include "utils/json.h"
 #include "utils/snapmgr.h"
@@ -80,8 +79,7 @@ typedef struct DenialQueue
 	uint64		written;		/* all below this are committed (or given up) */
 	uint64		dropped;		/* queue full: only in the server log */
 	Latch	   *worker_latch;
-	PGPROC	   *worker_proc;	/* the worker's, while it runs */
-	Oid			worker_dbid;	/* the database the worker seals */
+	PGPROC	   *worker_proc;	/* the worker's, while it runs (its databaseId: the database it seals) */
 	pg_atomic_uint32 wake_pending;	/* the worker was woken for the outbox, has not run yet */
 	/* sealing passes asked of the worker (fintx_worker_seal): request numbers */
 	uint64		seal_requested; /* last request made */
@@ -362,7 +360,6 @@ DetachWorker(int code, Datum arg)
 	LWLockAcquire(queue->lock, LW_EXCLUSIVE);
 	queue->worker_latch = NULL;
 	queue->worker_proc = NULL;
-	queue->worker_dbid = InvalidOid;
 	LWLockRelease(queue->lock);
 	/* sessions waiting for a sealing pass seal on their own */
 	ConditionVariableBroadcast(&queue->seal_done);
@@ -377,7 +374,6 @@ fintx_denials_worker_attach(void)
 	LWLockAcquire(queue->lock, LW_EXCLUSIVE);
 	queue->worker_latch = MyLatch;
 	queue->worker_proc = MyProc;
-	queue->worker_dbid = MyDatabaseId;
 	/* requests made before a restart were answered (not served) when the previous worker left */
 	queue->seal_answered = queue->seal_requested;
 	LWLockRelease(queue->lock);
@@ -434,7 +430,7 @@ fintx_worker_woken(void)
 static bool
 SealsHere(void)
 {
-	return queue->worker_latch != NULL && queue->worker_dbid == MyDatabaseId;
+	return queue->worker_latch != NULL && queue->worker_proc->databaseId == MyDatabaseId;
 }
 
 /* True if the fintx worker runs and seals this database (it seals; callers need not). */
@@ -489,6 +485,9 @@ BlocksWorker(int worker_pid)
 			if (!seen && n < SEAL_BLOCKER_WALK)
 				pids[n++] = pid;
 		}
+		pfree(elems);
+		pfree(nulls);
+		pfree(a);
 	}
 	return false;
 }
@@ -551,9 +550,7 @@ fintx_worker_seal(void)
 		LWLockRelease(queue->lock);
 		if (served || refused || gone)
 			break;
-		if (wait_lock == NULL)
-			lock_wait_since = 0;
-		else
+		if (wait_lock != NULL)
 		{
 			if (wait_lock != waited_lock)
 				lock_wait_since = GetCurrentTimestamp();
@@ -569,33 +566,23 @@ fintx_worker_seal(void)
 	return served;
 }
 
-/* The worker: true if a session waits for a sealing pass. */
-bool
-fintx_worker_seal_requested(void)
-{
-	bool		pending;
-
-	if (queue == NULL)
-		return false;			/* LCOV_EXCL_LINE: the worker only runs when preloaded */
-	LWLockAcquire(queue->lock, LW_SHARED);
-	pending = queue->seal_requested > queue->seal_answered;
-	LWLockRelease(queue->lock);
-	return pending;
-}
-
 /*
- * The worker, before a sealing pass takes its snapshot: the pass answers every
- * request made so far. Returns the last of them, for fintx_worker_seal_end().
+ * The worker: the last sealing request made so far; *asked is true if a
+ * session waits for a pass. A pass that starts now (before it takes its
+ * snapshot) answers every request up to the one returned, for
+ * fintx_worker_seal_end().
  */
 uint64
-fintx_worker_seal_begin(void)
+fintx_worker_seal_begin(bool *asked)
 {
 	uint64		req;
 
+	*asked = false;
 	if (queue == NULL)
 		return 0;				/* LCOV_EXCL_LINE: the worker only runs when preloaded */
 	LWLockAcquire(queue->lock, LW_SHARED);
 	req = queue->seal_requested;
+	*asked = req > queue->seal_answered;
 	LWLockRelease(queue->lock);
 	return req;
 }

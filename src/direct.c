@@ -322,7 +322,7 @@ FlushLeaf(FintxLeaf *leaf, EState *estate)
 	for (int i = 0; i < n; i++)
 	{
 		if (leaf->rri->ri_NumIndices > 0)
-			list_free(ExecInsertIndexTuples(leaf->rri, leaf->buffer[i], estate, false, false, NULL, NIL));
+			(void) ExecInsertIndexTuples(leaf->rri, leaf->buffer[i], estate, false, false, NULL, NIL);
 		ExecClearTuple(leaf->buffer[i]);
 		ResetPerTupleExprContext(estate);
 	}
@@ -565,7 +565,7 @@ fintx_direct_update(FintxTable *t, ItemPointer tid, HeapTuple old,
 	{
 		/* the slot holds tup, whose t_self is now the new version */
 		leaf->heap_slot->tts_tid = tup->t_self;
-		list_free(ExecInsertIndexTuples(leaf->rri, leaf->heap_slot, t->estate, true, false, NULL, NIL));
+		(void) ExecInsertIndexTuples(leaf->rri, leaf->heap_slot, t->estate, true, false, NULL, NIL);
 	}
 	ExecClearTuple(leaf->heap_slot);
 	ResetPerTupleExprContext(t->estate);

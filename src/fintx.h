@@ -338,8 +338,7 @@ extern void fintx_worker_woken(void);
 extern bool fintx_worker_wake_pending(void);
 extern bool fintx_worker_seals_here(void);
 extern bool fintx_worker_seal(void);
-extern bool fintx_worker_seal_requested(void);
-extern uint64 fintx_worker_seal_begin(void);
+extern uint64 fintx_worker_seal_begin(bool *asked);
 extern void fintx_worker_seal_end(uint64 req, bool sealed);
 extern void fintx_denials_worker_flush(void);
 extern void fintx_denial_enqueue(const char *role, const char *session_user, const char *service,

@@ -280,9 +280,9 @@ CompareHoldId(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
-/* Finds an account by code in an array sorted by code; emits 22023 if absent. */
+/* Finds an account by code in an array sorted by code; NULL if absent. */
 static LedgerAccount *
-AccountByCode(LedgerAccount **bycode, int n, const char *code)
+SortedAccount(LedgerAccount **bycode, int n, const char *code)
 {
 	LedgerAccount key;
 	LedgerAccount *keyp = &key;
@@ -290,11 +290,20 @@ AccountByCode(LedgerAccount **bycode, int n, const char *code)
 
 	key.code = (char *) code;
 	found = bsearch(&keyp, bycode, n, sizeof(LedgerAccount *), CompareAccountCode);
-	if (found == NULL)
+	return found ? *found : NULL;
+}
+
+/* SortedAccount that emits 22023 if the account is absent. */
+static LedgerAccount *
+AccountByCode(LedgerAccount **bycode, int n, const char *code)
+{
+	LedgerAccount *a = SortedAccount(bycode, n, code);
+
+	if (a == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("account \"%s\" does not exist", code)));
-	return *found;
+	return a;
 }
 
 /* Finds a locked account by id (it must have been locked). */
@@ -1074,6 +1083,15 @@ WriteBack(EState *estate, FintxTable *accounts, const char *principal, LedgerReq
 		fintx_direct_close(&t);
 }
 
+/* The currency of the request's debited account, NULL if there is no such account. */
+static const char *
+FromCurrency(LedgerRequest *req, LedgerAccount **bycode, int naccts)
+{
+	LedgerAccount *a = SortedAccount(bycode, naccts, req->from_code);
+
+	return a ? a->currency : NULL;
+}
+
 /*
  * Authorizes a transfer request against the grants of the calling service
  * (the debited account decides); returns true if it must await approval.
@@ -1084,15 +1102,9 @@ WriteBack(EState *estate, FintxTable *accounts, const char *principal, LedgerReq
 static bool
 Authorize(LedgerRequest *req, LedgerAccount **bycode, int naccts, int nreqs)
 {
-	LedgerAccount key;
-	LedgerAccount *keyp = &key;
-	LedgerAccount **found;
-
 	if (req->preauthorized || !fintx_authz_active())
 		return false;
-	key.code = req->from_code;
-	found = bsearch(&keyp, bycode, naccts, sizeof(LedgerAccount *), CompareAccountCode);
-	return fintx_authorize(FINTX_OP_TRANSFER, req->from_code, found ? (*found)->currency : NULL,
+	return fintx_authorize(FINTX_OP_TRANSFER, req->from_code, FromCurrency(req, bycode, naccts),
 						   req->amount, true, nreqs == 1);
 }
 
@@ -1110,14 +1122,8 @@ LockLimits(LedgerRequest **reqs, int n, LedgerAccount **bycode, int naccts)
 	/* (a batch's requests are never preauthorized: only approvals and hold resolutions are) */
 	for (int i = 0; i < n; i++)
 	{
-		LedgerAccount key;
-		LedgerAccount *keyp = &key;
-		LedgerAccount **found;
-
-		key.code = reqs[i]->from_code;
-		found = bsearch(&keyp, bycode, naccts, sizeof(LedgerAccount *), CompareAccountCode);
 		objects[i] = reqs[i]->from_code;
-		currencies[i] = found ? (*found)->currency : NULL;
+		currencies[i] = FromCurrency(reqs[i], bycode, naccts);
 	}
 	fintx_authz_lock_limits(FINTX_OP_TRANSFER, objects, currencies, n);
 }
@@ -1968,19 +1974,17 @@ ExpireOverdueStep(void *arg)
 	/* only the hold is locked here (skipping one a resolver holds): the ledger waits for the accounts */
 	fintx_keep_plan(&overdue_plan,
 					"SELECT h.transfer_id FROM fintx.pending_holds h"
-					" WHERE h.timeout_at OPERATOR(pg_catalog.<=) $1 AND h.transfer_id OPERATOR(pg_catalog.>) $2"
-					" ORDER BY h.transfer_id LIMIT 1 FOR UPDATE OF h SKIP LOCKED",
+					" WHERE h.timeout_at OPERATOR(pg_catalog.<=) $1"
+					" ORDER BY h.transfer_id OPERATOR(pg_catalog.<=) $2, h.transfer_id LIMIT 1"
+					" FOR UPDATE OF h SKIP LOCKED",
 					2, types);
 	args[0] = TimestampTzGetDatum(TimestampTzPlusMilliseconds(GetCurrentTimestamp(), -FINTX_OVERDUE_MS));
-	/* the next overdue hold after the one tried last, else the first */
-	for (int round = 0; round < (overdue_after > 0 ? 2 : 1) && req == NULL; round++)
-	{
-		args[1] = Int64GetDatum(round == 0 ? overdue_after : 0);
-		if (SPI_execute_plan(overdue_plan, args, NULL, false, 0) != SPI_OK_SELECT)
-			elog(ERROR, "finding overdue holds failed");	/* LCOV_EXCL_LINE */
-		if (SPI_processed == 1)
-			req = ExpireRequest(GetInt64(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), 0);
-	}
+	/* the next overdue hold after the one tried last, else the first (round robin) */
+	args[1] = Int64GetDatum(overdue_after);
+	if (SPI_execute_plan(overdue_plan, args, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "finding overdue holds failed");	/* LCOV_EXCL_LINE */
+	if (SPI_processed == 1)
+		req = ExpireRequest(GetInt64(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), 0);
 	SPI_finish();
 	if (req != NULL)
 	{
@@ -2013,9 +2017,9 @@ ExpireOverdueHold(void)
 
 /*
  * Releases up to max_holds holds whose timeout has passed, each as an
- * 'expired' transfer under the system principal: first the oldest hold
- * overdue by a second, waiting a little for its accounts
- * (ExpireOverdueHold), then a batch of the others; holds locked by a
+ * 'expired' transfer under the system principal: first one hold overdue
+ * by a second, waiting a little for its accounts (ExpireOverdueHold), then
+ * a batch of the others; holds locked by a
  * concurrent resolver, or whose accounts another transaction has locked,
  * are skipped by the batch (a later pass releases them). Returns the number
  * released.

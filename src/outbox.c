@@ -75,6 +75,7 @@ static SPIPlanPtr window_plan = NULL;
 static SPIPlanPtr advance_plan = NULL;
 static SPIPlanPtr ack_plan = NULL;
 static SPIPlanPtr inbox_plan = NULL;
+static SPIPlanPtr first_dead_plan = NULL;
 
 /* One consumer row. */
 typedef struct Consumer
@@ -1000,7 +1001,6 @@ fintx_ack(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
-static SPIPlanPtr first_dead_plan = NULL;
 
 /* The position of consumer name's first dead letter, 0 if it has none (SPI connected). */
 static int64

@@ -1047,11 +1047,10 @@ fintx_checkpoint(PG_FUNCTION_ARGS)
 		 */
 		int64		sealed = b.tree_size;
 
-		ReadCommittedBlock(&b);
+		ReadCommittedBlock(&b); /* tree_size 0 if there is none */
 		ereport(NOTICE,
 				(errmsg("the checkpoint signs the %lld entries sealed before this transaction; the %lld sealed in it are signed by a checkpoint() after it commits",
-						(long long) (b.exists ? b.tree_size : 0),
-						(long long) (sealed - (b.exists ? b.tree_size : 0))),
+						(long long) b.tree_size, (long long) (sealed - b.tree_size)),
 				 errhint("Without a worker sealing this database, call fintx.seal() in a transaction of its own first.")));
 	}
 	name = CurrentName(&b);

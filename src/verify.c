@@ -677,12 +677,6 @@ VerifyBlocks(VerifyState *st, uint8 *leaves, int64 nleaves, int64 *blocks_checke
 	SPI_cursor_close(portal);
 }
 
-/*
- * Seals before verifying, in a subtransaction: damage that stops sealing
- * (XX001, e.g. a leaf of the last partial tile removed) must not stop the
- * function that locates it. Then the log as sealed so far is verified and
- * *failure holds the sealing error. Other errors propagate.
- */
 /* fintx_subtransaction step: seals, leaving the tree size in *arg. */
 static void
 SealStep(void *arg)
@@ -690,6 +684,12 @@ SealStep(void *arg)
 	*(int64 *) arg = fintx_seal_log();
 }
 
+/*
+ * Seals before verifying, in a subtransaction: damage that stops sealing
+ * (XX001, e.g. a leaf of the last partial tile removed) must not stop the
+ * function that locates it. Then the log as sealed so far is verified and
+ * *failure holds the sealing error. Other errors propagate.
+ */
 static int64
 SealForVerify(char **failure)
 {

@@ -151,15 +151,18 @@ fintx_worker_main(Datum arg)
 			TimestampTz now = GetCurrentTimestamp();
 			TimestampTz next;
 			long		wait_ms;
+			uint64		req;
+			bool		asked;
 
 			/* denials first: a denied caller is waiting for its row to commit */
 			if (fintx_denials_pending())
 				fintx_denials_worker_flush();
 
 			/* on schedule, or now when a session waits for a pass (fintx_worker_seal) */
-			if (now >= next_seal || fintx_worker_seal_requested())
+			asked = false;
+			req = fintx_worker_seal_begin(&asked);
+			if (now >= next_seal || asked)
 			{
-				uint64		req = fintx_worker_seal_begin();
 				bool		sealed;
 
 				fintx_worker_woken();

@@ -46,6 +46,8 @@
 #define BACKOFF_MAX_MS	5000
 #define IDLE_WAIT_MS	500
 #define MAX_BATCH		10000	/* --batch's limit, and how far ahead of the outbox a stream may be */
+#define STR(x)			#x
+#define XSTR(x)			STR(x)
 
 typedef struct Config
 {
@@ -918,7 +920,7 @@ usage(void)
 			"  -S, --stream=NAME           JetStream stream               (FINTX_RELAY_STREAM, default FINTX)\n"
 			"  -p, --subject-prefix=PREFIX subjects PREFIX.<aggregatetype>.<type> (FINTX_RELAY_PREFIX, default fintx)\n"
 			"  -c, --consumer=NAME         outbox consumer name           (FINTX_RELAY_CONSUMER, default fintx-relay)\n"
-			"  -b, --batch=N               events per batch, 1-10000      (FINTX_RELAY_BATCH, default 1000)\n"
+			"  -b, --batch=N               events per batch, 1-" XSTR(MAX_BATCH) "      (FINTX_RELAY_BATCH, default 1000)\n"
 			"  -1, --once                  publish what is available, then exit (0 ok, 1 error)\n"
 			"      --no-create-stream      fail instead of creating a missing stream\n"
 			"      --duplicate-window=MS   duplicate window of a stream fintx-relay creates (default: server's, 2 min)\n"

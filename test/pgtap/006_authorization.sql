@@ -445,25 +445,29 @@ SELECT fintx.open_account('hold:a', 'EUR', true);
 SELECT fintx.open_account('hold:b', 'EUR');
 SELECT fintx.grant_permission('holds', 'transfer', 'hold:%');
 SELECT fintx.grant_permission('holds', 'hold.resolve', 'hold:%', NULL, 1000);
+-- status:replayed of fintx.<fn>(key, hold) called by the service
+CREATE FUNCTION pg_temp.t6_resolve(fn text, key text, hold bigint) RETURNS text LANGUAGE sql AS $$
+  SELECT pg_temp.run_as('t6_hold', format('SELECT status || '':'' || replayed FROM fintx.%I(%L, %s)', fn, key, hold))
+$$;
 CREATE TEMP TABLE t6_h AS
   SELECT pg_temp.run_as('t6_hold', $q$SELECT transfer_id FROM fintx.transfer('hh-1', 'hold:a', 'hold:b', 600, pending => true)$q$)::bigint AS h1,
          pg_temp.run_as('t6_hold', $q$SELECT transfer_id FROM fintx.transfer('hh-2', 'hold:a', 'hold:b', 300, pending => true)$q$)::bigint AS h2;
-SELECT is(pg_temp.run_as('t6_hold', format('SELECT status || '':'' || replayed FROM fintx.post_pending(%L, %s)', 'hp-1', (SELECT h1 FROM t6_h))),
+SELECT is(pg_temp.t6_resolve('post_pending', 'hp-1', (SELECT h1 FROM t6_h)),
           'posted:false', 'a service posts a hold of 600 under a daily hold.resolve limit of 1000');
-SELECT is(pg_temp.run_as('t6_hold', format('SELECT status || '':'' || replayed FROM fintx.post_pending(%L, %s)', 'hp-1', (SELECT h1 FROM t6_h))),
+SELECT is(pg_temp.t6_resolve('post_pending', 'hp-1', (SELECT h1 FROM t6_h)),
           'posted:true', 'its retry replays (it is not refused for a limit the first call used)');
 SELECT is((SELECT used FROM fintx.limit_usage WHERE service = 'holds' AND operation = 'hold.resolve'), 600::bigint,
           'the limit counts the post once');
-SELECT is(pg_temp.run_as('t6_hold', format('SELECT status || '':'' || replayed FROM fintx.void_pending(%L, %s)', 'hv-1', (SELECT h2 FROM t6_h))),
+SELECT is(pg_temp.t6_resolve('void_pending', 'hv-1', (SELECT h2 FROM t6_h)),
           'voided:false', 'a void of the second hold counts its 300');
-SELECT is(pg_temp.run_as('t6_hold', format('SELECT status || '':'' || replayed FROM fintx.void_pending(%L, %s)', 'hv-1', (SELECT h2 FROM t6_h))),
+SELECT is(pg_temp.t6_resolve('void_pending', 'hv-1', (SELECT h2 FROM t6_h)),
           'voided:true', 'and its retry replays');
 SELECT is((SELECT used FROM fintx.limit_usage WHERE service = 'holds' AND operation = 'hold.resolve'), 900::bigint,
           'the limit counts the void once');
 SELECT is((SELECT count(*)::int FROM fintx.access_log WHERE service = 'holds' AND operation = 'hold.resolve' AND allowed),
           2, 'the access log holds one allowed decision per resolution, none for the replays');
 SELECT fintx.revoke_permission('holds', 'hold.resolve', 'hold:%');
-SELECT is(pg_temp.run_as('t6_hold', format('SELECT status || '':'' || replayed FROM fintx.post_pending(%L, %s)', 'hp-1', (SELECT h1 FROM t6_h))),
+SELECT is(pg_temp.t6_resolve('post_pending', 'hp-1', (SELECT h1 FROM t6_h)),
           'posted:true', 'after the grant is revoked a retry still gets the original answer, as a transfer''s does');
 SELECT throws_ok(format($$SELECT pg_temp.run_as('t6_hold', 'SELECT status FROM fintx.post_pending(''hp-2'', %s)')$$, (SELECT h1 FROM t6_h)),
                  '42501', 'permission denied for hold.resolve on "transfer ' || (SELECT h1 FROM t6_h) || '"',

@@ -66,7 +66,8 @@ sub checkpoint_then_crash
 	my $block = $node->safe_psql($db,
 		"SELECT block_id || ' ' || encode(block_hash, 'hex') FROM fintx.audit_blocks WHERE tree_size = $size");
 	like($size, qr/^\d+$/, "$db: checkpoint() signed a head of $size entries");
-	is($node->safe_psql($db, "SELECT count(*) FROM fintx.idempotency_keys WHERE idempotency_key = '$key'"),
+	is($node->safe_psql($db,
+			"SELECT count(*) FROM fintx.audit_log WHERE details->>'idempotency_key' = '$key' AND leaf_index < $size"),
 		'1', "$db: the head covers the new transfer");
 	kill 'KILL', $walwriter;
 	kill 'CONT', $walwriter;
@@ -81,7 +82,7 @@ sub checkpoint_then_crash
 		last if $now =~ /^\d+$/ && $now != $walwriter;
 		usleep(100_000);
 	}
-	isnt($now, $walwriter, "$db: the server recovered with a new WAL writer");
+	ok($now =~ /^\d+$/ && $now != $walwriter, "$db: the server recovered with a new WAL writer");
 	# read without sealing: the block itself, as it was before the crash
 	is($node->safe_psql($db,
 			"SELECT block_id || ' ' || encode(block_hash, 'hex') FROM fintx.audit_blocks WHERE tree_size = $size"),

@@ -78,7 +78,7 @@ is($node->safe_psql('postgres', q{SELECT string_agg(currency || '=' || used, ','
 	'EUR=111,USD=221', 'each transfer counted once against its currency');
 unlike(slurp_file($node->logfile), qr/deadlock detected/, 'no deadlock in the server log');
 
-# a single transfer, and a batch within one usage row, take no extra lock round
+# a batch within one usage row counts both; one over the limit in its second row counts nothing
 is($node->safe_psql('postgres', q{SET ROLE lim_svc;
 	SELECT count(*) FROM fintx.transfer_batch('[{"idempotency_key": "one-1", "from_account": "l:src:e1", "to_account": "l:dst:e1", "amount": 5},
 	                                            {"idempotency_key": "one-2", "from_account": "l:src:e2", "to_account": "l:dst:e2", "amount": 6}]')}),

@@ -111,6 +111,14 @@ static bool callbacks_registered = false;
 
 static int	definer_depth;
 
+/*
+ * Loaded (not preloaded) while a SECURITY DEFINER function was running: the
+ * hook never saw that function start, so until the transaction ends (no
+ * such function outlives it) the caller is known only inside the SECURITY
+ * DEFINER functions seen since.
+ */
+static bool unseen_definers = false;
+
 /* The current call. */
 static FintxCaller caller;
 static bool active = false;
@@ -162,6 +170,7 @@ AuthzXactCallback(XactEvent event, void *arg)
 		active = false;
 		decisions = NIL;
 		definer_depth = 0;
+		unseen_definers = false;
 	}
 }
 
@@ -480,6 +489,20 @@ fintx_authz_init(void)
 	 */
 	prev_fmgr_hook = fmgr_hook;
 	fmgr_hook = FmgrHook;
+
+	/*
+	 * Loaded on first use inside a function that changed the current user:
+	 * its owner, not the session's role, may be the caller, and nothing
+	 * tells which of the functions running now switched users. A wrong
+	 * guess would put a retry in another principal's key space (applied
+	 * twice) or run it with another role's grants: fintx_calling_user()
+	 * refuses until the transaction ends instead.
+	 */
+	if (!process_shared_preload_libraries_in_progress && IsTransactionState() && InLocalUserIdChange())
+	{
+		RegisterCallbacks();
+		unseen_definers = true;
+	}
 }
 
 /* The role on whose behalf fintx is called (see above). */
@@ -492,6 +515,14 @@ fintx_calling_user(void)
 				 errmsg("SECURITY DEFINER functions are nested too deeply to identify the caller of fintx")));
 	if (definer_depth > 0)
 		return definer_stack[definer_depth - 1];
+	if (unseen_definers)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("fintx cannot identify its caller in this transaction"),
+				 errdetail("fintx was loaded in this session inside a SECURITY DEFINER function, which it did not see start; "
+						   "its owner may be the caller."),
+				 errhint("Add fintx to shared_preload_libraries (or session_preload_libraries). "
+						 "Without it, retry: from the next transaction on, fintx knows its caller.")));
 	return GetOuterUserId();
 }
 

@@ -52,6 +52,39 @@ is($node->safe_psql('postgres',
 		q{SELECT count(*) = (SELECT count(*) FROM fintx.outbox) FROM fintx.poll('np-consumer', 1000)}),
 	't', 'poll() delivers every committed event without a worker, the one committed just before included');
 
+# Loaded on first use inside a SECURITY DEFINER function, fintx cannot tell whether the
+# session's role or the function's owner is calling (its hook did not see the function
+# start): it refuses in that transaction instead of guessing. A guess put a retry of the same
+# request under another principal, and the money moved twice.
+$node->safe_psql('postgres', q{
+	CREATE ROLE np_svc NOLOGIN;
+	SELECT fintx.register_service('np-svc', 'np_svc');
+	SELECT fintx.grant_permission('np-svc', 'transfer', 'np:%');
+	SELECT fintx.transfer('np-fund', 'np:bank', 'np:a', 5000);
+	CREATE FUNCTION public.np_pay(k text, amt bigint) RETURNS fintx.transfer_result
+	  LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog
+	  AS $$ SELECT * FROM fintx.transfer(k, 'np:a', 'np:b', amt) $$;
+	ALTER FUNCTION public.np_pay(text, bigint) OWNER TO np_svc;
+});
+my $pay = q{SELECT replayed FROM public.np_pay('np-w1', 250)};
+my $rc;
+($rc, $out, $err) = $node->psql('postgres', "$pay; $pay; $pay", on_error_stop => 0);
+like($err, qr/ERROR:  fintx cannot identify its caller in this transaction/,
+	'first use inside a SECURITY DEFINER function: refused, not guessed');
+is($out, "f\nt", 'the next transactions know the caller: applied once, then replayed');
+($rc, $out, $err) = $node->psql('postgres', "$pay; $pay", on_error_stop => 0);
+like($err, qr/cannot identify its caller/, 'a retry on a new connection is refused again, not applied');
+is($out, 't', 'and then replays the original');
+is($node->safe_psql('postgres', "SELECT fintx.merkle_leaf_hash('\\x00') IS NOT NULL; $pay"), "t\nt",
+	'loaded outside the function first, the first call through it replays');
+$node->safe_psql('postgres', q{ALTER DATABASE postgres SET session_preload_libraries = 'fintx'});
+is($node->safe_psql('postgres', $pay), 't', 'with session_preload_libraries the first call through it replays');
+$node->safe_psql('postgres', q{ALTER DATABASE postgres RESET session_preload_libraries});
+is($node->safe_psql('postgres', q{SELECT string_agg(principal, ',') FROM fintx.idempotency_keys
+	WHERE idempotency_key = 'np-w1'}), 'np_svc', 'one journal record, under the function owner');
+is($node->safe_psql('postgres', q{SELECT posted FROM fintx.account_balances WHERE code = 'np:b'}),
+	'250', 'the money moved once');
+
 # pg_dump / pg_restore round trip
 $node->safe_psql('postgres', q{
 	SELECT count(*) FROM fintx.transfer_batch((SELECT jsonb_agg(jsonb_build_object(

@@ -1082,20 +1082,6 @@ typedef struct ApprovalRow
 	bool		has_result;
 } ApprovalRow;
 
-/* A text column of an SPI row, copied to the caller's context (NULL stays NULL). */
-static char *
-CopyText(HeapTuple tup, TupleDesc desc, int col)
-{
-	char	   *v = SPI_getvalue(tup, desc, col);
-	char	   *copy;
-
-	if (v == NULL)
-		return NULL;
-	copy = SPI_palloc(strlen(v) + 1);
-	strcpy(copy, v);
-	return copy;
-}
-
 /* Locks and reads the approval request of transfer id (SPI connected). */
 static void
 LockApproval(int64 id, ApprovalRow *row)
@@ -1120,23 +1106,23 @@ LockApproval(int64 id, ApprovalRow *row)
 				 errhint("fintx.pending_approvals lists the transfers awaiting approval.")));
 	tup = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
-	row->maker_service = CopyText(tup, desc, 1);
-	row->maker_role = CopyText(tup, desc, 2);
-	row->from_account = CopyText(tup, desc, 3);
-	row->to_account = CopyText(tup, desc, 4);
+	row->maker_service = fintx_spi_copy_text(tup, desc, 1);
+	row->maker_role = fintx_spi_copy_text(tup, desc, 2);
+	row->from_account = fintx_spi_copy_text(tup, desc, 3);
+	row->to_account = fintx_spi_copy_text(tup, desc, 4);
 	row->amount = DatumGetInt64(SPI_getbinval(tup, desc, 5, &isnull));
-	row->currency = CopyText(tup, desc, 6);
+	row->currency = fintx_spi_copy_text(tup, desc, 6);
 	d = PointerGetDatum(PG_DETOAST_DATUM(SPI_getbinval(tup, desc, 7, &isnull)));
 	row->metadata = (Jsonb *) DatumGetPointer(SPI_datumTransfer(d, false, -1));
 	row->pending = DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull));
 	d = SPI_getbinval(tup, desc, 9, &isnull);
 	row->timeout = isnull ? NULL : (Interval *) DatumGetPointer(SPI_datumTransfer(d, false, sizeof(Interval)));
-	row->status = CopyText(tup, desc, 10);
-	row->decided_by_role = CopyText(tup, desc, 11);
+	row->status = fintx_spi_copy_text(tup, desc, 10);
+	row->decided_by_role = fintx_spi_copy_text(tup, desc, 11);
 	d = SPI_getbinval(tup, desc, 12, &isnull);
 	row->has_result = !isnull;
 	row->result_transfer_id = isnull ? 0 : DatumGetInt64(d);
-	row->maker_session_user = CopyText(tup, desc, 13);
+	row->maker_session_user = fintx_spi_copy_text(tup, desc, 13);
 }
 
 /* Fills req's result fields from the stored transfer row id (SPI connected). */
@@ -1160,7 +1146,7 @@ LoadTransferResult(int64 id, LedgerRequest *req)
 	tup = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
 	req->transfer_id = id;
-	req->status = CopyText(tup, desc, 1);
+	req->status = fintx_spi_copy_text(tup, desc, 1);
 	req->from_balance = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
 	req->to_balance = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
 	d = SPI_getbinval(tup, desc, 4, &isnull);

@@ -310,3 +310,19 @@ fintx_subtransaction(void (*fn) (void *), void *arg)
 	CurrentResourceOwner = owner;
 	return edata;
 }
+
+/* A copy of s in the context of the caller of SPI (it outlives SPI_finish). */
+char *
+fintx_spi_strdup(const char *s)
+{
+	return strcpy(SPI_palloc(strlen(s) + 1), s);
+}
+
+/* A column of an SPI row as text, copied to the caller's context (NULL stays NULL). */
+char *
+fintx_spi_copy_text(HeapTuple tup, TupleDesc desc, int col)
+{
+	char	   *v = SPI_getvalue(tup, desc, col);
+
+	return v == NULL ? NULL : fintx_spi_strdup(v);
+}

@@ -91,6 +91,7 @@ typedef struct LedgerRequest
 	uint8		fingerprint[FINTX_FINGERPRINT_LEN];
 	bool		preauthorized;	/* approved transfer: authorization already done */
 	bool		signed_request;	/* part of a signed request (maker-checker refused) */
+	bool		batched;		/* an element of transfer_batch (never awaits approval) */
 
 	/* filled in by the journal */
 	struct LedgerRequest *dup_of;	/* same key earlier in this batch */
@@ -113,6 +114,8 @@ typedef struct LedgerRequest
 extern void fintx_spi_connect(void);
 extern ErrorData *fintx_subtransaction(void (*fn) (void *), void *arg);
 extern int	fintx_jit_off(void);
+extern char *fintx_spi_strdup(const char *s);
+extern char *fintx_spi_copy_text(HeapTuple tup, TupleDesc desc, int col);
 extern int	fintx_index_planning(void);
 extern int	fintx_execute_indexed(SPIPlanPtr plan, Datum *args, const char *nulls, bool read_only,
 								  long count);

@@ -252,9 +252,11 @@ fintx_journal_claim(EState *estate, const char *principal, LedgerRequest **reqs,
 
 		fintx_keep_plan(&replay_plan,
 				 "SELECT j.idempotency_key, j.fingerprint, t.id, t.status, t.from_balance,"
-				 "       t.to_balance, t.entry_hash, t.created_at"
+				 "       t.to_balance, t.entry_hash, t.created_at, fa.code, ta.code"
 				 "  FROM fintx.idempotency_keys j"
 				 "  JOIN fintx.transfers t ON t.id = j.transfer_id"
+				 "  JOIN fintx.accounts fa ON fa.id = t.from_account"
+				 "  JOIN fintx.accounts ta ON ta.id = t.to_account"
 				 " WHERE j.principal = $1 AND j.idempotency_key = ANY ($2)",
 				 2, rtypes);
 		ret = fintx_execute_indexed(replay_plan, rargs, NULL, false, 0);
@@ -284,6 +286,11 @@ fintx_journal_claim(EState *estate, const char *principal, LedgerRequest **reqs,
 			hash = SPI_getbinval(tup, desc, 7, &isnull);
 			req->entry_hash = isnull ? NULL : (bytea *) DatumGetPointer(SPI_datumTransfer(hash, false, -1));
 			req->created_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 8, &isnull));
+			/* a post or void names only the hold: its accounts decide which balances the caller sees */
+			if (req->from_code == NULL)
+				req->from_code = fintx_spi_copy_text(tup, desc, 9);
+			if (req->to_code == NULL)
+				req->to_code = fintx_spi_copy_text(tup, desc, 10);
 		}
 
 		/*

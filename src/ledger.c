@@ -1100,12 +1100,12 @@ FromCurrency(LedgerRequest *req, LedgerAccount **bycode, int naccts)
  * account exists.
  */
 static bool
-Authorize(LedgerRequest *req, LedgerAccount **bycode, int naccts, int nreqs)
+Authorize(LedgerRequest *req, LedgerAccount **bycode, int naccts)
 {
 	if (req->preauthorized || !fintx_authz_active())
 		return false;
 	return fintx_authorize(FINTX_OP_TRANSFER, req->from_code, FromCurrency(req, bycode, naccts),
-						   req->amount, true, nreqs == 1);
+						   req->amount, true, !req->batched);
 }
 
 /*
@@ -1178,7 +1178,7 @@ ApplyNew(EState *estate, const char *principal, LedgerRequest **reqs, int n)
 		timeout_null[i] = true;
 		if (req->op == LEDGER_TRANSFER)
 		{
-			if (Authorize(req, bycode, naccts, n))
+			if (Authorize(req, bycode, naccts))
 				AwaitApproval(req, bycode, naccts);
 			else
 				ApplyTransfer(req, bycode, naccts, clock, &timeout_at[i], &timeout_null[i]);
@@ -1198,9 +1198,9 @@ ApplyNew(EState *estate, const char *principal, LedgerRequest **reqs, int n)
 		req->to_balance = PostedBalance(req->to);
 		/* the accounts live in SPI memory; the result needs their codes afterwards */
 		if (req->from_code == NULL)
-			req->from_code = strcpy(SPI_palloc(strlen(req->from->code) + 1), req->from->code);
+			req->from_code = fintx_spi_strdup(req->from->code);
 		if (req->to_code == NULL)
-			req->to_code = strcpy(SPI_palloc(strlen(req->to->code) + 1), req->to->code);
+			req->to_code = fintx_spi_strdup(req->to->code);
 		req->created_at = now_ts;
 		req->replayed = false;
 	}
@@ -1787,6 +1787,8 @@ RunRequests(Jsonb *jb, bool batch, bytea *sig, int *n)
 	errcb.previous = error_context_stack;
 	error_context_stack = &errcb;
 	reqs = ParseRequests(jb, batch, n);
+	for (int i = 0; i < *n; i++)
+		reqs[i]->batched = batch;
 	if (*n > 0)
 	{
 		FintxCaller *c = fintx_authz_begin();

@@ -190,19 +190,10 @@ ReadBlockWith(BlockInfo *b, SPIPlanPtr plan, Datum *args)
 	GetHash(tup, desc, 4, b->block_hash, HASH_OF_BLOCK, b->block_id, 0);
 	b->sealed_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 5, &isnull));
 	b->snapshot = SPI_datumTransfer(SPI_getbinval(tup, desc, 6, &isnull), false, -1);
-	b->origin = SPI_getvalue(tup, desc, 7);
-	b->key_name = SPI_getvalue(tup, desc, 8);
+	b->origin = fintx_spi_copy_text(tup, desc, 7);
+	b->key_name = fintx_spi_copy_text(tup, desc, 8);
 	d = SPI_getbinval(tup, desc, 9, &isnull);
 	b->signature = isnull ? NULL : (bytea *) DatumGetPointer(SPI_datumTransfer(d, false, -1));
-	if (b->origin)
-		b->origin = SPI_palloc(strlen(b->origin) + 1), strcpy(b->origin, SPI_getvalue(tup, desc, 7));
-	if (b->key_name)
-	{
-		char	   *k = SPI_getvalue(tup, desc, 8);
-
-		b->key_name = SPI_palloc(strlen(k) + 1);
-		strcpy(b->key_name, k);
-	}
 	b->own = TransactionIdIsCurrentTransactionId(DatumGetTransactionId(SPI_getbinval(tup, desc, 10, &isnull)));
 }
 
@@ -1061,7 +1052,7 @@ fintx_checkpoint(PG_FUNCTION_ARGS)
 	fintx_note_key_id(name, pub, blob);
 	fintx_ed25519_sign(key, (uint8 *) body, strlen(body), blob + 4);
 	note = psprintf("%s\n\u2014 %s %s\n", body, name, fintx_base64(blob, 68));
-	note = strcpy(SPI_palloc(strlen(note) + 1), note);	/* outlive SPI_finish */
+	note = fintx_spi_strdup(note);	/* outlive SPI_finish */
 	SPI_finish();
 	PG_RETURN_TEXT_P(cstring_to_text(note));
 }
@@ -1084,7 +1075,7 @@ fintx_public_key(PG_FUNCTION_ARGS)
 	pub[0] = 0x01;
 	fintx_ed25519_public(key, pub + 1);
 	out = psprintf("%s+%s", label, fintx_base64(pub, 33));
-	out = strcpy(SPI_palloc(strlen(out) + 1), out);
+	out = fintx_spi_strdup(out);
 	SPI_finish();
 	PG_RETURN_TEXT_P(cstring_to_text(out));
 }

@@ -94,7 +94,14 @@ usage(FILE *out)
 			"                              this one, one hex hash per line, output of:\n"
 			"                              psql -Atc \"SELECT encode(h, 'hex') FROM\n"
 			"                                unnest(fintx.consistency_proof(M, N)) h\"\n"
-			"  --print                     print every decoded entry as a tab-separated line\n"
+			"  --print                     print every entry the checkpoint covers, one tab-separated line\n"
+			"                              each: leaf index, entry id, recorded_at (UTC), actor, session\n"
+			"                              role, action, object type, object id, details. Bytes that\n"
+			"                              could act on a terminal are escaped as \\xNN (a byte in hex):\n"
+			"                              bytes below 0x20, 0x7f, the C1 controls U+0080-U+009F (both\n"
+			"                              bytes, \\xc2\\x80 to \\xc2\\x9f) and bytes of invalid UTF-8;\n"
+			"                              in the text fields also \\ as \\\\ and tab, LF, CR as \\t, \\n,\n"
+			"                              \\r; the details are JSON text, with backslashes as they are\n"
 			"  --help                      show this help\n"
 			"\n"
 			"Exit status: 0 verified, 1 verification failed, 2 usage error.\n",
@@ -306,6 +313,147 @@ hex_encode(const uint8_t *in, size_t n, char *out)
 	out[2 * n] = '\0';
 }
 
+/*
+ * The length (1 to 4) of the valid UTF-8 sequence at p (avail bytes left), or
+ * 0 if none starts there: no overlong forms, no surrogates (U+D800-U+DFFF),
+ * nothing above U+10FFFF (RFC 3629, and what PostgreSQL accepts as UTF8).
+ */
+static size_t
+utf8_seq_len(const uint8_t *p, size_t avail)
+{
+	uint8_t		c = p[0],
+				lo = 0x80,
+				hi = 0xbf;
+	size_t		n;
+
+	if (c < 0x80)
+		return 1;
+	if (c >= 0xc2 && c <= 0xdf)
+		n = 2;
+	else if (c >= 0xe0 && c <= 0xef)
+	{
+		n = 3;
+		if (c == 0xe0)
+			lo = 0xa0;			/* below: overlong */
+		else if (c == 0xed)
+			hi = 0x9f;			/* above: surrogates */
+	}
+	else if (c >= 0xf0 && c <= 0xf4)
+	{
+		n = 4;
+		if (c == 0xf0)
+			lo = 0x90;			/* below: overlong */
+		else if (c == 0xf4)
+			hi = 0x8f;			/* above: beyond U+10FFFF */
+	}
+	else
+		return 0;				/* 0x80-0xc1 (continuation, overlong lead), 0xf5-0xff */
+	if (avail < n || p[1] < lo || p[1] > hi)
+		return 0;
+	for (size_t i = 2; i < n; i++)
+		if (p[i] < 0x80 || p[i] > 0xbf)
+			return 0;
+	return n;
+}
+
+/* The offset of the first byte of s that is not part of valid UTF-8, or -1 if all are. */
+static long
+utf8_invalid_at(const uint8_t *s, size_t len)
+{
+	for (size_t i = 0; i < len;)
+	{
+		size_t		n = utf8_seq_len(s + i, len - i);
+
+		if (n == 0)
+			return (long) i;
+		i += n;
+	}
+	return -1;
+}
+
+/*
+ * The one escaping of untrusted bytes (the export's fields, a checkpoint's
+ * lines) on their way to a terminal. Printable ASCII and valid UTF-8 of
+ * code points U+00A0 and above pass; every other byte is written as \xNN
+ * (two lowercase hex digits): bytes below 0x20, 0x7f, each of the two bytes
+ * of a C1 control U+0080-U+009F (c2 80 to c2 9f), and each byte that does
+ * not belong to a valid sequence (overlong, surrogate, above U+10FFFF,
+ * truncated or stray). In ESC_TEXT mode '\' is written \\ and tab, newline
+ * and carriage return \t, \n and \r, so that the output is unambiguous. In
+ * ESC_JSON mode (the details, a JSON text) '\' stays as it is: JSON writes
+ * a backslash in a string as \\ and has no \x escape, so a \x in the output
+ * is always ours.
+ */
+#define ESC_TEXT 0
+#define ESC_JSON 1
+
+static void
+fput_escaped(FILE *out, const uint8_t *s, size_t len, int mode)
+{
+	for (size_t i = 0; i < len;)
+	{
+		uint8_t		c = s[i];
+		size_t		n;
+
+		if (mode == ESC_TEXT && (c == '\\' || c == '\t' || c == '\n' || c == '\r'))
+		{
+			fputc('\\', out);
+			fputc(c == '\\' ? '\\' : c == '\t' ? 't' : c == '\n' ? 'n' : 'r', out);
+			i++;
+			continue;
+		}
+		n = utf8_seq_len(s + i, len - i);
+		if (n == 0 || c < 0x20 || c == 0x7f)
+			n = 1;				/* one byte escaped; go on with the next */
+		else if (!(c == 0xc2 && s[i + 1] <= 0x9f))
+		{
+			fwrite(s + i, 1, n, out);	/* printable ASCII, or a non-control sequence */
+			i += n;
+			continue;
+		}
+		for (size_t k = 0; k < n; k++)	/* a control, a C1 control (2 bytes), a bad byte */
+			fprintf(out, "\\x%02x", s[i + k]);
+		i += n;
+	}
+}
+
+/*
+ * fput_escaped() into a malloc'd NUL-terminated string, for messages that
+ * quote untrusted bytes; NULL if out of memory.
+ */
+static char *
+escaped_text(const void *s, size_t len)
+{
+	char	   *buf = NULL;
+	size_t		buflen = 0;
+	FILE	   *m = open_memstream(&buf, &buflen);
+
+	if (m == NULL)
+		return NULL;
+	fput_escaped(m, s, len, ESC_TEXT);
+	if (fclose(m) != 0)
+	{
+		free(buf);
+		return NULL;
+	}
+	return buf;
+}
+
+/* True if s is valid UTF-8 without control characters (C0, DEL, C1), so safe to print as is. */
+static int
+utf8_printable(const uint8_t *s, size_t len)
+{
+	for (size_t i = 0; i < len;)
+	{
+		size_t		n = utf8_seq_len(s + i, len - i);
+
+		if (n == 0 || s[i] < 0x20 || s[i] == 0x7f || (s[i] == 0xc2 && s[i + 1] <= 0x9f))
+			return 0;
+		i += n;
+	}
+	return 1;
+}
+
 /* ------------------------------------------------------------------------
  * Files
  * ------------------------------------------------------------------------
@@ -419,9 +567,9 @@ parse_verifier_key(const char *s, size_t len, VerifierKey *key, const char **why
 		*why = "it does not have the form name+keyid+base64key";
 		return -1;
 	}
-	if (!valid_key_name(s, (size_t) (plus1 - s)))
+	if (!valid_key_name(s, (size_t) (plus1 - s)) || !utf8_printable((const uint8_t *) s, (size_t) (plus1 - s)))
 	{
-		*why = "its name is empty or holds spaces or control characters";
+		*why = "its name is empty, holds spaces or control characters, or is not valid UTF-8";
 		return -1;
 	}
 	hex = plus1 + 1;
@@ -603,16 +751,15 @@ load_checkpoint(Checkpoint *cp, const VerifierKey *key, const char *what)
 			memcpy(cp->origin, line, ll);
 			cp->origin[ll] = '\0';
 		}
-		else if (lineno == 2 && parse_size(line, ll, &cp->size) != 0)
+		else if ((lineno == 2 && parse_size(line, ll, &cp->size) != 0) ||
+				 (lineno == 3 && base64_decode(line, ll, cp->root, HASH_LEN) != HASH_LEN))
 		{
-			report("%s \"%s\": line 2 (tree size) is not a decimal number: \"%.*s\"",
-				   what, cp->path, (int) ll, line);
-			return -1;
-		}
-		else if (lineno == 3 && base64_decode(line, ll, cp->root, HASH_LEN) != HASH_LEN)
-		{
-			report("%s \"%s\": line 3 (root hash) is not the base64 of 32 bytes: \"%.*s\"",
-				   what, cp->path, (int) ll, line);
+			char	   *shown = escaped_text(line, ll);	/* not signed yet: any bytes */
+
+			report("%s \"%s\": line %d (%s) is not %s: \"%s\"", what, cp->path, lineno,
+				   lineno == 2 ? "tree size" : "root hash",
+				   lineno == 2 ? "a decimal number" : "the base64 of 32 bytes", shown ? shown : "?");
+			free(shown);
 			return -1;
 		}
 	}
@@ -702,8 +849,11 @@ load_checkpoint(Checkpoint *cp, const VerifierKey *key, const char *what)
 	 */
 	if (strcmp(cp->origin, key->name) != 0)
 	{
+		char	   *shown = escaped_text(cp->origin, strlen(cp->origin));
+
 		report("%s \"%s\" is of log \"%s\", not of log \"%s\" that the verifier key names",
-			   what, cp->path, cp->origin, key->name);
+			   what, cp->path, shown ? shown : "?", key->name);
+		free(shown);
 		return -1;
 	}
 	return 0;
@@ -1031,17 +1181,27 @@ json_string(Json *j, uint8_t *out, size_t *outlen)
 	return 0;
 }
 
-/* A number as numeric_out() writes it: -?(0|[1-9][0-9]*)(\.[0-9]+)?, no exponent. */
+/*
+ * A number as numeric_out() writes it: -?(0|[1-9][0-9]*)(\.[0-9]+)?, no
+ * exponent, and no negative zero (numeric has none: -0.00 is stored and
+ * printed as 0.00).
+ */
 static int
 json_number(Json *j)
 {
-	size_t		start;
+	size_t		begin = j->pos,
+				start;
+	int			negative = 0,
+				nonzero = 0;
 
 	if (j->p[j->pos] == '-')
+	{
+		negative = 1;
 		j->pos++;
+	}
 	start = j->pos;
 	while (j->pos < j->len && j->p[j->pos] >= '0' && j->p[j->pos] <= '9')
-		j->pos++;
+		nonzero |= j->p[j->pos++] != '0';
 	if (j->pos == start)
 		return json_fail(j, "invalid number");
 	if (j->pos - start > 1 && j->p[start] == '0')
@@ -1051,12 +1211,17 @@ json_number(Json *j)
 		j->pos++;
 		start = j->pos;
 		while (j->pos < j->len && j->p[j->pos] >= '0' && j->p[j->pos] <= '9')
-			j->pos++;
+			nonzero |= j->p[j->pos++] != '0';
 		if (j->pos == start)
 			return json_fail(j, "invalid number");
 	}
 	if (j->pos < j->len && (j->p[j->pos] == 'e' || j->p[j->pos] == 'E'))
 		return json_fail(j, "number with an exponent (jsonb writes plain decimals)");
+	if (negative && !nonzero)
+	{
+		j->pos = begin;
+		return json_fail(j, "negative zero (jsonb writes it without the sign)");
+	}
 	return 0;
 }
 
@@ -1293,9 +1458,19 @@ decode_entry(const uint8_t *b, size_t len, Entry *e, char *err, size_t errlen)
 		{
 			spans[f]->p = b + pos;
 			spans[f]->len = flen;
+			long		bad;
+
 			if (memchr(b + pos, '\0', flen) != NULL)
 			{
 				snprintf(err, errlen, "field '%c' (%s) holds a NUL byte", order[f], names[f]);
+				return -1;
+			}
+			/* fintx writes text as UTF-8 (docs/audit-format.md): the database must be UTF8 */
+			if ((bad = utf8_invalid_at(b + pos, flen)) >= 0)
+			{
+				snprintf(err, errlen, "field '%c' (%s) is not valid UTF-8: byte %ld (0x%02x) of the field "
+						 "starts no valid sequence (overlong, surrogate, above U+10FFFF, truncated or stray)",
+						 order[f], names[f], bad, b[pos + (size_t) bad]);
 				return -1;
 			}
 		}
@@ -1319,27 +1494,11 @@ decode_entry(const uint8_t *b, size_t len, Entry *e, char *err, size_t errlen)
 	return 0;
 }
 
-/* Writes a string field for --print: \\, \t, \n, \r and other controls escaped. */
+/* Writes a string field for --print, escaped (fput_escaped). */
 static void
 print_text(FILE *out, const Span *s)
 {
-	for (uint32_t i = 0; i < s->len; i++)
-	{
-		uint8_t		c = s->p[i];
-
-		if (c == '\\')
-			fputs("\\\\", out);
-		else if (c == '\t')
-			fputs("\\t", out);
-		else if (c == '\n')
-			fputs("\\n", out);
-		else if (c == '\r')
-			fputs("\\r", out);
-		else if (c < 0x20 || c == 0x7f)
-			fprintf(out, "\\x%02x", c);
-		else
-			fputc(c, out);
-	}
+	fput_escaped(out, s->p, s->len, ESC_TEXT);
 }
 
 /* Microseconds since the Unix epoch as ISO 8601 UTC. */
@@ -1382,9 +1541,9 @@ print_entry(FILE *out, uint64_t leaf, const Entry *e)
 	print_text(out, &e->object_type);
 	fputc('\t', out);
 	print_text(out, &e->object_id);
-	/* details verbatim: jsonb output escapes every control character itself */
+	/* details as JSON text: jsonb escapes C0 controls itself but not DEL or C1 controls */
 	fputc('\t', out);
-	fwrite(e->details.p, 1, e->details.len, out);
+	fput_escaped(out, e->details.p, e->details.len, ESC_JSON);
 	fputc('\n', out);
 }
 
@@ -1464,10 +1623,13 @@ read_export(const char *path, uint64_t size, int64_t prev_size, int print, Expor
 		Entry		e;
 		uint8_t		h[HASH_LEN];
 
+		/* LF or CR LF ends a line; the last line may end without one (but not in a lone CR) */
 		if (ll > 0 && line[ll - 1] == '\n')
+		{
 			ll--;
-		if (ll > 0 && line[ll - 1] == '\r')
-			ll--;
+			if (ll > 0 && line[ll - 1] == '\r')
+				ll--;
+		}
 		line[ll] = '\0';
 		/* leaf index, then a tab (or "\t", as COPY TO writes a tab inside a text column) */
 		for (p = line; *p >= '0' && *p <= '9'; p++)

@@ -11,7 +11,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION fintx;
-SELECT plan(183);
+SELECT plan(186);
 
 CREATE FUNCTION pg_temp.run_as(r text, q text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
@@ -237,6 +237,12 @@ SELECT throws_ok($$SELECT fintx.approve_transfer(NULL)$$, '22023', 'transfer_id 
 SELECT throws_ok($$SELECT fintx.reject_transfer(1, repeat('x', 1001))$$, '22023', 'reason is too long', 'reason too long');
 SELECT throws_ok($$SELECT pg_temp.run_as('t6_pay', 'SELECT count(*) FROM fintx.transfer_batch(''[{"idempotency_key":"mb-1","from_account":"pay:ops","to_account":"pay:cust:2","amount":3200},{"idempotency_key":"mb-2","from_account":"pay:ops","to_account":"pay:cust:2","amount":1}]'')')$$,
                  '42501', NULL, 'a batch cannot carry a transfer that needs approval');
+SELECT throws_ok($$SELECT pg_temp.run_as('t6_pay', 'SELECT count(*) FROM fintx.transfer_batch(''[{"idempotency_key":"mb-3","from_account":"pay:ops","to_account":"pay:cust:2","amount":3200}]'')')$$,
+                 '42501', NULL, 'nor can a batch of one');
+SELECT is(pg_temp.run_as('t6_pay', 'SELECT status FROM fintx.transfer_batch(''[{"idempotency_key":"mb-2","from_account":"pay:ops","to_account":"pay:cust:2","amount":1}]'')'),
+          'posted', 'the small transfer of the refused batch, sent alone, is applied');
+SELECT throws_ok($$SELECT pg_temp.run_as('t6_pay', 'SELECT count(*) FROM fintx.transfer_batch(''[{"idempotency_key":"mb-1","from_account":"pay:ops","to_account":"pay:cust:2","amount":3200},{"idempotency_key":"mb-2","from_account":"pay:ops","to_account":"pay:cust:2","amount":1}]'')')$$,
+                 '42501', NULL, 'the refused batch sent again is refused again: its replayed element does not make the other one alone');
 SELECT is((SELECT count(*)::int FROM fintx.reconcile()), 0, 'the ledger reconciles with awaiting and approved transfers');
 
 -- ===========================================================================
@@ -447,28 +453,28 @@ SELECT fintx.grant_permission('holds', 'transfer', 'hold:%');
 SELECT fintx.grant_permission('holds', 'hold.resolve', 'hold:%', NULL, 1000);
 -- status:replayed of fintx.<fn>(key, hold) called by the service
 CREATE FUNCTION pg_temp.t6_resolve(fn text, key text, hold bigint) RETURNS text LANGUAGE sql AS $$
-  SELECT pg_temp.run_as('t6_hold', format('SELECT status || '':'' || replayed FROM fintx.%I(%L, %s)', fn, key, hold))
+  SELECT pg_temp.run_as('t6_hold', format('SELECT concat_ws('':'', status, replayed::text, coalesce(from_balance::text, ''hidden''), coalesce(to_balance::text, ''hidden'')) FROM fintx.%I(%L, %s)', fn, key, hold))
 $$;
 CREATE TEMP TABLE t6_h AS
   SELECT pg_temp.run_as('t6_hold', $q$SELECT transfer_id FROM fintx.transfer('hh-1', 'hold:a', 'hold:b', 600, pending => true)$q$)::bigint AS h1,
          pg_temp.run_as('t6_hold', $q$SELECT transfer_id FROM fintx.transfer('hh-2', 'hold:a', 'hold:b', 300, pending => true)$q$)::bigint AS h2;
 SELECT is(pg_temp.t6_resolve('post_pending', 'hp-1', (SELECT h1 FROM t6_h)),
-          'posted:false', 'a service posts a hold of 600 under a daily hold.resolve limit of 1000');
+          'posted:false:-600:600', 'a service posts a hold of 600 under a daily hold.resolve limit of 1000');
 SELECT is(pg_temp.t6_resolve('post_pending', 'hp-1', (SELECT h1 FROM t6_h)),
-          'posted:true', 'its retry replays (it is not refused for a limit the first call used)');
+          'posted:true:-600:600', 'its retry replays with the same balances (it is not refused for a limit the first call used)');
 SELECT is((SELECT used FROM fintx.limit_usage WHERE service = 'holds' AND operation = 'hold.resolve'), 600::bigint,
           'the limit counts the post once');
 SELECT is(pg_temp.t6_resolve('void_pending', 'hv-1', (SELECT h2 FROM t6_h)),
-          'voided:false', 'a void of the second hold counts its 300');
+          'voided:false:-600:600', 'a void of the second hold counts its 300');
 SELECT is(pg_temp.t6_resolve('void_pending', 'hv-1', (SELECT h2 FROM t6_h)),
-          'voided:true', 'and its retry replays');
+          'voided:true:-600:600', 'and its retry replays with the same balances');
 SELECT is((SELECT used FROM fintx.limit_usage WHERE service = 'holds' AND operation = 'hold.resolve'), 900::bigint,
           'the limit counts the void once');
 SELECT is((SELECT count(*)::int FROM fintx.access_log WHERE service = 'holds' AND operation = 'hold.resolve' AND allowed),
           2, 'the access log holds one allowed decision per resolution, none for the replays');
 SELECT fintx.revoke_permission('holds', 'hold.resolve', 'hold:%');
 SELECT is(pg_temp.t6_resolve('post_pending', 'hp-1', (SELECT h1 FROM t6_h)),
-          'posted:true', 'after the grant is revoked a retry still gets the original answer, as a transfer''s does');
+          'posted:true:-600:600', 'after the grant is revoked a retry still gets the original answer, as a transfer''s does');
 SELECT throws_ok(format($$SELECT pg_temp.run_as('t6_hold', 'SELECT status FROM fintx.post_pending(''hp-2'', %s)')$$, (SELECT h1 FROM t6_h)),
                  '42501', 'permission denied for hold.resolve on "transfer ' || (SELECT h1 FROM t6_h) || '"',
                  'a new key is refused: no grant covers the hold any more');

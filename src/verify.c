@@ -6,14 +6,15 @@
  * For the leaves in [from_leaf, to_leaf] it recomputes each entry's hash from
  * its columns and compares it with the stored entry hash (the leaf hash); it
  * also checks that the runs of fintx.audit_leaf_runs cover every leaf exactly
- * once, that every leaf has its entry and no entry is at two leaves. A range
- * that does not start at leaf 0 is widened to the 16-leaf tiles that hold it,
- * whose stored level-4 nodes (and, for a last incomplete tile, the latest
- * block's tree head) are checked against the recomputed leaves. When
- * from_leaf is 0 it rebuilds the tree from the
- * recomputed leaves and checks that every stored subtree (levels 4 and up)
- * is there and matches, every block's tree head,
- * the block hash chain and the block signatures (with the configured key).
+ * once, that every leaf has its entry and no entry is at two leaves. The
+ * range is widened to the 16-leaf tiles that hold it (and the last,
+ * incomplete tile). From leaf 0 it rebuilds the tree from the recomputed
+ * leaves and checks that every stored subtree (levels 4 and up) within them
+ * is there and matches, and the tree heads of the blocks they cover; from a
+ * later leaf it checks each tile against its stored level-4 node. A range
+ * short of the whole log is then tied to the latest block's tree head,
+ * recomputed through every subtree that holds a recomputed leaf. Always: the
+ * block hash chain and the block signatures (with the configured key).
  *-------------------------------------------------------------------------
  */
 #include "fintx.h"
@@ -326,34 +327,29 @@ ClimbUp(VerifyState *st, Climb *c)
 	c->expect = 0;
 }
 
-/* Node fetch for VerifyTiles: stored nodes from level 4 up, recomputed leaf hashes below. */
-typedef struct TailTree
+/*
+ * The tree of a log of which some leaves were recomputed from their entries:
+ * leaves lo .. lo + n - 1 (whole 16-leaf tiles, or up to the end of the log)
+ * and, when the range ends before the last, incomplete tile, that tile.
+ */
+typedef struct RangeTree
 {
-	uint8	   *leaves;			/* recomputed hashes of leaves lo .. lo + n - 1 */
+	uint8	   *leaves;
 	int64		lo;
 	int64		n;
+	uint8	   *tail;			/* NULL: the last tile is in the range, or complete */
+	int64		tail_lo;
+	int64		tail_n;
 	bool		missing;		/* a stored node the tree head needs is missing */
-} TailTree;
+} RangeTree;
 
+/* A stored node (levels from FINTX_AUDIT_STORED_LEVEL up); t->missing if there is none. */
 static void
-TailFetch(void *arg, int level, int64 idx, uint8 *out)
+StoredNode(RangeTree *t, int level, int64 idx, uint8 *out)
 {
-	TailTree   *t = (TailTree *) arg;
 	Oid			types[2] = {INT2OID, INT8OID};
 	Datum		args[2];
 
-	if (level < FINTX_AUDIT_STORED_LEVEL)
-	{
-		int64		first = idx << level;
-		int64		count = (int64) 1 << level;
-		uint8		h[MERKLE_HASH_LEN << (FINTX_AUDIT_STORED_LEVEL - 1)];
-
-		Assert(first >= t->lo && first + count <= t->lo + t->n);
-		memcpy(h, t->leaves + (first - t->lo) * MERKLE_HASH_LEN, MERKLE_HASH_LEN * count);
-		merkle_fold(h, count);
-		memcpy(out, h, MERKLE_HASH_LEN);
-		return;
-	}
 	args[0] = Int16GetDatum((int16) level);
 	args[1] = Int64GetDatum(idx);
 	/*
@@ -371,31 +367,78 @@ TailFetch(void *arg, int level, int64 idx, uint8 *out)
 	}
 }
 
+/* The recomputed hashes of leaves [first, first + count), or NULL if they were not all recomputed. */
+static const uint8 *
+Recomputed(const RangeTree *t, int64 first, int64 count)
+{
+	if (first >= t->lo && first + count <= t->lo + t->n)
+		return t->leaves + (first - t->lo) * MERKLE_HASH_LEN;
+	if (t->tail && first >= t->tail_lo && first + count <= t->tail_lo + t->tail_n)
+		return t->tail + (first - t->tail_lo) * MERKLE_HASH_LEN;
+	return NULL;
+}
+
+/*
+ * Node fetch callback for merkle.c over a RangeTree: a subtree that holds a
+ * recomputed leaf is rebuilt from its children down to the recomputed leaves,
+ * never read from the store, so that a tree head computed through it tests
+ * every recomputed leaf; subtrees apart from them are stored nodes.
+ */
+static void
+RangeFetch(void *arg, int level, int64 idx, uint8 *out)
+{
+	RangeTree  *t = (RangeTree *) arg;
+	int64		first = idx << level;
+	int64		count = (int64) 1 << level;
+	const uint8 *have = Recomputed(t, first, count);
+	uint8		left[MERKLE_HASH_LEN];
+	uint8		right[MERKLE_HASH_LEN];
+
+	check_stack_depth();
+	if (have != NULL && level <= FINTX_AUDIT_STORED_LEVEL)
+	{
+		uint8		h[MERKLE_HASH_LEN << FINTX_AUDIT_STORED_LEVEL];
+
+		memcpy(h, have, MERKLE_HASH_LEN * count);
+		merkle_fold(h, count);
+		memcpy(out, h, MERKLE_HASH_LEN);
+		return;
+	}
+	if (have == NULL && (first + count <= t->lo || first >= t->lo + t->n))
+	{
+		/* apart from the range: whole stored subtrees (the last tile, if apart, is recomputed) */
+		Assert(level >= FINTX_AUDIT_STORED_LEVEL);
+		StoredNode(t, level, idx, out);
+		return;
+	}
+	RangeFetch(arg, level - 1, 2 * idx, left);
+	RangeFetch(arg, level - 1, 2 * idx + 1, right);
+	merkle_node_hash(left, right, out);
+}
+
 /*
  * For a range verification (from_leaf > 0), which rebuilt the leaf hashes of
  * leaves lo .. lo + n - 1 (whole 16-leaf tiles, lo a multiple of 16): checks
- * each complete tile against its stored level-4 node, and a last, incomplete
- * tile (when the range reaches the end of the log) against the tree head of
- * the latest block, computed from the stored nodes and the rebuilt leaves. So
- * an entry rewritten together with its entry_hash is found by a range check
- * too, located to its tile.
+ * each complete tile against its stored level-4 node, which locates an entry
+ * rewritten together with its entry_hash to its tile. (VerifyHead then ties
+ * the range to the signed tree head.)
  */
 static void
-VerifyTiles(VerifyState *st, uint8 *leaves, int64 lo, int64 n, int64 size)
+VerifyTiles(VerifyState *st, RangeTree *t)
 {
 	int64		tile = (int64) 1 << FINTX_AUDIT_STORED_LEVEL;
 
-	for (int64 first = lo; first + tile <= lo + n; first += tile)
+	for (int64 first = t->lo; first + tile <= t->lo + t->n; first += tile)
 	{
-		TailTree	t = {leaves, lo, n, false};
 		uint8		h[MERKLE_HASH_LEN << FINTX_AUDIT_STORED_LEVEL];
 		uint8		stored[MERKLE_HASH_LEN];
 		int64		idx = first >> FINTX_AUDIT_STORED_LEVEL;
 
-		memcpy(h, leaves + (first - lo) * MERKLE_HASH_LEN, sizeof(h));
+		memcpy(h, t->leaves + (first - t->lo) * MERKLE_HASH_LEN, sizeof(h));
 		merkle_fold(h, tile);
-		TailFetch(&t, FINTX_AUDIT_STORED_LEVEL, idx, stored);
-		if (t.missing)
+		t->missing = false;
+		StoredNode(t, FINTX_AUDIT_STORED_LEVEL, idx, stored);
+		if (t->missing)
 			Bad(st, first, "the tree node at level %d, index %lld is missing", FINTX_AUDIT_STORED_LEVEL,
 				(long long) idx);
 		else if (memcmp(h, stored, MERKLE_HASH_LEN) != 0)
@@ -403,30 +446,50 @@ VerifyTiles(VerifyState *st, uint8 *leaves, int64 lo, int64 n, int64 size)
 				"the tree node at level %d, index %lld does not match its leaves", FINTX_AUDIT_STORED_LEVEL,
 				(long long) idx);
 	}
-	if (lo + n == size && size % tile != 0)
-	{
-		TailTree	t = {leaves, lo, n, false};
-		uint8		root[MERKLE_HASH_LEN];
-		uint8		stored[MERKLE_HASH_LEN];
-		Datum		arg = Int64GetDatum(size);
-		Oid			type = INT8OID;
-		int64		tail = size & ~(tile - 1);
+	t->missing = false;
+}
 
-		merkle_root(TailFetch, &t, size, root);
-		if (SPI_execute_with_args("SELECT block_id, root_hash FROM fintx.audit_blocks WHERE tree_size = $1"
-								  " ORDER BY block_id DESC LIMIT 1", 1, &type, &arg, NULL, false, 1) != SPI_OK_SELECT)
-			elog(ERROR, "reading audit blocks failed");	/* LCOV_EXCL_LINE */
-		if (SPI_processed == 1 && ColumnHash(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, stored) &&
-			!t.missing && memcmp(root, stored, MERKLE_HASH_LEN) != 0)
-		{
-			bool		isnull;
+/*
+ * For any verification that does not rebuild the whole log: computes the
+ * tree head of the latest block (size leaves) from the recomputed leaves and
+ * the stored subtrees apart from them, and compares it with the head the
+ * block records (and VerifyBlocks checks its signature). Without this a
+ * leaf rewritten together with its entry_hash and the stored nodes above it
+ * up to the first one outside the range would pass a range check.
+ */
+static void
+VerifyHead(VerifyState *st, RangeTree *t, int64 size)
+{
+	uint8		root[MERKLE_HASH_LEN];
+	uint8		stored[MERKLE_HASH_LEN];
+	Datum		arg = Int64GetDatum(size);
+	Oid			type = INT8OID;
+	bool		isnull;
+	int64		tile = (int64) 1 << FINTX_AUDIT_STORED_LEVEL;
+	int64		leaf;
 
-			Bad(st, st->first_bad >= 0 ? -1 : tail,
-				"block %lld records a tree head for size %lld that the entries do not produce",
-				(long long) DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)),
-				(long long) size);
-		}
-	}
+	t->missing = false;
+	merkle_root(RangeFetch, t, size, root);
+	if (SPI_execute_with_args("SELECT block_id, root_hash FROM fintx.audit_blocks WHERE tree_size = $1"
+							  " ORDER BY block_id DESC LIMIT 1", 1, &type, &arg, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "reading audit blocks failed");	/* LCOV_EXCL_LINE */
+	if (SPI_processed != 1 || !ColumnHash(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, stored))
+		return;					/* VerifyBlocks reports a missing or malformed block */
+	/*
+	 * Not tied to a leaf (the leaves may be right and a stored node apart from
+	 * them wrong), except for a range holding the last, incomplete tile: no
+	 * stored node covers its leaves, only the head; the range's complete tiles
+	 * matched their nodes (VerifyTiles), so that tile is named.
+	 */
+	leaf = t->lo + t->n == size && size % tile != 0 ? size & ~(tile - 1) : -1;
+	if (t->missing)
+		Bad(st, -1, "a tree node needed to check leaves %lld to %lld against the tree head of size %lld is missing",
+			(long long) t->lo, (long long) (t->lo + t->n - 1), (long long) size);
+	else if (memcmp(root, stored, MERKLE_HASH_LEN) != 0)
+		Bad(st, leaf,
+			"block %lld records a tree head for size %lld that leaves %lld to %lld and the stored tree apart from them do not produce",
+			(long long) DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)),
+			(long long) size, (long long) t->lo, (long long) (t->lo + t->n - 1));
 }
 
 /*
@@ -723,7 +786,8 @@ fintx_verify_audit(PG_FUNCTION_ARGS)
 				checked = 0,
 				blocks = 0,
 				other_key = 0,
-				unsigned_blocks = 0;
+				unsigned_blocks = 0,
+				nleaves = 0;
 	uint8	   *leaves = NULL;
 	char	   *seal_failure = NULL;
 	int			nestlevel;
@@ -747,24 +811,37 @@ fintx_verify_audit(PG_FUNCTION_ARGS)
 	nestlevel = fintx_jit_off();
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (size > 0 && from == 0)
+	if (size > 0)
 	{
-		leaves = palloc_extended(MERKLE_HASH_LEN * (to + 1), MCXT_ALLOC_HUGE);
-		checked = VerifyEntries(&st, from, to, leaves, from, to);
-		VerifyNodes(&st, leaves, to + 1, size);
-	}
-	else if (size > 0)
-	{
-		/* a range: widened to the 16-leaf tiles that hold it, checked against the tree */
-		int64		lo = from & ~(((int64) 1 << FINTX_AUDIT_STORED_LEVEL) - 1);
-		int64		hi = Min(to | (((int64) 1 << FINTX_AUDIT_STORED_LEVEL) - 1), size - 1);
-		uint8	   *tiles = palloc_extended(MERKLE_HASH_LEN * (hi - lo + 1), MCXT_ALLOC_HUGE);
+		/*
+		 * The range, widened to the 16-leaf tiles that hold it; when it does
+		 * not reach the end of the log, the last, incomplete tile too: a tree
+		 * head needs its leaf hashes, and they are checked on the way.
+		 */
+		int64		tile = (int64) 1 << FINTX_AUDIT_STORED_LEVEL;
+		int64		lo = from & ~(tile - 1);
+		int64		hi = Min(to | (tile - 1), size - 1);
+		RangeTree	t = {NULL, lo, hi - lo + 1, NULL, size & ~(tile - 1), size % tile, false};
 
-		checked = VerifyEntries(&st, lo, hi, tiles, from, to);
-		if (st.ok)
-			VerifyTiles(&st, tiles, lo, hi - lo + 1, size);
+		t.leaves = palloc_extended(MERKLE_HASH_LEN * t.n, MCXT_ALLOC_HUGE);
+		checked = VerifyEntries(&st, lo, hi, t.leaves, from, to);
+		if (hi < size - 1 && t.tail_n > 0)
+		{
+			t.tail = palloc(MERKLE_HASH_LEN * t.tail_n);
+			VerifyEntries(&st, t.tail_lo, size - 1, t.tail, 1, 0);
+		}
+		if (lo == 0)
+		{
+			leaves = t.leaves;
+			VerifyNodes(&st, leaves, t.n, size);
+		}
+		else if (st.ok)
+			VerifyTiles(&st, &t);
+		if ((lo > 0 || hi < size - 1) && st.ok)
+			VerifyHead(&st, &t, size);
+		nleaves = lo == 0 ? t.n : 0;
 	}
-	VerifyBlocks(&st, leaves, leaves ? to + 1 : 0, &blocks, &other_key, &unsigned_blocks);
+	VerifyBlocks(&st, leaves, nleaves, &blocks, &other_key, &unsigned_blocks);
 	SPI_finish();
 	AtEOXact_GUC(true, nestlevel);
 	if (seal_failure)

@@ -13,11 +13,13 @@
  *	 - the checkpoint "origin\nsize\nbase64(root)\n" and its signed-note
  *	   signature by that key;
  *	 - the export "leaf_index<TAB>hex(canonical bytes)" per line: indexes 0..n-1
- *	   in order, every entry well formed (docs/audit-format.md);
+ *	   in order, every entry well formed (docs/audit-format.md: text fields
+ *	   valid UTF-8, details exactly as jsonb prints them), no entry id twice;
  *	 - the RFC 6962 tree head of the first `size` leaves against the root;
  *	 - optionally an older checkpoint: its signature, the export's tree head at
  *	   its size, and an RFC 9162 consistency proof from it to the checkpoint.
  *
+ * --print escapes everything it prints from the export (fput_escaped).
  * Exit status: 0 verified, 1 verification failed, 2 usage error.
  * The format is specified in docs/audit-format.md; docs/audit.md has an
  * auditor's walkthrough.

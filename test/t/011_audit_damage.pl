@@ -132,7 +132,8 @@ is($node->safe_psql('prefix', q{SELECT string_agg(t || ':' || (SELECT ok FROM fi
 tamper('prefix', q{UPDATE fintx.audit_nodes SET hash = sha256('x') WHERE level = 4 AND idx = 1});
 is($node->safe_psql('prefix', q{SELECT string_agg(t || ':' || (SELECT ok || '/' || coalesce(first_bad_leaf::text, '') FROM fintx.verify_audit(0, t)), ',' ORDER BY t)
                                   FROM unnest(ARRAY[15, 30, 31, 41]) t}),
-	'15:true/,30:true/,31:false/16,41:false/16', 'a changed subtree counts for the prefixes that contain it');
+	'15:false/,30:false/16,31:false/16,41:false/16',
+	'a changed subtree is found by every prefix: named by those that hold its tile, through the signed head by a shorter one');
 
 # a read-only transaction cannot seal (no worker seals this database): verify_audit()
 # checks the log sealed so far instead of failing with 25006
@@ -202,9 +203,32 @@ for my $leaf (20, 36)
 		 WHERE entry_id = (SELECT entry_id FROM fintx.audit_leaves WHERE leaf_index = $leaf);});
 	like($node->safe_psql("range$leaf", "SELECT ok || '|' || coalesce(first_bad_leaf::text, '') || '|' || detail FROM fintx.verify_audit($leaf, $leaf)"),
 		$leaf == 20 ? qr/^false\|16\|the tree node at level 4, index 1 does not match its leaves/
-		            : qr/^false\|32\|block 3 records a tree head for size 42 that the entries do not produce/,
+		            : qr/^false\|32\|block 3 records a tree head for size 42 that leaves 32 to 41 and the stored tree apart from them do not produce/,
 		"leaf $leaf rewritten with its entry hash: verify_audit($leaf, $leaf) names its tile");
 }
+
+# ... and with the stored node above the leaf rewritten to match too, a range is still checked
+# against the signed tree head, through the subtrees that hold it: every range holding the
+# leaf fails, and an intact log passes every range (a range check used to stop at the stored
+# node of the leaf's tile, and a prefix at the subtrees inside it)
+fresh('rangeok');
+is($node->safe_psql('rangeok', q{SELECT string_agg(f || '-' || t || ':' || v.ok, ',' ORDER BY f, t)
+                                   FROM (VALUES (1, 1), (17, 20), (0, 20), (5, 41), (33, 33), (16, 31), (0, 15)) r(f, t),
+                                        LATERAL fintx.verify_audit(f, t) v}),
+	'0-15:true,0-20:true,1-1:true,5-41:true,16-31:true,17-20:true,33-33:true', 'an intact log passes every range');
+fresh('rangenode');
+tamper('rangenode', q{
+	UPDATE fintx.audit_entries SET details = jsonb_set(details, '{new,id}', '999')
+	 WHERE entry_id = (SELECT entry_id FROM fintx.audit_leaves WHERE leaf_index = 20);
+	UPDATE fintx.audit_entries SET entry_hash = fintx.merkle_leaf_hash(fintx.leaf_data(20))
+	 WHERE entry_id = (SELECT entry_id FROM fintx.audit_leaves WHERE leaf_index = 20);
+	UPDATE fintx.audit_nodes SET hash = fintx.merkle_tree_head(ARRAY(SELECT fintx.leaf_data(g) FROM generate_series(16, 31) g))
+	 WHERE level = 4 AND idx = 1;});
+is($node->safe_psql('rangenode', q{SELECT string_agg(f || '-' || t || ':' || v.ok, ',' ORDER BY f, t)
+                                     FROM (VALUES (20, 20), (16, 40), (1, 41), (0, 20), (0, 41), (18, 25)) r(f, t),
+                                          LATERAL fintx.verify_audit(f, t) v}),
+	'0-20:false,0-41:false,1-41:false,16-40:false,18-25:false,20-20:false',
+	'leaf 20 and the stored node of its tile rewritten: every range holding the leaf fails');
 
 # the next sealing pass reads leaves 32..41 back to extend their partial tile: with leaf 36
 # rewritten together with its hash it must refuse to sign over them, not seal a new block

@@ -112,6 +112,7 @@ typedef struct BlockInfo
 	int64		tree_size;
 	uint8		root[MERKLE_HASH_LEN];
 	uint8		block_hash[MERKLE_HASH_LEN];
+	uint8		prev_hash[MERKLE_HASH_LEN];
 	TimestampTz sealed_at;
 	Datum		snapshot;
 	bool		exists;
@@ -159,7 +160,7 @@ GetHash(HeapTuple tup, TupleDesc desc, int col, uint8 *out, HashOwner owner, int
 
 #define BLOCK_COLUMNS \
 	"SELECT block_id, tree_size, root_hash, block_hash, sealed_at, snapshot, origin," \
-	"       key_name, signature, xmin FROM fintx.audit_blocks "
+	"       key_name, signature, xmin, prev_block_hash FROM fintx.audit_blocks "
 
 /*
  * Reads the block the kept plan finds (exists = false if none; SPI connected).
@@ -195,6 +196,7 @@ ReadBlockWith(BlockInfo *b, SPIPlanPtr plan, Datum *args)
 	d = SPI_getbinval(tup, desc, 9, &isnull);
 	b->signature = isnull ? NULL : (bytea *) DatumGetPointer(SPI_datumTransfer(d, false, -1));
 	b->own = TransactionIdIsCurrentTransactionId(DatumGetTransactionId(SPI_getbinval(tup, desc, 10, &isnull)));
+	GetHash(tup, desc, 11, b->prev_hash, HASH_OF_BLOCK, b->block_id, 0);
 }
 
 /*
@@ -208,6 +210,18 @@ ReadBlock(BlockInfo *b)
 	ReadBlockWith(b, last_block_plan, NULL);
 }
 
+/* Reads the latest block before block id (exists = false if there is none; SPI connected). */
+static void
+ReadBlockBefore(BlockInfo *b, int64 id)
+{
+	Oid			type = INT8OID;
+	Datum		arg = Int64GetDatum(id);
+
+	fintx_keep_plan(&block_before_plan, BLOCK_COLUMNS "WHERE block_id < $1 ORDER BY block_id DESC LIMIT 1",
+					1, &type);
+	ReadBlockWith(b, block_before_plan, &arg);
+}
+
 /*
  * Reads the latest block that a transaction other than this one wrote, the
  * latest committed one in READ COMMITTED (SPI connected; b holds the latest
@@ -217,16 +231,8 @@ ReadBlock(BlockInfo *b)
 static void
 ReadCommittedBlock(BlockInfo *b)
 {
-	Oid			type = INT8OID;
-
-	fintx_keep_plan(&block_before_plan, BLOCK_COLUMNS "WHERE block_id < $1 ORDER BY block_id DESC LIMIT 1",
-					1, &type);
 	while (b->exists && b->own)
-	{
-		Datum		arg = Int64GetDatum(b->block_id);
-
-		ReadBlockWith(b, block_before_plan, &arg);
-	}
+		ReadBlockBefore(b, b->block_id);
 }
 
 /* Copies the leaf hashes of leaves [lo, hi) into out (SPI connected); XX001 if one is missing. */
@@ -650,22 +656,29 @@ SealLog(void)
 		fintx_direct_insert_rows("audit_nodes", node_columns, 3, (int) nn, nodes, palloc0(sizeof(bool) * 3 * nn));
 
 	/*
-	 * The older leaves of the partial tile were read back from audit_entries
-	 * above, not from a stored node: they must still produce the previous
-	 * block's tree head, or this block would sign over entries rewritten
-	 * together with their hashes since.
+	 * The log so far must still produce the previous block's tree head, or
+	 * this block would extend (and sign over) something else: the older
+	 * leaves of the partial tile were read back from audit_entries above, not
+	 * from a stored node, and may have been rewritten together with their
+	 * hashes; the previous block may have been added or changed by hand.
 	 */
-	if (n0 > tile0)
+	if (prev.exists)
 	{
 		uint8		old_root[MERKLE_HASH_LEN];
 
 		merkle_root(FetchSealed, &lv, n0, old_root);
-		if (memcmp(old_root, prev.root, MERKLE_HASH_LEN) != 0)
+		if (memcmp(old_root, prev.root, MERKLE_HASH_LEN) != 0 && n0 > tile0)
 			ereport(ERROR,
 					(errcode(ERRCODE_DATA_CORRUPTED),
 					 errmsg("audit leaves %lld to %lld no longer produce the tree head of block %lld",
 							(long long) tile0, (long long) (n0 - 1), (long long) prev.block_id),
-					 errdetail("An audit entry was changed after it was sealed; nothing was sealed."),
+					 errdetail("An audit entry or block was changed after it was sealed; nothing was sealed."),
+					 errhint("Run fintx.verify_audit() to locate the damage.")));
+		else if (memcmp(old_root, prev.root, MERKLE_HASH_LEN) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg("the audit log does not produce the tree head of block %lld", (long long) prev.block_id),
+					 errdetail("The block or the stored tree was changed after it was sealed; nothing was sealed."),
 					 errhint("Run fintx.verify_audit() to locate the damage.")));
 	}
 
@@ -979,6 +992,47 @@ fintx_key_label(const char *name, EVP_PKEY *key)
 	return psprintf("%s+%02x%02x%02x%02x", name, id[0], id[1], id[2], id[3]);
 }
 
+/*
+ * Refuses (XX001) to sign a block the log does not back: one that does not
+ * chain to the block before it, does not match its own block hash, or whose
+ * tree head the stored tree and leaves do not produce (SPI connected). The
+ * key signs whatever head it is given; a block row added or changed by hand
+ * must not become a signed checkpoint, which would fork the log for every
+ * auditor holding an earlier one.
+ */
+static void
+CheckSignable(BlockInfo *b)
+{
+	BlockInfo	prev;
+	uint8		expect[MERKLE_HASH_LEN];
+	const char *what = NULL;
+
+	ReadBlockBefore(&prev, b->block_id);
+	if (!prev.exists)
+		memset(prev.block_hash, 0, MERKLE_HASH_LEN);
+	if (b->block_id != prev.block_id + 1 || b->tree_size <= prev.tree_size ||
+		memcmp(b->prev_hash, prev.block_hash, MERKLE_HASH_LEN) != 0)
+		what = "it does not extend the block before it";
+	else
+	{
+		fintx_block_hash(b->block_id, b->tree_size, b->root, b->prev_hash, b->sealed_at, expect);
+		if (memcmp(expect, b->block_hash, MERKLE_HASH_LEN) != 0)
+			what = "it does not match its block hash";
+		else
+		{
+			merkle_root(FetchNode, NULL, b->tree_size, expect);
+			if (memcmp(expect, b->root, MERKLE_HASH_LEN) != 0)
+				what = "the audit log does not produce its tree head";
+		}
+	}
+	if (what)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("audit block %lld cannot be signed: %s", (long long) b->block_id, what),
+				 errdetail("The block or the log under it was changed after it was sealed."),
+				 errhint("Run fintx.verify_audit() to locate the damage.")));
+}
+
 /* Emits 55000 unless a signing key is configured; returns it. */
 static EVP_PKEY *
 RequireKey(void)
@@ -1044,6 +1098,8 @@ fintx_checkpoint(PG_FUNCTION_ARGS)
 						(long long) b.tree_size, (long long) (sealed - b.tree_size)),
 				 errhint("Without a worker sealing this database, call fintx.seal() in a transaction of its own first.")));
 	}
+	if (b.exists)
+		CheckSignable(&b);
 	name = CurrentName(&b);
 	if (!b.exists)
 		merkle_empty_root(b.root);

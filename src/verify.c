@@ -636,6 +636,7 @@ VerifyBlocks(VerifyState *st, uint8 *leaves, int64 nleaves, int64 *blocks_checke
 	uint8		prev_hash[MERKLE_HASH_LEN];
 	int64		prev_id = 0,
 				prev_size = 0;
+	TimestampTz prev_sealed = DT_NOBEGIN;
 	EVP_PKEY   *key = fintx_signing_key(fintx_signing_key_file);
 	uint8		pub[32];
 	bool		seen_signed = false;
@@ -679,6 +680,10 @@ VerifyBlocks(VerifyState *st, uint8 *leaves, int64 nleaves, int64 *blocks_checke
 			}
 			if (memcmp(prev, prev_hash, MERKLE_HASH_LEN) != 0)
 				Bad(st, prev_size, "block %lld does not chain to block %lld", (long long) id, (long long) prev_id);
+			/* the signatures do not cover the times: at least they must not run backwards */
+			if (sealed < prev_sealed)
+				Bad(st, prev_size, "block %lld was sealed at %s, before block %lld (%s)", (long long) id,
+					timestamptz_to_str(sealed), (long long) prev_id, timestamptz_to_str(prev_sealed));
 			fintx_block_hash(id, size, root, prev, sealed, expect);
 			if (memcmp(expect, bh, MERKLE_HASH_LEN) != 0)
 				Bad(st, prev_size, "block %lld does not match its block hash", (long long) id);
@@ -734,6 +739,7 @@ VerifyBlocks(VerifyState *st, uint8 *leaves, int64 nleaves, int64 *blocks_checke
 			memcpy(prev_hash, bh, MERKLE_HASH_LEN);
 			prev_id = id;
 			prev_size = size;
+			prev_sealed = sealed;
 		}
 		SPI_freetuptable(SPI_tuptable);
 	}

@@ -1458,10 +1458,10 @@ decode_entry(const uint8_t *b, size_t len, Entry *e, char *err, size_t errlen)
 		}
 		else
 		{
-			spans[f]->p = b + pos;
-			spans[f]->len = flen;
 			long		bad;
 
+			spans[f]->p = b + pos;
+			spans[f]->len = flen;
 			if (memchr(b + pos, '\0', flen) != NULL)
 			{
 				snprintf(err, errlen, "field '%c' (%s) holds a NUL byte", order[f], names[f]);

@@ -230,6 +230,72 @@ is($node->safe_psql('rangenode', q{SELECT string_agg(f || '-' || t || ':' || v.o
 	'0-20:false,0-41:false,1-41:false,16-40:false,18-25:false,20-20:false',
 	'leaf 20 and the stored node of its tile rewritten: every range holding the leaf fails');
 
+# checkpoint() signs only a head the log backs. No trigger stops a superuser's INSERT into
+# audit_blocks: a block added for the current size with another root, chained and hashed
+# correctly, was signed by the next checkpoint() - a fork for every auditor holding one.
+fresh('forged');
+my $forge = q{
+	INSERT INTO fintx.audit_blocks (block_id, tree_size, root_hash, prev_block_hash, block_hash, snapshot, sealed_at, origin)
+	SELECT b.block_id + %d, b.tree_size, sha256('forged'), %s,
+	       sha256('fintx.block.v1'::bytea || int8send(b.block_id + %d) || int8send(b.tree_size) || sha256('forged')
+	              || %s || int8send((extract(epoch FROM b.sealed_at) * 1000000)::bigint)),
+	       b.snapshot, b.sealed_at, b.origin
+	  FROM fintx.audit_blocks b WHERE b.block_id = 3};
+$node->safe_psql('forged', sprintf($forge, 1, 'b.block_hash', 1, 'b.block_hash'));
+like(psql_err('forged', 'SELECT fintx.checkpoint()'),
+	qr/ERROR:  XX001: audit block 4 cannot be signed: it does not extend the block before it/,
+	'checkpoint() refuses to sign a block added for the same size');
+$node->safe_psql('forged', 'INSERT INTO t VALUES (1)');
+like(psql_err('forged', 'SELECT fintx.seal()'), qr/ERROR:  XX001: .*no longer produce the tree head of block 4/,
+	'and sealing refuses to extend it');
+# the latest block rewritten in place: chained and hashed right, another root
+fresh('forged2');
+tamper('forged2', q{UPDATE fintx.audit_blocks
+	SET root_hash = sha256('forged'),
+	    block_hash = sha256('fintx.block.v1'::bytea || int8send(block_id) || int8send(tree_size) || sha256('forged')
+	                        || prev_block_hash || int8send((extract(epoch FROM sealed_at) * 1000000)::bigint))
+	WHERE block_id = 3});
+like(psql_err('forged2', 'SELECT fintx.checkpoint()'),
+	qr/ERROR:  XX001: audit block 3 cannot be signed: the audit log does not produce its tree head/,
+	'checkpoint() refuses to sign a block whose tree head the log does not produce');
+like(verdict('forged2'), qr/^false\|28\|block 3 records a tree head for size 42 that the entries do not produce/,
+	'verify_audit() names the same block');
+
+# the same for a block that ends a tile (no partial tile to read back): sealing checks the
+# previous head through the stored tree
+$node->safe_psql('postgres', 'CREATE DATABASE aligned');
+$node->safe_psql('aligned', 'CREATE EXTENSION fintx; CREATE TABLE t (id int); SELECT fintx.audit_table(\'t\'); SELECT fintx.seal()');
+$node->safe_psql('aligned', q{INSERT INTO t SELECT g FROM generate_series(1, 32 - fintx.tree_size()) g; SELECT fintx.seal()});
+is($node->safe_psql('aligned', 'SELECT tree_size FROM fintx.audit_blocks ORDER BY block_id DESC LIMIT 1'), '32', 'aligned: 32 leaves');
+$node->safe_psql('aligned', q{
+	INSERT INTO fintx.audit_blocks (block_id, tree_size, root_hash, prev_block_hash, block_hash, snapshot, sealed_at, origin)
+	SELECT b.block_id + 1, b.tree_size, sha256('forged'), b.block_hash,
+	       sha256('fintx.block.v1'::bytea || int8send(b.block_id + 1) || int8send(b.tree_size) || sha256('forged')
+	              || b.block_hash || int8send((extract(epoch FROM b.sealed_at) * 1000000)::bigint)),
+	       b.snapshot, b.sealed_at, b.origin
+	  FROM fintx.audit_blocks b ORDER BY b.block_id DESC LIMIT 1});
+$node->safe_psql('aligned', 'INSERT INTO t VALUES (1)');
+like(psql_err('aligned', 'SELECT fintx.seal()'), qr/ERROR:  XX001: the audit log does not produce the tree head of block \d+/,
+	'sealing refuses to extend a forged block that ends a tile');
+
+# block times are in the block hashes, but the chain is not keyed and the signatures do not
+# cover them: rewritten with the chain recomputed, only their order can be checked
+fresh('times');
+tamper('times', q{
+	UPDATE fintx.audit_blocks SET sealed_at = '2025-01-01 00:00:00+00' WHERE block_id = 2;
+	DO $$
+	DECLARE r record; prev bytea := decode(repeat('00', 32), 'hex'); h bytea;
+	BEGIN
+	  FOR r IN SELECT * FROM fintx.audit_blocks ORDER BY block_id LOOP
+	    h := sha256('fintx.block.v1'::bytea || int8send(r.block_id) || int8send(r.tree_size) || r.root_hash || prev
+	                || int8send((extract(epoch FROM r.sealed_at) * 1000000)::bigint));
+	    UPDATE fintx.audit_blocks SET prev_block_hash = prev, block_hash = h WHERE block_id = r.block_id;
+	    prev := h;
+	  END LOOP;
+	END $$;});
+like(verdict('times'), qr/^false\|14\|block 2 was sealed at 2025-01-01 .*, before block 1 /,
+	'a block time moved before the previous block is named');
+
 # the next sealing pass reads leaves 32..41 back to extend their partial tile: with leaf 36
 # rewritten together with its hash it must refuse to sign over them, not seal a new block
 $node->safe_psql('range36', 'INSERT INTO t VALUES (1)');

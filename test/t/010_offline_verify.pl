@@ -419,5 +419,18 @@ $node->safe_psql('empty_log', 'CREATE EXTENSION fintx');
 	is((split /\t/, $rows[-1])[0], $size1 - 1, 'the last printed leaf is the last covered one');
 }
 
+# --print shows what an export holds without letting it drive the auditor's terminal: a C1
+# control (U+009B, CSI) in audited text, which jsonb prints raw, comes out escaped
+{
+	$node->safe_psql('postgres', q{INSERT INTO public.t VALUES (9001, E'\u009b31m red', '{}')});
+	my ($cpc, $expc) = ("$dir/cp-c1.txt", "$dir/export-c1.tsv");
+	psql_to_file('SELECT fintx.checkpoint()', $cpc);
+	psql_to_file('SELECT * FROM fintx.audit_export()', $expc);
+	my $out = verifier_is('--print, C1 control in an entry', 0, qr/^OK: /m, '--print', '--export', $expc,
+		'--checkpoint', $cpc, '--key', $keyf);
+	like($out, qr/\Q\xc2\x9b\E31m red/, 'the control is printed as \xNN escapes');
+	unlike($out, qr/\x{c2}\x{9b}/, 'and never raw');
+}
+
 $node->stop;
 done_testing();

@@ -4,6 +4,21 @@
  */
 \echo Use "CREATE EXTENSION fintx" to load this file. \quit
 
+-- The audit log hashes text as the database stores it, and auditors verify it offline as
+-- UTF-8 (docs/audit-format.md): in another encoding a non-ASCII account code or metadata
+-- value would make an honest log fail offline verification. Refuse up front.
+DO $encoding$
+BEGIN
+    IF pg_catalog.getdatabaseencoding() OPERATOR(pg_catalog.<>) 'UTF8' THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'feature_not_supported',
+            MESSAGE = pg_catalog.format('fintx needs a UTF8 database, not %s', pg_catalog.getdatabaseencoding()),
+            DETAIL = 'Audit entries carry text as the database stores it, and offline verification reads it as UTF-8.',
+            HINT = 'Create the database with ENCODING ''UTF8'' (and TEMPLATE template0).';
+    END IF;
+END
+$encoding$;
+
 -- Cluster-wide roles, created once and kept across DROP EXTENSION.
 DO $roles$
 BEGIN

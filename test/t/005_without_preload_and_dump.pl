@@ -12,6 +12,15 @@ $node->init;
 $node->start;
 $node->safe_psql('postgres', 'CREATE EXTENSION fintx');
 
+# the audit log is verified offline as UTF-8: other database encodings are refused up front
+$node->safe_psql('postgres', q{CREATE DATABASE latin1 ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0});
+my (undef, undef, $enc_err) = $node->psql('latin1', 'CREATE EXTENSION fintx');
+like($enc_err, qr/ERROR:  fintx needs a UTF8 database, not LATIN1/, 'CREATE EXTENSION refuses a LATIN1 database');
+$node->safe_psql('postgres', q{CREATE DATABASE sqlascii ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0});
+(undef, undef, $enc_err) = $node->psql('sqlascii', 'CREATE EXTENSION fintx');
+like($enc_err, qr/ERROR:  fintx needs a UTF8 database, not SQL_ASCII/, 'and a SQL_ASCII one');
+is($node->safe_psql('sqlascii', q{SELECT count(*) FROM pg_namespace WHERE nspname = 'fintx'}), '0', 'leaving nothing behind');
+
 is($node->safe_psql('postgres', "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'fintx worker'"),
 	'0', 'no background worker without preload');
 

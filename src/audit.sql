@@ -92,6 +92,16 @@ BEGIN
 END
 $immutable$;
 
+-- A block (or outbox batch) whose snapshot reaches transaction ids this cluster has not
+-- assigned was sealed elsewhere (a dump restored into a cluster whose ids are behind): the
+-- next pass would skip this cluster's transactions below it for good. Refused on insert,
+-- so such a restore fails loudly (docs/operations.md, "Backup and restore").
+CREATE FUNCTION fintx.refuse_foreign_snapshot() RETURNS trigger
+AS 'MODULE_PATHNAME', 'fintx_refuse_foreign_snapshot'
+LANGUAGE C;
+CREATE TRIGGER refuse_foreign_snapshot BEFORE INSERT ON fintx.audit_blocks
+    FOR EACH ROW EXECUTE FUNCTION fintx.refuse_foreign_snapshot();
+
 CREATE FUNCTION fintx.seal() RETURNS bigint
 AS 'MODULE_PATHNAME', 'fintx_seal'
 LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;

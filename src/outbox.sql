@@ -82,6 +82,8 @@ CREATE TABLE fintx.outbox_batches (
     sealed_at      timestamptz NOT NULL
 );
 CREATE INDEX outbox_batches_last_position ON fintx.outbox_batches (last_position);
+CREATE TRIGGER refuse_foreign_snapshot BEFORE INSERT ON fintx.outbox_batches
+    FOR EACH ROW EXECUTE FUNCTION fintx.refuse_foreign_snapshot();
 COMMENT ON TABLE fintx.outbox_batches IS 'one row per sealing pass that sequenced outbox events; old rows are pruned by outbox_rotate()';
 
 CREATE TABLE fintx.outbox_consumers (

@@ -18,6 +18,10 @@
 #include "merkle.h"
 
 #include "access/xact.h"
+#include "utils/fmgrprotos.h"
+#include "access/htup_details.h"
+#include "commands/trigger.h"
+#include "access/transam.h"
 #include "access/xlog.h"
 #include "catalog/pg_type.h"
 #include "funcapi.h"
@@ -45,6 +49,7 @@ PG_FUNCTION_INFO_V1(fintx_merkle_leaf_hash);
 PG_FUNCTION_INFO_V1(fintx_merkle_tree_head);
 PG_FUNCTION_INFO_V1(fintx_merkle_inclusion_proof_data);
 PG_FUNCTION_INFO_V1(fintx_merkle_consistency_proof_data);
+PG_FUNCTION_INFO_V1(fintx_refuse_foreign_snapshot);
 
 int			fintx_seal_interval_ms = 100;
 char	   *fintx_signing_key_file = NULL;
@@ -386,6 +391,59 @@ fintx_block_hash(int64 id, int64 size, const uint8 *root, const uint8 *prev, Tim
 }
 
 /*
+ * Raises 55000 if snap (a pg_snapshot a block or outbox batch stores) reaches
+ * transaction ids this cluster has not assigned yet: the row was sealed in
+ * another cluster, whose ids ran ahead (a dump restored here). The next pass
+ * would take it as its previous snapshot and skip, for good, every entry of
+ * this cluster's transactions below its xmin.
+ */
+void
+fintx_require_local_snapshot(Datum snap, const char *what)
+{
+	FullTransactionId xmax = DatumGetFullTransactionId(DirectFunctionCall1(pg_snapshot_xmax, snap));
+	FullTransactionId next = ReadNextFullTransactionId();
+
+	if (FullTransactionIdFollows(xmax, next))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("%s was sealed in a cluster whose transaction ids are ahead of this one's", what),
+				 errdetail("Its snapshot reaches transaction id %llu; this cluster's next one is %llu. "
+						   "Entries and events of this cluster's transactions below it would never be sealed.",
+						   (unsigned long long) U64FromFullTransactionId(xmax),
+						   (unsigned long long) U64FromFullTransactionId(next)),
+				 errhint("Restore into a cluster whose transaction ids are past %llu: advance them first "
+						 "(docs/operations.md, \"Backup and restore\").",
+						 (unsigned long long) U64FromFullTransactionId(xmax))));
+}
+
+/*
+ * Trigger on fintx.audit_blocks and fintx.outbox_batches (BEFORE INSERT, each
+ * row): a restored row whose snapshot is ahead of this cluster is refused,
+ * so that a restore fails loudly instead of sealing nothing ever again.
+ */
+Datum
+fintx_refuse_foreign_snapshot(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	Relation	rel;
+	int			col;
+	bool		isnull;
+	Datum		snap;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BY_INSERT(trigdata->tg_event) ||
+		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
+		elog(ERROR, "fintx_refuse_foreign_snapshot: not called as a row insert trigger");
+	rel = trigdata->tg_relation;
+	col = SPI_fnumber(RelationGetDescr(rel), "snapshot");
+	if (col <= 0)
+		elog(ERROR, "table \"%s\" has no column \"snapshot\"", RelationGetRelationName(rel));
+	snap = heap_getattr(trigdata->tg_trigtuple, col, RelationGetDescr(rel), &isnull);
+	if (!isnull)
+		fintx_require_local_snapshot(snap, psprintf("a row of fintx.%s", RelationGetRelationName(rel)));
+	return PointerGetDatum(trigdata->tg_trigtuple);
+}
+
+/*
  * Seals every committed entry not yet in the log: assigns leaf indexes,
  * stores the new complete subtrees and appends a signed, chained block.
  * Sequences the committed outbox events in the same pass (outbox.c).
@@ -495,6 +553,8 @@ SealLog(void)
 	if (!TakeSealLock())
 		return SizeSealed();	/* the worker, while another transaction holds the lock */
 	ReadBlock(&prev);			/* under the lock: the latest block is ours to extend */
+	if (prev.exists)
+		fintx_require_local_snapshot(prev.snapshot, psprintf("audit block %lld", (long long) prev.block_id));
 	n0 = prev.tree_size;
 
 	/*

@@ -6,6 +6,7 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use IPC::Run;
 
 my $node = PostgreSQL::Test::Cluster->new('nopreload');
 $node->init;
@@ -125,5 +126,51 @@ is($node->safe_psql('restored',
 	'posted', 'an open hold survives and can be posted');
 is($node->safe_psql('restored', 'SELECT count(*) FROM fintx.reconcile()'), '0', 'restored ledger reconciles');
 
+
+# a restore into another cluster: the blocks and outbox batches carry MVCC snapshots of the
+# source, whose transaction ids may be ahead of the target's. Sealed there, the target's
+# passes would skip every entry of its own transactions below them, for good: the restore
+# is refused until the target's ids are past the source's, and then new entries are sealed.
+$node->safe_psql('postgres', q{
+	DO $$ BEGIN FOR i IN 1 .. 3000 LOOP PERFORM pg_catalog.pg_current_xact_id(); COMMIT; END LOOP; END $$;
+	SELECT fintx.transfer('ahead-1', 'np:bank', 'np:b', 1);
+	SELECT fintx.emit('order', 'ahead-o1', 'order.created', '{}');
+	SELECT fintx.seal();
+});
+my $source_next = $node->safe_psql('postgres', 'SELECT pg_current_xact_id()');
+my $dump2 = $node->basedir . '/fintx-ahead.dump';
+$node->command_ok([ 'pg_dump', '-Fc', '-d', $node->connstr('postgres'), '-f', $dump2 ], 'pg_dump of a log sealed at high transaction ids');
+my $behind = PostgreSQL::Test::Cluster->new('behind');
+$behind->init;
+$behind->start;
+$behind->safe_psql('postgres', 'CREATE DATABASE ledger');
+my ($rrc, $rout, $rerr) = ('', '', '');
+IPC::Run::run([ 'pg_restore', '--no-owner', '-d', $behind->connstr('ledger'), $dump2 ], '>', \$rout, '2>', \$rerr);
+like($rerr, qr/a row of fintx\.audit_blocks was sealed in a cluster whose transaction ids are ahead of this one's/,
+	'restoring into a cluster whose transaction ids are behind is refused');
+like($rerr, qr/a row of fintx\.outbox_batches was sealed in a cluster whose transaction ids are ahead/,
+	'for the outbox batches too');
+# restored with the triggers disabled (a data-only restore), the first sealing pass refuses instead
+$behind->safe_psql('postgres', 'CREATE DATABASE ledger2');
+$behind->safe_psql('ledger2', 'CREATE EXTENSION fintx');
+IPC::Run::run([ 'pg_restore', '--data-only', '--disable-triggers', '-d', $behind->connstr('ledger2'), $dump2 ],
+	'>', \$rout, '2>', \$rerr);
+$behind->safe_psql('ledger2', q{SELECT fintx.transfer('after-move', 'np:bank', 'np:b', 1)});
+(undef, undef, $rerr) = $behind->psql('ledger2', 'SELECT fintx.seal()');
+like($rerr, qr/ERROR:  audit block \d+ was sealed in a cluster whose transaction ids are ahead of this one's/,
+	'restored with triggers disabled, sealing refuses (the entries wait, none is skipped)');
+$behind->safe_psql('postgres', qq{
+	DO \$\$ BEGIN WHILE pg_catalog.pg_current_xact_id()::text::bigint < $source_next LOOP COMMIT; END LOOP; END \$\$;
+	DROP DATABASE ledger; CREATE DATABASE ledger});
+$behind->command_ok([ 'pg_restore', '--no-owner', '-d', $behind->connstr('ledger'), $dump2 ], 'with its ids past the source, the restore succeeds');
+is($behind->safe_psql('ledger', q{
+	SELECT fintx.transfer('after-move', 'np:bank', 'np:b', 1) IS NOT NULL;
+	SELECT fintx.emit('order', 'after-move-o', 'order.created', '{}') IS NOT NULL;
+	SELECT fintx.seal() > 0;
+	SELECT count(*) FROM fintx.audit_log WHERE leaf_index IS NULL;
+	SELECT fintx.outbox_tail() = (SELECT count(*) FROM fintx.outbox);
+	SELECT ok FROM fintx.verify_audit()}), "t\nt\nt\n0\nt\nt",
+	'new entries and events are sealed after the move, and the log verifies');
+$behind->stop;
 $node->stop;
 done_testing();

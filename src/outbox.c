@@ -533,6 +533,15 @@ fintx_outbox_sequence(Datum snap, Datum own, bool own_null)
 			elog(ERROR, "writing outbox batch failed");	/* LCOV_EXCL_LINE */
 	}
 	Async_Notify("fintx_outbox", psprintf("%lld", (long long) (tail + count)));
+
+	/*
+	 * Durable before visible: once committed, the positions are read by
+	 * poll() and relays. With synchronous_commit = off a crash could take them
+	 * back (and the events' own commits, which precede this one in the WAL),
+	 * and the same positions would go to other events: a consumer that stored
+	 * one would skip an event or hold one that never committed.
+	 */
+	ForceSyncCommit();
 	return count;
 }
 

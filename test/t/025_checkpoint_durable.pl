@@ -98,6 +98,43 @@ sub checkpoint_then_crash
 checkpoint_then_crash('postgres', 'd-1');
 # no worker: seal() in a transaction of its own, then checkpoint() signs that committed pass
 checkpoint_then_crash('lazy', 'd-2', 'SELECT fintx.seal()');
+
+# outbox positions, the same way: an event committed asynchronously, given a position by the
+# worker's pass and read by a consumer, must survive the crash at that position (a pass that
+# sequences events commits synchronously); otherwise the position goes to another event
+$node->safe_psql('postgres', q{SELECT fintx.create_consumer('durable-c'); SELECT fintx.outbox_tail()});
+$node->safe_psql('postgres', q{SELECT count(*) FROM fintx.poll('durable-c', 1000)});
+{
+	my $walwriter = $node->safe_psql('postgres',
+		q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'walwriter'});
+	ok($walwriter =~ /^\d+$/ && kill('STOP', $walwriter), 'outbox: the WAL writer is stopped');
+	$node->safe_psql('postgres', q{SELECT fintx.emit('order', 'durable-o1', 'order.created', '{}')});
+	my $pos = '';
+	my $t0 = time;
+	while (time - $t0 < 30 && $pos eq '')
+	{
+		$pos = $node->safe_psql('postgres',
+			q{SELECT position FROM fintx.poll('durable-c', 1000) WHERE aggregateid = 'durable-o1'});
+		usleep(50_000) if $pos eq '';
+	}
+	like($pos, qr/^\d+$/, 'outbox: the worker gave the event a position and a consumer read it');
+	kill 'KILL', $walwriter;
+	kill 'CONT', $walwriter;
+	my $now = '';
+	$t0 = time;
+	while (time - $t0 < 60)
+	{
+		$now = eval {
+			$node->safe_psql('postgres', q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'walwriter'})
+		} // '';
+		last if $now =~ /^\d+$/ && $now != $walwriter;
+		usleep(100_000);
+	}
+	ok($now =~ /^\d+$/ && $now != $walwriter, 'outbox: the server recovered with a new WAL writer');
+	is($node->safe_psql('postgres', q{SELECT count(*) FROM fintx.outbox WHERE aggregateid = 'durable-o1'})
+		. ' ' . ($node->safe_psql('postgres', 'SELECT fintx.outbox_tail()') >= $pos ? 'kept' : 'lost'),
+		'1 kept', 'outbox: after the crash the event and its position are still there');
+}
 like(slurp_file($node->logfile), qr/terminated by signal 9/, 'the server went through crash recovery');
 for my $db ('postgres', 'lazy')
 {

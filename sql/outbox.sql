@@ -109,4 +109,11 @@ SELECT fintx.create_consumer('g', 1, 0, types => '{}');
 SELECT count(*) AS stored_with_position FROM fintx.outbox WHERE position IS NOT NULL;
 -- rotation keeps everything not yet acknowledged and younger than the retention
 SELECT fintx.outbox_rotate() AS slots_removed;
+-- not under REPEATABLE READ or SERIALIZABLE: its snapshot would miss events committed meanwhile
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT fintx.outbox_rotate();
+ROLLBACK;
+BEGIN ISOLATION LEVEL SERIALIZABLE;
+SELECT fintx.outbox_rotate();
+ROLLBACK;
 SELECT fintx.drop_consumer(c) FROM unnest('{reg-orders,reg-g0,reg-g1,reg-none,reg-dl}'::text[]) c;

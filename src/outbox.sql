@@ -234,6 +234,16 @@ DECLARE
     removed   integer := 0;
     bad       boolean;
 BEGIN
+    -- the checks below must see every event committed before the slot lock: a snapshot taken
+    -- before it (REPEATABLE READ, SERIALIZABLE) would miss one, and TRUNCATE would remove it
+    IF pg_catalog.current_setting('transaction_isolation') OPERATOR(pg_catalog.<>) 'read committed' THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = pg_catalog.format('outbox_rotate() must run at isolation level READ COMMITTED, not %s',
+                                        pg_catalog.upper(pg_catalog.current_setting('transaction_isolation'))),
+            DETAIL = 'Its snapshot would miss events committed while it waits for a slot, and remove them.',
+            HINT = 'Call it in a transaction of its own, or after SET TRANSACTION ISOLATION LEVEL READ COMMITTED.';
+    END IF;
     retention := COALESCE(NULLIF(pg_catalog.current_setting('fintx.outbox_retention', true), ''), '1 day')::interval;
     SELECT ((s.last_value OPERATOR(pg_catalog./) 1048576) OPERATOR(pg_catalog.%) 3)::integer INTO cur_slot
       FROM fintx.outbox_event_no_seq s;

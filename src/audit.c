@@ -17,6 +17,8 @@
 #include "access/htup_details.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
+#include "storage/lmgr.h"
+#include "catalog/pg_inherits.h"
 #include "catalog/pg_type.h"
 #include "commands/sequence.h"
 #include "commands/trigger.h"
@@ -368,6 +370,13 @@ CheckTableOwner(Oid relid)
 		ereport(ERROR,
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
 				 errmsg("\"%s\" is not a table", get_rel_name(relid))));
+	/* a change through the parent of a child's row fires the child's triggers only */
+	if (has_subclass(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("\"%s\" has inheritance children", get_rel_name(relid)),
+				 errdetail("Changes made through it to its children's rows would fire only the children's triggers."),
+				 errhint("Call the function for each child table, and for the parent once it has none.")));
 }
 
 /*
@@ -386,6 +395,11 @@ AttachTriggers(FunctionCallInfo fcinfo, const char *name, const char *when, cons
 	if (PG_ARGISNULL(0))
 		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("tbl must not be null")));
 	relid = PG_GETARG_OID(0);
+	/*
+	 * The lock CREATE TRIGGER takes, first: the table cannot change owner or
+	 * be dropped between the check and the triggers.
+	 */
+	LockRelationOid(relid, ShareRowExclusiveLock);
 	CheckTableOwner(relid);
 	qname = quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)), get_rel_name(relid));
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -395,6 +409,27 @@ AttachTriggers(FunctionCallInfo fcinfo, const char *name, const char *when, cons
 		SPI_execute(psprintf("CREATE TRIGGER %s_truncate %s TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION %s",
 							 name, when, qname, function), false, 0) != SPI_OK_UTILITY)
 		elog(ERROR, "could not create triggers on %s", qname);
+
+	/*
+	 * CREATE TRIGGER found the table by name, as the extension's owner: a
+	 * schema renamed meanwhile could have pointed the name at a table the
+	 * caller does not own. Both triggers must be on the table checked.
+	 */
+	{
+		Oid			types[2] = {OIDOID, TEXTOID};
+		Datum		args[2] = {ObjectIdGetDatum(relid), CStringGetTextDatum(name)};
+		bool		isnull;
+
+		if (SPI_execute_with_args("SELECT pg_catalog.count(*) FROM pg_catalog.pg_trigger"
+								  " WHERE tgrelid = $1 AND tgname IN ($2, $2 || '_truncate')",
+								  2, types, args, NULL, false, 1) != SPI_OK_SELECT ||
+			DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) != 2)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("the name %s no longer names the table checked", qname),
+					 errdetail("It was renamed while its triggers were created; nothing was changed."),
+					 errhint("Call the function again.")));
+	}
 	SPI_finish();
 }
 

@@ -207,9 +207,13 @@ SELECT block_id, tree_size, root_hash, block_hash, prev_block_hash, sealed_at, o
 -- cast to json of a column's type; as the extension owner that cast would run as a superuser
 -- (the owner of an audited table could add such a column). The entry is written with the
 -- access methods (direct.c), which need no privilege of the caller.
+-- The settings that change how values print are pinned: a row image must not depend on the
+-- writer's session (extra_float_digits < 1 rounded 149.999 to 100, DateStyle made two
+-- different ranges one image).
 CREATE FUNCTION fintx.audit_row() RETURNS trigger
 AS 'MODULE_PATHNAME', 'fintx_audit_row'
-LANGUAGE C SET search_path = pg_catalog, pg_temp;
+LANGUAGE C SET search_path = pg_catalog, pg_temp SET extra_float_digits = 1 SET DateStyle = 'ISO, YMD'
+    SET IntervalStyle = 'postgres' SET TimeZone = 'UTC' SET bytea_output = 'hex';
 
 CREATE FUNCTION fintx.audit_table(tbl regclass) RETURNS void
 AS 'MODULE_PATHNAME', 'fintx_audit_table'

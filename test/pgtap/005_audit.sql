@@ -24,7 +24,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION fintx;
-SELECT plan(193);
+SELECT plan(198);
 
 -- RFC 6962 tree head over leaf hashes, with sha256() only (no fintx code): the reference.
 CREATE FUNCTION pg_temp.mth_h(h bytea[]) RETURNS bytea LANGUAGE plpgsql IMMUTABLE AS $$
@@ -515,6 +515,32 @@ SELECT throws_ok($$SELECT fintx.append_only('public.t005_parted')$$, '0A000', '"
                  'append_only on a partitioned table: 0A000');
 SELECT lives_ok($$SELECT fintx.append_only('public.t005_part1')$$, 'a partition itself can be made append-only');
 SELECT throws_ok($$TRUNCATE public.t005_part1$$, '42501', NULL, 'and its TRUNCATE is refused');
+-- inheritance parents: refused (a change made through the parent to a child's row fires the
+-- child's triggers only)
+CREATE TABLE public.t005_iparent (id int, v text);
+CREATE TABLE public.t005_ichild () INHERITS (public.t005_iparent);
+SELECT throws_ok($$SELECT fintx.audit_table('public.t005_iparent')$$, '0A000', '"t005_iparent" has inheritance children',
+                 'audit_table on an inheritance parent: 0A000');
+SELECT throws_ok($$SELECT fintx.append_only('public.t005_iparent')$$, '0A000', '"t005_iparent" has inheritance children',
+                 'append_only on an inheritance parent: 0A000');
+SELECT lives_ok($$SELECT fintx.audit_table('public.t005_ichild')$$, 'a child itself can be audited');
+-- a row image does not depend on the writer's session settings
+CREATE TABLE public.t005_settings (id int PRIMARY KEY, f float8, at timestamptz, b bytea, iv interval);
+SELECT fintx.audit_table('public.t005_settings');
+SET LOCAL extra_float_digits = -15;
+SET LOCAL DateStyle = 'SQL, DMY';
+SET LOCAL TimeZone = 'Asia/Kolkata';
+SET LOCAL bytea_output = 'escape';
+SET LOCAL IntervalStyle = 'sql_standard';
+INSERT INTO public.t005_settings VALUES (1, 123.456, '2024-02-01 10:00:00+00', '\x00ff', '1 day 2 hours');
+UPDATE public.t005_settings SET f = 149.999 WHERE id = 1;
+RESET extra_float_digits; RESET DateStyle; RESET TimeZone; RESET bytea_output; RESET IntervalStyle;
+SELECT is((SELECT details->'new' FROM fintx.audit_log WHERE object_id = 'public.t005_settings' AND action = 'row.inserted'),
+          '{"id": 1, "f": 123.456, "at": "2024-02-01T10:00:00+00:00", "b": "\\x00ff", "iv": "1 day 02:00:00"}'::jsonb,
+          'row images are written with fixed settings (float digits, ISO dates in UTC, hex bytea, postgres intervals)');
+SELECT is((SELECT details->'old'->>'f' || ' -> ' || (details->'new'->>'f') FROM fintx.audit_log
+            WHERE object_id = 'public.t005_settings' AND action = 'row.updated'),
+          '123.456 -> 149.999', 'a change stays visible whatever extra_float_digits the writer set');
 -- a write into an audited table from a maintenance command (here REFRESH MATERIALIZED VIEW,
 -- which runs the owner's code in a security-restricted operation) is refused: 42501
 CREATE FUNCTION public.t005_write_note() RETURNS int LANGUAGE sql VOLATILE

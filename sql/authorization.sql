@@ -44,5 +44,21 @@ SELECT action, object_type FROM fintx.audit_log
  WHERE action IN ('service.registered', 'permission.granted', 'transfer.awaiting_approval', 'transfer.approved')
    AND (details->>'service' LIKE 'az-%' OR details->>'maker_service' LIKE 'az-%' OR details->>'idempotency_key' LIKE 'az-%')
  ORDER BY entry_id;
+-- a service reads a counterparty's balance as null everywhere: not in fintx.transfers's
+-- balance columns, and as null in the transfer events poll() gives it
+SELECT fintx.grant_permission('az-pay', 'event.consume', 'az-pay-%');
+SET ROLE fintx_regress_pay;
+SELECT fintx.create_consumer('az-pay-c');
+RESET ROLE;
+SELECT fintx.transfer('az-in', 'bz:other', 'az:cust', 5) IS NOT NULL AS moved;
+SELECT fintx.seal() > 0 AS sealed;
+SET ROLE fintx_regress_pay;
+SELECT payload->>'from_account' AS from_account, payload->'from_balance' AS from_balance,
+       payload->>'to_account' AS to_account, jsonb_typeof(payload->'to_balance') AS to_balance,
+       payload->'metadata' AS metadata
+  FROM fintx.poll('az-pay-c', 100) WHERE payload->>'idempotency_key' = 'az-in';
+SELECT from_balance FROM fintx.transfers LIMIT 1;
+SELECT count(amount) > 0 AS reads_the_other_columns FROM fintx.transfers;
+RESET ROLE;
 SELECT fintx.revoke_permission('az-pay', 'transfer', 'az:%');
 SELECT * FROM fintx.reconcile();

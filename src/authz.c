@@ -650,9 +650,14 @@ UsageKey(Datum *args, Grant *g, FintxOp op, const char *currency)
 	args[3] = CStringGetTextDatum(currency ? currency : "");
 }
 
+/*
+ * The day is the day of the count, not of the transaction's start (now()): a
+ * transaction left open since yesterday would otherwise spend yesterday's
+ * limit today, and N such transactions N days' limits.
+ */
 #define USAGE_INSERT(used) \
 	"INSERT INTO fintx.limit_usage AS u (service, operation, account_pattern, currency, day, used)" \
-	" VALUES ($1, $2, $3, $4, (pg_catalog.now() AT TIME ZONE 'UTC')::date, " used ")" \
+	" VALUES ($1, $2, $3, $4, (pg_catalog.clock_timestamp() AT TIME ZONE 'UTC')::date, " used ")" \
 	" ON CONFLICT (service, operation, account_pattern, currency, day)"
 
 /*
@@ -1922,6 +1927,62 @@ fintx_event_visible(PG_FUNCTION_ARGS)
 		PG_RETURN_BOOL(false);
 	}
 	PG_RETURN_BOOL(true);
+}
+
+/*
+ * A transfer event's payload as a service may read it: the balance of an
+ * account its grants do not cover ("from_balance" for "from_account",
+ * "to_balance" for "to_account") replaced by null, as transfer_history and
+ * the functions' results show it. Returns payload itself when nothing is
+ * hidden.
+ */
+Jsonb *
+fintx_authz_redact_transfer(Jsonb *payload)
+{
+	static const char *const accounts[2] = {"from_account", "to_account"};
+	static const char *const balances[2] = {"from_balance", "to_balance"};
+	bool		hide[2] = {false, false};
+	JsonbParseState *st = NULL;
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbValue *res = NULL;
+	JsonbIteratorToken tok;
+	int			pending_hide = -1;
+	int			depth = 0;
+
+	if (!JsonContainerIsObject(&payload->root))
+		return payload;
+	for (int i = 0; i < 2; i++)
+	{
+		JsonbValue *a = getKeyJsonValueFromContainer(&payload->root, accounts[i], strlen(accounts[i]), NULL);
+
+		hide[i] = a == NULL || a->type != jbvString || !CodeVisible(pnstrdup(a->val.string.val, a->val.string.len));
+	}
+	if (!hide[0] && !hide[1])
+		return payload;
+	it = JsonbIteratorInit(&payload->root);
+	while ((tok = JsonbIteratorNext(&it, &v, false)) != WJB_DONE)
+	{
+		if (tok == WJB_BEGIN_OBJECT || tok == WJB_BEGIN_ARRAY)
+			depth++;
+		else if (tok == WJB_END_OBJECT || tok == WJB_END_ARRAY)
+			depth--;
+		if (tok == WJB_KEY && depth == 1)
+		{
+			pending_hide = -1;
+			for (int i = 0; i < 2; i++)
+				if (hide[i] && v.val.string.len == (int) strlen(balances[i]) &&
+					memcmp(v.val.string.val, balances[i], v.val.string.len) == 0)
+					pending_hide = i;
+		}
+		else if (tok == WJB_VALUE && depth == 1 && pending_hide >= 0)
+		{
+			v.type = jbvNull;
+			pending_hide = -1;
+		}
+		res = pushJsonbValue(&st, tok, tok < WJB_BEGIN_ARRAY ? &v : NULL);
+	}
+	return JsonbValueToJsonb(res);
 }
 
 /*

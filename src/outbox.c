@@ -946,6 +946,10 @@ Poll(FunctionCallInfo fcinfo)
 
 		CHECK_FOR_INTERRUPTS();
 		heap_deform_tuple(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, values, isnull);
+		/* a service reads the counterparty's balance as null, as everywhere else */
+		if (!DatumGetBool(args[8]) && !isnull[4] &&
+			strcmp(TextDatumGetCString(values[1]), "transfer") == 0)
+			values[4] = JsonbPGetDatum(fintx_authz_redact_transfer(DatumGetJsonbP(values[4])));
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, isnull);
 	}
 	if (nrows == 0)

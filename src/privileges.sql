@@ -12,8 +12,13 @@ GRANT SELECT ON fintx.account_balances, fintx.open_holds, fintx.transfer_history
 -- account_balances and pending_approvals read with the caller's rights (row security on the
 -- tables limits a service to the accounts its grants cover); open_holds and transfer_history
 -- read with their owner's and filter with fintx.transfer_visible() (docs/authorization.md).
-GRANT SELECT ON fintx.accounts, fintx.transfers, fintx.pending_holds, fintx.approvals
+GRANT SELECT ON fintx.accounts, fintx.pending_holds, fintx.approvals
   TO fintx_service, fintx_auditor;
+-- A transfer's row names both accounts, but a service sees only the balances of accounts its
+-- grants cover: not the balance columns here (transfer_history shows them where allowed).
+GRANT SELECT (id, status, from_account, to_account, amount, pending_id, timeout_at, metadata,
+              entry_hash, principal, created_at) ON fintx.transfers TO fintx_service;
+GRANT SELECT ON fintx.transfers TO fintx_auditor;
 GRANT SELECT ON fintx.access_log, fintx.access_log_entries, fintx.services, fintx.permissions,
                 fintx.signed_requests, fintx.limit_usage
   TO fintx_auditor;

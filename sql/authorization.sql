@@ -17,6 +17,8 @@ SET ROLE fintx_regress_pay;
 SELECT status, replayed, from_balance, to_balance FROM fintx.transfer('az-1', 'az:ops', 'az:cust', 100);
 SELECT status, replayed FROM fintx.transfer('az-1', 'az:ops', 'az:cust', 100);
 SELECT status FROM fintx.transfer('az-2', 'bz:other', 'az:cust', 1);
+-- an account that does not exist is refused in the same words (the currency would tell it exists)
+SELECT status FROM fintx.transfer('az-2b', 'bz:none', 'az:cust', 1);
 SELECT status FROM fintx.transfer('az-3', 'az:ops', 'az:cust', 1001);
 SELECT status FROM fintx.transfer('az-4', 'az:usd', 'az:cust', 1);
 SELECT status FROM fintx.transfer('az-5', 'az:ops', 'az:cust', 700);

@@ -110,6 +110,7 @@ static HTAB *account_codes = NULL;
 static bool callbacks_registered = false;
 
 static int	definer_depth;
+static bool CodeVisible(const char *code);
 
 /*
  * Loaded (not preloaded) while a SECURITY DEFINER function was running: the
@@ -803,11 +804,16 @@ fintx_authorize(FintxOp op, const char *object, const char *currency, int64 amou
 						 psprintf("role \"%s\" is not a registered fintx service", caller.role_name),
 						 NULL);
 	g = BestGrant(op, object, currency);
+	/*
+	 * The currency is named only for an account the service may see: for
+	 * another, naming it would tell that the account exists (and its currency).
+	 */
 	if (g == NULL)
 		fintx_authz_deny(op, object, currency, amount, has_amount,
 						 psprintf("no grant of %s to service \"%s\" covers \"%s\"%s%s",
 								  op_names[op], caller.service, object,
-								  currency ? " in " : "", currency ? currency : ""),
+								  currency && CodeVisible(object) ? " in " : "",
+								  currency && CodeVisible(object) ? currency : ""),
 						 NULL);
 	rule = GrantRule(g);
 	if (has_amount && g->has_max && amount > g->max_amount)

@@ -11,7 +11,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION fintx;
-SELECT plan(186);
+SELECT plan(188);
 
 CREATE FUNCTION pg_temp.run_as(r text, q text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
@@ -259,6 +259,25 @@ SELECT is(pg_temp.run_as('t6_pay', $q$SELECT coalesce(to_balance::text, 'hidden'
           'hidden/true', 'but not the counterparty''s balance in the history');
 SELECT is(pg_temp.run_as('t6_pay', $q$SELECT coalesce(to_balance::text, 'hidden') || '/' || (from_balance IS NOT NULL) FROM fintx.transfer('x-1', 'pay:ops', 'ext:shop', 3)$q$),
           'hidden/true', 'nor in the transfer''s result (here a replay)');
+-- nor through an error's detail: a refused credit to an account outside the grants does not
+-- tell the account's counters (an administrator's error does)
+SELECT fintx.open_account('ext:loan', 'EUR', allow_negative => true, allow_positive => false);
+SELECT fintx.transfer('loan-0', 'ext:loan', 'pay:ops', 50);
+CREATE FUNCTION pg_temp.t6_detail(q text) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE d text;
+BEGIN
+    EXECUTE q;
+    RETURN 'no error';
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS d = PG_EXCEPTION_DETAIL;
+    RETURN SQLSTATE || ': ' || coalesce(d, '');
+END $$;
+SELECT is(pg_temp.run_as('t6_pay', $q$SELECT pg_temp.t6_detail('SELECT fintx.transfer(''loan-1'', ''pay:ops'', ''ext:loan'', 100)')$q$),
+          'FX002: The account was opened with allow_positive = false.',
+          'a refused credit to a hidden account does not show its counters');
+SELECT is(pg_temp.t6_detail($q$SELECT fintx.transfer('loan-2', 'pay:ops', 'ext:loan', 100)$q$),
+          'FX002: The account was opened with allow_positive = false; its debits are 50 and its credits would be 100.',
+          'an administrator is told them');
 SELECT is(pg_temp.run_as('t6_pay', $q$SELECT count(*)::text FROM fintx.account_balances WHERE code = 'ext:shop'$q$),
           '0', 'but not the counterparty''s balance');
 SELECT is(pg_temp.run_as('t6_other', $q$SELECT count(*)::text FROM fintx.transfer_history WHERE from_account LIKE 'pay:%' AND to_account LIKE 'pay:%'$q$),

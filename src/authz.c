@@ -1253,6 +1253,37 @@ AuthorizeDecision(ApprovalRow *row, bool approve)
 	fintx_authorize(FINTX_OP_TRANSFER_APPROVE, row->from_account, row->currency, row->amount, true, false);
 }
 
+/*
+ * Emits 42501 unless the maker's service still holds a transfer grant that
+ * covers the debited account in its currency (SPI connected): a service whose
+ * grants were withdrawn (a compromised one, say) must not have its earlier
+ * requests executed by a checker afterwards.
+ */
+static void
+RequireMakerGrant(ApprovalRow *row)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			types[3] = {TEXTOID, TEXTOID, TEXTOID};
+	Datum		args[3];
+	bool		isnull;
+
+	args[0] = CStringGetTextDatum(row->maker_service);
+	args[1] = CStringGetTextDatum(row->from_account);
+	args[2] = CStringGetTextDatum(row->currency);
+	fintx_keep_plan(&plan,
+					"SELECT EXISTS (SELECT 1 FROM fintx.permissions p"
+					" WHERE p.service OPERATOR(pg_catalog.=) $1 AND p.operation OPERATOR(pg_catalog.=) 'transfer'"
+					"   AND $2 OPERATOR(pg_catalog.~~) p.account_pattern"
+					"   AND (p.currency IS NULL OR p.currency OPERATOR(pg_catalog.=) $3))",
+					3, types);
+	fintx_spi_expect(SPI_execute_plan(plan, args, NULL, false, 1), SPI_OK_SELECT, "reading the maker's grants failed");
+	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+		fintx_authz_deny(FINTX_OP_TRANSFER_APPROVE, row->from_account, row->currency, row->amount, true,
+						 psprintf("the maker, service \"%s\", no longer holds a transfer grant that covers \"%s\" in %s",
+								  row->maker_service, row->from_account, row->currency),
+						 "maker-checker");
+}
+
 /* True if the calling role already made this decision: a retry, replayed without counting again. */
 static bool
 DecidedByCaller(ApprovalRow *row, const char *decision)
@@ -1302,6 +1333,7 @@ fintx_approve_transfer(PG_FUNCTION_ARGS)
 	}
 	AuthorizeDecision(&row, true);
 	RequireAwaiting(&row, id);
+	RequireMakerGrant(&row);
 	fintx_authz_flush();
 	SPI_finish();
 

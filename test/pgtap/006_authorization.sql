@@ -11,7 +11,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION fintx;
-SELECT plan(188);
+SELECT plan(191);
 
 CREATE FUNCTION pg_temp.run_as(r text, q text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
@@ -498,5 +498,15 @@ SELECT throws_ok(format($$SELECT pg_temp.run_as('t6_hold', 'SELECT status FROM f
                  '42501', 'permission denied for hold.resolve on "transfer ' || (SELECT h1 FROM t6_h) || '"',
                  'a new key is refused: no grant covers the hold any more');
 
+-- an approval needs the maker to still hold its transfer grant: withdrawn (a compromised
+-- service, say), its requests awaiting approval can no longer be executed
+SELECT is(pg_temp.run_as('t6_pay', $q$SELECT status FROM fintx.transfer('m-revoked', 'pay:ops', 'pay:cust:2', 3400)$q$),
+          'awaiting_approval', 'a transfer above the threshold awaits approval');
+SELECT fintx.revoke_permission('payments', 'transfer', 'pay:ops'), fintx.revoke_permission('payments', 'transfer', 'pay:%');
+SELECT throws_ok(format('SELECT status FROM fintx.approve_transfer(%s)',
+                        (SELECT transfer_id FROM fintx.approvals WHERE amount = 3400 AND status = 'awaiting_approval')),
+                 '42501', NULL, 'after the maker''s grant is revoked, not even an administrator can approve it');
+SELECT is((SELECT count(*)::int FROM fintx.transfers t JOIN fintx.approvals a ON a.result_transfer_id = t.id WHERE a.amount = 3400), 0,
+          'no money moved');
 SELECT * FROM finish();
 ROLLBACK;

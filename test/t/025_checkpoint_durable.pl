@@ -50,6 +50,27 @@ $node->safe_psql('lazy', q{CREATE EXTENSION fintx;
 	CHECKPOINT;
 });
 
+# Kills the stopped WAL writer $walwriter: the postmaster notices the death, ends every backend
+# and recovers from the WAL on disk. Waits for a new WAL writer.
+sub crash_walwriter
+{
+	my ($walwriter, $what) = @_;
+	kill 'KILL', $walwriter;
+	kill 'CONT', $walwriter;
+	my $t0 = time;
+	my $now = '';
+	while (time - $t0 < 60)
+	{
+		$now = eval {
+			$node->safe_psql('postgres', q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'walwriter'})
+		} // '';
+		last if $now =~ /^\d+$/ && $now != $walwriter;
+		usleep(100_000);
+	}
+	ok($now =~ /^\d+$/ && $now != $walwriter, "$what: the server recovered with a new WAL writer");
+	return;
+}
+
 # In database $db, with the WAL writer stopped: one more asynchronously committed transfer
 # ($key), the statements @seal, then checkpoint(); then the WAL writer is killed and the
 # server recovers. Checks that the signed head, the block holding it and the transfer
@@ -69,20 +90,7 @@ sub checkpoint_then_crash
 	is($node->safe_psql($db,
 			"SELECT count(*) FROM fintx.audit_log WHERE details->>'idempotency_key' = '$key' AND leaf_index < $size"),
 		'1', "$db: the head covers the new transfer");
-	kill 'KILL', $walwriter;
-	kill 'CONT', $walwriter;
-	# the postmaster notices the death, ends every backend and recovers: wait for a new WAL writer
-	my $t0 = time;
-	my $now = '';
-	while (time - $t0 < 60)
-	{
-		$now = eval {
-			$node->safe_psql('postgres', q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'walwriter'})
-		} // '';
-		last if $now =~ /^\d+$/ && $now != $walwriter;
-		usleep(100_000);
-	}
-	ok($now =~ /^\d+$/ && $now != $walwriter, "$db: the server recovered with a new WAL writer");
+	crash_walwriter($walwriter, $db);
 	# read without sealing: the block itself, as it was before the crash
 	is($node->safe_psql($db,
 			"SELECT block_id || ' ' || encode(block_hash, 'hex') FROM fintx.audit_blocks WHERE tree_size = $size"),
@@ -118,19 +126,7 @@ $node->safe_psql('postgres', q{SELECT count(*) FROM fintx.poll('durable-c', 1000
 		usleep(50_000) if $pos eq '';
 	}
 	like($pos, qr/^\d+$/, 'outbox: the worker gave the event a position and a consumer read it');
-	kill 'KILL', $walwriter;
-	kill 'CONT', $walwriter;
-	my $now = '';
-	$t0 = time;
-	while (time - $t0 < 60)
-	{
-		$now = eval {
-			$node->safe_psql('postgres', q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'walwriter'})
-		} // '';
-		last if $now =~ /^\d+$/ && $now != $walwriter;
-		usleep(100_000);
-	}
-	ok($now =~ /^\d+$/ && $now != $walwriter, 'outbox: the server recovered with a new WAL writer');
+	crash_walwriter($walwriter, 'outbox');
 	is($node->safe_psql('postgres', q{SELECT count(*) FROM fintx.outbox WHERE aggregateid = 'durable-o1'})
 		. ' ' . ($node->safe_psql('postgres', 'SELECT fintx.outbox_tail()') >= $pos ? 'kept' : 'lost'),
 		'1 kept', 'outbox: after the crash the event and its position are still there');

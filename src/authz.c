@@ -1093,6 +1093,25 @@ typedef struct ApprovalRow
 	bool		has_result;
 } ApprovalRow;
 
+/*
+ * A service that no transfer.approve grant entitles to decide transfer id
+ * (row NULL: no approval request has that id) is refused as for an unknown
+ * id, naming only "transfer <id>": it learns neither whether the id awaits
+ * approval nor which account it debits (as fintx_authorize_hold does).
+ */
+static void
+DenyApprovalId(int64 id, ApprovalRow *row)
+{
+	/* (the maker knows its own request: it is told why it cannot decide it) */
+	if (caller.service == NULL || caller.admin ||
+		(row != NULL && (strcmp(caller.service, row->maker_service) == 0 ||
+						 BestGrant(FINTX_OP_TRANSFER_APPROVE, row->from_account, row->currency) != NULL)))
+		return;
+	fintx_authz_deny(FINTX_OP_TRANSFER_APPROVE, psprintf("transfer %lld", (long long) id), NULL, 0, false,
+					 psprintf("no grant of transfer.approve to service \"%s\" covers transfer %lld",
+							  caller.service, (long long) id), NULL);
+}
+
 /* Locks and reads the approval request of transfer id (SPI connected). */
 static void
 LockApproval(int64 id, ApprovalRow *row)
@@ -1110,6 +1129,8 @@ LockApproval(int64 id, ApprovalRow *row)
 					"  FROM fintx.approvals WHERE transfer_id = $1 FOR UPDATE",
 					1, types);
 	fintx_spi_expect(SPI_execute_plan(approval_lock_plan, &arg, NULL, false, 0), SPI_OK_SELECT, "reading the approval request failed");
+	if (SPI_processed != 1)
+		DenyApprovalId(id, NULL);
 	if (SPI_processed != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -1134,6 +1155,7 @@ LockApproval(int64 id, ApprovalRow *row)
 	row->has_result = !isnull;
 	row->result_transfer_id = isnull ? 0 : DatumGetInt64(d);
 	row->maker_session_user = fintx_spi_copy_text(tup, desc, 13);
+	DenyApprovalId(id, row);
 }
 
 /* Fills req's result fields from the stored transfer row id (SPI connected). */

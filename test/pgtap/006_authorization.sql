@@ -11,7 +11,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION fintx;
-SELECT plan(191);
+SELECT plan(192);
 
 CREATE FUNCTION pg_temp.run_as(r text, q text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
@@ -212,7 +212,11 @@ SELECT is(pg_temp.run_as('t6_pay', $q$SELECT status || ':' || replayed FROM fint
 SELECT throws_ok($$SELECT pg_temp.run_as('t6_pay', format('SELECT status FROM fintx.approve_transfer(%s)', (SELECT transfer_id FROM fintx.pending_approvals)))$$,
                  '42501', NULL, 'the maker cannot approve its own transfer');
 SELECT throws_ok($$SELECT pg_temp.run_as('t6_other', format('SELECT status FROM fintx.approve_transfer(%s)', (SELECT transfer_id FROM fintx.pending_approvals)))$$,
-                 '42501', NULL, 'a checker without transfer.approve on the account cannot approve');
+                 '42501', 'permission denied for transfer.approve on "transfer ' || (SELECT transfer_id FROM fintx.pending_approvals) || '"',
+                 'a checker without transfer.approve on the account cannot approve, and is not told which account');
+SELECT throws_ok($$SELECT pg_temp.run_as('t6_other', 'SELECT status FROM fintx.reject_transfer(987654321)')$$,
+                 '42501', 'permission denied for transfer.approve on "transfer 987654321"',
+                 'an id that awaits nothing is refused in the same words (no oracle for awaiting ids)');
 SELECT is(pg_temp.run_as('t6_risk', format('SELECT status FROM fintx.approve_transfer(%s)', (SELECT transfer_id FROM fintx.pending_approvals))),
           'posted', 'a different service holding transfer.approve approves: the money moves');
 SELECT is((SELECT status || ':' || decided_by_service FROM fintx.approvals WHERE maker_service = 'payments' AND amount = 3500),

@@ -371,7 +371,7 @@ CheckTableOwner(Oid relid)
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
 				 errmsg("\"%s\" is not a table", get_rel_name(relid))));
 	/* a change through the parent of a child's row fires the child's triggers only */
-	if (has_subclass(relid))
+	if (find_inheritance_children(relid, NoLock) != NIL)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("\"%s\" has inheritance children", get_rel_name(relid)),

@@ -31,6 +31,7 @@
 #include "nodes/parsenodes.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/date.h"
 #include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
@@ -114,11 +115,13 @@ static bool CodeVisible(const char *code);
 
 /*
  * Loaded (not preloaded) while a SECURITY DEFINER function was running: the
- * hook never saw that function start, so until the transaction ends (no
- * such function outlives it) the caller is known only inside the SECURITY
- * DEFINER functions seen since.
+ * hook never saw that function start, so until the top-level statement that
+ * loaded fintx ends (no such function outlives it; unseen_statement is its
+ * start time) the caller is known only inside the SECURITY DEFINER
+ * functions seen since.
  */
 static bool unseen_definers = false;
+static TimestampTz unseen_statement = 0;
 
 /* The current call. */
 static FintxCaller caller;
@@ -497,12 +500,13 @@ fintx_authz_init(void)
 	 * tells which of the functions running now switched users. A wrong
 	 * guess would put a retry in another principal's key space (applied
 	 * twice) or run it with another role's grants: fintx_calling_user()
-	 * refuses until the transaction ends instead.
+	 * refuses until the statement ends instead.
 	 */
 	if (!process_shared_preload_libraries_in_progress && IsTransactionState() && InLocalUserIdChange())
 	{
 		RegisterCallbacks();
 		unseen_definers = true;
+		unseen_statement = GetCurrentStatementStartTimestamp();
 	}
 }
 
@@ -516,14 +520,16 @@ fintx_calling_user(void)
 				 errmsg("SECURITY DEFINER functions are nested too deeply to identify the caller of fintx")));
 	if (definer_depth > 0)
 		return definer_stack[definer_depth - 1];
+	if (unseen_definers && GetCurrentStatementStartTimestamp() != unseen_statement)
+		unseen_definers = false;	/* a later statement: the functions running at load have ended */
 	if (unseen_definers)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("fintx cannot identify its caller in this transaction"),
+				 errmsg("fintx cannot identify its caller in this statement"),
 				 errdetail("fintx was loaded in this session inside a SECURITY DEFINER function, which it did not see start; "
 						   "its owner may be the caller."),
 				 errhint("Add fintx to shared_preload_libraries (or session_preload_libraries). "
-						 "Without it, retry: from the next transaction on, fintx knows its caller.")));
+						 "Without it, retry: from the next statement on, fintx knows its caller.")));
 	return GetOuterUserId();
 }
 
@@ -556,6 +562,8 @@ fintx_authz_begin(void)
 	caller.service = cache_service ? pstrdup(cache_service) : NULL;
 	caller.has_key = cache_has_key;
 	memcpy(caller.public_key, cache_key, 32);
+	/* the UTC day that daily limits count against (UsageKey) */
+	caller.usage_day = (DateADT) (GetCurrentTimestamp() / USECS_PER_DAY);
 	decisions = NIL;
 	active = true;
 	return &caller;
@@ -641,24 +649,28 @@ fintx_authz_deny(FintxOp op, const char *object, const char *currency, int64 amo
 			 rule ? errhint("Decided by %s.", rule) : 0));
 }
 
-/* The key of the caller's usage row of grant g today, in args[0..3] ($1..$4 of USAGE_INSERT). */
+/*
+ * The key of the caller's usage row of grant g today, in args[0..4] ($1..$5
+ * of USAGE_INSERT, types in types[0..4]). Today is the UTC day of the call's
+ * start, taken once per call (fintx_authz_begin): not of the transaction's
+ * start (now()), so a transaction left open since yesterday cannot spend
+ * yesterday's limit today; and the same for every row a batch locks and counts.
+ */
 static void
-UsageKey(Datum *args, Grant *g, FintxOp op, const char *currency)
+UsageKey(Datum *args, Oid *types, Grant *g, FintxOp op, const char *currency)
 {
 	args[0] = CStringGetTextDatum(caller.service);
 	args[1] = CStringGetTextDatum(op_names[op]);
 	args[2] = CStringGetTextDatum(g->pattern);
 	args[3] = CStringGetTextDatum(currency ? currency : "");
+	args[4] = DateADTGetDatum(caller.usage_day);
+	types[0] = types[1] = types[2] = types[3] = TEXTOID;
+	types[4] = DATEOID;
 }
 
-/*
- * The day is the day of the count, not of the transaction's start (now()): a
- * transaction left open since yesterday would otherwise spend yesterday's
- * limit today, and N such transactions N days' limits.
- */
 #define USAGE_INSERT(used) \
 	"INSERT INTO fintx.limit_usage AS u (service, operation, account_pattern, currency, day, used)" \
-	" VALUES ($1, $2, $3, $4, (pg_catalog.clock_timestamp() AT TIME ZONE 'UTC')::date, " used ")" \
+	" VALUES ($1, $2, $3, $4, $5, " used ")" \
 	" ON CONFLICT (service, operation, account_pattern, currency, day)"
 
 /*
@@ -669,17 +681,18 @@ UsageKey(Datum *args, Grant *g, FintxOp op, const char *currency)
 static bool
 CountUsage(Grant *g, FintxOp op, const char *currency, int64 amount)
 {
-	Datum		args[6];
-	Oid			types[6] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT8OID, INT8OID};
+	Datum		args[7];
+	Oid			types[7];
 
-	UsageKey(args, g, op, currency);
-	args[4] = Int64GetDatum(amount);
-	args[5] = Int64GetDatum(g->daily_limit);
+	UsageKey(args, types, g, op, currency);
+	args[5] = Int64GetDatum(amount);
+	args[6] = Int64GetDatum(g->daily_limit);
+	types[5] = types[6] = INT8OID;
 	fintx_keep_plan(&usage_plan,
-					USAGE_INSERT("$5")
-					" DO UPDATE SET used = u.used + EXCLUDED.used WHERE u.used <= $6 - EXCLUDED.used"
+					USAGE_INSERT("$6")
+					" DO UPDATE SET used = u.used + EXCLUDED.used WHERE u.used <= $7 - EXCLUDED.used"
 					" RETURNING used",
-					6, types);
+					7, types);
 	fintx_spi_expect(SPI_execute_plan(usage_plan, args, NULL, false, 0), SPI_OK_INSERT_RETURNING,
 					 "counting the daily limit failed");
 	return SPI_processed == 1;
@@ -712,12 +725,12 @@ static void
 LockUsage(Grant *g, FintxOp op, const char *currency)
 {
 	static SPIPlanPtr lock_usage_plan = NULL;
-	Datum		args[4];
-	Oid			types[4] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID};
+	Datum		args[5];
+	Oid			types[5];
 
-	UsageKey(args, g, op, currency);
+	UsageKey(args, types, g, op, currency);
 	/* ON CONFLICT DO UPDATE locks the existing row before its WHERE clause refuses the update */
-	fintx_keep_plan(&lock_usage_plan, USAGE_INSERT("0") " DO UPDATE SET used = u.used WHERE false", 4, types);
+	fintx_keep_plan(&lock_usage_plan, USAGE_INSERT("0") " DO UPDATE SET used = u.used WHERE false", 5, types);
 	fintx_spi_expect(SPI_execute_plan(lock_usage_plan, args, NULL, false, 0), SPI_OK_INSERT,
 					 "locking a daily limit failed");
 }
@@ -1298,7 +1311,10 @@ RequireMakerGrant(ApprovalRow *row)
 					"   AND $2 OPERATOR(pg_catalog.~~) p.account_pattern"
 					"   AND (p.currency IS NULL OR p.currency OPERATOR(pg_catalog.=) $3))",
 					3, types);
-	fintx_spi_expect(SPI_execute_plan(plan, args, NULL, false, 1), SPI_OK_SELECT, "reading the maker's grants failed");
+	/* the latest committed grants, also in a REPEATABLE READ transaction (as LoadCache) */
+	PushActiveSnapshot(GetLatestSnapshot());
+	fintx_spi_expect(SPI_execute_plan(plan, args, NULL, true, 1), SPI_OK_SELECT, "reading the maker's grants failed");
+	PopActiveSnapshot();
 	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
 		fintx_authz_deny(FINTX_OP_TRANSFER_APPROVE, row->from_account, row->currency, row->amount, true,
 						 psprintf("the maker, service \"%s\", no longer holds a transfer grant that covers \"%s\" in %s",

@@ -309,6 +309,7 @@ typedef struct FintxCaller
 	char	   *service;		/* registered service name, or NULL */
 	bool		has_key;
 	uint8		public_key[32];
+	int32		usage_day;		/* DateADT: the UTC day daily limits count against */
 } FintxCaller;
 
 extern FintxCaller *fintx_authz_begin(void);

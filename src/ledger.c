@@ -603,11 +603,15 @@ static void
 AddCounter(LedgerAccount *a, int64 *counter, int64 amount)
 {
 	if (pg_add_s64_overflow(*counter, amount, counter))
+	{
+		/* a caller who may not see the account's balance is not told its counters */
+		bool		hide = fintx_authz_hides_balance(a->code);
+
 		ereport(ERROR,
 				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
 				 errmsg("balance of account \"%s\" would be out of range", a->code),
-				 fintx_authz_hides_balance(a->code) ? 0 :
-				 errdetail("Adding %lld overflows a 64-bit counter of the account.", (long long) amount)));
+				 hide ? 0 : errdetail("Adding %lld overflows a 64-bit counter of the account.", (long long) amount)));
+	}
 	a->dirty = true;
 }
 
@@ -666,15 +670,17 @@ Credit(LedgerAccount *a, int64 amount, bool pending)
 	AddCounter(a, pending ? &a->credits_pending : &a->credits_posted, amount);
 	total = SideTotal(a, a->credits_posted, a->credits_pending);
 	if (!a->allow_positive && total > a->debits_posted)
+	{
+		bool		hide = fintx_authz_hides_balance(a->code);
+
 		ereport(ERROR,
 				(errcode(ERRCODE_FINTX_CREDIT_LIMIT),
 				 errmsg("credit would give account \"%s\" a positive balance", a->code),
-				 /* a caller who may not see the account's balance is not told its counters */
-				 fintx_authz_hides_balance(a->code) ?
-				 errdetail("The account was opened with allow_positive = false.") :
+				 hide ? errdetail("The account was opened with allow_positive = false.") :
 				 errdetail("The account was opened with allow_positive = false; its debits are %lld and its credits would be %lld.",
 						   (long long) a->debits_posted,
 						   (long long) (a->credits_posted + (pending ? a->credits_pending : 0)))));
+	}
 }
 
 /* Checks the accounts of a transfer: both open, same currency. */

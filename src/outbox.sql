@@ -236,7 +236,7 @@ DECLARE
 BEGIN
     -- the checks below must see every event committed before the slot lock: a snapshot taken
     -- before it (REPEATABLE READ, SERIALIZABLE) would miss one, and TRUNCATE would remove it
-    IF pg_catalog.current_setting('transaction_isolation') OPERATOR(pg_catalog.<>) 'read committed' THEN
+    IF pg_catalog.current_setting('transaction_isolation') OPERATOR(pg_catalog.<>) ALL ('{read committed,read uncommitted}'::text[]) THEN
         RAISE EXCEPTION USING
             ERRCODE = 'object_not_in_prerequisite_state',
             MESSAGE = pg_catalog.format('outbox_rotate() must run at isolation level READ COMMITTED, not %s',

@@ -732,7 +732,7 @@ SealLog(void)
 					(errcode(ERRCODE_DATA_CORRUPTED),
 					 errmsg("audit leaves %lld to %lld no longer produce the tree head of block %lld",
 							(long long) tile0, (long long) (n0 - 1), (long long) prev.block_id),
-					 errdetail("An audit entry or block was changed after it was sealed; nothing was sealed."),
+					 errdetail("An audit entry of those leaves, or the block, was changed after it was sealed; nothing was sealed."),
 					 errhint("Run fintx.verify_audit() to locate the damage.")));
 		else if (memcmp(old_root, prev.root, MERKLE_HASH_LEN) != 0)
 			ereport(ERROR,
@@ -748,7 +748,10 @@ SealLog(void)
 		memcpy(prev_hash, prev.block_hash, MERKLE_HASH_LEN);
 	else
 		memset(prev_hash, 0, MERKLE_HASH_LEN);
+	/* never before the previous block: a clock stepped back must not make an honest chain fail verification */
 	sealed_at = GetCurrentTimestamp();
+	if (prev.exists && sealed_at < prev.sealed_at)
+		sealed_at = prev.sealed_at;
 	fintx_block_hash(block_id, m, root, prev_hash, sealed_at, block_hash);
 	origin = Origin();
 	key = fintx_signing_key(fintx_signing_key_file);

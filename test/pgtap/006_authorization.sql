@@ -507,9 +507,10 @@ SELECT throws_ok(format($$SELECT pg_temp.run_as('t6_hold', 'SELECT status FROM f
 SELECT is(pg_temp.run_as('t6_pay', $q$SELECT status FROM fintx.transfer('m-revoked', 'pay:ops', 'pay:cust:2', 3400)$q$),
           'awaiting_approval', 'a transfer above the threshold awaits approval');
 SELECT fintx.revoke_permission('payments', 'transfer', 'pay:ops'), fintx.revoke_permission('payments', 'transfer', 'pay:%');
-SELECT throws_ok(format('SELECT status FROM fintx.approve_transfer(%s)',
-                        (SELECT transfer_id FROM fintx.approvals WHERE amount = 3400 AND status = 'awaiting_approval')),
-                 '42501', NULL, 'after the maker''s grant is revoked, not even an administrator can approve it');
+SELECT is(pg_temp.t6_detail(format('SELECT fintx.approve_transfer(%s)',
+                        (SELECT transfer_id FROM fintx.approvals WHERE amount = 3400 AND status = 'awaiting_approval'))),
+          '42501: the maker, service "payments", no longer holds a transfer grant that covers "pay:ops" in EUR',
+          'after the maker''s grant is revoked, not even an administrator can approve it');
 SELECT is((SELECT count(*)::int FROM fintx.transfers t JOIN fintx.approvals a ON a.result_transfer_id = t.id WHERE a.amount = 3400), 0,
           'no money moved');
 SELECT * FROM finish();

@@ -79,9 +79,17 @@ $node->safe_psql('postgres', q{
 my $pay = q{SELECT replayed FROM public.np_pay('np-w1', 250)};
 my $rc;
 ($rc, $out, $err) = $node->psql('postgres', "$pay; $pay; $pay", on_error_stop => 0);
-like($err, qr/ERROR:  fintx cannot identify its caller in this transaction/,
+like($err, qr/ERROR:  fintx cannot identify its caller in this statement/,
 	'first use inside a SECURITY DEFINER function: refused, not guessed');
 is($out, "f\nt", 'the next transactions know the caller: applied once, then replayed');
+# the refusal lasts for the statement that loaded fintx, not for its transaction: a later
+# statement calling fintx directly (not through a function it saw start) is not refused
+my $pay2 = q{SELECT replayed FROM public.np_pay('np-w2', 1)};
+($rc, $out, $err) = $node->psql('postgres',
+	"BEGIN; SAVEPOINT s; $pay2; ROLLBACK TO s; SELECT replayed FROM fintx.transfer('np-w3', 'np:bank', 'np:a', 1); $pay2; COMMIT;",
+	on_error_stop => 0);
+like($err, qr/cannot identify its caller in this statement/, 'inside a transaction: the loading statement is refused');
+is($out, "f\nf", 'and the next statements of the same transaction apply, directly and through the function');
 ($rc, $out, $err) = $node->psql('postgres', "$pay; $pay", on_error_stop => 0);
 like($err, qr/cannot identify its caller/, 'a retry on a new connection is refused again, not applied');
 is($out, 't', 'and then replays the original');
@@ -93,7 +101,7 @@ $node->safe_psql('postgres', q{ALTER DATABASE postgres RESET session_preload_lib
 is($node->safe_psql('postgres', q{SELECT string_agg(principal, ',') FROM fintx.idempotency_keys
 	WHERE idempotency_key = 'np-w1'}), 'np_svc', 'one journal record, under the function owner');
 is($node->safe_psql('postgres', q{SELECT posted FROM fintx.account_balances WHERE code = 'np:b'}),
-	'250', 'the money moved once');
+	'251', 'the money moved once (250, and 1 in the transaction)');
 
 # pg_dump / pg_restore round trip
 $node->safe_psql('postgres', q{

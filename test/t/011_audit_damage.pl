@@ -280,9 +280,7 @@ like(psql_err('aligned', 'SELECT fintx.seal()'), qr/ERROR:  XX001: the audit log
 
 # block times are in the block hashes, but the chain is not keyed and the signatures do not
 # cover them: rewritten with the chain recomputed, only their order can be checked
-fresh('times');
-tamper('times', q{
-	UPDATE fintx.audit_blocks SET sealed_at = '2025-01-01 00:00:00+00' WHERE block_id = 2;
+my $rechain = q{
 	DO $$
 	DECLARE r record; prev bytea := decode(repeat('00', 32), 'hex'); h bytea;
 	BEGIN
@@ -292,9 +290,17 @@ tamper('times', q{
 	    UPDATE fintx.audit_blocks SET prev_block_hash = prev, block_hash = h WHERE block_id = r.block_id;
 	    prev := h;
 	  END LOOP;
-	END $$;});
+	END $$;};
+fresh('times');
+tamper('times', "UPDATE fintx.audit_blocks SET sealed_at = '2025-01-01 00:00:00+00' WHERE block_id = 2; $rechain");
 like(verdict('times'), qr/^false\|14\|block 2 was sealed at 2025-01-01 .*, before block 1 /,
 	'a block time moved before the previous block is named');
+# an honest log whose clock stepped back (here: the latest block a day ahead) stays valid: a
+# new block is never stamped before the one it follows
+fresh('clockback');
+tamper('clockback', "UPDATE fintx.audit_blocks SET sealed_at = sealed_at + interval '1 day' WHERE block_id = 3; $rechain");
+$node->safe_psql('clockback', 'INSERT INTO t VALUES (1); SELECT fintx.seal()');
+like(verdict('clockback'), qr/^true\|/, 'after the clock stepped back, the next block keeps the time order and the log verifies');
 
 # the next sealing pass reads leaves 32..41 back to extend their partial tile: with leaf 36
 # rewritten together with its hash it must refuse to sign over them, not seal a new block

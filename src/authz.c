@@ -2027,7 +2027,7 @@ fintx_authz_redact_transfer(Jsonb *payload)
 	int			depth = 0;
 
 	if (!JsonContainerIsObject(&payload->root))
-		return payload;
+		return payload;			/* LCOV_EXCL_LINE: fintx writes transfer events as objects, emit() none */
 	for (int i = 0; i < 2; i++)
 	{
 		JsonbValue *a = getKeyJsonValueFromContainer(&payload->root, accounts[i], strlen(accounts[i]), NULL);

@@ -116,11 +116,10 @@ static bool CodeVisible(const char *code);
 /*
  * Loaded (not preloaded) while a SECURITY DEFINER function was running: the
  * hook never saw that function start, so until the top-level statement that
- * loaded fintx ends (no such function outlives it; unseen_statement is its
- * start time) the caller is known only inside the SECURITY DEFINER
- * functions seen since.
+ * loaded fintx ends (no such function outlives it) the caller is known only
+ * inside the SECURITY DEFINER functions seen since. unseen_statement is that
+ * statement's start time; 0: no such statement.
  */
-static bool unseen_definers = false;
 static TimestampTz unseen_statement = 0;
 
 /* The current call. */
@@ -174,7 +173,7 @@ AuthzXactCallback(XactEvent event, void *arg)
 		active = false;
 		decisions = NIL;
 		definer_depth = 0;
-		unseen_definers = false;
+		unseen_statement = 0;
 	}
 }
 
@@ -375,6 +374,14 @@ LikeMatch(const char *s, const char *p)
  * that exact currency, then the most specific pattern, then the first by
  * pattern text.
  */
+/* Whether a grant of pattern in grant_currency (NULL: any) covers object in currency. */
+static bool
+GrantCovers(const char *pattern, const char *grant_currency, const char *object, const char *currency)
+{
+	return LikeMatch(object, pattern) &&
+		(grant_currency == NULL || (currency != NULL && strcmp(grant_currency, currency) == 0));
+}
+
 static Grant *
 BestGrant(FintxOp op, const char *object, const char *currency)
 {
@@ -384,9 +391,7 @@ BestGrant(FintxOp op, const char *object, const char *currency)
 	{
 		Grant	   *g = &cache_grants[i];
 
-		if (g->op != op || !LikeMatch(object, g->pattern))
-			continue;
-		if (g->currency && (currency == NULL || strcmp(g->currency, currency) != 0))
+		if (g->op != op || !GrantCovers(g->pattern, g->currency, object, currency))
 			continue;
 		if (best == NULL ||
 			(g->currency != NULL) > (best->currency != NULL) ||
@@ -505,7 +510,6 @@ fintx_authz_init(void)
 	if (!process_shared_preload_libraries_in_progress && IsTransactionState() && InLocalUserIdChange())
 	{
 		RegisterCallbacks();
-		unseen_definers = true;
 		unseen_statement = GetCurrentStatementStartTimestamp();
 	}
 }
@@ -520,9 +524,8 @@ fintx_calling_user(void)
 				 errmsg("SECURITY DEFINER functions are nested too deeply to identify the caller of fintx")));
 	if (definer_depth > 0)
 		return definer_stack[definer_depth - 1];
-	if (unseen_definers && GetCurrentStatementStartTimestamp() != unseen_statement)
-		unseen_definers = false;	/* a later statement: the functions running at load have ended */
-	if (unseen_definers)
+	/* (in a later statement the functions running at load have ended) */
+	if (unseen_statement != 0 && GetCurrentStatementStartTimestamp() == unseen_statement)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("fintx cannot identify its caller in this statement"),
@@ -562,8 +565,6 @@ fintx_authz_begin(void)
 	caller.service = cache_service ? pstrdup(cache_service) : NULL;
 	caller.has_key = cache_has_key;
 	memcpy(caller.public_key, cache_key, 32);
-	/* the UTC day that daily limits count against (UsageKey) */
-	caller.usage_day = (DateADT) (GetCurrentTimestamp() / USECS_PER_DAY);
 	decisions = NIL;
 	active = true;
 	return &caller;
@@ -651,8 +652,8 @@ fintx_authz_deny(FintxOp op, const char *object, const char *currency, int64 amo
 
 /*
  * The key of the caller's usage row of grant g today, in args[0..4] ($1..$5
- * of USAGE_INSERT, types in types[0..4]). Today is the UTC day of the call's
- * start, taken once per call (fintx_authz_begin): not of the transaction's
+ * of USAGE_INSERT, types in types[0..4]). Today is the UTC day when the
+ * call first counts, taken once per call: not of the transaction's
  * start (now()), so a transaction left open since yesterday cannot spend
  * yesterday's limit today; and the same for every row a batch locks and counts.
  */
@@ -663,6 +664,8 @@ UsageKey(Datum *args, Oid *types, Grant *g, FintxOp op, const char *currency)
 	args[1] = CStringGetTextDatum(op_names[op]);
 	args[2] = CStringGetTextDatum(g->pattern);
 	args[3] = CStringGetTextDatum(currency ? currency : "");
+	if (caller.usage_day == 0)	/* (2000-01-01 is never today) */
+		caller.usage_day = (DateADT) (GetCurrentTimestamp() / USECS_PER_DAY);
 	args[4] = DateADTGetDatum(caller.usage_day);
 	types[0] = types[1] = types[2] = types[3] = TEXTOID;
 	types[4] = DATEOID;
@@ -822,12 +825,15 @@ fintx_authorize(FintxOp op, const char *object, const char *currency, int64 amou
 	 * another, naming it would tell that the account exists (and its currency).
 	 */
 	if (g == NULL)
+	{
+		bool		name_currency = currency && CodeVisible(object);
+
 		fintx_authz_deny(op, object, currency, amount, has_amount,
 						 psprintf("no grant of %s to service \"%s\" covers \"%s\"%s%s",
 								  op_names[op], caller.service, object,
-								  currency && CodeVisible(object) ? " in " : "",
-								  currency && CodeVisible(object) ? currency : ""),
+								  name_currency ? " in " : "", name_currency ? currency : ""),
 						 NULL);
+	}
 	rule = GrantRule(g);
 	if (has_amount && g->has_max && amount > g->max_amount)
 		fintx_authz_deny(op, object, currency, amount, has_amount,
@@ -1143,12 +1149,13 @@ LockApproval(int64 id, ApprovalRow *row)
 					1, types);
 	fintx_spi_expect(SPI_execute_plan(approval_lock_plan, &arg, NULL, false, 0), SPI_OK_SELECT, "reading the approval request failed");
 	if (SPI_processed != 1)
+	{
 		DenyApprovalId(id, NULL);
-	if (SPI_processed != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("transfer %lld is not a transfer that needs approval", (long long) id),
 				 errhint("fintx.pending_approvals lists the transfers awaiting approval.")));
+	}
 	tup = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
 	row->maker_service = fintx_spi_copy_text(tup, desc, 1);
@@ -1298,24 +1305,23 @@ static void
 RequireMakerGrant(ApprovalRow *row)
 {
 	static SPIPlanPtr plan = NULL;
-	Oid			types[3] = {TEXTOID, TEXTOID, TEXTOID};
-	Datum		args[3];
-	bool		isnull;
+	Oid			type = TEXTOID;
+	Datum		arg = CStringGetTextDatum(row->maker_service);
+	bool		covered = false;
 
-	args[0] = CStringGetTextDatum(row->maker_service);
-	args[1] = CStringGetTextDatum(row->from_account);
-	args[2] = CStringGetTextDatum(row->currency);
+	/* matched as the grant cache matches (GrantCovers), with the latest committed grants */
 	fintx_keep_plan(&plan,
-					"SELECT EXISTS (SELECT 1 FROM fintx.permissions p"
-					" WHERE p.service OPERATOR(pg_catalog.=) $1 AND p.operation OPERATOR(pg_catalog.=) 'transfer'"
-					"   AND $2 OPERATOR(pg_catalog.~~) p.account_pattern"
-					"   AND (p.currency IS NULL OR p.currency OPERATOR(pg_catalog.=) $3))",
-					3, types);
-	/* the latest committed grants, also in a REPEATABLE READ transaction (as LoadCache) */
+					"SELECT account_pattern, currency FROM fintx.permissions"
+					" WHERE service OPERATOR(pg_catalog.=) $1 AND operation OPERATOR(pg_catalog.=) 'transfer'",
+					1, &type);
 	PushActiveSnapshot(GetLatestSnapshot());
-	fintx_spi_expect(SPI_execute_plan(plan, args, NULL, true, 1), SPI_OK_SELECT, "reading the maker's grants failed");
+	fintx_spi_expect(SPI_execute_plan(plan, &arg, NULL, true, 0), SPI_OK_SELECT, "reading the maker's grants failed");
 	PopActiveSnapshot();
-	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+	for (uint64 i = 0; i < SPI_processed && !covered; i++)
+		covered = GrantCovers(SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1),
+							  SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2),
+							  row->from_account, row->currency);
+	if (!covered)
 		fintx_authz_deny(FINTX_OP_TRANSFER_APPROVE, row->from_account, row->currency, row->amount, true,
 						 psprintf("the maker, service \"%s\", no longer holds a transfer grant that covers \"%s\" in %s",
 								  row->maker_service, row->from_account, row->currency),

@@ -228,7 +228,7 @@ extern int64 fintx_seal_log(void);
 extern int64 fintx_sealed_size(void);
 extern int64 fintx_sequence_outbox_only(void);
 extern char *fintx_key_label(const char *name, EVP_PKEY *key);
-extern void fintx_require_local_snapshot(Datum snap, const char *what);
+extern void fintx_require_local_snapshot(Datum snap, const char *what, int64 id);
 extern void fintx_block_hash(int64 id, int64 size, const uint8 *root, const uint8 *prev,
 							 TimestampTz sealed_at, uint8 *out);
 

@@ -448,7 +448,7 @@ fintx_outbox_sequence(Datum snap, Datum own, bool own_null)
 		batch_id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
 		args[0] = SPI_datumTransfer(SPI_getbinval(tup, desc, 2, &isnull), false, -1);
 		tail = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
-		fintx_require_local_snapshot(args[0], psprintf("outbox batch %lld", (long long) batch_id));
+		fintx_require_local_snapshot(args[0], "outbox batch", batch_id);
 	}
 	else
 	{

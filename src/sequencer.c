@@ -391,14 +391,15 @@ fintx_block_hash(int64 id, int64 size, const uint8 *root, const uint8 *prev, Tim
 }
 
 /*
- * Raises 55000 if snap (a pg_snapshot a block or outbox batch stores) reaches
+ * Raises 55000 if snap (a pg_snapshot a block or outbox batch stores; what
+ * and id name it, id -1: what alone; formatted only then) reaches
  * transaction ids this cluster has not assigned yet: the row was sealed in
  * another cluster, whose ids ran ahead (a dump restored here). The next pass
  * would take it as its previous snapshot and skip, for good, every entry of
  * this cluster's transactions below its xmin.
  */
 void
-fintx_require_local_snapshot(Datum snap, const char *what)
+fintx_require_local_snapshot(Datum snap, const char *what, int64 id)
 {
 	FullTransactionId xmax = DatumGetFullTransactionId(DirectFunctionCall1(pg_snapshot_xmax, snap));
 	FullTransactionId next = ReadNextFullTransactionId();
@@ -406,7 +407,8 @@ fintx_require_local_snapshot(Datum snap, const char *what)
 	if (FullTransactionIdFollows(xmax, next))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("%s was sealed in a cluster whose transaction ids are ahead of this one's", what),
+				 id < 0 ? errmsg("%s was sealed in a cluster whose transaction ids are ahead of this one's", what) :
+				 errmsg("%s %lld was sealed in a cluster whose transaction ids are ahead of this one's", what, (long long) id),
 				 errdetail("Its snapshot reaches transaction id %llu; this cluster's next one is %llu. "
 						   "Entries and events of this cluster's transactions below it would never be sealed.",
 						   (unsigned long long) U64FromFullTransactionId(xmax),
@@ -439,7 +441,7 @@ fintx_refuse_foreign_snapshot(PG_FUNCTION_ARGS)
 		elog(ERROR, "table \"%s\" has no column \"snapshot\"", RelationGetRelationName(rel));
 	snap = heap_getattr(trigdata->tg_trigtuple, col, RelationGetDescr(rel), &isnull);
 	if (!isnull)
-		fintx_require_local_snapshot(snap, psprintf("a row of fintx.%s", RelationGetRelationName(rel)));
+		fintx_require_local_snapshot(snap, psprintf("a row of fintx.%s", RelationGetRelationName(rel)), -1);
 	return PointerGetDatum(trigdata->tg_trigtuple);
 }
 
@@ -554,7 +556,7 @@ SealLog(void)
 		return SizeSealed();	/* the worker, while another transaction holds the lock */
 	ReadBlock(&prev);			/* under the lock: the latest block is ours to extend */
 	if (prev.exists)
-		fintx_require_local_snapshot(prev.snapshot, psprintf("audit block %lld", (long long) prev.block_id));
+		fintx_require_local_snapshot(prev.snapshot, "audit block", prev.block_id);
 	n0 = prev.tree_size;
 
 	/*

@@ -35,6 +35,12 @@ UPDATE fintx.idempotency_keys SET transfer_id = :swap_a WHERE idempotency_key = 
 UPDATE fintx.idempotency_keys SET transfer_id = :swap_b WHERE idempotency_key = 't-1';
 SELECT check_name, count(*) FROM fintx.reconcile() GROUP BY 1 ORDER BY 1;
 ROLLBACK;
+-- a second journal record for an existing transfer: its key would replay that transfer
+BEGIN;
+INSERT INTO fintx.idempotency_keys (principal, idempotency_key, fingerprint, transfer_id, created_at)
+SELECT principal, 't-1-copy', fingerprint, transfer_id, created_at FROM fintx.idempotency_keys WHERE idempotency_key = 't-1';
+SELECT check_name, expected, actual FROM fintx.reconcile() ORDER BY 1, 2;
+ROLLBACK;
 -- a journal record moved to another principal
 BEGIN;
 UPDATE fintx.idempotency_keys SET principal = 'mallory' WHERE idempotency_key = 't-1';

@@ -7,7 +7,9 @@ CREATE TABLE fintx.idempotency_keys (
     principal       text        COLLATE "C" NOT NULL,
     idempotency_key text        COLLATE "C" NOT NULL,
     fingerprint     bytea       NOT NULL,
-    transfer_id     bigint      NOT NULL UNIQUE,
+    -- not UNIQUE: nothing looks a record up by its transfer, and the index entry was one of
+    -- the nine a transfer writes; fintx.reconcile() reports a transfer with several records
+    transfer_id     bigint      NOT NULL,
     created_at      timestamptz NOT NULL,
     PRIMARY KEY (principal, idempotency_key)
 );

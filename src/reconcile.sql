@@ -109,6 +109,12 @@ SELECT 'transfer_without_journal', 'transfer ' OPERATOR(pg_catalog.||) t.id::tex
   FROM fintx.transfers t
  WHERE NOT EXISTS (SELECT FROM fintx.idempotency_keys j WHERE j.transfer_id OPERATOR(pg_catalog.=) t.id)
 UNION ALL
+SELECT 'transfer_with_several_journal_records', 'transfer ' OPERATOR(pg_catalog.||) j.transfer_id::text,
+       '1 journal record', pg_catalog.count(*)::text
+  FROM fintx.idempotency_keys j
+ GROUP BY j.transfer_id
+HAVING pg_catalog.count(*) OPERATOR(pg_catalog.>) 1
+UNION ALL
 SELECT 'journal_without_transfer',
        pg_catalog.format('key %L of %L', j.idempotency_key, j.principal),
        'transfer ' OPERATOR(pg_catalog.||) j.transfer_id::text, 'missing'

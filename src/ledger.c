@@ -32,6 +32,7 @@
 #include "commands/dbcommands.h"
 #include "utils/json.h"
 #include "utils/numeric.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 #include "utils/xid8.h"
 
@@ -511,6 +512,37 @@ HoldAlreadyResolved(int64 hold_id)
  * loads the held transfer. Emits 22023 for an unknown or non-pending
  * transfer and 55000 for one already resolved.
  */
+/*
+ * Emits the error for a hold id the caller's snapshot does not see: 22023,
+ * or under REPEATABLE READ and SERIALIZABLE 40001 if a transaction committed
+ * after the snapshot made it (a retry in a new transaction finds it; the same
+ * answer as for a key or a row changed after the snapshot). SPI connected.
+ */
+static void
+HoldMissing(int64 id)
+{
+	if (IsolationUsesXactSnapshot())
+	{
+		static SPIPlanPtr plan = NULL;
+		Oid			type = INT8OID;
+		Datum		arg = Int64GetDatum(id);
+
+		fintx_keep_plan(&plan, "SELECT FROM fintx.transfers WHERE id OPERATOR(pg_catalog.=) $1", 1, &type);
+		PushActiveSnapshot(GetLatestSnapshot());
+		fintx_spi_expect(fintx_execute_indexed(plan, &arg, NULL, true, 1), SPI_OK_SELECT, "looking up a hold failed");
+		PopActiveSnapshot();
+		if (SPI_processed > 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("could not serialize access to transfer %lld", (long long) id),
+					 errdetail("The transfer was made by a transaction that committed after this transaction's snapshot was taken."),
+					 errhint("Retry the request in a new transaction.")));
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("transfer %lld does not exist", (long long) id)));
+}
+
 static LedgerHold *
 ClaimHolds(LedgerRequest **reqs, int n, int *nholds)
 {
@@ -563,9 +595,7 @@ ClaimHolds(LedgerRequest **reqs, int n, int *nholds)
 		key.id = reqs[i]->hold_id;
 		reqs[i]->hold = bsearch(&key, holds, *nholds, sizeof(LedgerHold), CompareHoldId);
 		if (reqs[i]->hold == NULL)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("transfer %lld does not exist", (long long) reqs[i]->hold_id)));
+			HoldMissing(reqs[i]->hold_id);
 	}
 
 	/* Claim: the open-hold row is deleted by exactly one resolver. */
@@ -677,9 +707,9 @@ Credit(LedgerAccount *a, int64 amount, bool pending)
 				(errcode(ERRCODE_FINTX_CREDIT_LIMIT),
 				 errmsg("credit would give account \"%s\" a positive balance", a->code),
 				 hide ? errdetail("The account was opened with allow_positive = false.") :
-				 errdetail("The account was opened with allow_positive = false; its debits are %lld and its credits would be %lld.",
+				 errdetail("The account was opened with allow_positive = false; its posted debits are %lld and its credits, posted and pending, would be %lld.",
 						   (long long) a->debits_posted,
-						   (long long) (a->credits_posted + (pending ? a->credits_pending : 0)))));
+						   (long long) total)));
 	}
 }
 

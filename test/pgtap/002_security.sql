@@ -9,7 +9,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION fintx;
-SELECT plan(104);
+SELECT plan(105);
 
 -- Runs q as role r (SET LOCAL ROLE for the duration of q) and returns its first column.
 -- An error propagates, and the subtransaction that catches it also undoes the role switch.
@@ -201,8 +201,12 @@ SELECT results_eq(
 SELECT is_empty('SELECT * FROM fintx.reconcile()', 'the ledger is consistent after the hostile-path session');
 SELECT is((SELECT count(*)::int FROM fintx.transfers WHERE created_at <> now()), 0,
           'every stored transfer has created_at = pg_catalog.now()');
-SELECT is((SELECT count(DISTINCT id)::int FROM fintx.transfers), (SELECT count(*)::int FROM fintx.transfers),
-          'transfer ids come from fintx.transfer_id_seq, not a shadowing nextval()');
+SELECT is((SELECT s.is_called AND s.last_value >= (SELECT max(j.transfer_id) FROM fintx.idempotency_keys j
+                                                    WHERE j.idempotency_key LIKE 'sec-h%')
+             FROM fintx.transfer_id_seq s), true,
+          'transfer ids under the hostile path were issued by fintx.transfer_id_seq (it was called and reached them), not by the shadowing nextval()');
+SELECT cmp_ok((SELECT count(*)::int FROM fintx.idempotency_keys WHERE idempotency_key LIKE 'sec-h%'), '>=', 3,
+              'the hostile-path session made its transfers');
 SELECT results_eq($$SELECT code COLLATE "default", credits_posted FROM tap002_evil.accounts ORDER BY id$$,
                   $$VALUES ('sec.alice'::text, 999999::bigint), ('sec.bob', 999999)$$,
                   'the shadowing tap002_evil.accounts table was neither read into nor written');

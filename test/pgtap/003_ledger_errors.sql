@@ -12,28 +12,64 @@ CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION fintx;
 SELECT plan(315);
 
--- A fingerprint of the whole ledger: counts, and a hash over every row of every table.
+-- A fingerprint of the whole ledger but the probe's accounts and rows (below): counts, and a
+-- hash over every row of every table.
 CREATE FUNCTION pg_temp.ledger_state() RETURNS text LANGUAGE sql AS $$
+WITH a AS (SELECT * FROM fintx.accounts WHERE code NOT LIKE 'probe.%'),
+     t AS (SELECT * FROM fintx.transfers WHERE from_account IN (SELECT id FROM a)),
+     j AS (SELECT * FROM fintx.idempotency_keys WHERE idempotency_key NOT LIKE 'probe-%')
 SELECT format('%s accounts, %s transfers, %s keys, %s holds, sum(credits-debits)=%s, hash %s',
-       (SELECT count(*) FROM fintx.accounts), (SELECT count(*) FROM fintx.transfers),
-       (SELECT count(*) FROM fintx.idempotency_keys), (SELECT count(*) FROM fintx.pending_holds),
-       (SELECT sum(credits_posted::numeric - debits_posted) FROM fintx.accounts),
+       (SELECT count(*) FROM a), (SELECT count(*) FROM t),
+       (SELECT count(*) FROM j), (SELECT count(*) FROM fintx.pending_holds),
+       (SELECT sum(credits_posted::numeric - debits_posted) FROM a),
        md5(concat_ws('|',
-           (SELECT string_agg(a::text, ',' ORDER BY a.id) FROM fintx.accounts a),
-           (SELECT string_agg(t::text, ',' ORDER BY t.id) FROM fintx.transfers t),
-           (SELECT string_agg(j::text, ',' ORDER BY j.transfer_id) FROM fintx.idempotency_keys j),
+           (SELECT string_agg(a::text, ',' ORDER BY a.id) FROM a),
+           (SELECT string_agg(t::text, ',' ORDER BY t.id) FROM t),
+           (SELECT string_agg(j::text, ',' ORDER BY j.transfer_id) FROM j),
            (SELECT string_agg(h::text, ',' ORDER BY h.transfer_id) FROM fintx.pending_holds h))))
 $$;
 CREATE TEMP TABLE baseline (state text);
 CREATE FUNCTION pg_temp.snapshot() RETURNS void LANGUAGE sql AS $$
     DELETE FROM baseline; INSERT INTO baseline SELECT pg_temp.ledger_state();
 $$;
--- throws_ok with exact SQLSTATE and message, then: the ledger is exactly as before.
+-- The probe: one transfer between two accounts kept for it, in a subtransaction that is rolled
+-- back; returns the ledger's state as the probe sees it (without the probe's own accounts,
+-- transfers and keys) and how many rows the probe added to the transfers, the journal, the
+-- audit entries, the outbox and the open holds (1,1,1,1,0 for a transfer). A rejected call
+-- must leave nothing behind that a later call would write: PostgreSQL rolls back what the
+-- call wrote, not rows or counters kept in session memory and flushed by the next call; the
+-- probe is that next call.
+CREATE FUNCTION pg_temp.row_counts() RETURNS bigint[] LANGUAGE sql AS $$
+SELECT ARRAY[(SELECT count(*) FROM fintx.transfers), (SELECT count(*) FROM fintx.idempotency_keys),
+             (SELECT count(*) FROM fintx.audit_entries), (SELECT count(*) FROM fintx.outbox),
+             (SELECT count(*) FROM fintx.pending_holds)]
+$$;
+CREATE FUNCTION pg_temp.probe() RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    c0 bigint[] := pg_temp.row_counts();
+    c1 bigint[];
+    res text;
+BEGIN
+    BEGIN
+        PERFORM fintx.transfer('probe-' || pg_catalog.clock_timestamp()::text, 'probe.from', 'probe.to', 1);
+        c1 := pg_temp.row_counts();
+        res := pg_temp.ledger_state() || format(' + probe rows %s,%s,%s,%s,%s',
+                   c1[1] - c0[1], c1[2] - c0[2], c1[3] - c0[3], c1[4] - c0[4], c1[5] - c0[5]);
+        RAISE EXCEPTION USING ERRCODE = 'P0004', MESSAGE = 'roll the probe back';
+    EXCEPTION WHEN assert_failure THEN
+        NULL;
+    END;
+    RETURN res;
+END
+$$;
+-- throws_ok with exact SQLSTATE and message, then: the next transfer (the probe) writes its
+-- own rows and nothing else, on a ledger exactly as before.
 CREATE FUNCTION pg_temp.rejects(q text, code text, msg text, descr text) RETURNS SETOF text
 LANGUAGE plpgsql AS $$
 BEGIN
     RETURN NEXT throws_ok(q, code, msg, descr);
-    RETURN NEXT is(pg_temp.ledger_state(), (SELECT state FROM baseline), descr || ' - ledger unchanged');
+    RETURN NEXT is(pg_temp.probe(), (SELECT state FROM baseline) || ' + probe rows 1,1,1,1,0',
+                   descr || ' - nothing left behind: the next transfer writes only its own rows');
 END
 $$;
 -- The full error of a statement as 'SQLSTATE|message|detail|hint' (NULL if it succeeds;
@@ -54,6 +90,9 @@ $$;
 -- ---------------------------------------------------------------------------
 -- setup
 -- ---------------------------------------------------------------------------
+-- the probe's accounts (pg_temp.probe)
+SELECT fintx.open_account('probe.from', 'EUR', true, true) IS NOT NULL AS ok \gset
+SELECT fintx.open_account('probe.to', 'EUR') IS NOT NULL AS ok \gset
 SELECT fintx.open_account('e.world', 'EUR', true, false) IS NOT NULL AS ok \gset
 SELECT fintx.open_account('e.alice', 'EUR') IS NOT NULL AS ok \gset
 SELECT fintx.open_account('e.bob', 'EUR') IS NOT NULL AS ok \gset
@@ -116,7 +155,6 @@ SELECT is((SELECT available FROM fintx.account_balances WHERE code = 'e.bob'), 6
           'e.bob: 65 available; its 100 of pending credits are not available');
 
 SELECT pg_temp.snapshot();
-SELECT is(pg_temp.ledger_state(), (SELECT state FROM baseline), 'baseline taken');
 
 -- ---------------------------------------------------------------------------
 -- NULL for each required argument: 22023
@@ -387,8 +425,14 @@ SELECT * FROM pg_temp.rejects($$SELECT fintx.transfer('e-p', 'e.alice', 'e.cap2'
 SELECT * FROM pg_temp.rejects($$SELECT fintx.transfer('e-p', 'e.alice', 'e.cap2', 6, pending => true)$$,
        'FX002', 'credit would give account "e.cap2" a positive balance', 'allow_positive = false: a pending repayment of more than owed');
 SELECT is(pg_temp.error_of($$SELECT fintx.transfer('e-p', 'e.world', 'e.cap', 3)$$),
-          'FX002|credit would give account "e.cap" a positive balance|The account was opened with allow_positive = false; its debits are 0 and its credits would be 3.|',
+          'FX002|credit would give account "e.cap" a positive balance|The account was opened with allow_positive = false; its posted debits are 0 and its credits, posted and pending, would be 3.|',
           'credit limit: the detail states debits and credits');
+SELECT is(pg_temp.error_of($q$DO $do$ BEGIN
+              PERFORM fintx.transfer('e-p-hold', 'e.world', 'e.cap2', 3, pending => true);
+              PERFORM fintx.transfer('e-p-post', 'e.world', 'e.cap2', 3);
+          END $do$$q$),
+          'FX002|credit would give account "e.cap2" a positive balance|The account was opened with allow_positive = false; its posted debits are 5 and its credits, posted and pending, would be 6.|',
+          'credit limit: the detail of a posted credit counts the pending credits too (3 held + 3 posted > 5 owed)');
 
 -- ---------------------------------------------------------------------------
 -- metadata: not an object, too large: 22023

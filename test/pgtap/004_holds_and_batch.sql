@@ -12,28 +12,64 @@ CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION fintx;
 SELECT plan(260);
 
--- A fingerprint of the whole ledger: counts, and a hash over every row of every table.
+-- A fingerprint of the whole ledger but the probe's accounts and rows (below): counts, and a
+-- hash over every row of every table.
 CREATE FUNCTION pg_temp.ledger_state() RETURNS text LANGUAGE sql AS $$
+WITH a AS (SELECT * FROM fintx.accounts WHERE code NOT LIKE 'probe.%'),
+     t AS (SELECT * FROM fintx.transfers WHERE from_account IN (SELECT id FROM a)),
+     j AS (SELECT * FROM fintx.idempotency_keys WHERE idempotency_key NOT LIKE 'probe-%')
 SELECT format('%s accounts, %s transfers, %s keys, %s holds, hash %s',
-       (SELECT count(*) FROM fintx.accounts), (SELECT count(*) FROM fintx.transfers),
-       (SELECT count(*) FROM fintx.idempotency_keys), (SELECT count(*) FROM fintx.pending_holds),
+       (SELECT count(*) FROM a), (SELECT count(*) FROM t),
+       (SELECT count(*) FROM j), (SELECT count(*) FROM fintx.pending_holds),
        md5(concat_ws('|',
-           (SELECT string_agg(a::text, ',' ORDER BY a.id) FROM fintx.accounts a),
-           (SELECT string_agg(t::text, ',' ORDER BY t.id) FROM fintx.transfers t),
-           (SELECT string_agg(j::text, ',' ORDER BY j.transfer_id) FROM fintx.idempotency_keys j),
+           (SELECT string_agg(a::text, ',' ORDER BY a.id) FROM a),
+           (SELECT string_agg(t::text, ',' ORDER BY t.id) FROM t),
+           (SELECT string_agg(j::text, ',' ORDER BY j.transfer_id) FROM j),
            (SELECT string_agg(h::text, ',' ORDER BY h.transfer_id) FROM fintx.pending_holds h))))
 $$;
 CREATE TEMP TABLE baseline (state text);
 CREATE FUNCTION pg_temp.snapshot() RETURNS void LANGUAGE sql AS $$
     DELETE FROM baseline; INSERT INTO baseline SELECT pg_temp.ledger_state();
 $$;
--- throws_ok with exact SQLSTATE and message, then: the ledger is exactly as before.
+-- The probe: one transfer between two accounts kept for it, in a subtransaction that is rolled
+-- back; returns the ledger's state as the probe sees it (without the probe's own accounts,
+-- transfers and keys) and how many rows the probe added to the transfers, the journal, the
+-- audit entries, the outbox and the open holds (1,1,1,1,0 for a transfer). A rejected call
+-- must leave nothing behind that a later call would write: PostgreSQL rolls back what the
+-- call wrote, not rows or counters kept in session memory and flushed by the next call; the
+-- probe is that next call.
+CREATE FUNCTION pg_temp.row_counts() RETURNS bigint[] LANGUAGE sql AS $$
+SELECT ARRAY[(SELECT count(*) FROM fintx.transfers), (SELECT count(*) FROM fintx.idempotency_keys),
+             (SELECT count(*) FROM fintx.audit_entries), (SELECT count(*) FROM fintx.outbox),
+             (SELECT count(*) FROM fintx.pending_holds)]
+$$;
+CREATE FUNCTION pg_temp.probe() RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    c0 bigint[] := pg_temp.row_counts();
+    c1 bigint[];
+    res text;
+BEGIN
+    BEGIN
+        PERFORM fintx.transfer('probe-' || pg_catalog.clock_timestamp()::text, 'probe.from', 'probe.to', 1);
+        c1 := pg_temp.row_counts();
+        res := pg_temp.ledger_state() || format(' + probe rows %s,%s,%s,%s,%s',
+                   c1[1] - c0[1], c1[2] - c0[2], c1[3] - c0[3], c1[4] - c0[4], c1[5] - c0[5]);
+        RAISE EXCEPTION USING ERRCODE = 'P0004', MESSAGE = 'roll the probe back';
+    EXCEPTION WHEN assert_failure THEN
+        NULL;
+    END;
+    RETURN res;
+END
+$$;
+-- throws_ok with exact SQLSTATE and message, then: the next transfer (the probe) writes its
+-- own rows and nothing else, on a ledger exactly as before.
 CREATE FUNCTION pg_temp.rejects(q text, code text, msg text, descr text) RETURNS SETOF text
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_temp.snapshot();
     RETURN NEXT throws_ok(q, code, msg, descr);
-    RETURN NEXT is(pg_temp.ledger_state(), (SELECT state FROM baseline), descr || ' - ledger unchanged');
+    RETURN NEXT is(pg_temp.probe(), (SELECT state FROM baseline) || ' + probe rows 1,1,1,1,0',
+                   descr || ' - nothing left behind: the next transfer writes only its own rows');
 END
 $$;
 -- 'SQLSTATE|message|detail|hint' of a failing statement (NULL if it succeeds), and its context.
@@ -69,6 +105,9 @@ $$;
 -- ---------------------------------------------------------------------------
 -- setup
 -- ---------------------------------------------------------------------------
+-- the probe's accounts (pg_temp.probe)
+SELECT fintx.open_account('probe.from', 'EUR', true, true) IS NOT NULL AS ok \gset
+SELECT fintx.open_account('probe.to', 'EUR') IS NOT NULL AS ok \gset
 SELECT fintx.open_account('h.world', 'EUR', true, false) AS world_id \gset
 SELECT fintx.open_account('h.alice', 'EUR') AS alice_id \gset
 SELECT fintx.open_account('h.bob', 'EUR') AS bob_id \gset

@@ -24,7 +24,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION fintx;
-SELECT plan(198);
+SELECT plan(199);
 
 -- RFC 6962 tree head over leaf hashes, with sha256() only (no fintx code): the reference.
 CREATE FUNCTION pg_temp.mth_h(h bytea[]) RETURNS bytea LANGUAGE plpgsql IMMUTABLE AS $$
@@ -316,6 +316,8 @@ SELECT is((SELECT actor || '|' || action FROM fintx.audit_log WHERE object_id = 
           't005_owner|row.inserted', 'the entry names the role that made the change');
 SELECT is((SELECT string_agg(tgname, ',' ORDER BY tgname) FROM pg_trigger WHERE tgrelid = 'public.t005_notes'::regclass),
           'fintx_audit,fintx_audit_truncate', 'audit_table by a non-owner attached nothing (the owner''s row and TRUNCATE triggers only)');
+SELECT is((SELECT string_agg(tgname, ',' ORDER BY tgname) FROM pg_trigger WHERE tgrelid = 'public.t005_owned'::regclass),
+          'fintx_audit,fintx_audit_truncate', 'append_only by a non-owner attached nothing to t005_owned (its owner''s audit triggers only)');
 
 -- ===========================================================================
 -- 4. a log sealed by hand following docs/audit-format.md

@@ -280,7 +280,7 @@ SELECT is(pg_temp.run_as('t6_pay', $q$SELECT pg_temp.t6_detail('SELECT fintx.tra
           'FX002: The account was opened with allow_positive = false.',
           'a refused credit to a hidden account does not show its counters');
 SELECT is(pg_temp.t6_detail($q$SELECT fintx.transfer('loan-2', 'pay:ops', 'ext:loan', 100)$q$),
-          'FX002: The account was opened with allow_positive = false; its debits are 50 and its credits would be 100.',
+          'FX002: The account was opened with allow_positive = false; its posted debits are 50 and its credits, posted and pending, would be 100.',
           'an administrator is told them');
 SELECT is(pg_temp.run_as('t6_pay', $q$SELECT count(*)::text FROM fintx.account_balances WHERE code = 'ext:shop'$q$),
           '0', 'but not the counterparty''s balance');

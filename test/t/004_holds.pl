@@ -242,6 +242,8 @@ my ($once, $not_once, $n_posted, $n_expired) = split m{/}, $state;
 is("$once/$not_once", "$NH/0", "posters: each of the $NH holds has exactly one resolution");
 is($n_posted, $posted_ok, 'posters: posted resolutions = successful post_pending calls');
 is($n_posted + $n_expired, $NH, 'posters: every hold is either posted or expired');
+cmp_ok($n_expired, '>', 0, 'posters: the worker expired some holds (those due before the posters began)');
+cmp_ok($n_posted, '>', 0, 'posters: the posters posted some holds before their timeout');
 is_deeply([ sort keys %post_codes ], ['55000'], 'posters: every failed post_pending was 55000');
 is(4 * $NH - $posted_ok, $post_codes{'55000'} // 0, 'posters: every post_pending call either succeeded or got 55000');
 my $sum_posted = q1("SELECT coalesce(sum(amount), 0) FROM fintx.transfers WHERE status = 'posted' AND pending_id IN ("
@@ -292,6 +294,26 @@ is(outcome("SELECT fintx.post_pending('post-forever', $untimed[0])"), 'ok', 'cra
 is(outcome("SELECT fintx.void_pending('void-forever', $untimed[1])"), 'ok', 'crash: an untimed hold can still be voided');
 is(balance('crash'), '9900/0/0/9900', 'crash: final payer balance 9900');
 is(balance('crash-to'), '100/0/0/100', 'crash: final payee balance 100');
+
+# ---------------------------------------------------------------------------
+# 6. REPEATABLE READ: a hold made after the transaction's snapshot is 40001 (retry), not
+#    22023 (does not exist): the same answer as for a key claimed after the snapshot.
+# ---------------------------------------------------------------------------
+my $rr = quiet_session($node, on_error_stop => 0);
+quiet_safe($rr, "\\set VERBOSITY verbose\nBEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1;");
+my $h6 = hold('h6', 'crash', 'crash-to', 10);
+quiet_query($rr, "SELECT fintx.post_pending('h6-post', $h6)");
+like($rr->{stderr}, qr/40001: could not serialize access to transfer $h6/,
+	'REPEATABLE READ: posting a hold made after the snapshot is a serialization failure');
+quiet_query($rr, 'ROLLBACK');
+$rr->{stderr} = '';
+quiet_query($rr, "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT fintx.post_pending('h6-missing', 999999999)");
+like($rr->{stderr}, qr/22023: transfer 999999999 does not exist/, 'REPEATABLE READ: an id nobody made is still 22023');
+quiet_query($rr, 'ROLLBACK');
+$rr->quit;
+is(outcome("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT fintx.post_pending('h6-post', $h6); COMMIT;"), 'ok',
+	'REPEATABLE READ: the retry in a new transaction posts the hold');
+is(balance('crash-to'), '110/0/0/110', 'REPEATABLE READ: posted once');
 
 is(reconcile_rows($node), '', 'reconcile() reports no discrepancy');
 $mon->quit;

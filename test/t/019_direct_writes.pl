@@ -169,7 +169,15 @@ is(sql(q{SELECT fintx.seal() >= 2345, (SELECT ok FROM fintx.verify_audit())}), '
 is(sql(q{SET enable_seqscan = off; SET enable_bitmapscan = off;
 		 SELECT count(*) FROM fintx.audit_leaves l JOIN fintx.audit_entries e USING (entry_id)
 		  WHERE l.leaf_index >= 0 AND e.details->>'idempotency_key' LIKE 'mi-%'}), '2345',
-	'every entry has one leaf, found through the leaf index');
+	'every entry has one leaf');
+is(sql(q{SET enable_seqscan = off; SET enable_bitmapscan = off;
+		 SELECT count(*) FROM fintx.audit_entries e
+		  WHERE e.details->>'idempotency_key' LIKE 'mi-%'
+		    AND EXISTS (SELECT FROM fintx.audit_leaf_runs r
+		                 WHERE r.first_entry <= e.entry_id AND e.entry_id < r.first_entry + r.leaf_count
+		                   AND r.first_entry = (SELECT max(first_entry) FROM fintx.audit_leaf_runs
+		                                         WHERE first_entry <= e.entry_id))}), '2345',
+	'every entry\'s leaf run is found through the run index on first_entry');
 is(reconcile_rows($node), '', 'reconcile() is clean after the large batch');
 $rr->quit;
 $holder->quit;

@@ -97,10 +97,11 @@ static const FintxColumn run_columns[] = {
  * The leaves [$1, $2) with their entries: the runs that overlap the range (from
  * the last one starting at or before $1) joined with the entries of their part
  * of it, through both primary keys. A leaf whose entry is missing has no row.
+ * (The offsets are clamped to the run, so that no $1 up to 2^63 - 1 overflows.)
  */
 #define LEAF_RANGE_FROM \
 	"  FROM fintx.audit_leaf_runs r JOIN fintx.audit_entries e" \
-	"    ON e.entry_id >= r.first_entry + GREATEST($1 - r.first_leaf, 0)" \
+	"    ON e.entry_id >= r.first_entry + LEAST(GREATEST($1 - r.first_leaf, 0), r.leaf_count)" \
 	"   AND e.entry_id < r.first_entry + LEAST($2 - r.first_leaf, r.leaf_count)" \
 	" WHERE r.first_leaf < $2" \
 	"   AND r.first_leaf >= COALESCE((SELECT pg_catalog.max(first_leaf) FROM fintx.audit_leaf_runs" \
@@ -341,7 +342,8 @@ fintx_origin_char_ok(unsigned char c)
 /*
  * The checkpoint origin: fintx.checkpoint_origin (its GUC check allows only
  * fintx_origin_char_ok bytes) or "fintx.local/<system identifier>/<database>",
- * the database name's other bytes written as %XX.
+ * the database name's other bytes and "%" itself written as %XX (so that two
+ * database names never give one origin: "a b" and "a%20b").
  */
 static char *
 Origin(void)
@@ -354,7 +356,7 @@ Origin(void)
 	appendStringInfo(&s, "fintx.local/%llu/", (unsigned long long) GetSystemIdentifier());
 	for (const unsigned char *p = (const unsigned char *) get_database_name(MyDatabaseId); *p; p++)
 	{
-		if (fintx_origin_char_ok(*p))
+		if (fintx_origin_char_ok(*p) && *p != '%')
 			appendStringInfoChar(&s, (char) *p);
 		else
 			appendStringInfo(&s, "%%%02X", *p);
@@ -505,6 +507,43 @@ SizeSealed(void)
 	ReadBlock(&b);
 	SPI_finish();
 	return b.tree_size;
+}
+
+/*
+ * fintx_direct_insert_rows of a sealing pass's leaf runs or nodes. A row of
+ * the same key there already (a leaf or a node past the latest block, or an
+ * entry given a leaf twice) means the log was changed behind fintx, e.g. its
+ * latest block deleted: XX001, which verify_audit() reports and seal() and the
+ * proofs refuse with, not the unique violation itself.
+ */
+static void
+InsertSealed(const char *table, const FintxColumn *columns, int ncolumns, int nrows,
+			 Datum *values, bool *nulls, int64 prev_block)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+
+	PG_TRY();
+	{
+		fintx_direct_insert_rows(table, columns, ncolumns, nrows, values, nulls);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		if (edata->sqlerrcode != ERRCODE_UNIQUE_VIOLATION)
+			PG_RE_THROW();
+		FlushErrorState();
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("fintx.%s already holds rows that the next block would add after block %lld",
+						table, (long long) prev_block),
+				 errdetail("%s. The audit log was changed after it was sealed (its latest block removed?); nothing was sealed.",
+						   edata->message),
+				 errhint("Run fintx.verify_audit() to locate the damage.")));
+	}
+	PG_END_TRY();
 }
 
 static int64
@@ -672,7 +711,7 @@ SealLog(void)
 			runs[4 * nruns + 3] = Int64GetDatum(block_id);
 			nruns++;
 		}
-		fintx_direct_insert_rows("audit_leaf_runs", run_columns, 4, (int) nruns, runs, nulls);
+		InsertSealed("audit_leaf_runs", run_columns, 4, (int) nruns, runs, nulls, prev.block_id);
 	}
 
 	/*
@@ -715,7 +754,7 @@ SealLog(void)
 		lv.nlevels = level + 1;
 	}
 	if (nn > 0)
-		fintx_direct_insert_rows("audit_nodes", node_columns, 3, (int) nn, nodes, palloc0(sizeof(bool) * 3 * nn));
+		InsertSealed("audit_nodes", node_columns, 3, (int) nn, nodes, palloc0(sizeof(bool) * 3 * nn), prev.block_id);
 
 	/*
 	 * The log so far must still produce the previous block's tree head, or

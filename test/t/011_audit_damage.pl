@@ -151,6 +151,43 @@ tamper('extra', q{INSERT INTO fintx.audit_nodes VALUES (6, 7, sha256('x'))});
 like(verdict('extra'), qr/^false\|.*node at level 6, index 7 that no sealed leaves support/,
 	'an interior node that no leaves support is named');
 
+# the latest block removed: the next pass would seal its entries again at leaves that exist
+fresh('lastblock');
+tamper('lastblock', 'DELETE FROM fintx.audit_blocks WHERE block_id = 3');
+like(verdict('lastblock'), qr/^false\|\|the tree holds a node at level 4, index 1 that no sealed leaves support/,
+	'a removed latest block is reported by verify_audit() (its leaves\' node outlives it), not raised as a unique violation');
+like(psql_err('lastblock', 'SELECT fintx.seal()'),
+	qr/ERROR:  XX001: fintx.audit_leaf_runs already holds rows that the next block would add after block 2\nDETAIL:  duplicate key value violates unique constraint/,
+	'seal() refuses with XX001 and names the conflict');
+like(psql_err('lastblock', 'SELECT fintx.checkpoint()'), qr/ERROR:  XX001: /, 'checkpoint() too');
+# a node added ahead of the log: reported at once, and still reported (not 23505) once the
+# entries its position covers are written and sealing reaches it
+fresh('ahead');
+tamper('ahead', q{INSERT INTO fintx.audit_nodes VALUES (4, 2, sha256('x'))});
+like(verdict('ahead'), qr/^false\|.*node at level 4, index 2 that no sealed leaves support/, 'a node ahead of the log is named');
+$node->safe_psql('ahead', 'INSERT INTO t SELECT g FROM generate_series(1, 16) g');
+like(verdict('ahead'), qr/^false\|\|the tree holds a node at level 4, index 2 that no sealed leaves support/,
+	'once sealing reaches it, verify_audit() still reports it, not a unique violation');
+like(psql_err('ahead', 'SELECT fintx.seal()'), qr/ERROR:  XX001: fintx.audit_nodes already holds rows/,
+	'and seal() refuses with XX001');
+
+# leaf indexes up to 2^63 - 1 where entry ids run ahead of leaf indexes (ids are not gap-free:
+# each session takes a cached block): out of range or no rows, never 22003 'bigint out of range'
+fresh('bigleaf');
+$node->safe_psql('bigleaf', q{SELECT setval('fintx.audit_entry_id_seq', 100000)});
+$node->safe_psql('bigleaf', 'INSERT INTO t VALUES (1); SELECT fintx.seal()');
+is($node->safe_psql('bigleaf', 'SELECT max(first_entry - first_leaf) >= 99000 FROM fintx.audit_leaf_runs'), 't',
+	'bigleaf: a leaf run whose entry ids are far ahead of its leaf indexes');
+like(psql_err('bigleaf', 'SELECT fintx.leaf_data(9223372036854775806)'),
+	qr/ERROR:  22023: leaf index 9223372036854775806 is out of range/, 'leaf_data(2^63 - 2) is 22023 out of range');
+is($node->safe_psql('bigleaf', 'SELECT count(*) FROM fintx.audit_export(9223372036854775807)'), '0',
+	'audit_export(2^63 - 1) gives no rows');
+is($node->safe_psql('bigleaf', 'SELECT count(*) FROM fintx.audit_export(9223372036854775800, 9223372036854775807)'), '0',
+	'audit_export(2^63 - 8, 2^63 - 1) gives no rows');
+is($node->safe_psql('bigleaf', q{SELECT count(*) || '/' || bool_and(fintx.leaf_data(42) IS NOT NULL) FROM fintx.audit_export(42)}), '1/true',
+	'the entry past the jump is read and exported at leaf 42');
+like(verdict('bigleaf'), qr/^true\|\|verified 43 entries/, 'and the log verifies');
+
 fresh('leafgap');
 remap('leafgap', 'DELETE FROM m WHERE leaf_index >= 10');
 like(verdict('leafgap'), qr/^false\|10\|leaves 10 to 41 are missing from fintx.audit_leaf_runs/,

@@ -404,6 +404,15 @@ is($origin, "fintx.local/$sysid/ledger%20prod%2Beu", 'the default origin writes 
 my @vk = split /\+/, $node->safe_psql('ledger prod+eu', 'SELECT fintx.public_key()'), 3;
 is($vk[0], $origin, 'its verifier key is named after the origin');
 like($vk[1] // '', qr/^[0-9a-f]{8}$/, 'and the next field is the 8-hex-digit key id');
+# '%' is escaped too: "a b" and "a%20b" are two databases and must be two origins
+$node->safe_psql('postgres', q{CREATE DATABASE "a%20b"});
+$node->safe_psql('a%20b', q{CREATE EXTENSION fintx; SELECT fintx.open_account('o:a', 'EUR')});
+my ($origin2) = split /\n/, $node->safe_psql('a%20b', 'SELECT fintx.checkpoint()');
+is($origin2, "fintx.local/$sysid/a%2520b", 'the default origin writes a % of the database name as %25');
+$node->safe_psql('postgres', q{CREATE DATABASE "a b"});
+$node->safe_psql('a b', q{CREATE EXTENSION fintx; SELECT fintx.open_account('o:a', 'EUR')});
+my ($origin3) = split /\n/, $node->safe_psql('a b', 'SELECT fintx.checkpoint()');
+is($origin3, "fintx.local/$sysid/a%20b", 'and a space as %20: the two databases sign under two names');
 
 $poll->quit;
 $node->stop;

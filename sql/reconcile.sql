@@ -35,7 +35,22 @@ UPDATE fintx.idempotency_keys SET transfer_id = :swap_a WHERE idempotency_key = 
 UPDATE fintx.idempotency_keys SET transfer_id = :swap_b WHERE idempotency_key = 't-1';
 SELECT check_name, count(*) FROM fintx.reconcile() GROUP BY 1 ORDER BY 1;
 ROLLBACK;
--- a second journal record for an existing transfer: its key would replay that transfer
+-- a transfer forged behind the API with its journal record and counters: only its missing
+-- audit entry shows
+BEGIN;
+SELECT max(id) + 1000 AS forged_id FROM fintx.transfers \gset
+INSERT INTO fintx.transfers (id, status, from_account, to_account, amount, pending_id, timeout_at, metadata,
+                             from_balance, to_balance, entry_hash, principal, created_at)
+SELECT :forged_id, status, from_account, to_account, 1, NULL, NULL, '{}', from_balance, to_balance, NULL, principal, created_at
+  FROM fintx.transfers WHERE id = (SELECT transfer_id FROM fintx.idempotency_keys WHERE idempotency_key = 't-1');
+INSERT INTO fintx.idempotency_keys (principal, idempotency_key, fingerprint, transfer_id, created_at)
+SELECT principal, 'forged', fingerprint, :forged_id, created_at FROM fintx.idempotency_keys WHERE idempotency_key = 't-1';
+UPDATE fintx.accounts SET debits_posted = debits_posted + 1
+ WHERE id = (SELECT from_account FROM fintx.transfers WHERE id = :forged_id);
+UPDATE fintx.accounts SET credits_posted = credits_posted + 1
+ WHERE id = (SELECT to_account FROM fintx.transfers WHERE id = :forged_id);
+SELECT check_name, expected, actual FROM fintx.reconcile() WHERE check_name <> 'account_balance_rule' ORDER BY 1, 2;
+ROLLBACK;
 BEGIN;
 INSERT INTO fintx.idempotency_keys (principal, idempotency_key, fingerprint, transfer_id, created_at)
 SELECT principal, 't-1-copy', fingerprint, transfer_id, created_at FROM fintx.idempotency_keys WHERE idempotency_key = 't-1';

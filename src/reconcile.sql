@@ -135,6 +135,14 @@ SELECT 'journal_transfer_mismatch', pg_catalog.format('key %L of %L', j.idempote
          ON e.object_id OPERATOR(pg_catalog.=) t.id::text
  WHERE t.principal OPERATOR(pg_catalog.<>) j.principal OR e.k OPERATOR(pg_catalog.<>) j.idempotency_key
 UNION ALL
+-- every transfer row is a state change with its audit entry: a row written behind the API
+-- (with its journal record and matching counters) would otherwise pass every check above
+SELECT 'transfer_without_audit_entry', 'transfer ' OPERATOR(pg_catalog.||) t.id::text, '1 audit entry', '0'
+  FROM fintx.transfers t
+ WHERE NOT EXISTS (SELECT FROM fintx.audit_entries e
+                    WHERE e.object_type OPERATOR(pg_catalog.=) 'transfer'
+                      AND e.object_id OPERATOR(pg_catalog.=) t.id::text)
+UNION ALL
 SELECT 'transfer_unknown_account', 'transfer ' OPERATOR(pg_catalog.||) t.id::text,
        'existing accounts', pg_catalog.format('from %s to %s', t.from_account, t.to_account)
   FROM fintx.transfers t

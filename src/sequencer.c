@@ -533,7 +533,7 @@ InsertSealed(const char *table, const FintxColumn *columns, int ncolumns, int nr
 		MemoryContextSwitchTo(cxt);
 		edata = CopyErrorData();
 		if (edata->sqlerrcode != ERRCODE_UNIQUE_VIOLATION)
-			PG_RE_THROW();
+			PG_RE_THROW();		/* LCOV_EXCL_LINE: any other error of an insert (disk full) */
 		FlushErrorState();
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_CORRUPTED),

@@ -19,14 +19,20 @@ my $t_start = time;
 
 sub sql { return $node->safe_psql('postgres', $_[0]); }
 
-sql(q{
+# An audited table ev in database $db, and evlog: its entries with their leaves and blocks.
+sub ev_setup
+{
+	my ($db) = @_;
+	$node->safe_psql($db, q{
 	CREATE TABLE ev (id bigserial PRIMARY KEY, who text NOT NULL);
 	SELECT fintx.audit_table('ev');
 	CREATE VIEW evlog AS
 	SELECT e.entry_id, l.leaf_index, l.block_id, e.details->'new'->>'who' AS who
 	  FROM fintx.audit_entries e LEFT JOIN fintx.audit_leaves l USING (entry_id)
 	 WHERE e.object_id = 'public.ev';
-});
+	});
+}
+ev_setup('postgres');
 
 # Violated invariants, one line each ('' when all hold). Seals first.
 sub invariants
@@ -234,17 +240,9 @@ is(sql("SELECT count(*) FROM evlog WHERE who LIKE 'w%' AND leaf_index IS NOT NUL
 # where seal() runs the pass in the caller's transaction (docs/audit.md).
 sub csql { return $node->safe_psql('crashdb', $_[0]); }
 sql('CREATE DATABASE crashdb');
-csql(q{
-	CREATE EXTENSION fintx;
-	CREATE TABLE ev (id bigserial PRIMARY KEY, who text NOT NULL);
-	SELECT fintx.audit_table('ev');
-	CREATE VIEW evlog AS
-	SELECT e.entry_id, l.leaf_index, l.block_id, e.details->'new'->>'who' AS who
-	  FROM fintx.audit_entries e LEFT JOIN fintx.audit_leaves l USING (entry_id)
-	 WHERE e.object_id = 'public.ev';
-	INSERT INTO ev (who) VALUES ('before');
-	SELECT fintx.seal();
-});
+csql('CREATE EXTENSION fintx');
+ev_setup('crashdb');
+csql(q{INSERT INTO ev (who) VALUES ('before'); SELECT fintx.seal();});
 my $blocks_before = csql('SELECT count(*) FROM fintx.audit_blocks');
 my $leaves_before = csql('SELECT count(*) FROM fintx.audit_leaves');
 is("$blocks_before/$leaves_before", '1/1', 'crashdb: one block of one leaf before the crash');

@@ -62,6 +62,14 @@ int			fintx_outbox_wakeup_ms = 40;
 
 /* waking the worker when a transaction that wrote events commits */
 static bool outbox_written = false;
+/*
+ * The first position a sealing pass in this (caller's) transaction assigned, 0
+ * if none: poll() in a transaction block hands out only positions below it,
+ * whose passes have committed. A pass runs in the caller's transaction where
+ * no worker seals; rolled back, its positions would go to other events, and a
+ * consumer that had been given one would hold the wrong event.
+ */
+static int64 own_first_position = 0;
 static bool xact_callback_set = false;
 
 static SPIPlanPtr last_batch_plan = NULL;
@@ -189,7 +197,20 @@ OutboxXactCallback(XactEvent event, void *arg)
 		fintx_worker_wake();
 	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT || event == XACT_EVENT_PREPARE ||
 		event == XACT_EVENT_PARALLEL_COMMIT || event == XACT_EVENT_PARALLEL_ABORT)
+	{
 		outbox_written = false;
+		own_first_position = 0;
+	}
+}
+
+static void
+EnsureXactCallback(void)
+{
+	if (!xact_callback_set)
+	{
+		RegisterXactCallback(OutboxXactCallback, NULL);
+		xact_callback_set = true;
+	}
 }
 
 /* Notes that this transaction writes events. */
@@ -199,11 +220,7 @@ NoteOutboxWrite(void)
 	if (outbox_written)
 		return;
 	outbox_written = true;
-	if (!xact_callback_set)
-	{
-		RegisterXactCallback(OutboxXactCallback, NULL);
-		xact_callback_set = true;
-	}
+	EnsureXactCallback();
 }
 
 /*
@@ -476,6 +493,11 @@ fintx_outbox_sequence(Datum snap, Datum own, bool own_null)
 	count = (int64) SPI_processed;
 	if (count == 0)
 		return 0;
+	if (!IsBackgroundWorker && own_first_position == 0)
+	{
+		own_first_position = tail + 1;
+		EnsureXactCallback();
+	}
 	{
 		/*
 		 * positions tail + 1, tail + 2, ... in event_no order: one run per
@@ -871,10 +893,10 @@ Poll(FunctionCallInfo fcinfo)
 	int32		max_events;
 	Consumer	c;
 	int64		scan;
-	Oid			types[9] = {TEXTOID, INT8OID, INT8OID, INT4OID, INT4OID, TEXTARRAYOID, TEXTARRAYOID, INT4OID,
-		BOOLOID};
-	Datum		args[9];
-	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	Oid			types[10] = {TEXTOID, INT8OID, INT8OID, INT4OID, INT4OID, TEXTARRAYOID, TEXTARRAYOID, INT4OID,
+		BOOLOID, INT8OID};
+	Datum		args[10];
+	char		nulls[10] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	uint64		nrows;
 	Snapshot	snap;
 
@@ -915,6 +937,12 @@ Poll(FunctionCallInfo fcinfo)
 	args[7] = Int32GetDatum(max_events);
 	/* a service sees only the ledger events of accounts its grants cover */
 	args[8] = BoolGetDatum(fintx_authz_sees_all());
+	/*
+	 * In a transaction block, only positions whose sealing pass has committed
+	 * (see own_first_position); a poll that is a transaction of its own
+	 * commits its pass with the rows it returns.
+	 */
+	args[9] = Int64GetDatum(own_first_position > 0 && IsTransactionBlock() ? own_first_position : PG_INT64_MAX);
 	fintx_keep_plan(&poll_plan,
 					"SELECT o.id, o.aggregatetype, o.aggregateid, o.type, o.payload, o.headers, p.position,"
 					"       o.txid, o.created_at, o.event_no"
@@ -934,8 +962,9 @@ Poll(FunctionCallInfo fcinfo)
 					"                    WHERE d.consumer OPERATOR(pg_catalog.=) $1"
 					"                      AND d.position OPERATOR(pg_catalog.=) p.position)"
 					"   AND ($9 OR fintx.event_visible(o.aggregatetype, o.aggregateid, o.payload))"
+					"   AND p.position OPERATOR(pg_catalog.<) $10"
 					" ORDER BY p.run_position, p.run_offset LIMIT $8",
-					9, types);
+					10, types);
 	if (SPI_execute_snapshot(poll_plan, args, nulls, snap, InvalidSnapshot, false, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "polling outbox failed");	/* LCOV_EXCL_LINE */
 	nrows = SPI_processed;
@@ -958,10 +987,14 @@ Poll(FunctionCallInfo fcinfo)
 		bool		isnull;
 		Datum		wmax;
 
+		Oid			wtypes[4] = {TEXTOID, INT8OID, INT8OID, INT8OID};
+		Datum		wargs[4] = {args[0], args[1], args[2], args[9]};
+
 		fintx_keep_plan(&window_plan,
-						"SELECT pg_catalog.max(position) FROM (" POSITIONS_AFTER " ORDER BY r.first_position, g.i LIMIT $3) w",
-						3, types);
-		if (SPI_execute_snapshot(window_plan, args, NULL, snap, InvalidSnapshot, false, true, 1) != SPI_OK_SELECT)
+						"SELECT pg_catalog.max(position) FROM (" POSITIONS_AFTER " ORDER BY r.first_position, g.i LIMIT $3) w"
+						" WHERE w.position OPERATOR(pg_catalog.<) $4",
+						4, wtypes);
+		if (SPI_execute_snapshot(window_plan, wargs, NULL, snap, InvalidSnapshot, false, true, 1) != SPI_OK_SELECT)
 			elog(ERROR, "scanning outbox window failed");	/* LCOV_EXCL_LINE */
 		wmax = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 		if (!isnull)

@@ -79,6 +79,38 @@ is(sql('SELECT count(*) FROM (SELECT position FROM seen GROUP BY position HAVING
 is(sql(q{SELECT committed_position FROM fintx.consumer_state('tight')}), $events,
 	'the committed offset is the last position');
 
+# In a database no worker seals, poll() seals in the caller's transaction. In a transaction
+# block it hands out only positions whose sealing pass has committed: rolled back, its own
+# pass's positions would go to other events, and the consumer would have been given a
+# position that later names another event.
+sql('CREATE DATABASE nw');
+sub nw { return $node->safe_psql('nw', $_[0]); }
+nw(q{CREATE EXTENSION fintx; SELECT fintx.create_consumer('ru');});
+my $x = quiet_session($node);
+$x->query_safe(q{\c nw});
+$x->query_safe(q{BEGIN; SELECT fintx.emit('order', 'A', 'order.created', '{}')});
+nw(q{SELECT fintx.emit('order', 'B', 'order.created', '{}')});
+my $c = quiet_session($node);
+$c->query_safe(q{\c nw});
+$c->query_safe('BEGIN');
+is($c->query_safe(q{SELECT count(*) FROM fintx.poll('ru')}), '0',
+	'no worker, transaction block: poll() hands out no position its own (uncommitted) pass assigned');
+$c->query_safe('ROLLBACK');
+$x->query_safe('COMMIT');
+my $ru = q{SELECT string_agg(position || ':' || aggregateid, ' ' ORDER BY position) FROM fintx.poll('ru')};
+is(nw($ru), '1:A 2:B', 'after the rollback and the commit of A, positions follow commit order: A got 1, B never had it');
+nw(q{SELECT fintx.ack('ru', 2); SELECT fintx.emit('order', 'C', 'order.created', '{}')});
+$c->query_safe('BEGIN');
+is($c->query_safe(q{SELECT count(*) FROM fintx.poll('ru')}), '0', 'a transaction block whose pass assigns C does not hand it out');
+$c->query_safe('COMMIT');
+is(nw($ru), '3:C', 'once that pass has committed C is delivered: the offset did not move past it');
+nw(q{SELECT fintx.ack('ru', 3); SELECT fintx.emit('order', 'D', 'order.created', '{}'); SELECT fintx.seal();});
+$c->query_safe('BEGIN');
+is($c->query_safe($ru), '4:D', 'a position sealed by a committed pass is handed out in a transaction block');
+$c->query_safe('COMMIT');
+$c->quit;
+$x->quit;
+
 # The worker seals and sequences in READ COMMITTED transactions whatever the server's
 # default: with SERIALIZABLE (a common choice for a ledger) it must not stop.
 sql(q{ALTER SYSTEM SET default_transaction_isolation = 'serializable'; SELECT pg_reload_conf();});

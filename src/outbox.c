@@ -834,9 +834,17 @@ fintx_create_consumer(PG_FUNCTION_ARGS)
 	args[2] = Int32GetDatum(group_member);
 	args[5] = Int32GetDatum(max_retries);
 	fintx_spi_connect();
+	/*
+	 * At offset 0, or just before the oldest retained position if older
+	 * slots were rotated away: the consumer's first event is then right
+	 * after its offset, as for any later one (fintx-relay checks that).
+	 */
 	ret = SPI_execute_with_args("INSERT INTO fintx.outbox_consumers (name, group_size, group_member,"
-								"       aggregatetypes, types, max_retries)"
-								" VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING",
+								"       aggregatetypes, types, max_retries, committed_position)"
+								" VALUES ($1, $2, $3, $4, $5, $6,"
+								"   COALESCE((SELECT pg_catalog.min(first_position) FROM fintx.outbox_position_runs), 1)"
+								"     OPERATOR(pg_catalog.-) 1)"
+								" ON CONFLICT (name) DO NOTHING",
 								6, types, args, nulls, false, 0);
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "creating consumer failed: %s", SPI_result_code_string(ret));	/* LCOV_EXCL_LINE */

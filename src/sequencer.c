@@ -579,16 +579,18 @@ SealLog(void)
 	 * sees the block it committed. Without the worker, a read-only
 	 * transaction cannot seal: it reports the size sealed so far.
 	 */
-	if (IsolationUsesXactSnapshot() || fintx_worker_seal())
+	if (IsolationUsesXactSnapshot() && fintx_worker_seals_here())
 		return SizeSealed();
-	if (XactReadOnly)
+	if (!IsolationUsesXactSnapshot() && fintx_worker_seal())
+		return SizeSealed();
+	if (XactReadOnly || IsolationUsesXactSnapshot())
 	{
 		int64		size = SizeSealed();
 
 		ereport(NOTICE,
-				(errmsg("fintx: a read-only transaction cannot seal the audit log; the answer covers the %lld entries sealed so far",
-						(long long) size),
-				 errhint("Entries committed since are sealed by the next pass: call fintx.seal() in a read-write transaction, or preload fintx so that its worker seals this database.")));
+				(errmsg("fintx: a %s transaction cannot seal the audit log or sequence the outbox; the answer covers the %lld entries sealed so far",
+						XactReadOnly ? "read-only" : "REPEATABLE READ or SERIALIZABLE", (long long) size),
+				 errhint("Entries and events committed since are sealed by the next pass: call fintx.seal() in a read-write READ COMMITTED transaction, or preload fintx so that its worker seals this database.")));
 		return size;
 	}
 	if (!TakeSealLock())
@@ -872,7 +874,13 @@ fintx_sequence_outbox_only(void)
 	int64		n;
 
 	if (IsolationUsesXactSnapshot())
+	{
+		if (!fintx_is_worker)
+			ereport(NOTICE,
+					(errmsg("fintx: a REPEATABLE READ or SERIALIZABLE transaction cannot sequence the outbox"),
+					 errhint("Call fintx.sequence_outbox() in a READ COMMITTED transaction, or preload fintx so that its worker sequences this database.")));
 		return 0;
+	}
 	fintx_spi_connect();
 	if (!TakeSealLock())
 	{

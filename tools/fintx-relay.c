@@ -231,7 +231,12 @@ pg_connect(void)
 		pg_close();
 		return false;
 	}
-	r = PQexec(pg, "LISTEN fintx_outbox");
+	/*
+	 * READ COMMITTED whatever the database's default: under REPEATABLE READ
+	 * or SERIALIZABLE fintx cannot sequence the outbox, and where no worker
+	 * does, --once would publish nothing.
+	 */
+	r = PQexec(pg, "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED; LISTEN fintx_outbox");
 	if (PQresultStatus(r) != PGRES_COMMAND_OK)
 	{
 		logmsg("LISTEN failed: %s", PQerrorMessage(pg));

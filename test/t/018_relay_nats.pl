@@ -221,6 +221,18 @@ like($rerr, qr/carries position $tail with Nats-Msg-Id "[0-9a-f-]+", but the out
 is($node->safe_psql('other_outbox', q{SELECT committed_position || ' ' || stream_sequence FROM fintx.consumer_state('fintx-relay')}),
 	($tail - 5) . ' ' . ($tail - 5), 'and it adopted nothing');
 
+# a database whose default isolation is REPEATABLE READ, without a worker: the relay works in
+# READ COMMITTED and --once publishes what is committed (it published nothing, silently)
+sql('CREATE DATABASE rr_outbox');
+$node->safe_psql('rr_outbox', q{CREATE EXTENSION fintx;
+	ALTER DATABASE rr_outbox SET default_transaction_isolation = 'repeatable read';});
+$node->safe_psql('rr_outbox', q{SELECT count(fintx.emit('job', 'rr-' || g, 'job.created', '{}')) FROM generate_series(1, 3) g});
+($rc, $rerr) = relay_run([ $relay_bin, '-d', $node->connstr('rr_outbox'), '-s', $nats_url, '-S', 'FINTXRR',
+	'-p', 'rrx', '--once', '--health-interval=1' ]);
+is($rc, 0, 'a REPEATABLE READ database without a worker: --once exits 0') or diag($rerr);
+is($node->safe_psql('rr_outbox', q{SELECT committed_position || ' ' || stream_sequence FROM fintx.consumer_state('fintx-relay')}),
+	'3 3', 'and published its three events');
+
 # a consumer with a filter, and a service that does not see every account
 sql(q{SELECT fintx.create_consumer('jobs-only', 1, 0, aggregatetypes => '{job}')});
 ($rc, $rerr) = relay_run(relay_cmd('-c', 'jobs-only'));

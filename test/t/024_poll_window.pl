@@ -110,6 +110,14 @@ is($c->query_safe($ru), '4:D', 'a position sealed by a committed pass is handed 
 $c->query_safe('COMMIT');
 $c->quit;
 $x->quit;
+# under REPEATABLE READ a pass cannot run (its snapshot could be stale): said, not silent
+my (undef, undef, $rrerr) = $node->psql('nw', q{SELECT fintx.emit('order', 'E', 'order.created', '{}');
+	BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM fintx.poll('ru'); SELECT fintx.sequence_outbox(); COMMIT;});
+like($rrerr, qr/NOTICE:  fintx: a REPEATABLE READ or SERIALIZABLE transaction cannot seal the audit log or sequence the outbox; the answer covers/,
+	'no worker, REPEATABLE READ: poll() says in a NOTICE that it cannot sequence');
+like($rrerr, qr/NOTICE:  fintx: a REPEATABLE READ or SERIALIZABLE transaction cannot sequence the outbox\n/,
+	'and sequence_outbox() too');
+is(nw($ru), '4:D 5:E', 'a READ COMMITTED poll sequences and delivers the event (after D, polled but not acknowledged)');
 
 # The worker seals and sequences in READ COMMITTED transactions whatever the server's
 # default: with SERIALIZABLE (a common choice for a ledger) it must not stop.

@@ -52,6 +52,7 @@ PG_FUNCTION_INFO_V1(fintx_account_visible);
 PG_FUNCTION_INFO_V1(fintx_account_id_visible);
 PG_FUNCTION_INFO_V1(fintx_transfer_visible);
 PG_FUNCTION_INFO_V1(fintx_event_visible);
+PG_FUNCTION_INFO_V1(fintx_consumer_visible);
 PG_FUNCTION_INFO_V1(fintx_grants_changed);
 
 static const char *const op_names[FINTX_OP_COUNT] = {
@@ -1944,6 +1945,23 @@ Datum
 fintx_account_id_visible(PG_FUNCTION_ARGS)
 {
 	PG_RETURN_BOOL(IdVisible(PG_GETARG_INT64(0)));
+}
+
+/*
+ * fintx.consumer_visible(name) → boolean: the filter of fintx.outbox_lag. A
+ * role that sees every row sees every consumer; a service, the consumers its
+ * event.consume grants cover (those it may poll).
+ */
+Datum
+fintx_consumer_visible(PG_FUNCTION_ARGS)
+{
+	const char *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+
+	if (fintx_authz_sees_all())
+		PG_RETURN_BOOL(true);
+	if (InSecurityRestrictedOperation())
+		PG_RETURN_BOOL(false);	/* LCOV_EXCL_LINE: sees_all() is false there too, and so is this */
+	PG_RETURN_BOOL(BestGrant(FINTX_OP_EVENT_CONSUME, name, NULL) != NULL);
 }
 
 /* Whether the calling role sees every row: superuser, fintx_admin or fintx_auditor member. */

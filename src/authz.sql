@@ -189,6 +189,11 @@ RETURNS boolean
 AS 'MODULE_PATHNAME', 'fintx_event_visible'
 LANGUAGE C STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
+CREATE FUNCTION fintx.consumer_visible(name text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'fintx_consumer_visible'
+LANGUAGE C STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
 CREATE FUNCTION fintx.account_id_visible(id bigint)
 RETURNS boolean
 AS 'MODULE_PATHNAME', 'fintx_account_id_visible'

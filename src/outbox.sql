@@ -204,7 +204,7 @@ AS 'MODULE_PATHNAME', 'fintx_consumer_state'
 LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
 -- Lag per consumer: events sequenced but not acknowledged, and how old the oldest one is.
-CREATE VIEW fintx.outbox_lag AS
+CREATE VIEW fintx.outbox_lag WITH (security_barrier) AS
 SELECT c.name AS consumer,
        c.committed_position,
        t.tail AS tail_position,
@@ -218,7 +218,9 @@ SELECT c.name AS consumer,
        c.acked_at
   FROM fintx.outbox_consumers c,
        LATERAL (SELECT COALESCE((SELECT b.last_position FROM fintx.outbox_batches b
-                                  ORDER BY b.batch_id DESC LIMIT 1), 0) AS tail) t;
+                                  ORDER BY b.batch_id DESC LIMIT 1), 0) AS tail) t
+ -- a service sees the consumers its event.consume grants cover
+ WHERE fintx.consumer_visible(c.name);
 COMMENT ON VIEW fintx.outbox_lag IS 'per consumer: committed offset, sequenced tail, lag in events and time, dead letters';
 
 -- Removes whole slots of old events (TRUNCATE, no per-row DELETE) once every consumer has

@@ -42,6 +42,7 @@ GRANT EXECUTE ON FUNCTION
   TO fintx_service;
 GRANT EXECUTE ON FUNCTION fintx.transfer_visible(bigint, bigint) TO fintx_service, fintx_auditor;
 GRANT EXECUTE ON FUNCTION fintx.event_visible(text, text, jsonb) TO fintx_service;
+GRANT EXECUTE ON FUNCTION fintx.consumer_visible(text) TO fintx_service, fintx_auditor;
 GRANT EXECUTE ON FUNCTION
     fintx.emit(text, text, text, jsonb, jsonb),
     fintx.create_consumer(text),

@@ -17,7 +17,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION fintx;
-SELECT plan(94);
+SELECT plan(96);
 
 CREATE FUNCTION pg_temp.run_as(r text, q text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
@@ -158,6 +158,11 @@ SELECT throws_ok($$SELECT pg_temp.run_as('tap006_service', 'SELECT count(*) FROM
                  '42501', NULL, 'fintx_service cannot read the outbox table directly');
 SELECT throws_ok($$SELECT pg_temp.run_as('tap006_service', 'SELECT fintx.outbox_rotate()')$$,
                  '42501', NULL, 'fintx_service cannot rotate');
+-- outbox_lag: a service sees the consumers its event.consume grants cover; an auditor every one
+SELECT is(pg_temp.run_as('tap006_service', 'SELECT string_agg(consumer, '','' ORDER BY consumer) FROM fintx.outbox_lag'), 't6',
+          'outbox_lag shows a service only the consumers it may poll');
+SELECT is(pg_temp.run_as('tap006_auditor', 'SELECT count(*)::text FROM fintx.outbox_lag'),
+          (SELECT count(*)::text FROM fintx.outbox_consumers), 'outbox_lag shows an auditor every consumer');
 -- relay_checkpoint(): only for a consumer that receives every event, by a role that sees every event
 SELECT throws_ok($$SELECT pg_temp.run_as('tap006_service', 'SELECT fintx.relay_checkpoint(''t6'', 0, 5)::text')$$,
                  '42501', 'role "tap006_service" does not see every event of the outbox',

@@ -62,5 +62,16 @@ SELECT payload->>'from_account' AS from_account, payload->'from_balance' AS from
 SELECT from_balance FROM fintx.transfers LIMIT 1;
 SELECT count(amount) > 0 AS reads_the_other_columns FROM fintx.transfers;
 RESET ROLE;
+-- nor another service's grant (its limits) in the events of that service's transfers; its own it sees
+SELECT fintx.grant_permission('az-risk', 'transfer', 'bz:%', max_amount => 777777);
+SET ROLE fintx_regress_risk;
+SELECT fintx.transfer('az-in-risk', 'bz:other', 'az:cust', 3) IS NOT NULL AS moved;
+RESET ROLE;
+SELECT fintx.seal() > 0 AS sealed;
+SET ROLE fintx_regress_pay;
+SELECT payload->>'idempotency_key' AS key, payload->>'service' AS service, payload->'authorized_by' AS authorized_by
+  FROM fintx.poll('az-pay-c', 100) WHERE payload->>'idempotency_key' IN ('az-in-risk', 'az-1') ORDER BY 1;
+RESET ROLE;
+SELECT fintx.revoke_permission('az-risk', 'transfer', 'bz:%');
 SELECT fintx.revoke_permission('az-pay', 'transfer', 'az:%');
 SELECT * FROM fintx.reconcile();

@@ -2049,16 +2049,25 @@ fintx_authz_redact_transfer(Jsonb *payload)
 	JsonbIteratorToken tok;
 	int			pending_hide = -1;
 	int			depth = 0;
+	bool		hide_rule;
+	JsonbValue *svc;
 
 	if (!JsonContainerIsObject(&payload->root))
 		return payload;			/* LCOV_EXCL_LINE: fintx writes transfer events as objects, emit() none */
+
 	for (int i = 0; i < 2; i++)
 	{
 		JsonbValue *a = getKeyJsonValueFromContainer(&payload->root, accounts[i], strlen(accounts[i]), NULL);
 
 		hide[i] = a == NULL || a->type != jbvString || !CodeVisible(pnstrdup(a->val.string.val, a->val.string.len));
 	}
-	if (!hide[0] && !hide[1])
+	/* the grant that allowed another service's transfer ("authorized_by": its limits) is that service's */
+	svc = getKeyJsonValueFromContainer(&payload->root, "service", strlen("service"), NULL);
+	hide_rule = getKeyJsonValueFromContainer(&payload->root, "authorized_by", strlen("authorized_by"), NULL) != NULL &&
+		(svc == NULL || svc->type != jbvString || caller.service == NULL ||
+		 strlen(caller.service) != (size_t) svc->val.string.len ||
+		 memcmp(caller.service, svc->val.string.val, svc->val.string.len) != 0);
+	if (!hide[0] && !hide[1] && !hide_rule)
 		return payload;
 	it = JsonbIteratorInit(&payload->root);
 	while ((tok = JsonbIteratorNext(&it, &v, false)) != WJB_DONE)
@@ -2074,6 +2083,9 @@ fintx_authz_redact_transfer(Jsonb *payload)
 				if (hide[i] && v.val.string.len == (int) strlen(balances[i]) &&
 					memcmp(v.val.string.val, balances[i], v.val.string.len) == 0)
 					pending_hide = i;
+			if (hide_rule && v.val.string.len == (int) strlen("authorized_by") &&
+				memcmp(v.val.string.val, "authorized_by", v.val.string.len) == 0)
+				pending_hide = 2;
 		}
 		else if (tok == WJB_VALUE && depth == 1 && pending_hide >= 0)
 		{

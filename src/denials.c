@@ -275,11 +275,34 @@ fintx_denial_enqueue(const char *role, const char *session_user, const char *ser
 	}
 }
 
+/*
+ * Whether an error was raised by user code in a procedural language (PL/pgSQL
+ * RAISE, plpy.error, elog in PL/Perl or PL/Tcl): any role may raise 42501
+ * with any message, and the access log and the audit log would keep it for
+ * ever as if PostgreSQL had refused something.
+ */
+static bool
+RaisedByUserCode(const ErrorData *edata)
+{
+	static const char *const pl_files[] = {"pl_exec.c", "plpy_elog.c", "plpy_plpymodule.c", "plperl.c", "pltcl.c"};
+	const char *f = edata->filename;
+
+	if (f == NULL)
+		return false;			/* LCOV_EXCL_LINE: ereport always records its file */
+	if (strrchr(f, '/'))
+		f = strrchr(f, '/') + 1;
+	for (int i = 0; i < (int) lengthof(pl_files); i++)
+		if (strcmp(f, pl_files[i]) == 0)
+			return true;
+	return false;
+}
+
 /* emit_log_hook: queues permission errors that PostgreSQL raised on its own. */
 static void
 DenialLogHook(ErrorData *edata)
 {
-	if (edata->elevel >= ERROR && edata->sqlerrcode == ERRCODE_INSUFFICIENT_PRIVILEGE)
+	if (edata->elevel >= ERROR && edata->sqlerrcode == ERRCODE_INSUFFICIENT_PRIVILEGE &&
+		!RaisedByUserCode(edata))
 	{
 		if (own_denial)
 			own_denial = false;

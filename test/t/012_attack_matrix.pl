@@ -379,6 +379,18 @@ is($node->safe_psql('postgres', q{SELECT count(*) FROM fintx.access_log
 	WHERE application_name = 'caught-then-write' AND object = 'permission denied for table accounts'}) > 0 ? 't' : 'f',
 	't', 'and it is in the access log');
 
+# a 42501 that user code raises is not a refusal of PostgreSQL's: any role could otherwise
+# write text of its choice into the access log and, for ever, into the audit log
+($st) = run_as('pay', 'forged-raise', q{
+	DO $d$ BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = 'permission denied for table transfers (forged)'; END $d$});
+is($st, '42501', 'a role raises 42501 itself');
+($st) = run_as('pay', 'forged-raise', q{UPDATE fintx.accounts SET credits_posted = 0});
+is($st, '42501', 'then PostgreSQL refuses it something');
+is(denials_seen('forged-raise'), 1, 'only PostgreSQL\'s refusal is in the access log');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM fintx.access_log WHERE object LIKE '%(forged)%'}) . '/'
+	  . $node->safe_psql('postgres', q{SELECT count(*) FROM fintx.audit_log WHERE details::text LIKE '%(forged)%'}),
+	'0/0', 'the raised text is in neither the access log nor the audit log');
+
 is(reconcile_rows($node), '', 'the ledger reconciles after the attacks');
 
 # every denial also entered the audit log

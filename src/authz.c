@@ -948,6 +948,20 @@ fintx_authz_require(FintxOp op, const char *object)
 	FlushDecisionsNow();
 }
 
+/*
+ * Records a refusal of op on object that the caller then raises itself with a
+ * message of its own (42501), as fintx_authz_deny() records its refusals:
+ * before it is raised, so that it stays recorded if the caller's caller
+ * catches it. The caller has passed fintx_authz_begin().
+ */
+void
+fintx_authz_record_refusal(FintxOp op, const char *object, const char *reason)
+{
+	Assert(active);
+	fintx_denial_enqueue(caller.role_name, fintx_session_role_name(), caller.service, op_names[op], object,
+						 NULL, 0, false, reason, "fintx");
+}
+
 /* The object column of a decision (a folded administrator decision names the count). */
 static const char *
 DecisionObject(Decision *d)

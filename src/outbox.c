@@ -704,16 +704,20 @@ fintx_emit(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("aggregate id must be 1 to %d bytes long", OUTBOX_MAX_ID)));
+	/* a service needs an event.emit grant whose pattern matches the aggregate type */
+	fintx_authz_require(FINTX_OP_EVENT_EMIT, aggtype);
 	/* fintx's own events, in any letter case, under their aggregate types or event types */
 	if (pg_strcasecmp(aggtype, "transfer") == 0 || pg_strcasecmp(aggtype, "account") == 0 ||
 		pg_strncasecmp(aggtype, "fintx", 5) == 0 || pg_strncasecmp(type, "transfer.", 9) == 0 ||
 		pg_strncasecmp(type, "account.", 8) == 0 || pg_strncasecmp(type, "fintx", 5) == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("aggregate type \"%s\" or event type \"%s\" is reserved for fintx's own events",
-						aggtype, type)));
-	/* a service needs an event.emit grant whose pattern matches the aggregate type */
-	fintx_authz_require(FINTX_OP_EVENT_EMIT, aggtype);
+	{
+		char	   *msg = psprintf("aggregate type \"%s\" or event type \"%s\" is reserved for fintx's own events",
+								   aggtype, type);
+
+		/* recorded first: a forged ledger event is an attempt to see in the log even if caught */
+		fintx_authz_record_refusal(FINTX_OP_EVENT_EMIT, aggtype, msg);
+		ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE), errmsg("%s", msg)));
+	}
 	payload = PG_GETARG_JSONB_P(3);
 	if (VARSIZE(payload) > OUTBOX_MAX_PAYLOAD)
 		ereport(ERROR,
@@ -1123,12 +1127,17 @@ fintx_relay_checkpoint(PG_FUNCTION_ARGS)
 				 errhint("Give the relay a new consumer, moved with fintx.relay_checkpoint() to the position "
 						 "and sequence of the stream's last message (fintx-relay --dump-stream shows both).")));
 	if (!fintx_authz_sees_every_event())
+	{
+		char	   *msg = psprintf("role \"%s\" does not see every event of the outbox",
+								   GetUserNameFromId(fintx_calling_user(), false));
+
+		fintx_authz_record_refusal(FINTX_OP_EVENT_CONSUME, name, msg);
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("role \"%s\" does not see every event of the outbox",
-						GetUserNameFromId(fintx_calling_user(), false)),
+				 errmsg("%s", msg),
 				 errdetail("poll() returns a service only the ledger events of the accounts its grants cover."),
 				 errhint("Grant the relay's service audit.read on '%%'.")));
+	}
 	CheckAckPosition(name, &c, up_to);
 	if (seq < c.stream_sequence)
 		ereport(ERROR,

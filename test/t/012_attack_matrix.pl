@@ -275,6 +275,15 @@ attack(name => 'emit-without-grant', role => 'pay', expect => '42501',
 	sql => q{SELECT fintx.emit('orders', 'o-1', 'created', '{}')});
 ($st, $out) = run_as('pay', 'emit-ok', q{SELECT fintx.emit('payments.order', 'o-1', 'created', '{"n": 1}') IS NOT NULL});
 is("$st|$out", '|t', 'a service emits events of an aggregate type its grant covers');
+# a forged ledger event type under a granted aggregate type, refused and caught: still recorded
+($st, $out) = run_as('pay', 'emit-forged-caught', q{
+	DO $d$ BEGIN PERFORM fintx.emit('payments.order', 'o-2', 'transfer.posted', '{}');
+	EXCEPTION WHEN insufficient_privilege THEN RAISE NOTICE 'caught'; END $d$});
+is($st, '', 'a reserved event type refused and caught: the transaction goes on');
+is(denials_seen('emit-forged-caught'), 1, 'the refusal is in the access log all the same');
+is($node->safe_psql('postgres', q{SELECT operation || ' | ' || reason FROM fintx.access_log WHERE application_name = 'emit-forged-caught'}),
+	'event.emit | aggregate type "payments.order" or event type "transfer.posted" is reserved for fintx\'s own events',
+	'named as an event.emit refusal');
 attack(name => 'consume-other-services-consumer', role => 'pay', expect => '42501',
 	sql => q{SELECT fintx.create_consumer('risk-feed')});
 attack(name => 'poll-consumer-not-granted', role => 'pay', expect => '42501',

@@ -726,11 +726,22 @@ CheckPair(LedgerAccount *from, LedgerAccount *to)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("account \"%s\" is closed", to->code)));
 	if (strcmp(from->currency, to->currency) != 0)
+	{
+		/* the currency of an account outside a service's grants is not named (as its balance) */
+		bool		hide_from = fintx_authz_hides_balance(from->code);
+		bool		hide_to = fintx_authz_hides_balance(to->code);
+
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("currency mismatch between accounts \"%s\" and \"%s\"", from->code, to->code),
+				 hide_from && hide_to ? errdetail("The two accounts hold different currencies.") :
+				 hide_from || hide_to ?
+				 errdetail("Account \"%s\" holds %s; account \"%s\" holds another currency.",
+						   hide_from ? to->code : from->code, hide_from ? to->currency : from->currency,
+						   hide_from ? from->code : to->code) :
 				 errdetail("Account \"%s\" holds %s; account \"%s\" holds %s.",
 						   from->code, from->currency, to->code, to->currency)));
+	}
 }
 
 /*

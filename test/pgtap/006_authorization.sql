@@ -11,7 +11,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION fintx;
-SELECT plan(192);
+SELECT plan(194);
 
 CREATE FUNCTION pg_temp.run_as(r text, q text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
@@ -282,6 +282,13 @@ SELECT is(pg_temp.run_as('t6_pay', $q$SELECT pg_temp.t6_detail('SELECT fintx.tra
 SELECT is(pg_temp.t6_detail($q$SELECT fintx.transfer('loan-2', 'pay:ops', 'ext:loan', 100)$q$),
           'FX002: The account was opened with allow_positive = false; its posted debits are 50 and its credits, posted and pending, would be 100.',
           'an administrator is told them');
+-- nor the currency of an account outside the grants, in a currency mismatch
+SELECT fintx.open_account('ext:usd', 'USD');
+SELECT is(pg_temp.run_as('t6_pay', $q$SELECT pg_temp.t6_detail('SELECT fintx.transfer(''usd-1'', ''pay:ops'', ''ext:usd'', 1)')$q$),
+          '22023: Account "pay:ops" holds EUR; account "ext:usd" holds another currency.',
+          'a currency mismatch with a hidden account does not name its currency');
+SELECT is(pg_temp.t6_detail($q$SELECT fintx.transfer('usd-2', 'pay:ops', 'ext:usd', 1)$q$),
+          '22023: Account "pay:ops" holds EUR; account "ext:usd" holds USD.', 'an administrator is told it');
 SELECT is(pg_temp.run_as('t6_pay', $q$SELECT count(*)::text FROM fintx.account_balances WHERE code = 'ext:shop'$q$),
           '0', 'but not the counterparty''s balance');
 SELECT is(pg_temp.run_as('t6_other', $q$SELECT count(*)::text FROM fintx.transfer_history WHERE from_account LIKE 'pay:%' AND to_account LIKE 'pay:%'$q$),

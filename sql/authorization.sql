@@ -72,6 +72,14 @@ SET ROLE fintx_regress_pay;
 SELECT payload->>'idempotency_key' AS key, payload->>'service' AS service, payload->'authorized_by' AS authorized_by
   FROM fintx.poll('az-pay-c', 100) WHERE payload->>'idempotency_key' IN ('az-in-risk', 'az-1') ORDER BY 1;
 RESET ROLE;
+-- a service that sees every event (audit.read on '%', as a relay's) reads the audit entries
+-- anyway: its events keep the rule
+SELECT fintx.grant_permission('az-pay', 'audit.read', '%');
+SET ROLE fintx_regress_pay;
+SELECT payload->>'service' AS service, payload->'authorized_by' IS NOT NULL AND payload->'authorized_by' <> 'null' AS rule_shown
+  FROM fintx.poll('az-pay-c', 10000) WHERE payload->>'idempotency_key' = 'az-in-risk';
+RESET ROLE;
+SELECT fintx.revoke_permission('az-pay', 'audit.read', '%');
 SELECT fintx.revoke_permission('az-risk', 'transfer', 'bz:%');
 SELECT fintx.revoke_permission('az-pay', 'transfer', 'az:%');
 SELECT * FROM fintx.reconcile();

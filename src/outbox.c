@@ -64,10 +64,10 @@ int			fintx_outbox_wakeup_ms = 40;
 static bool outbox_written = false;
 /*
  * The first position a sealing pass in this (caller's) transaction assigned, 0
- * if none: poll() in a transaction block hands out only positions below it,
- * whose passes have committed. A pass runs in the caller's transaction where
- * no worker seals; rolled back, its positions would go to other events, and a
- * consumer that had been given one would hold the wrong event.
+ * if none: poll() hands out only positions below it, whose passes have
+ * committed. A pass runs in the caller's transaction where no worker seals;
+ * rolled back, its positions would go to other events, and a consumer that
+ * had been given one would hold the wrong event.
  */
 static int64 own_first_position = 0;
 static bool xact_callback_set = false;
@@ -846,8 +846,9 @@ fintx_create_consumer(PG_FUNCTION_ARGS)
 	ret = SPI_execute_with_args("INSERT INTO fintx.outbox_consumers (name, group_size, group_member,"
 								"       aggregatetypes, types, max_retries, committed_position)"
 								" VALUES ($1, $2, $3, $4, $5, $6,"
-								"   COALESCE((SELECT pg_catalog.min(first_position) FROM fintx.outbox_position_runs), 1)"
-								"     OPERATOR(pg_catalog.-) 1)"
+								"   COALESCE((SELECT pg_catalog.min(first_position) FROM fintx.outbox_position_runs)"
+								"              OPERATOR(pg_catalog.-) 1,"
+								"            (SELECT b.last_position FROM fintx.outbox_batches b ORDER BY b.batch_id DESC LIMIT 1), 0))"
 								" ON CONFLICT (name) DO NOTHING",
 								6, types, args, nulls, false, 0);
 	if (ret != SPI_OK_INSERT)
@@ -950,11 +951,12 @@ Poll(FunctionCallInfo fcinfo)
 	/* a service sees only the ledger events of accounts its grants cover */
 	args[8] = BoolGetDatum(fintx_authz_sees_all());
 	/*
-	 * In a transaction block, only positions whose sealing pass has committed
-	 * (see own_first_position); a poll that is a transaction of its own
-	 * commits its pass with the rows it returns.
+	 * Only positions whose sealing pass has committed (see
+	 * own_first_position), also for a poll that looks like a transaction of
+	 * its own: the first statement of a pipeline, or one in a procedure that
+	 * rolls back later, cannot tell that its transaction goes on.
 	 */
-	args[9] = Int64GetDatum(own_first_position > 0 && IsTransactionBlock() ? own_first_position : PG_INT64_MAX);
+	args[9] = Int64GetDatum(own_first_position > 0 ? own_first_position : PG_INT64_MAX);
 	fintx_keep_plan(&poll_plan,
 					"SELECT o.id, o.aggregatetype, o.aggregateid, o.type, o.payload, o.headers, p.position,"
 					"       o.txid, o.created_at, o.event_no"

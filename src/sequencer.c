@@ -875,7 +875,7 @@ fintx_sequence_outbox_only(void)
 
 	if (IsolationUsesXactSnapshot())
 	{
-		if (!fintx_is_worker)
+		if (!fintx_is_worker && !fintx_worker_seals_here())
 			ereport(NOTICE,
 					(errmsg("fintx: a REPEATABLE READ or SERIALIZABLE transaction cannot sequence the outbox"),
 					 errhint("Call fintx.sequence_outbox() in a READ COMMITTED transaction, or preload fintx so that its worker sequences this database.")));

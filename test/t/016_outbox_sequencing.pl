@@ -209,5 +209,19 @@ is(sql("SELECT committed_position FROM fintx.consumer_state('late-joiner')"), po
 	'a consumer created after a rotation starts right before the oldest retained position (fintx-relay needs no gap)');
 is(sql("SELECT string_agg(aggregateid, ',' ORDER BY position) FROM fintx.poll('late-joiner', 100)"), 'slot1-a,after-rotate',
 	'a new consumer starts at the oldest retained event');
+# a rotation can leave no sequenced position at all (the current slot holds none yet): a new
+# consumer then starts at the tail, not at 0
+sql("SELECT count(fintx.ack(name, fintx.outbox_tail())) FROM fintx.outbox_consumers");
+sql("SELECT setval('fintx.outbox_event_no_seq', 2 * 1048576)");
+is(sql('SELECT fintx.outbox_rotate()'), '1', 'slot 1 is truncated');
+is(sql('SELECT count(*) FROM fintx.outbox_position_runs'), '0', 'no sequenced position is left');
+my $tail_empty = sql('SELECT fintx.outbox_tail()');
+sql("SELECT fintx.create_consumer('after-empty')");
+is(sql("SELECT committed_position FROM fintx.consumer_state('after-empty')"), $tail_empty,
+	'a consumer created then starts at the tail');
+emit('after-empty-1');
+seal();
+is(sql("SELECT position || ':' || aggregateid FROM fintx.poll('after-empty', 100)"), ($tail_empty + 1) . ':after-empty-1',
+	'and its first event is right after its offset');
 
 done_testing();

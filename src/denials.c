@@ -286,11 +286,12 @@ RaisedByUserCode(const ErrorData *edata)
 {
 	static const char *const pl_files[] = {"pl_exec.c", "plpy_elog.c", "plpy_plpymodule.c", "plperl.c", "pltcl.c"};
 	const char *f = edata->filename;
+	const char *slash;
 
 	if (f == NULL)
 		return false;			/* LCOV_EXCL_LINE: ereport always records its file */
-	if (strrchr(f, '/'))
-		f = strrchr(f, '/') + 1;
+	slash = strrchr(f, '/');	/* (__FILE__ may hold a path) */
+	f = slash ? slash + 1 : f;
 	for (int i = 0; i < (int) lengthof(pl_files); i++)
 		if (strcmp(f, pl_files[i]) == 0)
 			return true;

@@ -801,9 +801,24 @@ fintx_authz_lock_limits(FintxOp op, const char **objects, const char **currencie
  * denial) if not. Returns true if the request must wait for approval (only
  * when approval_allowed; otherwise such a request is refused).
  */
+static bool Authorize(FintxOp op, const char *object, const char *currency, int64 amount, bool has_amount,
+					  bool approval_allowed, bool count_daily);
+
 bool
 fintx_authorize(FintxOp op, const char *object, const char *currency, int64 amount, bool has_amount,
 				bool approval_allowed)
+{
+	return Authorize(op, object, currency, amount, has_amount, approval_allowed, true);
+}
+
+/*
+ * fintx_authorize, counting the amount against the grant's daily limit only
+ * if count_daily (a rejection moves no money: it checks the checker's
+ * per-transfer limit, not its daily one).
+ */
+static bool
+Authorize(FintxOp op, const char *object, const char *currency, int64 amount, bool has_amount,
+		  bool approval_allowed, bool count_daily)
 {
 	Grant	   *g;
 	char	   *rule;
@@ -845,7 +860,7 @@ fintx_authorize(FintxOp op, const char *object, const char *currency, int64 amou
 		fintx_authz_deny(op, object, currency, amount, has_amount,
 						 psprintf("amount %lld is above the approval threshold %lld; such a transfer must be requested alone with fintx.transfer() or fintx.transfer_signed()",
 								  (long long) amount, (long long) g->approval_above), rule);
-	if (has_amount && g->has_daily)
+	if (has_amount && g->has_daily && count_daily)
 		UseDailyLimit(g, op, object, currency, amount, rule);
 	RecordAllowed(op, object, currency, amount, has_amount,
 				  approval ? "allowed, awaiting approval" : "allowed", rule);
@@ -1307,7 +1322,7 @@ AuthorizeDecision(ApprovalRow *row, bool approve)
 						 psprintf("segregation of duties: service \"%s\" (login \"%s\") requested this transfer; the same service, role or login cannot %s it",
 								  row->maker_service, row->maker_session_user, approve ? "approve" : "reject"),
 						 "maker-checker");
-	fintx_authorize(FINTX_OP_TRANSFER_APPROVE, row->from_account, row->currency, row->amount, true, false);
+	(void) Authorize(FINTX_OP_TRANSFER_APPROVE, row->from_account, row->currency, row->amount, true, false, approve);
 }
 
 /*
@@ -1754,6 +1769,11 @@ fintx_grant_permission(PG_FUNCTION_ARGS)
 	CheckLimit(fcinfo, 3, "max_amount");
 	CheckLimit(fcinfo, 4, "daily_limit");
 	CheckLimit(fcinfo, 6, "approval_above");
+	/* a threshold above which a transfer waits for a checker means something for transfers only */
+	if (!PG_ARGISNULL(6) && strcmp(operation, "transfer") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("approval_above applies to transfer grants only, not to %s", operation)));
 	if (!PG_ARGISNULL(5))
 		currency = text_to_cstring(PG_GETARG_TEXT_PP(5));
 

@@ -11,7 +11,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION fintx;
-SELECT plan(194);
+SELECT plan(198);
 
 CREATE FUNCTION pg_temp.run_as(r text, q text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
@@ -234,6 +234,18 @@ SELECT is(pg_temp.run_as('t6_pay', $q$SELECT status FROM fintx.transfer('m-2', '
           'awaiting_approval', 'another transfer awaits approval');
 SELECT is(pg_temp.run_as('t6_risk', format('SELECT status FROM fintx.reject_transfer(%s, %L)',
           (SELECT transfer_id FROM fintx.pending_approvals), 'no invoice')), 'rejected', 'the checker rejects it');
+-- a rejection moves no money: it does not use up the checker's daily limit (5000 here)
+SELECT fintx.grant_permission('risk', 'transfer.approve', 'pay:%', 4000, 5000);
+SELECT is(pg_temp.run_as('t6_pay', $q$SELECT string_agg(status, ',') FROM (SELECT (fintx.transfer('m-r' || g, 'pay:ops', 'pay:cust:2', 3000 + g)).status FROM generate_series(1, 2) g) x$q$),
+          'awaiting_approval,awaiting_approval', 'two more transfers (3001, 3002) await approval');
+SELECT is(pg_temp.run_as('t6_risk', $q$SELECT string_agg(status, ',' ORDER BY transfer_id) FROM (SELECT (fintx.reject_transfer(transfer_id, 'no')).* FROM fintx.pending_approvals WHERE amount IN (3001, 3002)) x$q$),
+          'rejected,rejected', 'the checker rejects both, 6003 in all against a daily limit of 5000');
+SELECT is((SELECT coalesce(sum(used), 0)::int FROM fintx.limit_usage WHERE service = 'risk' AND operation = 'transfer.approve'), 0,
+          'rejections count nothing against the daily limit');
+SELECT fintx.grant_permission('risk', 'transfer.approve', 'pay:%', 4000);
+SELECT throws_ok($$SELECT fintx.grant_permission('risk', 'transfer.approve', 'pay:%', NULL, NULL, NULL, 100)$$,
+                 '22023', 'approval_above applies to transfer grants only, not to transfer.approve',
+                 'approval_above on a grant other than transfer is refused');
 SELECT throws_ok($$SELECT pg_temp.run_as('t6_risk', format('SELECT status FROM fintx.approve_transfer(%s)', (SELECT transfer_id FROM fintx.approvals WHERE amount = 3100)))$$,
                  '55000', NULL, 'a rejected transfer cannot be approved');
 SELECT throws_ok($$SELECT fintx.approve_transfer(-1)$$, '22023', NULL, 'approving an unknown transfer');

@@ -369,12 +369,6 @@ LikeMatch(const char *s, const char *p)
 	return *p == '\0';
 }
 
-/*
- * The grant that decides: among the caller's grants of op whose pattern
- * matches object and whose currency is the request's (or any), the one for
- * that exact currency, then the most specific pattern, then the first by
- * pattern text.
- */
 /* Whether a grant of pattern in grant_currency (NULL: any) covers object in currency. */
 static bool
 GrantCovers(const char *pattern, const char *grant_currency, const char *object, const char *currency)
@@ -383,6 +377,12 @@ GrantCovers(const char *pattern, const char *grant_currency, const char *object,
 		(grant_currency == NULL || (currency != NULL && strcmp(grant_currency, currency) == 0));
 }
 
+/*
+ * The grant that decides: among the caller's grants of op whose pattern
+ * matches object and whose currency is the request's (or any), the one for
+ * that exact currency, then the most specific pattern, then the first by
+ * pattern text.
+ */
 static Grant *
 BestGrant(FintxOp op, const char *object, const char *currency)
 {
@@ -800,21 +800,8 @@ fintx_authz_lock_limits(FintxOp op, const char **objects, const char **currencie
  * another resource) for amount in currency; emits 42501 (after queueing the
  * denial) if not. Returns true if the request must wait for approval (only
  * when approval_allowed; otherwise such a request is refused).
- */
-static bool Authorize(FintxOp op, const char *object, const char *currency, int64 amount, bool has_amount,
-					  bool approval_allowed, bool count_daily);
-
-bool
-fintx_authorize(FintxOp op, const char *object, const char *currency, int64 amount, bool has_amount,
-				bool approval_allowed)
-{
-	return Authorize(op, object, currency, amount, has_amount, approval_allowed, true);
-}
-
-/*
- * fintx_authorize, counting the amount against the grant's daily limit only
- * if count_daily (a rejection moves no money: it checks the checker's
- * per-transfer limit, not its daily one).
+ * count_daily: count the amount against the grant's daily limit (a
+ * rejection moves no money: it checks the checker's per-transfer limit only).
  */
 static bool
 Authorize(FintxOp op, const char *object, const char *currency, int64 amount, bool has_amount,
@@ -865,6 +852,14 @@ Authorize(FintxOp op, const char *object, const char *currency, int64 amount, bo
 	RecordAllowed(op, object, currency, amount, has_amount,
 				  approval ? "allowed, awaiting approval" : "allowed", rule);
 	return approval;
+}
+
+/* Authorize, counting against daily limits (every decision but a rejection). */
+bool
+fintx_authorize(FintxOp op, const char *object, const char *currency, int64 amount, bool has_amount,
+				bool approval_allowed)
+{
+	return Authorize(op, object, currency, amount, has_amount, approval_allowed, true);
 }
 
 /*

@@ -507,12 +507,6 @@ HoldAlreadyResolved(int64 hold_id)
 }
 
 /*
- * Claims the holds of post/void/expire requests: deletes their open-hold row
- * (waiting for a concurrent resolver; after it commits the row is gone) and
- * loads the held transfer. Emits 22023 for an unknown or non-pending
- * transfer and 55000 for one already resolved.
- */
-/*
  * Emits the error for a hold id the caller's snapshot does not see: 22023,
  * or under REPEATABLE READ and SERIALIZABLE 40001 if a transaction committed
  * after the snapshot made it (a retry in a new transaction finds it; the same
@@ -543,6 +537,12 @@ HoldMissing(int64 id)
 			 errmsg("transfer %lld does not exist", (long long) id)));
 }
 
+/*
+ * Claims the holds of post/void/expire requests: deletes their open-hold row
+ * (waiting for a concurrent resolver; after it commits the row is gone) and
+ * loads the held transfer. Emits 22023 for an unknown or non-pending
+ * transfer (40001 for one made after a REPEATABLE READ snapshot, HoldMissing) and 55000 for one already resolved.
+ */
 static LedgerHold *
 ClaimHolds(LedgerRequest **reqs, int n, int *nholds)
 {
@@ -728,19 +728,14 @@ CheckPair(LedgerAccount *from, LedgerAccount *to)
 	if (strcmp(from->currency, to->currency) != 0)
 	{
 		/* the currency of an account outside a service's grants is not named (as its balance) */
-		bool		hide_from = fintx_authz_hides_balance(from->code);
-		bool		hide_to = fintx_authz_hides_balance(to->code);
+		const char *from_currency = fintx_authz_hides_balance(from->code) ? "another currency" : from->currency;
+		const char *to_currency = fintx_authz_hides_balance(to->code) ? "another currency" : to->currency;
 
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("currency mismatch between accounts \"%s\" and \"%s\"", from->code, to->code),
-				 hide_from && hide_to ? errdetail("The two accounts hold different currencies.") :
-				 hide_from || hide_to ?
-				 errdetail("Account \"%s\" holds %s; account \"%s\" holds another currency.",
-						   hide_from ? to->code : from->code, hide_from ? to->currency : from->currency,
-						   hide_from ? from->code : to->code) :
 				 errdetail("Account \"%s\" holds %s; account \"%s\" holds %s.",
-						   from->code, from->currency, to->code, to->currency)));
+						   from->code, from_currency, to->code, to_currency)));
 	}
 }
 

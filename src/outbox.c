@@ -791,9 +791,9 @@ fintx_create_consumer(PG_FUNCTION_ARGS)
 	int32		group_size = 1;
 	int32		group_member = 0;
 	int32		max_retries = 5;
-	Datum		args[6];
-	char		nulls[6] = {' ', ' ', ' ', 'n', 'n', ' '};
-	Oid			types[6] = {TEXTOID, INT4OID, INT4OID, TEXTARRAYOID, TEXTARRAYOID, INT4OID};
+	Datum		args[7];
+	char		nulls[7] = {' ', ' ', ' ', 'n', 'n', ' ', ' '};
+	Oid			types[7] = {TEXTOID, INT4OID, INT4OID, TEXTARRAYOID, TEXTARRAYOID, INT4OID, INT8OID};
 	int			ret;
 	bool		created;
 
@@ -841,16 +841,17 @@ fintx_create_consumer(PG_FUNCTION_ARGS)
 	/*
 	 * At offset 0, or just before the oldest retained position if older
 	 * slots were rotated away: the consumer's first event is then right
-	 * after its offset, as for any later one (fintx-relay checks that).
+	 * after its offset, as for any later one (fintx-relay checks that); at
+	 * the tail if a rotation left no position.
 	 */
+	args[6] = Int64GetDatum(Tail());
 	ret = SPI_execute_with_args("INSERT INTO fintx.outbox_consumers (name, group_size, group_member,"
 								"       aggregatetypes, types, max_retries, committed_position)"
 								" VALUES ($1, $2, $3, $4, $5, $6,"
 								"   COALESCE((SELECT pg_catalog.min(first_position) FROM fintx.outbox_position_runs)"
-								"              OPERATOR(pg_catalog.-) 1,"
-								"            (SELECT b.last_position FROM fintx.outbox_batches b ORDER BY b.batch_id DESC LIMIT 1), 0))"
+								"              OPERATOR(pg_catalog.-) 1, $7))"
 								" ON CONFLICT (name) DO NOTHING",
-								6, types, args, nulls, false, 0);
+								7, types, args, nulls, false, 0);
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "creating consumer failed: %s", SPI_result_code_string(ret));	/* LCOV_EXCL_LINE */
 	created = SPI_processed == 1;
@@ -1000,7 +1001,6 @@ Poll(FunctionCallInfo fcinfo)
 		/* nothing for this consumer in the window: move past it */
 		bool		isnull;
 		Datum		wmax;
-
 		Oid			wtypes[4] = {TEXTOID, INT8OID, INT8OID, INT8OID};
 		Datum		wargs[4] = {args[0], args[1], args[2], args[9]};
 

@@ -579,9 +579,7 @@ SealLog(void)
 	 * sees the block it committed. Without the worker, a read-only
 	 * transaction cannot seal: it reports the size sealed so far.
 	 */
-	if (IsolationUsesXactSnapshot() && fintx_worker_seals_here())
-		return SizeSealed();
-	if (!IsolationUsesXactSnapshot() && fintx_worker_seal())
+	if (IsolationUsesXactSnapshot() ? fintx_worker_seals_here() : fintx_worker_seal())
 		return SizeSealed();
 	if (XactReadOnly || IsolationUsesXactSnapshot())
 	{

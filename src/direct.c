@@ -146,6 +146,7 @@ OpenLeaf(FintxLeaf *leaf, Relation rel, const FintxColumn *columns, int ncolumns
 	leaf->scan = NULL;
 	leaf->buffer = NULL;
 	leaf->nbuffered = 0;
+	leaf->nslots = 0;
 }
 
 /* Ends the leaf's index scan (fintx_direct_find). */
@@ -167,7 +168,7 @@ CloseLeaf(FintxLeaf *leaf, EState *estate)
 	if (leaf->rel == NULL)
 		return;
 	FlushLeaf(leaf, estate);
-	for (int i = 0; leaf->buffer != NULL && i < FINTX_INSERT_BUFFER && leaf->buffer[i] != NULL; i++)
+	for (int i = 0; i < leaf->nslots && leaf->buffer[i] != NULL; i++)
 		ExecDropSingleTupleTableSlot(leaf->buffer[i]);
 	if (leaf->scan != NULL)
 		EndScan(leaf);
@@ -341,8 +342,20 @@ InsertLeaf(FintxLeaf *leaf, EState *estate, const Datum *values, const bool *nul
 
 	if (leaf->nbuffered == FINTX_INSERT_BUFFER)
 		FlushLeaf(leaf, estate);
-	if (leaf->buffer == NULL)
-		leaf->buffer = palloc0(sizeof(TupleTableSlot *) * FINTX_INSERT_BUFFER);
+	/* a single transfer buffers one row per table: the array grows with the rows */
+	if (leaf->nbuffered == leaf->nslots)
+	{
+		int			n = Min(Max(leaf->nslots * 2, 4), FINTX_INSERT_BUFFER);
+
+		if (leaf->buffer == NULL)
+			leaf->buffer = palloc0(sizeof(TupleTableSlot *) * n);
+		else
+		{
+			leaf->buffer = repalloc(leaf->buffer, sizeof(TupleTableSlot *) * n);
+			memset(leaf->buffer + leaf->nslots, 0, sizeof(TupleTableSlot *) * (n - leaf->nslots));
+		}
+		leaf->nslots = n;
+	}
 	if (leaf->buffer[leaf->nbuffered] == NULL)
 		leaf->buffer[leaf->nbuffered] = table_slot_create(leaf->rel, NULL);
 	slot = StoreRow(leaf, leaf->buffer[leaf->nbuffered], estate, values, nulls);

@@ -184,6 +184,7 @@ typedef struct FintxLeaf
 	struct IndexScanDescData *scan; /* fintx_direct_find's scan */
 	TupleTableSlot **buffer;	/* rows inserted but not yet written */
 	int			nbuffered;
+	int			nslots;			/* length of buffer (grows to FINTX_INSERT_BUFFER) */
 } FintxLeaf;
 
 typedef struct FintxTable

@@ -20,6 +20,7 @@
 #include "storage/latch.h"
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
+#include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -103,11 +104,51 @@ WorkerPass(const char *activity, const char *sql)
 	return fintx_worker_transaction(activity, RunIfInstalled, (void *) sql);
 }
 
+/*
+ * The settings PostgreSQL applies to the worker's session when it connects
+ * (ALTER DATABASE ... SET, ALTER ROLE ... SET for its role, in its database
+ * or all), as one string in *(char **) arg, or NULL if there are none. A
+ * reload does not apply changed ones to a running session: the worker
+ * restarts when they change, so that a per-database fintx.checkpoint_origin
+ * names the next block (as the documentation says: set it, reload).
+ */
+static void
+ReadSettings(void *arg)
+{
+	char	  **out = arg;
+	Oid			types[2] = {OIDOID, OIDOID};
+	Datum		values[2] = {ObjectIdGetDatum(MyDatabaseId), ObjectIdGetDatum(GetUserId())};
+	bool		isnull;
+	Datum		d;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
+	if (SPI_execute_with_args("SELECT pg_catalog.string_agg(s.setdatabase::pg_catalog.text OPERATOR(pg_catalog.||) ' '"
+							  " OPERATOR(pg_catalog.||) s.setrole::pg_catalog.text OPERATOR(pg_catalog.||) ' '"
+							  " OPERATOR(pg_catalog.||) s.setconfig::pg_catalog.text, ' ' ORDER BY s.setdatabase, s.setrole)"
+							  "  FROM pg_catalog.pg_db_role_setting s"
+							  " WHERE s.setdatabase OPERATOR(pg_catalog.=) ANY (ARRAY[0, $1]::pg_catalog.oid[])"
+							  "   AND s.setrole OPERATOR(pg_catalog.=) ANY (ARRAY[0, $2]::pg_catalog.oid[])",
+							  2, types, values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read pg_db_role_setting");	/* LCOV_EXCL_LINE */
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	*out = isnull ? NULL : MemoryContextStrdup(TopMemoryContext, TextDatumGetCString(d));
+	SPI_finish();
+}
+
+static bool
+SameSettings(const char *a, const char *b)
+{
+	return (a == NULL || b == NULL) ? a == b : strcmp(a, b) == 0;
+}
+
 /* Entry point of the background worker. */
 void
 fintx_worker_main(Datum arg)
 {
 	char	   *dbname;
+	char	   *settings = NULL;
+	bool		settings_read;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
@@ -138,6 +179,7 @@ fintx_worker_main(Datum arg)
 	SetConfigOption("default_transaction_isolation", "read committed", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("default_transaction_read_only", "off", PGC_SUSET, PGC_S_OVERRIDE);
 	fintx_denials_worker_attach();
+	settings_read = fintx_worker_transaction("fintx: reading settings", ReadSettings, &settings);
 
 	{
 		TimestampTz next_seal = GetCurrentTimestamp();
@@ -225,6 +267,21 @@ fintx_worker_main(Datum arg)
 							(errmsg("fintx worker restarting to move from database \"%s\" to \"%s\"",
 									dbname, fintx_database)));
 					proc_exit(1);	/* the postmaster restarts us */
+				}
+				if (settings_read)
+				{
+					char	   *now_settings = NULL;
+
+					if (fintx_worker_transaction("fintx: reading settings", ReadSettings, &now_settings) &&
+						!SameSettings(settings, now_settings))
+					{
+						ereport(LOG,
+								(errmsg("fintx worker restarting to apply the changed settings of database \"%s\"",
+										dbname)));
+						proc_exit(1);	/* the postmaster restarts us */
+					}
+					if (now_settings)
+						pfree(now_settings);
 				}
 				next_seal = next_expire = GetCurrentTimestamp();
 			}

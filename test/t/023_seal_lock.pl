@@ -414,6 +414,33 @@ $node->safe_psql('a b', q{CREATE EXTENSION fintx; SELECT fintx.open_account('o:a
 my ($origin3) = split /\n/, $node->safe_psql('a b', 'SELECT fintx.checkpoint()');
 is($origin3, "fintx.local/$sysid/a%20b", 'and a space as %20: the two databases sign under two names');
 
+# A per-database origin (ALTER DATABASE ... SET, then a reload, as docs/audit.md says) names
+# the worker's next block: a reload does not apply changed database settings to a running
+# session, so the worker restarts when they changed, and only then.
+my $worker_pid = q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'fintx worker'};
+my $pid1 = $node->safe_psql('postgres', $worker_pid);
+$node->reload;
+sleep(2);
+is($node->safe_psql('postgres', $worker_pid), $pid1, 'a reload that changes no database setting does not restart the worker');
+$node->safe_psql('postgres', q{ALTER DATABASE postgres SET fintx.checkpoint_origin = 'db.example/ledger'});
+$node->reload;
+is(wait_for("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'fintx worker' AND pid <> $pid1", '1', 30),
+	'1', 'after ALTER DATABASE ... SET and a reload the worker restarts');
+$node->safe_psql('postgres', q{SELECT fintx.transfer('s-origin', 's:bank', 's:a', 1)});
+is(wait_for($all_sealed, 't', 30), 't', 'the restarted worker seals');
+is($node->safe_psql('postgres', 'SELECT origin FROM fintx.audit_checkpoints ORDER BY block_id DESC LIMIT 1'),
+	'db.example/ledger', "the next block is signed under the database's origin");
+like($node->safe_psql('postgres', 'SELECT fintx.checkpoint()'), qr{^db\.example/ledger\n}, 'and so is the checkpoint');
+my $pid2 = $node->safe_psql('postgres', $worker_pid);
+$node->safe_psql('postgres', q{ALTER DATABASE postgres RESET fintx.checkpoint_origin});
+$node->reload;
+is(wait_for("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'fintx worker' AND pid NOT IN ($pid1, $pid2)", '1', 30),
+	'1', 'and after RESET and a reload too');
+$node->safe_psql('postgres', q{SELECT fintx.transfer('s-origin-2', 's:bank', 's:a', 1)});
+is(wait_for($all_sealed, 't', 30), 't', 'which seals');
+like($node->safe_psql('postgres', 'SELECT origin FROM fintx.audit_checkpoints ORDER BY block_id DESC LIMIT 1'),
+	qr{^fintx\.local/\d+/postgres$}, 'under the default origin again');
+
 $poll->quit;
 $node->stop;
 done_testing();

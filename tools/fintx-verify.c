@@ -760,7 +760,8 @@ load_checkpoint(Checkpoint *cp, const VerifierKey *key, const char *what)
 
 			report("%s \"%s\": line %d (%s) is not %s: \"%s\"", what, cp->path, lineno,
 				   lineno == 2 ? "tree size" : "root hash",
-				   lineno == 2 ? "a decimal number" : "the base64 of 32 bytes", shown ? shown : "?");
+				   lineno == 2 ? "a decimal number from 0 to 9223372036854775807" : "the base64 of 32 bytes",
+				   shown ? shown : "?");
 			free(shown);
 			return -1;
 		}
@@ -1914,8 +1915,12 @@ main(int argc, char **argv)
 		goto done;
 	if (res.leaves < cp.size)
 	{
-		report("the export has %" PRIu64 " leaves but the checkpoint covers %" PRIu64 ": leaves %" PRIu64
-			   " to %" PRIu64 " are missing", res.leaves, cp.size, res.leaves, cp.size - 1);
+		if (cp.size - res.leaves == 1)
+			report("the export has %" PRIu64 " leaves but the checkpoint covers %" PRIu64 ": leaf %" PRIu64
+				   " is missing", res.leaves, cp.size, res.leaves);
+		else
+			report("the export has %" PRIu64 " leaves but the checkpoint covers %" PRIu64 ": leaves %" PRIu64
+				   " to %" PRIu64 " are missing", res.leaves, cp.size, res.leaves, cp.size - 1);
 		goto done;
 	}
 	if (o.previous_path && memcmp(res.root_at_prev, prev.root, HASH_LEN) != 0)

@@ -234,6 +234,21 @@ sub export_variant
 }
 {
 	my @l = @lines;
+	my $last = $#l;
+	pop @l;
+	verifier_is('last line cut off', 1, qr/the checkpoint covers $size: leaf $last is missing$/m,
+		'--export', export_variant('cut', @l), '--checkpoint', $cp, '--key', $keyf);
+}
+{
+	# a tree size past 2^63 - 1 is refused as out of range (the signature is not reached)
+	my $text = read_file($cp);
+	$text =~ s/\A([^\n]+)\n\d+\n/$1\n9223372036854775808\n/;
+	write_file("$dir/cp-huge.txt", $text);
+	verifier_is('tree size 2^63', 1, qr/line 2 \(tree size\) is not a decimal number from 0 to 9223372036854775807: "9223372036854775808"/,
+		'--export', $exp, '--checkpoint', "$dir/cp-huge.txt", '--key', $keyf);
+}
+{
+	my @l = @lines;
 	@l[3, 4] = @l[4, 3];
 	verifier_is('two swapped lines', 1, qr/line 4: leaf 3 is missing \(the line holds leaf 4\)/,
 		'--export', export_variant('swapped', @l), '--checkpoint', $cp, '--key', $keyf);

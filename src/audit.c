@@ -20,6 +20,7 @@
 #include "storage/lmgr.h"
 #include "catalog/pg_inherits.h"
 #include "catalog/pg_type.h"
+#include "commands/extension.h"
 #include "commands/sequence.h"
 #include "commands/trigger.h"
 #include "miscadmin.h"
@@ -386,8 +387,8 @@ CheckTableOwner(Oid relid)
  * caller owns the table, 42710 if the triggers exist already.
  */
 static void
-AttachTriggers(FunctionCallInfo fcinfo, const char *name, const char *when, const char *row_events,
-			   const char *function)
+AttachTriggers(FunctionCallInfo fcinfo, const char *sql_function, const char *name, const char *when,
+			   const char *row_events, const char *function)
 {
 	Oid			relid;
 	char	   *qname;
@@ -395,6 +396,16 @@ AttachTriggers(FunctionCallInfo fcinfo, const char *name, const char *when, cons
 	if (PG_ARGISNULL(0))
 		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("tbl must not be null")));
 	relid = PG_GETARG_OID(0);
+	/* logged for administrators, refused to others (not within fintx's own installation script) */
+	if (!creating_extension)
+	{
+		char	   *rel = get_rel_name(relid);
+		char	   *nsp = rel ? get_namespace_name(get_rel_namespace(relid)) : NULL;
+
+		fintx_authz_require(FINTX_OP_ADMIN,
+							psprintf("%s(%s)", sql_function,
+									 rel && nsp ? quote_qualified_identifier(nsp, rel) : "?"));
+	}
 	/*
 	 * The lock CREATE TRIGGER takes, first: the table cannot change owner or
 	 * be dropped between the check and the triggers.
@@ -441,7 +452,7 @@ AttachTriggers(FunctionCallInfo fcinfo, const char *name, const char *when, cons
 Datum
 fintx_audit_table(PG_FUNCTION_ARGS)
 {
-	AttachTriggers(fcinfo, "fintx_audit", "AFTER", "INSERT OR UPDATE OR DELETE", "fintx.audit_row()");
+	AttachTriggers(fcinfo, "audit_table", "fintx_audit", "AFTER", "INSERT OR UPDATE OR DELETE", "fintx.audit_row()");
 	PG_RETURN_VOID();
 }
 
@@ -452,6 +463,6 @@ fintx_audit_table(PG_FUNCTION_ARGS)
 Datum
 fintx_append_only(PG_FUNCTION_ARGS)
 {
-	AttachTriggers(fcinfo, "fintx_append_only", "BEFORE", "UPDATE OR DELETE", "fintx.refuse_change()");
+	AttachTriggers(fcinfo, "append_only", "fintx_append_only", "BEFORE", "UPDATE OR DELETE", "fintx.refuse_change()");
 	PG_RETURN_VOID();
 }

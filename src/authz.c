@@ -959,6 +959,25 @@ fintx_authz_require(FintxOp op, const char *object)
 }
 
 /*
+ * For an administrator's call of a function that changes something and is
+ * not otherwise logged for staff (fintx_authz_require logs staff only for
+ * managing services and grants and for audit reads): one access-log row for
+ * the call, reason 'administrator', as for every other change an
+ * administrator makes. Nothing for other callers (their decisions are
+ * recorded by fintx_authz_require) or for the worker's own passes. The
+ * caller has passed fintx_authz_begin() (fintx_authz_require does).
+ */
+void
+fintx_authz_log_admin_call(FintxOp op, const char *function, const char *argument)
+{
+	if (fintx_is_worker || !caller.admin)
+		return;
+	RecordAllowed(op, argument ? psprintf("%s(%s)", function, argument) : function, NULL, 0, false,
+				  "administrator", caller.superuser ? "superuser" : "member of fintx_admin");
+	FlushDecisionsNow();
+}
+
+/*
  * Records a refusal of op on object that the caller then raises itself with a
  * message of its own (42501), as fintx_authz_deny() records its refusals:
  * before it is raised, so that it stays recorded if the caller's caller

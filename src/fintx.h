@@ -327,6 +327,7 @@ extern void fintx_authz_flush_in(EState *estate);
 extern bool fintx_authz_decision(int i, const char **service, const char **rule);
 extern void fintx_approval_record(LedgerRequest *req);
 extern void fintx_authz_require(FintxOp op, const char *object);
+extern void fintx_authz_log_admin_call(FintxOp op, const char *function, const char *argument);
 extern void fintx_authz_record_refusal(FintxOp op, const char *object, const char *reason);
 extern void fintx_authorize_hold(LedgerRequest *req);
 extern void fintx_authz_lock_limits(FintxOp op, const char **objects, const char **currencies, int n);

@@ -2128,5 +2128,8 @@ fintx_expire_pending(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("max_holds must be between 1 and %d", FINTX_MAX_BATCH)));
+	/* an administrator's call is logged (not the worker's passes); anyone else is refused */
+	if (!fintx_is_worker)
+		fintx_authz_require(FINTX_OP_ADMIN, "expire_pending");
 	PG_RETURN_INT32(fintx_expire_holds(max_holds));
 }

@@ -837,6 +837,7 @@ fintx_create_consumer(PG_FUNCTION_ARGS)
 	args[1] = Int32GetDatum(group_size);
 	args[2] = Int32GetDatum(group_member);
 	args[5] = Int32GetDatum(max_retries);
+	fintx_authz_log_admin_call(FINTX_OP_EVENT_CONSUME, "create_consumer", name);
 	fintx_spi_connect();
 	/*
 	 * At offset 0, or just before the oldest retained position if older
@@ -868,6 +869,7 @@ fintx_drop_consumer(PG_FUNCTION_ARGS)
 	Datum		arg = CStringGetTextDatum(name);
 	bool		dropped;
 
+	fintx_authz_log_admin_call(FINTX_OP_EVENT_CONSUME, "drop_consumer", name);
 	fintx_spi_connect();
 	if (SPI_execute_with_args("DELETE FROM fintx.outbox_consumers WHERE name OPERATOR(pg_catalog.=) $1",
 							  1, types, &arg, NULL, false, 0) != SPI_OK_DELETE)

@@ -11,7 +11,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION fintx;
-SELECT plan(198);
+SELECT plan(206);
 
 CREATE FUNCTION pg_temp.run_as(r text, q text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
@@ -424,6 +424,29 @@ SELECT throws_ok($$SELECT pg_temp.run_as('t6_pay', 'SELECT status FROM fintx.voi
 -- administrators' management calls are in the access log
 SELECT cmp_ok((SELECT count(*)::int FROM fintx.access_log WHERE operation = 'fintx.admin' AND allowed AND role = 'postgres'), '>=', 10,
               'grants and registrations by an administrator are logged');
+-- and so are their other changes that no grant covers, one row per call
+CREATE TABLE public.t6_audited (id int);
+SELECT lives_ok($$SELECT fintx.expire_pending(5)$$, 'an administrator releases expired holds');
+SELECT lives_ok($$SELECT fintx.audit_table('public.t6_audited')$$, 'audits a table');
+SELECT lives_ok($$SELECT fintx.append_only('public.t6_audited')$$, 'makes it append-only');
+SELECT lives_ok($$SELECT fintx.create_consumer('t6-admin')$$, 'creates a consumer');
+SELECT lives_ok($$SELECT fintx.drop_consumer('t6-admin')$$, 'drops it');
+SELECT set_eq($$SELECT operation || ' ' || object || ' ' || reason || ' ' || rule FROM fintx.access_log
+                 WHERE role = 'postgres' AND object IN ('expire_pending', 'audit_table(public.t6_audited)',
+                       'append_only(public.t6_audited)', 'create_consumer(t6-admin)', 'drop_consumer(t6-admin)')$$,
+              ARRAY['fintx.admin expire_pending administrator superuser',
+                    'fintx.admin audit_table(public.t6_audited) administrator superuser',
+                    'fintx.admin append_only(public.t6_audited) administrator superuser',
+                    'event.consume create_consumer(t6-admin) administrator superuser',
+                    'event.consume drop_consumer(t6-admin) administrator superuser'],
+              'each of these calls by an administrator is in the access log');
+-- EXECUTE granted by mistake does not let anyone else release holds or attach triggers
+GRANT EXECUTE ON FUNCTION fintx.expire_pending(integer), fintx.audit_table(regclass) TO t6_other;
+SELECT throws_ok($$SELECT pg_temp.run_as('t6_other', 'SELECT fintx.expire_pending(5)')$$,
+                 '42501', 'permission denied for fintx.admin on "expire_pending"', 'expire_pending by a non-administrator is refused');
+SELECT throws_ok($$SELECT pg_temp.run_as('t6_other', 'SELECT fintx.audit_table(''public.t6_audited'')')$$,
+                 '42501', 'permission denied for fintx.admin on "audit_table(public.t6_audited)"', 'and so is audit_table');
+REVOKE EXECUTE ON FUNCTION fintx.expire_pending(integer), fintx.audit_table(regclass) FROM t6_other;
 -- fintx's own event types cannot be emitted, in any letter case
 SELECT throws_ok($$SELECT fintx.emit('Transfer', 'x', 'order.created', '{}')$$, '42501', NULL, 'aggregate type Transfer is reserved');
 SELECT throws_ok($$SELECT fintx.emit('order', 'x', 'transfer.posted', '{}')$$, '42501', NULL, 'event type transfer.posted is reserved');

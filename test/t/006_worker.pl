@@ -84,6 +84,12 @@ $node->safe_psql('postgres', q{
 	ALTER EXTENSION fintx ADD FUNCTION fintx.expire_pending(integer);
 });
 is(wait_for('postgres', $released_sql->($h), '1', 10), '1', 'released once the pass succeeds again');
+# an administrator's expire_pending() is in the access log; the worker's passes (one a second) are not
+is($node->safe_psql('postgres', q{SELECT count(*) FROM fintx.access_log WHERE object = 'expire_pending'}), '0',
+	"the worker's expire passes are not in the access log");
+$node->safe_psql('postgres', 'SELECT fintx.expire_pending(5)');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM fintx.access_log WHERE object = 'expire_pending'}), '1',
+	"an administrator's call is");
 
 # reload with another database: the worker moves there
 my $o = hold('other', 'w-o1');

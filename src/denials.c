@@ -700,7 +700,7 @@ WriteRecord(DenialRecord *r)
 
 	initStringInfo(&buf);
 	appendStringInfoString(&buf, "{\"at\": ");
-	escape_json(&buf, timestamptz_to_str(r->at));
+	escape_json(&buf, fintx_timestamptz_utc(r->at));
 	appendStringInfoString(&buf, ", \"service\": ");
 	if (r->service[0])
 		escape_json(&buf, r->service);

@@ -10,6 +10,7 @@
 #include "miscadmin.h"
 #include "port/pg_bswap.h"
 #include "nodes/parsenodes.h"
+#include "utils/datetime.h"
 #include "utils/guc.h"
 
 #ifdef __GLIBC__
@@ -325,4 +326,30 @@ fintx_spi_copy_text(HeapTuple tup, TupleDesc desc, int col)
 	char	   *v = SPI_getvalue(tup, desc, col);
 
 	return v == NULL ? NULL : fintx_spi_strdup(v);
+}
+
+/*
+ * ts as ISO text in UTC ("2026-11-27 21:51:21.521836+00"), whatever the
+ * session's TimeZone and DateStyle: for the details of audit entries, whose
+ * text must not depend on the writer's session (as row images do not).
+ */
+char *
+fintx_timestamptz_utc(TimestampTz ts)
+{
+	struct pg_tm tm;
+	fsec_t		fsec;
+	char		buf[MAXDATELEN + 1];
+
+	if (TIMESTAMP_NOT_FINITE(ts))
+		EncodeSpecialTimestamp(ts, buf);
+	else if (timestamp2tm(ts, NULL, &tm, &fsec, NULL, NULL) == 0)
+	{
+		tm.tm_isdst = 0;		/* UTC: known, so that the offset is printed */
+		EncodeDateTime(&tm, fsec, true, 0, NULL, USE_ISO_DATES, buf);
+	}
+	else
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("timestamp out of range")));	/* LCOV_EXCL_LINE: a TimestampTz always converts */
+	return pstrdup(buf);
 }

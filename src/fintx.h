@@ -115,6 +115,7 @@ extern void fintx_spi_connect(void);
 extern ErrorData *fintx_subtransaction(void (*fn) (void *), void *arg);
 extern int	fintx_jit_off(void);
 extern char *fintx_spi_strdup(const char *s);
+extern char *fintx_timestamptz_utc(TimestampTz ts);
 extern Jsonb *fintx_authz_redact_transfer(Jsonb *payload);
 extern char *fintx_spi_copy_text(HeapTuple tup, TupleDesc desc, int col);
 extern int	fintx_index_planning(void);

@@ -998,7 +998,7 @@ AuditTransfer(const char *principal, LedgerRequest *r, int i, Datum *timeout_at,
 	if (r->hold)
 		PushInt(&d, "pending_id", r->hold->id);
 	if (timeout_at)
-		PushString(&d, "timeout_at", timestamptz_to_str(DatumGetTimestampTz(*timeout_at)));
+		PushString(&d, "timeout_at", fintx_timestamptz_utc(DatumGetTimestampTz(*timeout_at)));
 	PushString(&d, "to_account", r->to->code);
 	PushInt(&d, "to_balance", r->to_balance);
 	PushInt(&d, "transfer_id", r->transfer_id);

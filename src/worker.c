@@ -256,6 +256,13 @@ fintx_worker_main(Datum arg)
 				if (next_outbox == 0 && soon < next_seal)
 					next_outbox = soon;
 			}
+			/*
+			 * A cancel (pg_cancel_backend) that arrives between passes has
+			 * nothing to cancel: raised here, outside a pass's error handling,
+			 * it would end the worker for its restart interval. One that
+			 * arrives during a pass ends that pass, which is logged.
+			 */
+			QueryCancelPending = false;
 			CHECK_FOR_INTERRUPTS();
 			if (ConfigReloadPending)
 			{

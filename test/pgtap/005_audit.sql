@@ -24,7 +24,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION fintx;
-SELECT plan(199);
+SELECT plan(202);
 
 -- RFC 6962 tree head over leaf hashes, with sha256() only (no fintx code): the reference.
 CREATE FUNCTION pg_temp.mth_h(h bytea[]) RETURNS bytea LANGUAGE plpgsql IMMUTABLE AS $$
@@ -551,5 +551,21 @@ CREATE MATERIALIZED VIEW public.t005_mv AS SELECT public.t005_write_note() AS n 
 SELECT throws_ok($$REFRESH MATERIALIZED VIEW public.t005_mv$$, '42501',
                  'cannot change the audited table "t005_notes" within a security-restricted operation',
                  'an audited write inside REFRESH MATERIALIZED VIEW: 42501');
+-- a hold's timeout in its audit entry is UTC ISO text, whatever the writer's TimeZone and DateStyle
+SET TimeZone = 'Asia/Kolkata';
+SET DateStyle = 'German';
+SELECT fintx.open_account('t005:tz-a', 'EUR', allow_negative => true);
+SELECT fintx.open_account('t005:tz-b', 'EUR');
+SELECT is((SELECT status FROM fintx.transfer('t005-tz', 't005:tz-a', 't005:tz-b', 5, pending => true, timeout => '1 hour')),
+          'pending', 'a hold made in Asia/Kolkata');
+SELECT matches((SELECT details->>'timeout_at' FROM fintx.audit_entries WHERE action = 'transfer.pending'
+                 AND details->>'idempotency_key' = 't005-tz'),
+               '^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)?\+00$', 'its timeout_at is written in UTC, ISO');
+SELECT is((SELECT (details->>'timeout_at')::timestamptz FROM fintx.audit_entries WHERE action = 'transfer.pending'
+            AND details->>'idempotency_key' = 't005-tz'),
+          (SELECT timeout_at FROM fintx.transfers t JOIN fintx.idempotency_keys k ON k.transfer_id = t.id
+            WHERE k.idempotency_key = 't005-tz'), 'and names the same instant as the transfer row');
+RESET TimeZone;
+RESET DateStyle;
 SELECT * FROM finish();
 ROLLBACK;

@@ -84,6 +84,10 @@ $node->safe_psql('postgres', q{
 	ALTER EXTENSION fintx ADD FUNCTION fintx.expire_pending(integer);
 });
 is(wait_for('postgres', $released_sql->($h), '1', 10), '1', 'released once the pass succeeds again');
+# a cancel (monitoring scripts cancel long-running backends) does not end the worker
+$node->safe_psql('postgres', "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE backend_type = 'fintx worker'") for 1 .. 3;
+usleep(500_000);
+is($node->safe_psql('postgres', $worker_pid_sql), $pid2, 'pg_cancel_backend() does not end the worker');
 # an administrator's expire_pending() is in the access log; the worker's passes (one a second) are not
 is($node->safe_psql('postgres', q{SELECT count(*) FROM fintx.access_log WHERE object = 'expire_pending'}), '0',
 	"the worker's expire passes are not in the access log");
@@ -103,6 +107,17 @@ like(slurp_file($node->logfile, $log_offset), qr/fintx worker restarting to move
 	'the move is logged');
 is($node->safe_psql('other', 'SELECT count(*) FROM fintx.reconcile()'), '0', 'reconcile clean (other)');
 is($node->safe_psql('postgres', 'SELECT count(*) FROM fintx.reconcile()'), '0', 'reconcile clean (postgres)');
+
+# times in audit entries are UTC, whatever the TimeZone of the session that writes them:
+# the worker writes denials (the server's timezone), a caller its hold's timeout
+$node->safe_psql('postgres', "ALTER SYSTEM SET timezone = 'Asia/Kolkata'");
+$node->reload;
+$node->safe_psql('other', 'CREATE ROLE tz_nobody');
+$node->psql('other', "SET ROLE tz_nobody; SELECT fintx.transfer('tz-d', 'w:a', 'w:b', 1)");
+is(wait_for('other', q{SELECT count(*) FROM fintx.audit_entries WHERE action = 'access.denied' AND details->>'role' = 'tz_nobody'}, '1', 10),
+	'1', 'the worker wrote the denial');
+like($node->safe_psql('other', q{SELECT details->>'at' FROM fintx.audit_entries WHERE action = 'access.denied' AND details->>'role' = 'tz_nobody'}),
+	qr/^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)?\+00$/, "its time is in UTC under the server's timezone Asia/Kolkata");
 
 $node->stop;
 done_testing();

@@ -654,6 +654,29 @@ SetOffset(const char *name, int64 position, int64 stream_sequence, bool set_sequ
 		elog(ERROR, "updating outbox consumer failed");	/* LCOV_EXCL_LINE */
 }
 
+/*
+ * A consumer that fintx-relay feeds to a stream (it has published for it:
+ * stream_sequence > 0) moves only by what a role that sees every event does:
+ * another role's ack() or reject(), or its poll() that finds nothing it may
+ * see in a window, would move the offset past events it cannot see and the
+ * relay has not published, and the relay would never publish them.
+ */
+static bool
+MayMoveOffset(Consumer *c)
+{
+	return c->stream_sequence == 0 || fintx_authz_sees_every_event();
+}
+
+static void
+CheckMayMoveOffset(const char *name, Consumer *c)
+{
+	if (!MayMoveOffset(c))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("consumer \"%s\" feeds a stream (fintx-relay): only a role that sees every event may move it", name),
+				 errdetail("It would skip events this role cannot see that the relay has not published.")));
+}
+
 /* Checks an acknowledged position against offset and tail: 55000 backwards, 22023 beyond the tail. */
 static void
 CheckAckPosition(const char *name, Consumer *c, int64 up_to)
@@ -1000,7 +1023,7 @@ Poll(FunctionCallInfo fcinfo)
 	}
 	if (nrows == 0)
 	{
-		/* nothing for this consumer in the window: move past it */
+		/* nothing for this consumer in the window: move past it (see MayMoveOffset) */
 		bool		isnull;
 		Datum		wmax;
 		Oid			wtypes[4] = {TEXTOID, INT8OID, INT8OID, INT8OID};
@@ -1013,7 +1036,7 @@ Poll(FunctionCallInfo fcinfo)
 		if (SPI_execute_snapshot(window_plan, wargs, NULL, snap, InvalidSnapshot, false, true, 1) != SPI_OK_SELECT)
 			elog(ERROR, "scanning outbox window failed");	/* LCOV_EXCL_LINE */
 		wmax = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-		if (!isnull)
+		if (!isnull && MayMoveOffset(&c))
 		{
 			Oid			atypes[3] = {TEXTOID, INT8OID, INT8OID};
 			Datum		aargs[3];
@@ -1059,7 +1082,10 @@ fintx_ack(PG_FUNCTION_ARGS)
 	ReadConsumer(name, true, &c);
 	CheckAckPosition(name, &c, up_to);
 	if (up_to > c.committed)
+	{
+		CheckMayMoveOffset(name, &c);
 		SetOffset(name, up_to, 0, false);
+	}
 	SPI_finish();
 	PG_RETURN_VOID();
 }
@@ -1224,6 +1250,7 @@ fintx_reject(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("position %lld is not an unacknowledged event of consumer \"%s\"", (long long) pos, name)));
+	CheckMayMoveOffset(name, &c);	/* a dead letter is skipped */
 	args[0] = CStringGetTextDatum(name);
 	args[1] = Int64GetDatum(pos);
 	args[2] = PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2);

@@ -224,4 +224,36 @@ seal();
 is(sql("SELECT position || ':' || aggregateid FROM fintx.poll('after-empty', 100)"), ($tail_empty + 1) . ':after-empty-1',
 	'and its first event is right after its offset');
 
+
+# A consumer that fintx-relay feeds to a stream (it has published for it: stream_sequence > 0)
+# moves only by what a role that sees every event does. A service with event.consume on its
+# name but no account grant polls nothing from a window of ledger events: for its own
+# consumer that moves the offset past them (it will never see them), for the relay's it must
+# not (the relay would never publish them); its ack() and reject() are refused there.
+sql(q{CREATE ROLE peek; SELECT fintx.register_service('peek', 'peek');
+      SELECT fintx.grant_permission('peek', 'event.consume', '%');
+      SELECT fintx.open_account('pk:bank', 'EUR', allow_negative => true);
+      SELECT fintx.open_account('pk:a', 'EUR')});
+seal();
+sql("SELECT fintx.create_consumer('relayed'), fintx.create_consumer('peek-own')");
+my $t0 = sql('SELECT fintx.outbox_tail()');
+sql("SELECT fintx.relay_checkpoint('relayed', $t0, 7)");
+sql("SELECT fintx.ack('peek-own', $t0)");
+sql(q{SELECT fintx.transfer('pk-1', 'pk:bank', 'pk:a', 5)});
+seal();
+my $t1 = sql('SELECT fintx.outbox_tail()');
+cmp_ok($t1, '>', $t0, 'the transfer was sequenced');
+is(sql("SET ROLE peek; SELECT count(*) FROM fintx.poll('relayed', 10)"), '0', 'the service polls nothing it may see');
+is(sql("SELECT committed_position FROM fintx.consumer_state('relayed')"), $t0, 'and the relayed consumer did not move');
+is(sql("SET ROLE peek; SELECT count(*) FROM fintx.poll('peek-own', 10)"), '0', 'from its own consumer neither');
+is(sql("SELECT committed_position FROM fintx.consumer_state('peek-own')"), $t1, 'which moves past what it cannot see');
+my ($ret, $out, $err) = $node->psql('postgres', "SET ROLE peek; SELECT fintx.ack('relayed', $t1)");
+like($err, qr/ERROR:  consumer "relayed" feeds a stream \(fintx-relay\): only a role that sees every event may move it/,
+	"the service's ack() of the relayed consumer is refused");
+($ret, $out, $err) = $node->psql('postgres', "SET ROLE peek; SELECT fintx.reject('relayed', $t1, 'no')");
+like($err, qr/feeds a stream/, 'and so is its reject()');
+is(sql("SELECT count(*) FROM fintx.poll('relayed', 10)"), $t1 - $t0, 'the relay (a role that sees every event) still gets every event');
+sql("SELECT fintx.ack('relayed', $t1)");
+is(sql("SELECT committed_position FROM fintx.consumer_state('relayed')"), $t1, 'and moves the consumer');
+
 done_testing();

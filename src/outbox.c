@@ -436,6 +436,35 @@ ReadLastBatch(bool read_only)
 }
 
 /*
+ * Before the first batch every committed event is new, numbered by this
+ * database's outbox_event_no_seq (no cache). An event numbered beyond the
+ * sequence was copied in: pg_restore restores the outbox's slots before
+ * outbox_batches and the sequence's value, each in a transaction of its own.
+ * Numbering it now would give it a position of its own, and the restored
+ * batches and positions would clash with it (events delivered twice or
+ * never): 55000 until the restore has finished (SPI connected).
+ */
+static void
+CheckNoForeignEvents(void)
+{
+	bool		isnull;
+	Datum		d;
+
+	if (SPI_execute("SELECT (SELECT pg_catalog.max(event_no) FROM fintx.outbox)"
+					" OPERATOR(pg_catalog.>) (SELECT CASE WHEN is_called THEN last_value"
+					"                          ELSE last_value OPERATOR(pg_catalog.-) 1 END"
+					"                          FROM fintx.outbox_event_no_seq)", false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "checking outbox event numbers failed");	/* LCOV_EXCL_LINE */
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (!isnull && DatumGetBool(d))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the outbox holds events numbered beyond fintx.outbox_event_no_seq and no outbox batch"),
+				 errdetail("A restore of the outbox (pg_restore) is in progress or did not finish; its events are sequenced once fintx.outbox_batches and the sequence are restored."),
+				 errhint("Restore with pg_restore --single-transaction, or point fintx.database at another database while restoring (docs/operations.md).")));
+}
+
+/*
  * Assigns positions to the events whose transaction is visible in snap but
  * was not visible in the previous batch's snapshot; own (an xid8 datum, or 0
  * when the sealing transaction has none) is skipped, as snap lists it as in
@@ -469,6 +498,7 @@ fintx_outbox_sequence(Datum snap, Datum own, bool own_null)
 	}
 	else
 	{
+		CheckNoForeignEvents();
 		args[0] = (Datum) 0;
 		nulls[0] = 'n';
 	}

@@ -795,6 +795,13 @@ SealLog(void)
 		sealed_at = prev.sealed_at;
 	fintx_block_hash(block_id, m, root, prev_hash, sealed_at, block_hash);
 	origin = Origin();
+	/* allowed (a deliberate rename), but checkpoints of the two origins do not link: say so */
+	if (prev.exists && prev.origin != NULL && strcmp(prev.origin, origin) != 0)
+		ereport(WARNING,
+				(errmsg("audit block %lld is signed under origin \"%s\", block %lld under \"%s\"",
+						(long long) block_id, origin, (long long) prev.block_id, prev.origin),
+				 errdetail("Checkpoints of the two origins cannot be linked (fintx-verify --previous-checkpoint)."),
+				 errhint("Keep fintx.checkpoint_origin unchanged; after a restore into a new database, set it again with ALTER DATABASE ... SET before the first pass seals.")));
 	key = fintx_signing_key(fintx_signing_key_file);
 	memset(bnulls, ' ', sizeof(bnulls));
 	bargs[0] = Int64GetDatum(block_id);

@@ -256,4 +256,21 @@ is(sql("SELECT count(*) FROM fintx.poll('relayed', 10)"), $t1 - $t0, 'the relay 
 sql("SELECT fintx.ack('relayed', $t1)");
 is(sql("SELECT committed_position FROM fintx.consumer_state('relayed')"), $t1, 'and moves the consumer');
 
+
+# pg_restore copies the outbox's slots before outbox_batches and the sequence, each table in a
+# transaction of its own: a pass in between must not number the copied events (they would
+# get positions of their own, and the restored ones would clash with them)
+$node->safe_psql('postgres', 'CREATE DATABASE restoring');
+$node->safe_psql('restoring', 'CREATE EXTENSION fintx');
+$node->safe_psql('restoring', q{INSERT INTO fintx.outbox (id, aggregatetype, aggregateid, type, payload, event_no)
+	VALUES (gen_random_uuid(), 'job', 'copied', 'job.created', '{}', 4711)});
+($ret, $out, $err) = $node->psql('restoring', 'SELECT fintx.seal()');
+like($err, qr/ERROR:  the outbox holds events numbered beyond fintx.outbox_event_no_seq and no outbox batch/,
+	'a pass refuses to number events copied in before their batches');
+is($node->safe_psql('restoring', 'SELECT count(*) FROM fintx.outbox_position_runs'), '0', 'and gives them no position');
+$node->safe_psql('restoring', q{SELECT setval('fintx.outbox_event_no_seq', 4711)});
+is($node->safe_psql('restoring', 'SELECT fintx.sequence_outbox()'), '1', 'once the sequence is restored too, they are sequenced');
+is($node->safe_psql('restoring', q{SELECT fintx.emit('job', 'new', 'job.created', '{}') IS NOT NULL}), 't', 'and new events');
+is($node->safe_psql('restoring', 'SELECT fintx.sequence_outbox()'), '1', 'follow');
+
 done_testing();

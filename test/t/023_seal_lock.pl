@@ -422,6 +422,7 @@ my $pid1 = $node->safe_psql('postgres', $worker_pid);
 $node->reload;
 sleep(2);
 is($node->safe_psql('postgres', $worker_pid), $pid1, 'a reload that changes no database setting does not restart the worker');
+my $log_offset = -s $node->logfile;
 $node->safe_psql('postgres', q{ALTER DATABASE postgres SET fintx.checkpoint_origin = 'db.example/ledger'});
 $node->reload;
 is(wait_for("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'fintx worker' AND pid <> $pid1", '1', 30),
@@ -431,6 +432,9 @@ is(wait_for($all_sealed, 't', 30), 't', 'the restarted worker seals');
 is($node->safe_psql('postgres', 'SELECT origin FROM fintx.audit_checkpoints ORDER BY block_id DESC LIMIT 1'),
 	'db.example/ledger', "the next block is signed under the database's origin");
 like($node->safe_psql('postgres', 'SELECT fintx.checkpoint()'), qr{^db\.example/ledger\n}, 'and so is the checkpoint');
+like(slurp_file($node->logfile, $log_offset),
+	qr{WARNING:  audit block \d+ is signed under origin "db\.example/ledger", block \d+ under "fintx\.local/\d+/postgres"},
+	'the change of origin is logged as a warning (checkpoints of the two cannot be linked)');
 my $pid2 = $node->safe_psql('postgres', $worker_pid);
 $node->safe_psql('postgres', q{ALTER DATABASE postgres RESET fintx.checkpoint_origin});
 $node->reload;

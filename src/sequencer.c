@@ -463,6 +463,30 @@ static int64 SealLog(void);
  * expired holds and writing denials meanwhile, so it only tries, and returns
  * false if the lock is taken: it seals on a later pass.
  */
+static bool seal_lock_taken = false;	/* by this transaction (until it ends) */
+static bool seal_xact_callback = false;
+
+/*
+ * A transaction that took the sealing lock must not be prepared: the
+ * prepared transaction would keep the lock (stopping every sealing pass and
+ * poll() of the database until COMMIT or ROLLBACK PREPARED), and its block
+ * and positions would wait for a decision made elsewhere. 0A000, as
+ * PostgreSQL answers for LISTEN/NOTIFY.
+ */
+static void
+SealXactCallback(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_PRE_PREPARE && seal_lock_taken)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot PREPARE a transaction that sealed the audit log or sequenced the outbox"),
+				 errdetail("A fintx call in this transaction sealed on its own (no worker seals this database, or fintx.sequence_outbox() was called); the prepared transaction would hold the sealing lock."),
+				 errhint("Call fintx.seal() in a transaction of its own before the two-phase transaction, or let the worker seal this database (fintx.database).")));
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT || event == XACT_EVENT_PREPARE ||
+		event == XACT_EVENT_PARALLEL_COMMIT || event == XACT_EVENT_PARALLEL_ABORT)
+		seal_lock_taken = false;
+}
+
 static bool
 TakeSealLock(void)
 {
@@ -472,8 +496,17 @@ TakeSealLock(void)
 							 fintx_is_worker ? "pg_try_advisory_xact_lock" : "pg_advisory_xact_lock",
 							 (long long) SEAL_LOCK_KEY), false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not take the sealing lock");	/* LCOV_EXCL_LINE */
-	if (!fintx_is_worker ||
-		DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+	if (!fintx_is_worker)
+	{
+		if (!seal_xact_callback)
+		{
+			RegisterXactCallback(SealXactCallback, NULL);
+			seal_xact_callback = true;
+		}
+		seal_lock_taken = true;
+		return true;
+	}
+	if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
 		return true;
 	ereport(DEBUG1,
 			(errmsg("fintx: the sealing lock is held by another transaction; sealing on a later pass")));

@@ -20,6 +20,7 @@ system_or_bail('openssl', 'genpkey', '-algorithm', 'ed25519', '-out', $key);
 system_or_bail('openssl', 'genpkey', '-algorithm', 'ed25519', '-out', "$dir/other.pem");
 
 my $node = fintx_node('seal_lock', "fintx.seal_interval = '50ms'", "fintx.expire_interval = '100ms'",
+	"max_prepared_transactions = 5",
 	"fintx.signing_key_file = '$key'");
 my $poll = quiet_session($node);
 
@@ -444,6 +445,27 @@ $node->safe_psql('postgres', q{SELECT fintx.transfer('s-origin-2', 's:bank', 's:
 is(wait_for($all_sealed, 't', 30), 't', 'which seals');
 like($node->safe_psql('postgres', 'SELECT origin FROM fintx.audit_checkpoints ORDER BY block_id DESC LIMIT 1'),
 	qr{^fintx\.local/\d+/postgres$}, 'under the default origin again');
+
+
+# two-phase commit: a transaction that sealed on its own (no worker seals 'ledger prod+eu'),
+# or called sequence_outbox(), cannot be prepared (it would hold the sealing lock and stop
+# every pass until COMMIT/ROLLBACK PREPARED); an ordinary transfer can
+for my $case (['ledger prod+eu', 'SELECT fintx.tree_size()', 'a transaction that sealed on its own'],
+	['postgres', 'SELECT fintx.sequence_outbox()', 'one that called sequence_outbox() in the worker database'])
+{
+	my ($ret2, $out2, $err2) = $node->psql($case->[0], "BEGIN; $case->[1]; PREPARE TRANSACTION 'fx-2pc'");
+	like($err2, qr/ERROR:  cannot PREPARE a transaction that sealed the audit log or sequenced the outbox/,
+		"PREPARE TRANSACTION is refused for $case->[2]");
+	my $prepared = $node->safe_psql('postgres', 'SELECT count(*) FROM pg_prepared_xacts');
+	is($prepared, '0', 'and nothing stays prepared');
+	$node->safe_psql($case->[0], "ROLLBACK PREPARED 'fx-2pc'") if $prepared ne '0';	# it would hold the lock
+}
+is($node->safe_psql('ledger prod+eu', 'SELECT fintx.seal() >= 0'), 't', 'sealing goes on');
+$node->safe_psql('postgres', q{BEGIN; SELECT fintx.transfer('s-2pc', 's:bank', 's:a', 3); PREPARE TRANSACTION 'fx-ok'});
+$node->safe_psql('postgres', q{COMMIT PREPARED 'fx-ok'});
+is($node->safe_psql('postgres', q{SELECT count(*) FROM fintx.transfers t JOIN fintx.idempotency_keys k ON k.transfer_id = t.id WHERE k.idempotency_key = 's-2pc'}),
+	'1', 'a transfer in a prepared transaction commits with COMMIT PREPARED');
+is(wait_for($all_sealed, 't', 30), 't', 'and is sealed by the worker');
 
 $poll->quit;
 $node->stop;

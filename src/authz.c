@@ -1759,6 +1759,9 @@ GrantKeyArgs(FunctionCallInfo fcinfo, char **service, char **operation, char **p
 	escape_json(buf, *pattern);
 }
 
+/* SELECT 1 FROM fintx.services WHERE name = $1 (grant_permission, revoke_permission). */
+static SPIPlanPtr service_exists_plan = NULL;
+
 /*
  * fintx.grant_permission(service, operation, account_pattern, max_amount,
  *						  daily_limit, currency, approval_above) → void
@@ -1767,7 +1770,6 @@ GrantKeyArgs(FunctionCallInfo fcinfo, char **service, char **operation, char **p
 Datum
 fintx_grant_permission(PG_FUNCTION_ARGS)
 {
-	static SPIPlanPtr service_exists_plan = NULL;
 	static SPIPlanPtr currency_plan = NULL;
 	static SPIPlanPtr plan = NULL;
 	char	   *service;
@@ -1867,6 +1869,12 @@ fintx_revoke_permission(PG_FUNCTION_ARGS)
 	args[0] = CStringGetTextDatum(service);
 	args[1] = CStringGetTextDatum(operation);
 	args[2] = CStringGetTextDatum(pattern);
+	/* as grant_permission: a misspelled service is an error, not "nothing to revoke" */
+	if (RunAdmin(&service_exists_plan, "SELECT 1 FROM fintx.services WHERE name = $1",
+				 1, types, args, NULL, SPI_OK_SELECT) != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("service \"%s\" does not exist", service)));
 	n = RunAdmin(&plan,
 				 "DELETE FROM fintx.permissions"
 				 " WHERE service = $1 AND operation = $2 AND account_pattern = $3",

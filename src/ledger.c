@@ -1652,10 +1652,28 @@ ParseBatchRequest(JsonbValue *elem, int index)
 		else if (strcmp(field, "timeout") == 0)
 		{
 			if (v.type != jbvNull)
-				req->timeout = DatumGetIntervalP(DirectFunctionCall3(interval_in,
-																	 CStringGetDatum(JsonString(&v, field)),
-																	 ObjectIdGetDatum(InvalidOid),
-																	 Int32GetDatum(-1)));
+			{
+				/*
+				 * Read as IntervalStyle postgres says, whatever the session's:
+				 * under sql_standard a leading "-" applies to every field, and
+				 * a retry of the same JSON would be another request.
+				 */
+				int			style = IntervalStyle;
+				const char *text = JsonString(&v, field);
+
+				IntervalStyle = INTSTYLE_POSTGRES;
+				PG_TRY();
+				{
+					req->timeout = DatumGetIntervalP(DirectFunctionCall3(interval_in, CStringGetDatum(text),
+																		 ObjectIdGetDatum(InvalidOid),
+																		 Int32GetDatum(-1)));
+				}
+				PG_FINALLY();
+				{
+					IntervalStyle = style;
+				}
+				PG_END_TRY();
+			}
 		}
 		else
 			ereport(ERROR,

@@ -757,6 +757,12 @@ fintx_emit(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("aggregate id must be 1 to %d bytes long", OUTBOX_MAX_ID)));
+	/* it travels as a message header (fintx-relay's Fintx-Aggregate-Id), which cannot hold them */
+	for (const unsigned char *p = (const unsigned char *) aggid; *p; p++)
+		if (*p < 0x20 || *p == 0x7F)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("aggregate id must not contain control characters")));
 	/* a service needs an event.emit grant whose pattern matches the aggregate type */
 	fintx_authz_require(FINTX_OP_EVENT_EMIT, aggtype);
 	/* fintx's own events, in any letter case, under their aggregate types or event types */

@@ -621,6 +621,8 @@ SealLog(void)
 		ereport(NOTICE,
 				(errmsg("fintx: a %s transaction cannot seal the audit log or sequence the outbox; the answer covers the %lld entries sealed so far",
 						XactReadOnly ? "read-only" : "REPEATABLE READ or SERIALIZABLE", (long long) size),
+				 RecoveryInProgress() ?
+				 errhint("This server is a standby: the primary seals; the answer covers what it had sealed when this standby replayed it.") :
 				 errhint("Entries and events committed since are sealed by the next pass: call fintx.seal() in a read-write READ COMMITTED transaction, or preload fintx so that its worker seals this database.")));
 		return size;
 	}

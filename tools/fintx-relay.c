@@ -533,7 +533,8 @@ nats_connect(void)
 		jsStreamInfo_Destroy(si);
 	if (s == NATS_NOT_FOUND && !cfg.create_stream)
 	{
-		logmsg("JetStream stream %s does not exist and --no-create-stream was given", cfg.stream);
+		logmsg(cfg.dump ? "JetStream stream %s does not exist" :
+			   "JetStream stream %s does not exist and --no-create-stream was given", cfg.stream);
 		fatal = true;
 		nats_close();
 		return false;
@@ -593,6 +594,13 @@ reconcile(void)
 		return refuse();
 	}
 	s = js_GetMsg(&m, js, cfg.stream, last, NULL, &jerr);
+	if (s != NATS_OK && (jerr == JSNoMessageFoundErr || s == NATS_NOT_FOUND))
+	{
+		/* deleted, or removed by the stream's limits: no retry brings it back */
+		logmsg("message %" PRIu64 " of stream %s, the last one, is gone (deleted, or removed by the stream's "
+			   "limits): which position it held cannot be known; refusing to continue", last, cfg.stream);
+		return refuse();
+	}
 	if (s != NATS_OK)
 	{
 		logmsg("could not read message %" PRIu64 " of stream %s: %s", last, cfg.stream,
@@ -914,6 +922,21 @@ dump_stream(void)
 	return 0;
 }
 
+
+/* A whole decimal number within [min, max] in *out, or false (empty, trailing characters, out of range). */
+static bool
+parse_number(const char *s, int64_t min, int64_t max, int64_t *out)
+{
+	char	   *end;
+	long long	v;
+
+	errno = 0;
+	v = strtoll(s, &end, 10);
+	if (s[0] == '\0' || *end != '\0' || errno != 0 || v < min || v > max)
+		return false;
+	*out = v;
+	return true;
+}
 static void
 usage(void)
 {
@@ -926,7 +949,7 @@ usage(void)
 			"  -p, --subject-prefix=PREFIX subjects PREFIX.<aggregatetype>.<type> (FINTX_RELAY_PREFIX, default fintx)\n"
 			"  -c, --consumer=NAME         outbox consumer name           (FINTX_RELAY_CONSUMER, default fintx-relay)\n"
 			"  -b, --batch=N               events per batch, 1-" XSTR(MAX_BATCH) "      (FINTX_RELAY_BATCH, default 1000)\n"
-			"  -1, --once                  publish what is available, then exit (0 ok, 1 error)\n"
+			"  -1, --once                  publish what is available, then exit (0 ok, 1 error; 2: invalid arguments)\n"
 			"      --no-create-stream      fail instead of creating a missing stream\n"
 			"      --duplicate-window=MS   duplicate window of a stream fintx-relay creates (default: server's, 2 min)\n"
 			"      --health-interval=SECS  seconds between health lines on stderr (default 10)\n"
@@ -963,15 +986,19 @@ main(int argc, char **argv)
 	int			c;
 	int			attempt = 0;
 	bool		need_reconcile = true;
+	const char *batch_text;
+	const char *health_text = "10";
+	const char *window_text = NULL;
+	int64_t		number = 0;
+	bool		ok;
 
 	cfg.conninfo = env_or("FINTX_RELAY_PG", "");
 	cfg.nats_url = env_or("NATS_URL", "nats://127.0.0.1:4222");
 	cfg.stream = env_or("FINTX_RELAY_STREAM", "FINTX");
 	cfg.prefix = env_or("FINTX_RELAY_PREFIX", "fintx");
 	cfg.consumer = env_or("FINTX_RELAY_CONSUMER", "fintx-relay");
-	cfg.batch = atoi(env_or("FINTX_RELAY_BATCH", "1000"));
+	batch_text = env_or("FINTX_RELAY_BATCH", "1000");
 	cfg.create_stream = true;
-	cfg.health_s = 10;
 	while ((c = getopt_long(argc, argv, "d:s:S:p:c:b:1h", longopts, NULL)) != -1)
 	{
 		switch (c)
@@ -981,25 +1008,37 @@ main(int argc, char **argv)
 			case 'S': cfg.stream = optarg; break;
 			case 'p': cfg.prefix = optarg; break;
 			case 'c': cfg.consumer = optarg; break;
-			case 'b': cfg.batch = atoi(optarg); break;
+			case 'b': batch_text = optarg; break;
 			case '1': cfg.once = true; break;
 			case 'N': cfg.create_stream = false; break;
-			case 'H': cfg.health_s = atoi(optarg); break;
-			case 'W': cfg.dup_window_ms = atoll(optarg); break;
+			case 'H': health_text = optarg; break;
+			case 'W': window_text = optarg; break;
 			case 'D': cfg.dump = true; break;
 			case 'h': usage(); return 0;
 			default: usage(); return 2;
 		}
 	}
-	/* the duplicate window is sent in nanoseconds: at most a week keeps it far from overflowing */
-	if (cfg.batch < 1 || cfg.batch > MAX_BATCH || cfg.health_s < 1 || cfg.dup_window_ms < 0 ||
-		cfg.dup_window_ms > INT64_C(7) * 24 * 3600 * 1000 || optind < argc)
+	/*
+	 * Whole numbers only ("2min" is not 2 ms); the duplicate window is sent
+	 * in nanoseconds: at most a week keeps it far from overflowing.
+	 */
+	ok = parse_number(batch_text, 1, MAX_BATCH, &number);
+	cfg.batch = (int) number;
+	ok = ok && parse_number(health_text, 1, 24 * 3600, &number);
+	cfg.health_s = (int) number;
+	ok = ok && (window_text == NULL ||
+				parse_number(window_text, 0, INT64_C(7) * 24 * 3600 * 1000, &cfg.dup_window_ms));
+	if (!ok || optind < argc)
 	{
+		fprintf(stderr, "fintx-relay: invalid arguments (numbers are whole milliseconds, seconds or counts)\n");
 		usage();
 		return 2;
 	}
 	if (cfg.dump)
+	{
+		cfg.create_stream = false;	/* reading creates nothing (a stream with the default subjects would catch the relay's) */
 		return dump_stream();
+	}
 	signal(SIGINT, on_signal);
 	signal(SIGTERM, on_signal);
 	signal(SIGPIPE, SIG_IGN);

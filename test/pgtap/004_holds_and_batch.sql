@@ -10,7 +10,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION fintx;
-SELECT plan(260);
+SELECT plan(262);
 
 -- A fingerprint of the whole ledger but the probe's accounts and rows (below): counts, and a
 -- hash over every row of every table.
@@ -549,5 +549,13 @@ SELECT is((SELECT expected FROM fintx.reconcile() WHERE check_name = 'account_ba
 UPDATE fintx.accounts SET credits_posted = 0 WHERE code = 'h.cap';
 SELECT is_empty('SELECT * FROM fintx.reconcile()', 'reconcile() is clean at the end');
 
+-- a batch's timeout string means one interval whatever the session's IntervalStyle: under
+-- sql_standard a leading '-' applies to every field, and a retry would be another request
+SET IntervalStyle = 'sql_standard';
+SELECT is((SELECT status FROM fintx.transfer_batch('[{"idempotency_key": "b-style", "from_account": "h.alice", "to_account": "h.dave", "amount": 1, "pending": true, "timeout": "-1 26:00:00"}]')),
+          'pending', 'a batch timeout of "-1 26:00:00" under IntervalStyle sql_standard is read as -1 day +26 hours');
+RESET IntervalStyle;
+SELECT is((SELECT replayed FROM fintx.transfer_batch('[{"idempotency_key": "b-style", "from_account": "h.alice", "to_account": "h.dave", "amount": 1, "pending": true, "timeout": "-1 26:00:00"}]')),
+          true, 'and its retry under the default style is a replay');
 SELECT * FROM finish();
 ROLLBACK;

@@ -11,7 +11,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION fintx;
-SELECT plan(206);
+SELECT plan(207);
 
 CREATE FUNCTION pg_temp.run_as(r text, q text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
@@ -360,6 +360,8 @@ SELECT throws_ok($$SELECT pg_temp.run_as('t6_pay', 'SELECT status FROM fintx.tra
                  '42501', NULL, 'after revoke the transfer is refused in the same transaction');
 SELECT is(fintx.revoke_permission('payments', 'transfer', 'lit\_1'), 0, 'revoking again removes nothing');
 SELECT throws_ok($$SELECT fintx.revoke_permission('payments', 'nope', '%')$$, '22023', NULL, 'revoke with an unknown operation');
+SELECT throws_ok($$SELECT fintx.revoke_permission('paymnets', 'transfer', '%')$$, '22023', 'service "paymnets" does not exist',
+                 'revoke for a misspelled service is an error, not "nothing to revoke"');
 SELECT throws_ok($$SELECT pg_temp.run_as('t6_pay', 'SELECT fintx.revoke_permission(''risk'', ''transfer.approve'', ''pay:%'')')$$,
                  '42501', NULL, 'a service cannot revoke another''s grants');
 ALTER TABLE fintx.permissions RENAME TO permissions_gone;

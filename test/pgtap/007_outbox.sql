@@ -17,7 +17,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION fintx;
-SELECT plan(97);
+SELECT plan(99);
 
 CREATE FUNCTION pg_temp.run_as(r text, q text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
@@ -90,6 +90,9 @@ SELECT throws_ok($$SELECT fintx.emit('o*', 'a', 't', '{}')$$, '22023', 'invalid 
 SELECT throws_ok($$SELECT fintx.emit('o', 'a', 'x..y', '{}')$$, '22023', 'invalid event type', 'empty subject token');
 SELECT throws_ok($$SELECT fintx.emit('o', 'a', 't>', '{}')$$, '22023', 'invalid event type', '> in event type');
 SELECT throws_ok($$SELECT fintx.emit('o', repeat('a', 256), 't', '{}')$$, '22023', NULL, 'aggregate id too long');
+SELECT throws_ok($$SELECT fintx.emit('o', E'order-1\r\nX-Evil: yes', 't', '{}')$$, '22023',
+                 'aggregate id must not contain control characters', 'an aggregate id with CR/LF (it becomes a message header)');
+SELECT throws_ok($$SELECT fintx.emit('o', E'a\x01b', 't', '{}')$$, '22023', NULL, 'or another control character');
 SELECT throws_ok($$SELECT fintx.emit('account', 'a', 'account.opened', '{}')$$, '42501', NULL, 'account events cannot be forged');
 SELECT throws_ok($$SELECT fintx.emit('fintx.x', 'a', 't', '{}')$$, '42501', NULL, 'fintx* aggregate types are reserved');
 SELECT throws_ok($$SELECT fintx.emit('o', 'a', 't', (SELECT jsonb_agg(repeat('x', 1000)) FROM generate_series(1, 1100)))$$,

@@ -340,5 +340,73 @@ unlike($rerr, qr/bob|pw|carol|t0ken|dave|zq|wx/, 'up to the last @ of each entry
 	eval { $small->finish; };
 }
 
+
+# numbers on the command line are whole numbers: "2min" is not 2 ms, "5x" not 5 (exit 2)
+for my $bad ([ '-b', '5x' ], [ '--duplicate-window=2min' ], [ '--health-interval=0' ])
+{
+	($rc, $rerr) = relay_run([ $relay_bin, '-d', $node->connstr('postgres'), '-s', $nats_url, '--once', @$bad ]);
+	is($rc, 2, "fintx-relay @$bad exits 2");
+	like($rerr, qr/invalid arguments/, 'and says the arguments are invalid');
+}
+
+# --dump-stream reads and creates nothing: of a missing stream it says so (exit 1)
+($rc, $rerr) = relay_run([ $relay_bin, '-s', $nats_url, '-S', 'NOSUCH', '--dump-stream' ]);
+is($rc, 1, '--dump-stream of a missing stream exits 1');
+like($rerr, qr/JetStream stream NOSUCH does not exist/, 'and says it does not exist');
+($rc, $rerr) = relay_run([ $relay_bin, '-s', $nats_url, '-S', 'NOSUCH', '--dump-stream' ]);
+like($rerr, qr/JetStream stream NOSUCH does not exist/, 'it did not create it (it caught the relay\'s subjects)');
+
+# Deletes message $seq of stream $stream through the JetStream API (the NATS protocol over
+# TCP: no NATS client program is needed); returns the API's answer.
+sub js_delete_msg
+{
+	my ($stream, $seq) = @_;
+	require IO::Socket::INET;
+	require IO::Select;
+	my $sock = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $nats_port, Proto => 'tcp')
+	  or die "cannot connect to nats-server: $!";
+	my $body = qq({"seq":$seq});
+	print $sock "CONNECT {\"verbose\":false,\"pedantic\":false}\r\nSUB _INBOX.fxdel 1\r\n"
+	  . "PUB \$JS.API.STREAM.MSG.DELETE.$stream _INBOX.fxdel " . length($body) . "\r\n$body\r\n";
+	my ($answer, $sel) = ('', IO::Select->new($sock));
+	while ($answer !~ /"success"|"error"/ && $sel->can_read(10))
+	{
+		my $n = sysread($sock, my $chunk, 4096);
+		last unless $n;
+		$answer .= $chunk;
+	}
+	close $sock;
+	return $answer;
+}
+
+# the stream's last message gone (deleted, or removed by the stream's limits) while the stream
+# is ahead of PostgreSQL: which position it held cannot be known, so the relay stops (it
+# retried forever) instead of guessing
+sql(q{SELECT fintx.create_consumer('gone-relay')});
+{
+	local $ENV{FINTX_RELAY_TEST_ACK_PAUSE_MS} = 8000;
+	my $g = IPC::Run::start([ $relay_bin, '-d', $node->connstr('postgres'), '-s', $nats_url, '-S', 'GONE', '-p', 'gone',
+		'-c', 'gone-relay', '-b', '5', '--health-interval=1' ], '<', '/dev/null', '>', '/dev/null', '2>', "$tmp/gone.log");
+	my $published = 0;
+	for (1 .. 100)
+	{
+		my $dump = '';
+		IPC::Run::run([ $relay_bin, '-s', $nats_url, '-S', 'GONE', '--dump-stream' ], '<', '/dev/null', '>', \$dump,
+			'2>', \my $ignored, IPC::Run::timeout(30));
+		$published = () = $dump =~ /\n/g;
+		last if $published >= 5;
+		usleep(100_000);
+	}
+	relay_kill9($g);
+	is($published, 5, 'a relay published a batch of 5 and was killed before its checkpoint');
+}
+is(sql(q{SELECT stream_sequence FROM fintx.consumer_state('gone-relay')}), '0', 'PostgreSQL stores none of it');
+like(js_delete_msg('GONE', 5), qr/"success":true/, 'the stream\'s last message is deleted');
+($rc, $rerr) = relay_run([ $relay_bin, '-d', $node->connstr('postgres'), '-s', $nats_url, '-S', 'GONE', '-p', 'gone',
+	'-c', 'gone-relay', '--health-interval=1' ]);
+is($rc, 1, 'the next relay stops with exit status 1, also without --once');
+like($rerr, qr/message 5 of stream GONE, the last one, is gone \(deleted, or removed by the stream's limits\)/,
+	'it says the last message is gone');
+
 nats_stop();
 done_testing();

@@ -212,6 +212,11 @@ for my $q (
 	is($standby->safe_psql('postgres', $q), sql($q), "standby equals primary: $q");
 }
 is($standby->safe_psql('postgres', q{SELECT count(*) FROM fintx.reconcile()}), '0', 'reconcile() on the standby is clean');
+# a read on the standby answers what the primary had sealed, and its hint says why
+my ($sret, $sout, $serr) = $standby->psql('postgres', 'SELECT fintx.tree_size()');
+like($serr, qr/HINT:  This server is a standby: the primary seals/, 'tree_size() on a standby: the hint names the standby, not preload');
+is($sout, $standby->safe_psql('postgres', 'SELECT coalesce(max(tree_size), 0) FROM fintx.audit_blocks'),
+	'and the size is that of the latest block it replayed');
 is(reconcile_rows($node), '', 'reconcile() on the primary is clean');
 is(sql(q{SELECT ok FROM fintx.verify_audit()}), 't', 'verify_audit() on the primary');
 

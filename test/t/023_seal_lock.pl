@@ -423,29 +423,31 @@ my $pid1 = $node->safe_psql('postgres', $worker_pid);
 $node->reload;
 sleep(2);
 is($node->safe_psql('postgres', $worker_pid), $pid1, 'a reload that changes no database setting does not restart the worker');
+# Runs $alter and reloads; the worker must restart (a pid not in @$old), seal the next
+# transfer ($key) and sign its block under an origin matching $origin_re.
+sub origin_change
+{
+	my ($alter, $old, $key, $origin_re, $what) = @_;
+	$node->safe_psql('postgres', $alter);
+	$node->reload;
+	my $others = join ', ', @$old;
+	is(wait_for("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'fintx worker' AND pid NOT IN ($others)", '1', 30),
+		'1', "after $what and a reload the worker restarts");
+	$node->safe_psql('postgres', qq{SELECT fintx.transfer('$key', 's:bank', 's:a', 1)});
+	is(wait_for($all_sealed, 't', 30), 't', 'the restarted worker seals');
+	like($node->safe_psql('postgres', 'SELECT origin FROM fintx.audit_checkpoints ORDER BY block_id DESC LIMIT 1'),
+		$origin_re, "and signs the next block under the database's origin");
+	return $node->safe_psql('postgres', $worker_pid);
+}
 my $log_offset = -s $node->logfile;
-$node->safe_psql('postgres', q{ALTER DATABASE postgres SET fintx.checkpoint_origin = 'db.example/ledger'});
-$node->reload;
-is(wait_for("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'fintx worker' AND pid <> $pid1", '1', 30),
-	'1', 'after ALTER DATABASE ... SET and a reload the worker restarts');
-$node->safe_psql('postgres', q{SELECT fintx.transfer('s-origin', 's:bank', 's:a', 1)});
-is(wait_for($all_sealed, 't', 30), 't', 'the restarted worker seals');
-is($node->safe_psql('postgres', 'SELECT origin FROM fintx.audit_checkpoints ORDER BY block_id DESC LIMIT 1'),
-	'db.example/ledger', "the next block is signed under the database's origin");
+my $pid2 = origin_change(q{ALTER DATABASE postgres SET fintx.checkpoint_origin = 'db.example/ledger'}, [$pid1], 's-origin',
+	qr{^db\.example/ledger$}, 'ALTER DATABASE ... SET');
 like($node->safe_psql('postgres', 'SELECT fintx.checkpoint()'), qr{^db\.example/ledger\n}, 'and so is the checkpoint');
 like(slurp_file($node->logfile, $log_offset),
 	qr{WARNING:  audit block \d+ is signed under origin "db\.example/ledger", block \d+ under "fintx\.local/\d+/postgres"},
 	'the change of origin is logged as a warning (checkpoints of the two cannot be linked)');
-my $pid2 = $node->safe_psql('postgres', $worker_pid);
-$node->safe_psql('postgres', q{ALTER DATABASE postgres RESET fintx.checkpoint_origin});
-$node->reload;
-is(wait_for("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'fintx worker' AND pid NOT IN ($pid1, $pid2)", '1', 30),
-	'1', 'and after RESET and a reload too');
-$node->safe_psql('postgres', q{SELECT fintx.transfer('s-origin-2', 's:bank', 's:a', 1)});
-is(wait_for($all_sealed, 't', 30), 't', 'which seals');
-like($node->safe_psql('postgres', 'SELECT origin FROM fintx.audit_checkpoints ORDER BY block_id DESC LIMIT 1'),
-	qr{^fintx\.local/\d+/postgres$}, 'under the default origin again');
-
+origin_change(q{ALTER DATABASE postgres RESET fintx.checkpoint_origin}, [$pid1, $pid2], 's-origin-2',
+	qr{^fintx\.local/\d+/postgres$}, 'RESET');
 
 # two-phase commit: a transaction that sealed on its own (no worker seals 'ledger prod+eu'),
 # or called sequence_outbox(), cannot be prepared (it would hold the sealing lock and stop

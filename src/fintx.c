@@ -340,16 +340,10 @@ fintx_timestamptz_utc(TimestampTz ts)
 	fsec_t		fsec;
 	char		buf[MAXDATELEN + 1];
 
-	if (TIMESTAMP_NOT_FINITE(ts))
-		EncodeSpecialTimestamp(ts, buf);
-	else if (timestamp2tm(ts, NULL, &tm, &fsec, NULL, NULL) == 0)
-	{
-		tm.tm_isdst = 0;		/* UTC: known, so that the offset is printed */
-		EncodeDateTime(&tm, fsec, true, 0, NULL, USE_ISO_DATES, buf);
-	}
-	else
-		ereport(ERROR,
-				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
-				 errmsg("timestamp out of range")));	/* LCOV_EXCL_LINE: a TimestampTz always converts */
+	/* a hold's timeout and a denial's time are finite, valid timestamps */
+	if (TIMESTAMP_NOT_FINITE(ts) || timestamp2tm(ts, NULL, &tm, &fsec, NULL, NULL) != 0)
+		elog(ERROR, "timestamp out of range");	/* LCOV_EXCL_LINE */
+	tm.tm_isdst = 0;			/* UTC: known, so that the offset is printed */
+	EncodeDateTime(&tm, fsec, true, 0, NULL, USE_ISO_DATES, buf);
 	return pstrdup(buf);
 }

@@ -437,12 +437,16 @@ ReadLastBatch(bool read_only)
 
 /*
  * Before the first batch every committed event is new, numbered by this
- * database's outbox_event_no_seq (no cache). An event numbered beyond the
- * sequence was copied in: pg_restore restores the outbox's slots before
- * outbox_batches and the sequence's value, each in a transaction of its own.
- * Numbering it now would give it a position of its own, and the restored
- * batches and positions would clash with it (events delivered twice or
- * never): 55000 until the restore has finished (SPI connected).
+ * database's outbox_event_no_seq (no cache), and nothing else of the outbox
+ * has moved. Anything else was copied in: pg_restore copies each table in a
+ * transaction of its own, the outbox's slots, outbox_batches, the positions,
+ * the consumers and the sequence in an order that a parallel restore (-j)
+ * varies. Numbering the events now would give them positions of their own,
+ * and the restored batches and positions would clash with them (events
+ * delivered twice or never): 55000 while an event is numbered beyond the
+ * sequence, a position is recorded, or a consumer has moved (SPI connected).
+ * It cannot see a restore whose outbox_batches is the only table still
+ * loading when the others are done: restore in one transaction (docs).
  */
 static void
 CheckNoForeignEvents(void)
@@ -451,16 +455,20 @@ CheckNoForeignEvents(void)
 	Datum		d;
 
 	if (SPI_execute("SELECT (SELECT pg_catalog.max(event_no) FROM fintx.outbox)"
-					" OPERATOR(pg_catalog.>) (SELECT CASE WHEN is_called THEN last_value"
-					"                          ELSE last_value OPERATOR(pg_catalog.-) 1 END"
-					"                          FROM fintx.outbox_event_no_seq)", false, 1) != SPI_OK_SELECT)
+					"        OPERATOR(pg_catalog.>) (SELECT CASE WHEN is_called THEN last_value"
+					"                                 ELSE last_value OPERATOR(pg_catalog.-) 1 END"
+					"                                 FROM fintx.outbox_event_no_seq)"
+					"     OR EXISTS (SELECT 1 FROM fintx.outbox_position_runs)"
+					"     OR EXISTS (SELECT 1 FROM fintx.outbox_consumers"
+					"                 WHERE committed_position OPERATOR(pg_catalog.>) 0"
+					"                    OR stream_sequence OPERATOR(pg_catalog.>) 0)", false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "checking outbox event numbers failed");	/* LCOV_EXCL_LINE */
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	if (!isnull && DatumGetBool(d))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("the outbox holds events numbered beyond fintx.outbox_event_no_seq and no outbox batch"),
-				 errdetail("A restore of the outbox (pg_restore) is in progress or did not finish; its events are sequenced once fintx.outbox_batches and the sequence are restored."),
+				 errmsg("the outbox holds restored events or positions but no outbox batch"),
+				 errdetail("A restore of the outbox (pg_restore) is in progress or did not finish; its events are sequenced once fintx.outbox_batches is restored."),
 				 errhint("Restore with pg_restore --single-transaction, or point fintx.database at another database while restoring (docs/operations.md).")));
 }
 

@@ -30,6 +30,7 @@
 #include "port/pg_bswap.h"
 #include "utils/array.h"
 #include "commands/dbcommands.h"
+#include "storage/lock.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/timestamp.h"
@@ -473,10 +474,21 @@ static bool seal_xact_callback = false;
  * and positions would wait for a decision made elsewhere. 0A000, as
  * PostgreSQL answers for LISTEN/NOTIFY.
  */
+static bool
+SealLockHeld(void)
+{
+	LOCKTAG		tag;
+
+	/* as pg_advisory_xact_lock(bigint) takes it */
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (SEAL_LOCK_KEY >> 32), (uint32) SEAL_LOCK_KEY, 1);
+	return LockHeldByMe(&tag, ExclusiveLock);
+}
+
 static void
 SealXactCallback(XactEvent event, void *arg)
 {
-	if (event == XACT_EVENT_PRE_PREPARE && seal_lock_taken)
+	/* still held: a subtransaction rolled back since took it with it */
+	if (event == XACT_EVENT_PRE_PREPARE && seal_lock_taken && SealLockHeld())
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("cannot PREPARE a transaction that sealed the audit log or sequenced the outbox"),

@@ -594,7 +594,7 @@ reconcile(void)
 		return refuse();
 	}
 	s = js_GetMsg(&m, js, cfg.stream, last, NULL, &jerr);
-	if (s != NATS_OK && (jerr == JSNoMessageFoundErr || s == NATS_NOT_FOUND))
+	if (s != NATS_OK && jerr == JSNoMessageFoundErr)
 	{
 		/* deleted, or removed by the stream's limits: no retry brings it back */
 		logmsg("message %" PRIu64 " of stream %s, the last one, is gone (deleted, or removed by the stream's "
@@ -952,7 +952,7 @@ usage(void)
 			"  -1, --once                  publish what is available, then exit (0 ok, 1 error; 2: invalid arguments)\n"
 			"      --no-create-stream      fail instead of creating a missing stream\n"
 			"      --duplicate-window=MS   duplicate window of a stream fintx-relay creates (default: server's, 2 min)\n"
-			"      --health-interval=SECS  seconds between health lines on stderr (default 10)\n"
+			"      --health-interval=SECS  seconds between health lines on stderr, 1-86400 (default 10)\n"
 			"      --dump-stream           print sequence, Nats-Msg-Id, Fintx-Position and subject of every\n"
 			"                              message in the stream, then exit\n");
 }

@@ -265,10 +265,20 @@ $node->safe_psql('restoring', 'CREATE EXTENSION fintx');
 $node->safe_psql('restoring', q{INSERT INTO fintx.outbox (id, aggregatetype, aggregateid, type, payload, event_no)
 	VALUES (gen_random_uuid(), 'job', 'copied', 'job.created', '{}', 4711)});
 ($ret, $out, $err) = $node->psql('restoring', 'SELECT fintx.seal()');
-like($err, qr/ERROR:  the outbox holds events numbered beyond fintx.outbox_event_no_seq and no outbox batch/,
+like($err, qr/ERROR:  the outbox holds restored events or positions but no outbox batch/,
 	'a pass refuses to number events copied in before their batches');
 is($node->safe_psql('restoring', 'SELECT count(*) FROM fintx.outbox_position_runs'), '0', 'and gives them no position');
 $node->safe_psql('restoring', q{SELECT setval('fintx.outbox_event_no_seq', 4711)});
+# a parallel restore (-j) may set the sequence before outbox_batches is loaded: the restored
+# positions and consumers still show the pass that it must wait
+$node->safe_psql('restoring', q{INSERT INTO fintx.outbox_position_runs VALUES (1, 4711, 1, 1)});
+($ret, $out, $err) = $node->psql('restoring', 'SELECT fintx.sequence_outbox()');
+like($err, qr/ERROR:  the outbox holds restored events or positions but no outbox batch/, 'so does a restored position');
+$node->safe_psql('restoring', q{DELETE FROM fintx.outbox_position_runs; SELECT fintx.create_consumer('restored');
+	UPDATE fintx.outbox_consumers SET committed_position = 1 WHERE name = 'restored'});
+($ret, $out, $err) = $node->psql('restoring', 'SELECT fintx.sequence_outbox()');
+like($err, qr/ERROR:  the outbox holds restored events or positions but no outbox batch/, 'and a restored consumer that had moved');
+$node->safe_psql('restoring', q{UPDATE fintx.outbox_consumers SET committed_position = 0 WHERE name = 'restored'});
 is($node->safe_psql('restoring', 'SELECT fintx.sequence_outbox()'), '1', 'once the sequence is restored too, they are sequenced');
 is($node->safe_psql('restoring', q{SELECT fintx.emit('job', 'new', 'job.created', '{}') IS NOT NULL}), 't', 'and new events');
 is($node->safe_psql('restoring', 'SELECT fintx.sequence_outbox()'), '1', 'follow');

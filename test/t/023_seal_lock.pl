@@ -463,6 +463,12 @@ for my $case (['ledger prod+eu', 'SELECT fintx.tree_size()', 'a transaction that
 	$node->safe_psql($case->[0], "ROLLBACK PREPARED 'fx-2pc'") if $prepared ne '0';	# it would hold the lock
 }
 is($node->safe_psql('ledger prod+eu', 'SELECT fintx.seal() >= 0'), 't', 'sealing goes on');
+# a seal in a savepoint rolled back since released the lock with it: PREPARE is fine then
+$node->safe_psql('ledger prod+eu', q{BEGIN; SAVEPOINT s; SELECT fintx.seal(); ROLLBACK TO SAVEPOINT s;
+	PREPARE TRANSACTION 'fx-sp'});
+is($node->safe_psql('postgres', q{SELECT count(*) FROM pg_prepared_xacts WHERE gid = 'fx-sp'}), '1',
+	'a transaction whose seal was rolled back with its savepoint can be prepared');
+$node->safe_psql('ledger prod+eu', q{ROLLBACK PREPARED 'fx-sp'});
 $node->safe_psql('postgres', q{BEGIN; SELECT fintx.transfer('s-2pc', 's:bank', 's:a', 3); PREPARE TRANSACTION 'fx-ok'});
 $node->safe_psql('postgres', q{COMMIT PREPARED 'fx-ok'});
 is($node->safe_psql('postgres', q{SELECT count(*) FROM fintx.transfers t JOIN fintx.idempotency_keys k ON k.transfer_id = t.id WHERE k.idempotency_key = 's-2pc'}),

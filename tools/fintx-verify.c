@@ -27,6 +27,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stddef.h>
@@ -1622,7 +1623,6 @@ read_export(const char *path, uint64_t size, int64_t prev_size, int print, Expor
 				   *hex;
 		size_t		hexlen;
 		uint64_t	idx = 0;
-		long		bad;
 		Entry		e;
 		uint8_t		h[HASH_LEN];
 
@@ -1667,6 +1667,13 @@ read_export(const char *path, uint64_t size, int64_t prev_size, int print, Expor
 			goto done;
 		}
 		hexlen = ll - (size_t) (hex - line);
+		for (size_t i = 0; i < hexlen; i++)
+			if (!isxdigit((unsigned char) hex[i]))
+			{
+				report("leaf %" PRIu64 ": byte 0x%02x at position %zu of its hex digits is not a hex digit "
+					   "(a stray space, carriage return or other byte in the line)", idx, (unsigned char) hex[i], i);
+				goto done;
+			}
 		if (hexlen % 2 != 0)
 		{
 			report("leaf %" PRIu64 ": odd number of hex digits (%zu)", idx, hexlen);
@@ -1684,12 +1691,7 @@ read_export(const char *path, uint64_t size, int64_t prev_size, int print, Expor
 			bytes = nb;
 			bytescap = hexlen / 2;
 		}
-		bad = hex_decode(hex, hexlen / 2, bytes);
-		if (bad >= 0)
-		{
-			report("leaf %" PRIu64 ": not a hex digit at offset %ld of the canonical bytes", idx, bad);
-			goto done;
-		}
+		(void) hex_decode(hex, hexlen / 2, bytes);	/* every byte is a hex digit (checked above) */
 		if (decode_entry(bytes, hexlen / 2, &e, err, sizeof(err)) != 0)
 		{
 			report("leaf %" PRIu64 ": malformed entry: %s", idx, err);

@@ -233,6 +233,17 @@ sub export_variant
 		'--checkpoint', $cp, '--key', $keyf);
 }
 {
+	# a stray byte at the end of a line (a space, a lone carriage return) is named
+	my @l = @lines;
+	$l[2] .= ' ';
+	verifier_is('trailing space', 1, qr/leaf 2: byte 0x20 at position \d+ of its hex digits is not a hex digit \(a stray space, carriage return or other byte in the line\)/,
+		'--export', export_variant('space', @l), '--checkpoint', $cp, '--key', $keyf);
+	@l = @lines;
+	$l[2] .= "\r\r";
+	verifier_is('two carriage returns', 1, qr/leaf 2: byte 0x0d at position/,
+		'--export', export_variant('crcr', @l), '--checkpoint', $cp, '--key', $keyf);
+}
+{
 	my @l = @lines;
 	my $last = $#l;
 	pop @l;

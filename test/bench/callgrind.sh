@@ -6,8 +6,10 @@
 #   transfer  fintx.transfer with unique keys over the 1,000 accounts of accounts.sql
 #   batch     fintx.transfer_batch, 100 transfers per call over the same accounts
 #   tpcb      pgbench's TPC-B-like transaction (scale $SCALE), its five statements
-# Each workload runs twice, N and 5N transactions, on copies of one data directory; the
-# difference divided by 4N is the cost of one transaction without start-up and loading.
+# Each workload runs twice, N and 5N transactions (batch: ceil(N/10) and 5 ceil(N/10) calls
+# of 100), on copies of one data directory; the difference divided by the difference in
+# transactions is the cost of one transaction without start-up and loading. No worker runs
+# in a single-user backend: sealing and outbox sequencing are not counted.
 # What it does not show: WAL flushes, lock waits, and that valgrind counts a `rep stos`
 # per byte and runs SHA-256 without the CPU's SHA extensions (both weigh more than they cost).
 # Env: N (200), SCALE (32), BENCH_OUT (results/bench), KEEP=1 keeps the callgrind files.
@@ -95,6 +97,7 @@ for w in tpcb transfer batch; do
     [ "${KEEP:-0}" = 1 ] && cp "$WORK/callgrind.$w.$((5 * n))" "$OUT/"
 done
 awk -v t="${per[transfer]}" -v b="${per[tpcb]}" -v x="${per[batch]}" 'BEGIN {
+    printf "instructions per transaction: tpcb %d, transfer %d, batch of 100 %d\n", b, t, x
     printf "transfer / tpcb (instructions)              %.3f\n", t / b
     printf "batch, per transfer                         %d\n", x / 100
     printf "batch per transfer / single transfer        %.3f\n", x / 100 / t

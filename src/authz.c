@@ -972,7 +972,7 @@ fintx_authz_log_admin_call(FintxOp op, const char *function, const char *argumen
 {
 	if (fintx_is_worker || !caller.admin)
 		return;
-	RecordAllowed(op, argument ? psprintf("%s(%s)", function, argument) : function, NULL, 0, false,
+	RecordAllowed(op, psprintf("%s(%s)", function, argument), NULL, 0, false,
 				  "administrator", caller.superuser ? "superuser" : "member of fintx_admin");
 	FlushDecisionsNow();
 }

@@ -457,6 +457,37 @@ fintx_refuse_foreign_snapshot(PG_FUNCTION_ARGS)
  */
 static int64 SealLog(void);
 
+static bool seal_xact_callback = false;
+
+/* Whether this transaction holds the sealing lock (as pg_advisory_xact_lock(bigint) takes it). */
+static bool
+SealLockHeld(void)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (SEAL_LOCK_KEY >> 32), (uint32) SEAL_LOCK_KEY, 1);
+	return LockHeldByMe(&tag, ExclusiveLock);
+}
+
+/*
+ * A transaction that holds the sealing lock must not be prepared: the
+ * prepared transaction would keep the lock (stopping every sealing pass and
+ * poll() of the database until COMMIT or ROLLBACK PREPARED), and its block
+ * and positions would wait for a decision made elsewhere. 0A000, as
+ * PostgreSQL answers for LISTEN/NOTIFY.
+ */
+static void
+SealXactCallback(XactEvent event, void *arg)
+{
+	/* held, not only taken: a subtransaction rolled back since releases it */
+	if (event == XACT_EVENT_PRE_PREPARE && SealLockHeld())
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot PREPARE a transaction that sealed the audit log or sequenced the outbox"),
+				 errdetail("A fintx call in this transaction sealed on its own (no worker seals this database, or fintx.sequence_outbox() was called); the prepared transaction would hold the sealing lock."),
+				 errhint("Call fintx.seal() in a transaction of its own before the two-phase transaction, or let the worker seal this database (fintx.database).")));
+}
+
 /*
  * Takes the sealing lock until the end of the transaction (SPI connected) and
  * returns true. A session that seals inside a transaction it keeps open holds
@@ -464,41 +495,6 @@ static int64 SealLog(void);
  * expired holds and writing denials meanwhile, so it only tries, and returns
  * false if the lock is taken: it seals on a later pass.
  */
-static bool seal_lock_taken = false;	/* by this transaction (until it ends) */
-static bool seal_xact_callback = false;
-
-/*
- * A transaction that took the sealing lock must not be prepared: the
- * prepared transaction would keep the lock (stopping every sealing pass and
- * poll() of the database until COMMIT or ROLLBACK PREPARED), and its block
- * and positions would wait for a decision made elsewhere. 0A000, as
- * PostgreSQL answers for LISTEN/NOTIFY.
- */
-static bool
-SealLockHeld(void)
-{
-	LOCKTAG		tag;
-
-	/* as pg_advisory_xact_lock(bigint) takes it */
-	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (SEAL_LOCK_KEY >> 32), (uint32) SEAL_LOCK_KEY, 1);
-	return LockHeldByMe(&tag, ExclusiveLock);
-}
-
-static void
-SealXactCallback(XactEvent event, void *arg)
-{
-	/* still held: a subtransaction rolled back since took it with it */
-	if (event == XACT_EVENT_PRE_PREPARE && seal_lock_taken && SealLockHeld())
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("cannot PREPARE a transaction that sealed the audit log or sequenced the outbox"),
-				 errdetail("A fintx call in this transaction sealed on its own (no worker seals this database, or fintx.sequence_outbox() was called); the prepared transaction would hold the sealing lock."),
-				 errhint("Call fintx.seal() in a transaction of its own before the two-phase transaction, or let the worker seal this database (fintx.database).")));
-	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT || event == XACT_EVENT_PREPARE ||
-		event == XACT_EVENT_PARALLEL_COMMIT || event == XACT_EVENT_PARALLEL_ABORT)
-		seal_lock_taken = false;
-}
-
 static bool
 TakeSealLock(void)
 {
@@ -515,7 +511,6 @@ TakeSealLock(void)
 			RegisterXactCallback(SealXactCallback, NULL);
 			seal_xact_callback = true;
 		}
-		seal_lock_taken = true;
 		return true;
 	}
 	if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))

@@ -107,7 +107,7 @@ WorkerPass(const char *activity, const char *sql)
 /*
  * The settings PostgreSQL applies to the worker's session when it connects
  * (ALTER DATABASE ... SET, ALTER ROLE ... SET for its role, in its database
- * or all), as one string in *(char **) arg, or NULL if there are none. A
+ * or all), as one string in *(char **) arg ("" if there are none). A
  * reload does not apply changed ones to a running session: the worker
  * restarts when they change, so that a per-database fintx.checkpoint_origin
  * names the next block (as the documentation says: set it, reload).
@@ -123,23 +123,17 @@ ReadSettings(void *arg)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");	/* LCOV_EXCL_LINE */
-	if (SPI_execute_with_args("SELECT pg_catalog.string_agg(s.setdatabase::pg_catalog.text OPERATOR(pg_catalog.||) ' '"
+	if (SPI_execute_with_args("SELECT COALESCE(pg_catalog.string_agg(s.setdatabase::pg_catalog.text OPERATOR(pg_catalog.||) ' '"
 							  " OPERATOR(pg_catalog.||) s.setrole::pg_catalog.text OPERATOR(pg_catalog.||) ' '"
-							  " OPERATOR(pg_catalog.||) s.setconfig::pg_catalog.text, ' ' ORDER BY s.setdatabase, s.setrole)"
+							  " OPERATOR(pg_catalog.||) s.setconfig::pg_catalog.text, ' ' ORDER BY s.setdatabase, s.setrole), '')"
 							  "  FROM pg_catalog.pg_db_role_setting s"
 							  " WHERE s.setdatabase OPERATOR(pg_catalog.=) ANY (ARRAY[0, $1]::pg_catalog.oid[])"
 							  "   AND s.setrole OPERATOR(pg_catalog.=) ANY (ARRAY[0, $2]::pg_catalog.oid[])",
 							  2, types, values, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read pg_db_role_setting");	/* LCOV_EXCL_LINE */
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	*out = isnull ? NULL : MemoryContextStrdup(TopMemoryContext, TextDatumGetCString(d));
+	*out = MemoryContextStrdup(TopMemoryContext, TextDatumGetCString(d));
 	SPI_finish();
-}
-
-static bool
-SameSettings(const char *a, const char *b)
-{
-	return (a == NULL || b == NULL) ? a == b : strcmp(a, b) == 0;
 }
 
 /* Entry point of the background worker. */
@@ -280,7 +274,7 @@ fintx_worker_main(Datum arg)
 					char	   *now_settings = NULL;
 
 					if (fintx_worker_transaction("fintx: reading settings", ReadSettings, &now_settings) &&
-						!SameSettings(settings, now_settings))
+						strcmp(settings, now_settings) != 0)
 					{
 						ereport(LOG,
 								(errmsg("fintx worker restarting to apply the changed settings of database \"%s\"",

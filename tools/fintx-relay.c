@@ -922,7 +922,6 @@ dump_stream(void)
 	return 0;
 }
 
-
 /* A whole decimal number within [min, max] in *out, or false (empty, trailing characters, out of range). */
 static bool
 parse_number(const char *s, int64_t min, int64_t max, int64_t *out)
@@ -937,6 +936,7 @@ parse_number(const char *s, int64_t min, int64_t max, int64_t *out)
 	*out = v;
 	return true;
 }
+
 static void
 usage(void)
 {

@@ -12,7 +12,8 @@
 # in a single-user backend: sealing and outbox sequencing are not counted.
 # What it does not show: WAL flushes, lock waits, and that valgrind counts a `rep stos`
 # per byte and runs SHA-256 without the CPU's SHA extensions (both weigh more than they cost).
-# Env: N (200), SCALE (32), BENCH_OUT (results/bench), KEEP=1 keeps the callgrind files.
+# Env: N (200), SCALE (32), BENCH_OUT (results/bench), KEEP=1 keeps the callgrind files (both
+# sizes: test/bench/callgrind_diff.py compares them per function), WORKLOADS (tpcb transfer batch).
 # Usage: test/bench/callgrind.sh (after make install); callgrind_annotate reads the files.
 set -eu
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -88,14 +89,15 @@ instructions() {
 
 printf '%-10s %14s\n' workload "instr/transaction"
 declare -A per
-for w in tpcb transfer batch; do
+for w in ${WORKLOADS:-tpcb transfer batch}; do
     n=$N; [ "$w" = batch ] && n=$(( (N + 9) / 10 ))
     small=$(instructions $w $n)
     large=$(instructions $w $((5 * n)))
     per[$w]=$(( (large - small) / (4 * n) ))
     printf '%-10s %14d\n' "$w" "${per[$w]}"
-    [ "${KEEP:-0}" = 1 ] && cp "$WORK/callgrind.$w.$((5 * n))" "$OUT/"
+    [ "${KEEP:-0}" = 1 ] && cp "$WORK/callgrind.$w.$n" "$WORK/callgrind.$w.$((5 * n))" "$OUT/"
 done
+[ -n "${per[tpcb]:-}" ] && [ -n "${per[transfer]:-}" ] && [ -n "${per[batch]:-}" ] || exit 0
 awk -v t="${per[transfer]}" -v b="${per[tpcb]}" -v x="${per[batch]}" 'BEGIN {
     printf "instructions per transaction: tpcb %d, transfer %d, batch of 100 %d\n", b, t, x
     printf "transfer / tpcb (instructions)              %.3f\n", t / b

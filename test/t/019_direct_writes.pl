@@ -11,7 +11,10 @@
 #     an idempotency key claimed by a transaction the snapshot cannot see → 40001;
 #   - nothing is half-written: the ledger reconciles after every case;
 #   - rows buffered and written 1,000 at a time (table_multi_insert) land
-#     once each, and every index entry points at its row.
+#     once each, and every index entry points at its row;
+#   - a session that has written before sees a table renamed, re-created or
+#     changed by another session since (direct.c keeps the relations it found
+#     and the layouts it checked until a relcache invalidation).
 
 use strict;
 use warnings;
@@ -179,6 +182,39 @@ is(sql(q{SET enable_seqscan = off; SET enable_bitmapscan = off;
 		                                         WHERE first_entry <= e.entry_id))}), '2345',
 	'every entry\'s leaf run is found through the run index on first_entry');
 is(reconcile_rows($node), '', 'reconcile() is clean after the large batch');
+
+# --- another session changes what this one has written to: it is seen at the next call
+my $w = quiet_session($node, on_error_stop => 0);
+# runs a transfer in $w, returns 'ok' or the error's first line
+sub w_transfer
+{
+	my ($key) = @_;
+	$w->{stderr} = '';
+	my $out = quiet_query($w, qq{SELECT replayed FROM fintx.transfer('$key', 'src', 'dst', 1);});
+	return $out eq 'f' ? 'ok' : ($w->{stderr} =~ /ERROR:\s+(.*)/ ? $1 : "output '$out' stderr '$w->{stderr}'");
+}
+is(w_transfer('inv-1'), 'ok', 'a session writes (and keeps what it found)');
+sql(q{ALTER TABLE fintx.audit_entries RENAME TO audit_entries_moved});
+is(w_transfer('inv-2'), 'relation "fintx.audit_entries" does not exist',
+	'a table renamed by another session is not written through the old name: 42P01');
+sql(q{CREATE TABLE fintx.audit_entries (entry_id bigint)});
+is(w_transfer('inv-3'), 'table "fintx.audit_entries" does not have the columns fintx writes',
+	'a table re-created under the name is the one opened, and its layout checked');
+sql(q{DROP TABLE fintx.audit_entries; ALTER TABLE fintx.audit_entries_moved RENAME TO audit_entries});
+is(w_transfer('inv-4'), 'ok', 'renamed back: written again');
+sql(q{ALTER TABLE fintx.transfers RENAME COLUMN principal TO principal_renamed});
+is(w_transfer('inv-5'), 'table "fintx.transfers" does not have the columns fintx writes',
+	'a column renamed by another session: the layout is checked again (55000)');
+sql(q{ALTER TABLE fintx.transfers RENAME COLUMN principal_renamed TO principal});
+is(w_transfer('inv-6'), 'ok', 'changed back: written again');
+is(sql(q{SELECT string_agg(idempotency_key, ',' ORDER BY idempotency_key) FROM fintx.idempotency_keys
+		  WHERE idempotency_key LIKE 'inv-%'}), 'inv-1,inv-4,inv-6', 'only the calls that succeeded left a key');
+is(sql(q{SELECT count(*) FROM fintx.audit_entries e JOIN fintx.idempotency_keys j
+		   ON e.details->>'idempotency_key' = j.idempotency_key WHERE j.idempotency_key LIKE 'inv-%'}), '3',
+	'each has its audit entry in fintx.audit_entries');
+is(sql(q{SELECT ok FROM fintx.verify_audit()}), 't', 'the log verifies');
+is(reconcile_rows($node), '', 'reconcile() is clean');
+$w->quit;
 $rr->quit;
 $holder->quit;
 $node->stop;

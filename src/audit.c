@@ -260,10 +260,8 @@ fintx_refuse_change(PG_FUNCTION_ARGS)
 	/* a denial like any other: in the access log and the audit log, though the change aborts */
 	fintx_denial_enqueue(GetUserNameFromId(GetOuterUserId(), false), fintx_session_role_name(), NULL, "sql", msg,
 						 NULL, 0, false, psprintf("refused by fintx: %s", msg), "append-only table");
-	ereport(ERROR,
-			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-			 errmsg("%s", msg),
-			 errdetail("The table is append-only: rows can be inserted, never changed or removed.")));
+	fintx_raise_recorded(errmsg("%s", msg),
+						 errdetail("The table is append-only: rows can be inserted, never changed or removed."));
 	PG_RETURN_NULL();
 }
 

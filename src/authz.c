@@ -644,11 +644,9 @@ fintx_authz_deny(FintxOp op, const char *object, const char *currency, int64 amo
 	fintx_denial_enqueue(caller.role_name, fintx_session_role_name(),
 						 caller.service, op_names[op], object, currency, amount, has_amount,
 						 reason, rule);
-	ereport(ERROR,
-			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-			 errmsg("permission denied for %s on \"%s\"", op_names[op], object ? object : ""),
-			 errdetail("%s", reason),
-			 rule ? errhint("Decided by %s.", rule) : 0));
+	fintx_raise_recorded(errmsg("permission denied for %s on \"%s\"", op_names[op], object ? object : ""),
+						 errdetail("%s", reason),
+						 rule ? errhint("Decided by %s.", rule) : 0);
 }
 
 /*

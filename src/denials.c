@@ -93,7 +93,6 @@ static DenialQueue *queue = NULL;
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 static emit_log_hook_type prev_emit_log_hook = NULL;
-static bool own_denial = false;
 
 static SPIPlanPtr write_plan = NULL;
 
@@ -191,8 +190,9 @@ InitRecord(DenialRecord *rec)
 /*
  * Records a denial decided by fintx, before the error is raised. With the
  * queue, waits up to fintx.denial_wait for the worker to commit it; the
- * caller raises the 42501 error afterwards (own_denial keeps the log hook
- * from queueing it a second time).
+ * caller raises the 42501 error afterwards with fintx_raise_recorded (its
+ * mark keeps the log hook from queueing it a second time, also when user code
+ * catches and re-raises it).
  */
 void
 fintx_denial_enqueue(const char *role, const char *session_user, const char *service,
@@ -202,7 +202,6 @@ fintx_denial_enqueue(const char *role, const char *session_user, const char *ser
 	DenialRecord rec;
 	uint64		seq;
 
-	own_denial = true;
 	InitRecord(&rec);
 	CopyField(rec.role, role, sizeof(rec.role));
 	CopyField(rec.session_user, session_user, sizeof(rec.session_user));
@@ -298,17 +297,22 @@ RaisedByUserCode(const ErrorData *edata)
 	return false;
 }
 
+/* Whether the error is a refusal fintx recorded before raising it (fintx_raise_recorded). */
+static bool
+RecordedByFintx(const ErrorData *edata)
+{
+	return edata->domain != NULL && strcmp(edata->domain, FINTX_RECORDED_DOMAIN) == 0;
+}
+
 /* emit_log_hook: queues permission errors that PostgreSQL raised on its own. */
 static void
 DenialLogHook(ErrorData *edata)
 {
 	if (edata->elevel >= ERROR && edata->sqlerrcode == ERRCODE_INSUFFICIENT_PRIVILEGE &&
-		!RaisedByUserCode(edata))
+		!RaisedByUserCode(edata) && !RecordedByFintx(edata))
 	{
-		if (own_denial)
-			own_denial = false;
-		else if (queue != NULL && MyBackendType == B_BACKEND && OidIsValid(MyDatabaseId) &&
-				 MyProc != NULL)
+		if (queue != NULL && MyBackendType == B_BACKEND && OidIsValid(MyDatabaseId) &&
+			MyProc != NULL)
 		{
 			DenialRecord rec;
 
@@ -340,31 +344,10 @@ DenialLogHook(ErrorData *edata)
 		prev_emit_log_hook(edata);	/* LCOV_EXCL_LINE: another module's hook */
 }
 
-/*
- * A denial of fintx's that was caught (an EXCEPTION block) or not logged
- * (log_min_messages) never reaches the hook: forget it when its
- * (sub)transaction aborts, so that the next PostgreSQL refusal is logged.
- */
-static void
-DenialXactCallback(XactEvent event, void *arg)
-{
-	own_denial = false;
-}
-
-static void
-DenialSubXactCallback(SubXactEvent event, SubTransactionId mySubid, SubTransactionId parentSubid,
-					  void *arg)
-{
-	if (event == SUBXACT_EVENT_ABORT_SUB)
-		own_denial = false;
-}
-
 /* Called from _PG_init when preloaded. */
 void
 fintx_denials_init(void)
 {
-	RegisterXactCallback(DenialXactCallback, NULL);
-	RegisterSubXactCallback(DenialSubXactCallback, NULL);
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = DenialShmemRequest;
 	prev_shmem_startup_hook = shmem_startup_hook;

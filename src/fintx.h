@@ -355,4 +355,16 @@ extern void fintx_denial_enqueue(const char *role, const char *session_user, con
 								 const char *operation, const char *object, const char *currency,
 								 int64 amount, bool has_amount, const char *reason, const char *rule);
 
+/*
+ * Raises the 42501 error of a refusal recorded with fintx_denial_enqueue()
+ * (directly or through fintx_authz_deny/fintx_authz_record_refusal). Its
+ * message domain marks it as recorded: the error keeps the mark when user
+ * code catches and re-raises it (PL/pgSQL RAISE; re-throws the error it
+ * caught), so the log hook never records it a second time. The domain only
+ * names the catalog messages would be translated with; fintx has none.
+ */
+#define FINTX_RECORDED_DOMAIN "fintx-recorded-refusal"
+#define fintx_raise_recorded(...) \
+	ereport_domain(ERROR, FINTX_RECORDED_DOMAIN, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE), __VA_ARGS__))
+
 #endif							/* FINTX_H */

@@ -784,7 +784,7 @@ fintx_emit(PG_FUNCTION_ARGS)
 
 		/* recorded first: a forged ledger event is an attempt to see in the log even if caught */
 		fintx_authz_record_refusal(FINTX_OP_EVENT_EMIT, aggtype, msg);
-		ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE), errmsg("%s", msg)));
+		fintx_raise_recorded(errmsg("%s", msg));
 	}
 	payload = PG_GETARG_JSONB_P(3);
 	if (VARSIZE(payload) > OUTBOX_MAX_PAYLOAD)
@@ -1207,11 +1207,9 @@ fintx_relay_checkpoint(PG_FUNCTION_ARGS)
 								   GetUserNameFromId(fintx_calling_user(), false));
 
 		fintx_authz_record_refusal(FINTX_OP_EVENT_CONSUME, name, msg);
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("%s", msg),
-				 errdetail("poll() returns a service only the ledger events of the accounts its grants cover."),
-				 errhint("Grant the relay's service audit.read on '%%'.")));
+		fintx_raise_recorded(errmsg("%s", msg),
+							 errdetail("poll() returns a service only the ledger events of the accounts its grants cover."),
+							 errhint("Grant the relay's service audit.read on '%%'."));
 	}
 	CheckAckPosition(name, &c, up_to);
 	if (seq < c.stream_sequence)

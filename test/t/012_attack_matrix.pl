@@ -388,6 +388,30 @@ is($node->safe_psql('postgres', q{SELECT count(*) FROM fintx.access_log
 	WHERE application_name = 'caught-then-write' AND object = 'permission denied for table accounts'}) > 0 ? 't' : 'f',
 	't', 'and it is in the access log');
 
+# a refusal fintx recorded, caught and re-raised by user code (a bare RAISE; re-throws the
+# error it caught): recorded once, not a second time as a "sql" refusal
+($st) = run_as('pay', 'reraised', q{
+	DO $d$ BEGIN PERFORM fintx.transfer('rr-1', 'risk:pool', 'pay:cust', 1);
+	EXCEPTION WHEN insufficient_privilege THEN RAISE; END $d$});
+is($st, '42501', 'a transfer refusal caught and re-raised reaches the client');
+($st) = run_as('pay', 'reraised', q{
+	DO $d$ BEGIN PERFORM fintx.emit('payments.order', 'o-3', 'transfer.posted', '{}');
+	EXCEPTION WHEN insufficient_privilege THEN RAISE; END $d$});
+is($st, '42501', 'a reserved event type refused, caught and re-raised');
+($st) = run_as('postgres', 'reraised', q{
+	DO $d$ BEGIN DELETE FROM fintx.access_log_entries;
+	EXCEPTION WHEN insufficient_privilege THEN RAISE; END $d$});
+is($st, '42501', 'an append-only refusal caught and re-raised');
+# the queue is written in order: once a later refusal is in, so is everything queued before it
+run_as('pay', 'reraised-after', q{UPDATE fintx.accounts SET credits_posted = 0});
+is(denials_seen('reraised-after'), 1, 'a later refusal is in the access log');
+is($node->safe_psql('postgres', q{SELECT string_agg(operation || ' | ' || coalesce(rule, '-'), ', ' ORDER BY at, operation)
+	FROM fintx.access_log WHERE application_name = 'reraised'}),
+	'transfer | -, event.emit | fintx, sql | append-only table',
+	'each re-raised refusal is in the access log once, as what fintx decided');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM fintx.audit_log WHERE action = 'access.denied'
+	AND details->>'application_name' = 'reraised'}), '3', 'and in the audit log once each');
+
 # a 42501 that user code raises is not a refusal of PostgreSQL's: any role could otherwise
 # write text of its choice into the access log and, for ever, into the audit log
 ($st) = run_as('pay', 'forged-raise', q{

@@ -1163,9 +1163,14 @@ typedef struct ApprovalRow
 static void
 DenyApprovalId(int64 id, ApprovalRow *row)
 {
+	if (caller.admin)
+		return;
+	/* a role that is no service: the same refusal for every id, as for holds */
+	if (caller.service == NULL)
+		fintx_authz_deny(FINTX_OP_TRANSFER_APPROVE, psprintf("transfer %lld", (long long) id), NULL, 0, false,
+						 psprintf("role \"%s\" is not a registered fintx service", caller.role_name), NULL);
 	/* (the maker knows its own request: it is told why it cannot decide it) */
-	if (caller.service == NULL || caller.admin ||
-		(row != NULL && (strcmp(caller.service, row->maker_service) == 0 ||
+	if ((row != NULL && (strcmp(caller.service, row->maker_service) == 0 ||
 						 BestGrant(FINTX_OP_TRANSFER_APPROVE, row->from_account, row->currency) != NULL)))
 		return;
 	fintx_authz_deny(FINTX_OP_TRANSFER_APPROVE, psprintf("transfer %lld", (long long) id), NULL, 0, false,

@@ -11,7 +11,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION fintx;
-SELECT plan(207);
+SELECT plan(209);
 
 CREATE FUNCTION pg_temp.run_as(r text, q text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
@@ -217,6 +217,15 @@ SELECT throws_ok($$SELECT pg_temp.run_as('t6_other', format('SELECT status FROM 
 SELECT throws_ok($$SELECT pg_temp.run_as('t6_other', 'SELECT status FROM fintx.reject_transfer(987654321)')$$,
                  '42501', 'permission denied for transfer.approve on "transfer 987654321"',
                  'an id that awaits nothing is refused in the same words (no oracle for awaiting ids)');
+-- a role in fintx_service that is no registered service: the same refusal for every id
+GRANT fintx_service TO t6_plain;
+SELECT throws_ok($$SELECT pg_temp.run_as('t6_plain', format('SELECT status FROM fintx.reject_transfer(%s)', (SELECT transfer_id FROM fintx.pending_approvals)))$$,
+                 '42501', 'permission denied for transfer.approve on "transfer ' || (SELECT transfer_id FROM fintx.pending_approvals) || '"',
+                 'an unregistered role cannot reject an awaiting transfer, and is not told its account');
+SELECT throws_ok($$SELECT pg_temp.run_as('t6_plain', 'SELECT status FROM fintx.approve_transfer(987654321)')$$,
+                 '42501', 'permission denied for transfer.approve on "transfer 987654321"',
+                 'an unregistered role gets the same refusal for an id that awaits nothing');
+REVOKE fintx_service FROM t6_plain;
 SELECT is(pg_temp.run_as('t6_risk', format('SELECT status FROM fintx.approve_transfer(%s)', (SELECT transfer_id FROM fintx.pending_approvals))),
           'posted', 'a different service holding transfer.approve approves: the money moves');
 SELECT is((SELECT status || ':' || decided_by_service FROM fintx.approvals WHERE maker_service = 'payments' AND amount = 3500),

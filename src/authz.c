@@ -907,7 +907,9 @@ fintx_authorize_hold(LedgerRequest *req)
 		bool		isnull;
 		int64		held = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
 
-		fintx_authorize(FINTX_OP_HOLD_RESOLVE, code, currency, req->amount_given ? req->amount : held, true, false);
+		/* a void moves no money: bounded by max_amount, counted in no daily limit (as a rejection) */
+		(void) Authorize(FINTX_OP_HOLD_RESOLVE, code, currency, req->amount_given ? req->amount : held, true,
+						 false, req->op != LEDGER_VOID);
 	}
 	SPI_finish();
 	req->preauthorized = true;

@@ -11,7 +11,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION fintx;
-SELECT plan(209);
+SELECT plan(210);
 
 CREATE FUNCTION pg_temp.run_as(r text, q text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
@@ -541,13 +541,22 @@ SELECT is(pg_temp.t6_resolve('post_pending', 'hp-1', (SELECT h1 FROM t6_h)),
 SELECT is((SELECT used FROM fintx.limit_usage WHERE service = 'holds' AND operation = 'hold.resolve'), 600::bigint,
           'the limit counts the post once');
 SELECT is(pg_temp.t6_resolve('void_pending', 'hv-1', (SELECT h2 FROM t6_h)),
-          'voided:false:-600:600', 'a void of the second hold counts its 300');
+          'voided:false:-600:600', 'a service voids the second hold (300)');
 SELECT is(pg_temp.t6_resolve('void_pending', 'hv-1', (SELECT h2 FROM t6_h)),
           'voided:true:-600:600', 'and its retry replays with the same balances');
-SELECT is((SELECT used FROM fintx.limit_usage WHERE service = 'holds' AND operation = 'hold.resolve'), 900::bigint,
-          'the limit counts the void once');
+SELECT is((SELECT used FROM fintx.limit_usage WHERE service = 'holds' AND operation = 'hold.resolve'), 600::bigint,
+          'a void moves no money: the daily limit does not count it (as a rejection counts nothing)');
 SELECT is((SELECT count(*)::int FROM fintx.access_log WHERE service = 'holds' AND operation = 'hold.resolve' AND allowed),
           2, 'the access log holds one allowed decision per resolution, none for the replays');
+-- a void is still bounded by max_amount (a release of a reservation is a decision on its amount)
+SELECT fintx.open_account('hold:big', 'EUR', true);
+SELECT fintx.grant_permission('holds', 'hold.resolve', 'hold:big', 100);
+CREATE TEMP TABLE t6_big AS
+  SELECT pg_temp.run_as('t6_hold', $q$SELECT transfer_id FROM fintx.transfer('hh-3', 'hold:big', 'hold:b', 700, pending => true)$q$)::bigint AS h;
+SELECT throws_ok(format($$SELECT pg_temp.run_as('t6_hold', 'SELECT status FROM fintx.void_pending(''hv-3'', %s)')$$,
+                        (SELECT h FROM t6_big)),
+                 '42501', 'permission denied for hold.resolve on "hold:big"', 'a void above the grant''s max_amount is refused');
+SELECT fintx.revoke_permission('holds', 'hold.resolve', 'hold:big');
 SELECT fintx.revoke_permission('holds', 'hold.resolve', 'hold:%');
 SELECT is(pg_temp.t6_resolve('post_pending', 'hp-1', (SELECT h1 FROM t6_h)),
           'posted:true:-600:600', 'after the grant is revoked a retry still gets the original answer, as a transfer''s does');

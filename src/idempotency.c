@@ -225,6 +225,7 @@ fintx_journal_claim(EState *estate, const char *principal, LedgerRequest **reqs,
 		v[1] = CStringGetTextDatum(reqs[i]->key);
 		v[2] = PointerGetDatum(fp);
 		v[3] = Int64GetDatum(id);
+		fintx_batch_position = reqs[i]->index;	/* a 40001 on the key names its request */
 		if (fintx_direct_insert_unless_exists(&t, v, nulls))
 		{
 			reqs[i]->claimed = true;
@@ -232,6 +233,7 @@ fintx_journal_claim(EState *estate, const char *principal, LedgerRequest **reqs,
 			nclaimed++;
 		}
 	}
+	fintx_batch_position = -1;
 	fintx_direct_close(&t);
 	args[0] = v[0];
 

@@ -214,6 +214,16 @@ is(sql(q{SELECT count(*) FROM fintx.audit_entries e JOIN fintx.idempotency_keys 
 	'each has its audit entry in fintx.audit_entries');
 is(sql(q{SELECT ok FROM fintx.verify_audit()}), 't', 'the log verifies');
 is(reconcile_rows($node), '', 'reconcile() is clean');
+# a batch's 40001 on a key claimed after its snapshot names the request, as its other errors do
+quiet_safe($rr, 'BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1;');
+sql(q{SELECT fintx.transfer('rr-bkey', 'src', 'dst', 1)});
+quiet_query($rr, q{SELECT count(*) FROM fintx.transfer_batch('[
+	{"idempotency_key": "rr-b0", "from_account": "src", "to_account": "dst", "amount": 1},
+	{"idempotency_key": "rr-bkey", "from_account": "src", "to_account": "dst", "amount": 1}]');});
+like($rr->{stderr}, qr/could not serialize access.*\nCONTEXT:  transfer request at index 1 of the batch/s,
+	'REPEATABLE READ, a batch\'s key claimed after the snapshot: 40001 with the index of its request');
+quiet_query($rr, 'ROLLBACK');
+$rr->{stderr} = '';
 $w->quit;
 $rr->quit;
 $holder->quit;

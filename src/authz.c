@@ -1524,15 +1524,17 @@ static bytea *
 ParseKeyArg(FunctionCallInfo fcinfo, int argno)
 {
 	bytea	   *key;
+	const char *why;
 
 	if (PG_ARGISNULL(argno))
 		return NULL;
 	key = palloc(VARHDRSZ + 32);
 	SET_VARSIZE(key, VARHDRSZ + 32);
-	if (!fintx_ed25519_parse_public(text_to_cstring(PG_GETARG_TEXT_PP(argno)), (uint8 *) VARDATA(key)))
+	if (!fintx_ed25519_parse_public(text_to_cstring(PG_GETARG_TEXT_PP(argno)), (uint8 *) VARDATA(key), &why))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid public key"),
+				 errdetail("%s", why),
 				 errhint("Give an Ed25519 public key as PEM (openssl pkey -pubout) or as base64 of its 32 bytes.")));
 	return key;
 }

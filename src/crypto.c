@@ -5,6 +5,8 @@
  */
 #include "fintx.h"
 
+#include <ctype.h>
+
 #include <openssl/bio.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
@@ -179,40 +181,117 @@ fintx_note_key_id(const char *name, const uint8 *pub, uint8 *id)
 }
 
 /*
- * Parses an Ed25519 public key given as PEM (SubjectPublicKeyInfo, as written by
- * "openssl pkey -pubout") or as standard base64 of the raw 32 bytes; returns
- * false if text is neither.
+ * Whether a raw Ed25519 public key is unusable as a verifier: its y coordinate
+ * not below p (a non-canonical encoding), or a point of small order (order 1,
+ * 2, 4 or 8: the eight torsion points have the five y coordinates below, each
+ * with either sign of x). Under a small-order key a constant signature (R the
+ * identity, S = 0) verifies many messages or every message, and OpenSSL does
+ * not refuse such keys: a service could register one and later deny whatever
+ * it signed. The same list as libsodium's; test 002_security computes it.
+ */
+static bool
+UnusableKey(const uint8 *pub)
+{
+	static const uint8 small_order_y[5][32] = {
+		{0},					/* y = 0: order 4 */
+		{1},					/* y = 1: the identity */
+		{0x26, 0xe8, 0x95, 0x8f, 0xc2, 0xb2, 0x27, 0xb0, 0x45, 0xc3, 0xf4, 0x89, 0xf2, 0xef, 0x98, 0xf0,
+		0xd5, 0xdf, 0xac, 0x05, 0xd3, 0xc6, 0x33, 0x39, 0xb1, 0x38, 0x02, 0x88, 0x6d, 0x53, 0xfc, 0x05},	/* order 8 */
+		{0xc7, 0x17, 0x6a, 0x70, 0x3d, 0x4d, 0xd8, 0x4f, 0xba, 0x3c, 0x0b, 0x76, 0x0d, 0x10, 0x67, 0x0f,
+		0x2a, 0x20, 0x53, 0xfa, 0x2c, 0x39, 0xcc, 0xc6, 0x4e, 0xc7, 0xfd, 0x77, 0x92, 0xac, 0x03, 0x7a},	/* order 8 */
+		{0xec, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+		0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f}	/* y = p - 1: order 2 */
+	};
+	uint8		y[32];
+	int			cmp = 0;
+
+	memcpy(y, pub, 32);
+	y[31] &= 0x7f;				/* the top bit is the sign of x */
+	/* y >= p = 2^255 - 19 (little-endian: ed ff ... ff 7f) */
+	for (int i = 31; i >= 0 && cmp == 0; i--)
+	{
+		uint8		pi = i == 31 ? 0x7f : (i == 0 ? 0xed : 0xff);
+
+		cmp = (y[i] > pi) - (y[i] < pi);
+	}
+	if (cmp >= 0)
+		return true;
+	for (int k = 0; k < (int) lengthof(small_order_y); k++)
+		if (memcmp(y, small_order_y[k], 32) == 0)
+			return true;
+	return false;
+}
+
+/* text without leading and trailing white space, in a new string */
+static char *
+Trimmed(const char *text)
+{
+	const char *end = text + strlen(text);
+
+	while (*text != '\0' && isspace((unsigned char) *text))
+		text++;
+	while (end > text && isspace((unsigned char) end[-1]))
+		end--;
+	return pnstrdup(text, end - text);
+}
+
+/*
+ * Parses an Ed25519 public key given as PEM (SubjectPublicKeyInfo, one block
+ * as written by "openssl pkey -pubout", white space around it allowed) or as
+ * canonical standard base64 of the raw 32 bytes. Returns false with *why set
+ * if text is neither, or if the key could not verify anything soundly.
  */
 bool
-fintx_ed25519_parse_public(const char *text, uint8 *pub)
+fintx_ed25519_parse_public(const char *text, uint8 *pub, const char **why)
 {
-	size_t		len = strlen(text);
+	static const char begin[] = "-----BEGIN PUBLIC KEY-----";
+	static const char end[] = "-----END PUBLIC KEY-----";
+	char	   *t = Trimmed(text);
+	size_t		len = strlen(t);
 
-	if (strstr(text, "-----BEGIN PUBLIC KEY-----") != NULL)
+	*why = "It is neither one PEM block of an Ed25519 public key nor base64 of 32 bytes.";
+	if (strncmp(t, begin, strlen(begin)) == 0)
 	{
-		BIO		   *bio = BIO_new_mem_buf(text, (int) len);
-		EVP_PKEY   *key = bio ? PEM_read_bio_PUBKEY(bio, NULL, NULL, NULL) : NULL;
+		BIO		   *bio;
+		EVP_PKEY   *key;
 		size_t		publen = 32;
 		bool		ok;
 
+		/* one block and nothing else: no text before or after it, no second block */
+		if (len < strlen(begin) + strlen(end) || strcmp(t + len - strlen(end), end) != 0 ||
+			strstr(t + 1, "-----BEGIN") != NULL)
+			return false;
+		bio = BIO_new_mem_buf(t, (int) len);
+		key = bio ? PEM_read_bio_PUBKEY(bio, NULL, NULL, NULL) : NULL;
 		ok = key != NULL && EVP_PKEY_get_id(key) == EVP_PKEY_ED25519 &&
 			EVP_PKEY_get_raw_public_key(key, pub, &publen) == 1 && publen == 32;
 		EVP_PKEY_free(key);
 		BIO_free(bio);
 		ERR_clear_error();
-		return ok;
+		if (!ok)
+			return false;
 	}
 	else
 	{
 		char		raw[48];
+		char		again[64];
 		int			n;
 
 		if (len == 0 || len > 64 || pg_b64_dec_len((int) len) > (int) sizeof(raw))
 			return false;
-		n = pg_b64_decode(text, (int) len, raw, sizeof(raw));
+		n = pg_b64_decode(t, (int) len, raw, sizeof(raw));
 		if (n != 32)
 			return false;
+		/* canonical: the one encoding of these bytes (no stray bits in the last character) */
+		n = pg_b64_encode(raw, 32, again, sizeof(again));
+		if (n != (int) len || memcmp(again, t, len) != 0)
+			return false;
 		memcpy(pub, raw, 32);
-		return true;
 	}
+	if (UnusableKey(pub))
+	{
+		*why = "The key is a point of small order or not canonically encoded: signatures under it prove nothing.";
+		return false;
+	}
+	return true;
 }

@@ -44,6 +44,7 @@
 #include "partitioning/partdesc.h"
 #include "storage/bufmgr.h"
 #include "storage/lmgr.h"
+#include "storage/sinval.h"
 #include "miscadmin.h"
 #include "tcop/utility.h"
 #include "utils/fmgroids.h"
@@ -126,7 +127,7 @@ CachedEntry(Oid relid)
 	return &cached[ncached++];
 }
 
-/* Oid of relation fintx.name; 42P01 if it does not exist. */
+/* Oid of relation fintx.name, or InvalidOid if there is none. */
 static Oid
 FintxRelid(const char *name)
 {
@@ -138,14 +139,65 @@ FintxRelid(const char *name)
 		if (strcmp(cached[i].name, name) == 0)
 			return cached[i].relid;
 	relid = get_relname_relid(name, nsp);
+	if (OidIsValid(relid) && (entry = CachedEntry(relid)) != NULL)
+		strlcpy(entry->name, name, NAMEDATALEN);
+	return relid;
+}
+
+/*
+ * Oid of relation fintx.name, locked in mode; 42P01 if there is none. As
+ * RangeVarGetRelidExtended does: the name is looked up again until no
+ * invalidation arrived between the lookup and the lock (the lock, or for a
+ * name not found AcceptInvalidationMessages, takes in those of every
+ * committed change). Without it, a transaction open across another
+ * session's rename would write into the renamed table, a drop would be
+ * XX000, and a table created meanwhile would still be missing.
+ */
+static Oid
+LockedFintxRelid(const char *name, LOCKMODE mode)
+{
+	Oid			relid;
+	Oid			prev = InvalidOid;
+	bool		retry = false;
+
+	for (;;)
+	{
+		uint64		invals = SharedInvalidMessageCounter;
+
+		relid = FintxRelid(name);
+		if (retry)
+		{
+			if (relid == prev)
+				break;
+			if (OidIsValid(prev))
+				UnlockRelationOid(prev, mode);
+		}
+		if (OidIsValid(relid))
+			LockRelationOid(relid, mode);
+		else
+			AcceptInvalidationMessages();
+		if (invals == SharedInvalidMessageCounter)
+			break;
+		retry = true;
+		prev = relid;
+	}
 	if (!OidIsValid(relid))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_TABLE),
 				 errmsg("relation \"fintx.%s\" does not exist", name)));
-	entry = CachedEntry(relid);
-	if (entry != NULL)
-		strlcpy(entry->name, name, NAMEDATALEN);
 	return relid;
+}
+
+/* 55000 unless rel is of the kind fintx writes it as. */
+static void
+CheckKind(Relation rel, char relkind)
+{
+	if (rel->rd_rel->relkind != relkind)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("relation \"fintx.%s\" is not the kind of table fintx writes", RelationGetRelationName(rel)),
+				 errdetail("fintx writes it as %s.", relkind == RELKIND_PARTITIONED_TABLE ? "a partitioned table" : "a plain table"),
+				 errhint("Reinstall or upgrade the extension.")));
 }
 
 /* Checks that the table's columns are exactly the names the caller writes. */
@@ -299,12 +351,13 @@ fintx_direct_end(EState *estate)
 		PopActiveSnapshot();
 }
 
-/* Opens fintx.name and resets t for a write group. */
+/* Opens fintx.name (a table of kind relkind) and resets t for a write group. */
 static Relation
-OpenTable(FintxTable *t, EState *estate, const char *name, const FintxColumn *columns, int ncolumns)
+OpenTable(FintxTable *t, EState *estate, const char *name, char relkind, const FintxColumn *columns, int ncolumns)
 {
-	Relation	rel = table_open(FintxRelid(name), RowExclusiveLock);
+	Relation	rel = table_open(LockedFintxRelid(name, RowExclusiveLock), NoLock);
 
+	CheckKind(rel, relkind);
 	memset(t, 0, sizeof(*t));
 	/* rows get the current command id: SPI statements may have run since the group began */
 	estate->es_output_cid = GetCurrentCommandId(true);
@@ -314,24 +367,26 @@ OpenTable(FintxTable *t, EState *estate, const char *name, const FintxColumn *co
 	return rel;
 }
 
-/*
- * Opens fintx.name for writing rows with exactly the given columns. A
- * partitioned table is opened as the parent; its partitions are opened when
- * a row is routed to them (fintx_direct_insert_routed).
- */
+/* Opens fintx.name, a plain table, for writing rows with exactly the given columns. */
 void
 fintx_direct_open(FintxTable *t, EState *estate, const char *name,
 				  const FintxColumn *columns, int ncolumns)
 {
-	Relation	rel = OpenTable(t, estate, name, columns, ncolumns);
+	OpenLeaf(&t->leaf, OpenTable(t, estate, name, RELKIND_RELATION, columns, ncolumns), columns, ncolumns, false);
+}
 
-	if (rel->rd_rel->relkind == RELKIND_PARTITIONED_TABLE)
-	{
-		CheckLayout(rel, columns, ncolumns);
-		t->parent = rel;
-	}
-	else
-		OpenLeaf(&t->leaf, rel, columns, ncolumns, false);
+/*
+ * Opens fintx.name, a partitioned table, as the parent; its partitions are
+ * opened when a row is routed to them (fintx_direct_insert_routed).
+ */
+void
+fintx_direct_open_partitioned(FintxTable *t, EState *estate, const char *name,
+							  const FintxColumn *columns, int ncolumns)
+{
+	Relation	rel = OpenTable(t, estate, name, RELKIND_PARTITIONED_TABLE, columns, ncolumns);
+
+	CheckLayout(rel, columns, ncolumns);
+	t->parent = rel;
 }
 
 /*
@@ -344,7 +399,7 @@ void
 fintx_direct_open_speculative(FintxTable *t, EState *estate, const char *name,
 							  const FintxColumn *columns, int ncolumns)
 {
-	OpenLeaf(&t->leaf, OpenTable(t, estate, name, columns, ncolumns), columns, ncolumns, true);
+	OpenLeaf(&t->leaf, OpenTable(t, estate, name, RELKIND_RELATION, columns, ncolumns), columns, ncolumns, true);
 }
 
 void
@@ -545,10 +600,14 @@ fintx_direct_insert_routed(FintxTable *t, int64 key, const Datum *values, const 
 			leaf = &t->parts[i];
 	if (leaf == NULL)
 	{
+		Relation	part;
+
 		if (t->nparts == FINTX_DIRECT_MAX_PARTS)
 			elog(ERROR, "too many partitions of \"fintx.%s\" in one write", RelationGetRelationName(t->parent));	/* LCOV_EXCL_LINE */
+		part = table_open(partoid, RowExclusiveLock);
+		CheckKind(part, RELKIND_RELATION);	/* not a foreign table, nor partitioned again */
 		leaf = &t->parts[t->nparts++];
-		OpenLeaf(leaf, table_open(partoid, RowExclusiveLock), t->columns, t->ncolumns, false);
+		OpenLeaf(leaf, part, t->columns, t->ncolumns, false);
 	}
 	InsertLeaf(leaf, t->estate, values, nulls);
 }
@@ -563,7 +622,7 @@ TupleTableSlot *
 fintx_direct_find(FintxTable *t, const char *index_name, RegProcedure eqproc, Datum key)
 {
 	FintxLeaf  *leaf = &t->leaf;
-	Oid			indexoid = FintxRelid(index_name);
+	Oid			indexoid = LockedFintxRelid(index_name, AccessShareLock);
 	ScanKeyData skey;
 
 	FlushLeaf(leaf, t->estate);
@@ -573,8 +632,17 @@ fintx_direct_find(FintxTable *t, const char *index_name, RegProcedure eqproc, Da
 	if (leaf->scan != NULL && RelationGetRelid(leaf->scan->indexRelation) != indexoid)
 		EndScan(leaf);
 	if (leaf->scan == NULL)
-		leaf->scan = index_beginscan(leaf->rel, index_open(indexoid, AccessShareLock),
-									 GroupSnapshot(t->estate), 1, 0);
+	{
+		Relation	index = index_open(indexoid, NoLock);
+
+		if (index->rd_index->indrelid != RelationGetRelid(leaf->rel))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("index \"fintx.%s\" is not an index of table \"fintx.%s\"",
+							index_name, RelationGetRelationName(leaf->rel)),
+					 errhint("Reinstall or upgrade the extension.")));
+		leaf->scan = index_beginscan(leaf->rel, index, GroupSnapshot(t->estate), 1, 0);
+	}
 	ScanKeyInit(&skey, 1, BTEqualStrategyNumber, eqproc, key);
 	index_rescan(leaf->scan, &skey, 1, NULL, 0);
 	return index_getnext_slot(leaf->scan, ForwardScanDirection, leaf->table_slot) ? leaf->table_slot : NULL;
@@ -679,9 +747,9 @@ fintx_direct_insert_rows(const char *name, const FintxColumn *columns, int ncolu
 	fintx_direct_end(estate);
 }
 
-/* nextval() of sequence fintx.name (resolved for every call). */
+/* nextval() of sequence fintx.name. */
 int64
 fintx_direct_nextval(const char *name)
 {
-	return nextval_internal(FintxRelid(name), false);
+	return nextval_internal(LockedFintxRelid(name, RowExclusiveLock), false);
 }

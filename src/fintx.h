@@ -203,6 +203,8 @@ extern EState *fintx_direct_begin(void);
 extern void fintx_direct_end(EState *estate);
 extern void fintx_direct_open(FintxTable *t, EState *estate, const char *name,
 							  const FintxColumn *columns, int ncolumns);
+extern void fintx_direct_open_partitioned(FintxTable *t, EState *estate, const char *name,
+										  const FintxColumn *columns, int ncolumns);
 extern void fintx_direct_open_speculative(FintxTable *t, EState *estate, const char *name,
 										  const FintxColumn *columns, int ncolumns);
 extern bool fintx_direct_insert_unless_exists(FintxTable *t, const Datum *values, const bool *nulls);
@@ -241,7 +243,7 @@ extern void fintx_sha256_2(const unsigned char *part1, size_t len1, const unsign
 extern EVP_PKEY *fintx_signing_key(const char *path);
 extern void fintx_ed25519_public(EVP_PKEY *key, uint8 *pub);
 extern void fintx_ed25519_sign(EVP_PKEY *key, const uint8 *msg, size_t len, uint8 *sig);
-extern bool fintx_ed25519_parse_public(const char *text, uint8 *pub);
+extern bool fintx_ed25519_parse_public(const char *text, uint8 *pub, const char **why);
 extern bool fintx_ed25519_verify(const uint8 *pub, const uint8 *msg, size_t len, const uint8 *sig);
 extern char *fintx_base64(const uint8 *data, int len);
 extern void fintx_note_key_id(const char *name, const uint8 *pub, uint8 *id);

@@ -384,7 +384,7 @@ fintx_outbox_record(const char *aggregatetype, const char *aggregateid, const ch
 	id = NewEventId();
 	all = DirectFunctionCall2(jsonb_concat, JsonbPGetDatum(headers),
 							  JsonbPGetDatum(ActorHeaders(actor, -1)));
-	fintx_direct_open(&t, estate, "outbox", outbox_columns, lengthof(outbox_columns));
+	fintx_direct_open_partitioned(&t, estate, "outbox", outbox_columns, lengthof(outbox_columns));
 	InsertEvent(&t, id, aggregatetype, aggregateid, type, payload, DatumGetJsonbP(all));
 	fintx_direct_close(&t);
 	fintx_direct_end(estate);
@@ -402,7 +402,7 @@ fintx_outbox_write_audit(EState *estate, FintxAuditEntry *entries, int n)
 	FintxTable	t;
 
 	NoteOutboxWrite();
-	fintx_direct_open(&t, estate, "outbox", outbox_columns, lengthof(outbox_columns));
+	fintx_direct_open_partitioned(&t, estate, "outbox", outbox_columns, lengthof(outbox_columns));
 	for (int i = 0; i < n; i++)
 		InsertEvent(&t, NewEventId(), entries[i].object_type, entries[i].object_id,
 					entries[i].action, entries[i].details,
@@ -551,7 +551,7 @@ fintx_outbox_sequence(Datum snap, Datum own, bool own_null)
 		int64		run_event = 0;
 		int64		run_len = 0;
 
-		fintx_direct_open(&t, estate, "outbox_position_runs", position_columns, 4);
+		fintx_direct_open_partitioned(&t, estate, "outbox_position_runs", position_columns, 4);
 		v[3] = Int64GetDatum(batch_id + 1);
 		for (int64 i = 0; i <= count; i++)
 		{

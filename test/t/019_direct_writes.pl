@@ -207,10 +207,40 @@ is(w_transfer('inv-5'), 'table "fintx.transfers" does not have the columns fintx
 	'a column renamed by another session: the layout is checked again (55000)');
 sql(q{ALTER TABLE fintx.transfers RENAME COLUMN principal_renamed TO principal});
 is(w_transfer('inv-6'), 'ok', 'changed back: written again');
+# ... also inside a transaction opened before the change: the name is looked up again once
+# the lock is taken (a rename committed meanwhile is seen, as SQL would see it). The journal
+# is the first table a transfer locks: no earlier lock has taken in the invalidation.
+quiet_safe($w, 'BEGIN; SELECT 1;');
+sql(q{ALTER TABLE fintx.idempotency_keys RENAME TO idempotency_keys_moved});
+is(w_transfer('inv-7'), 'relation "fintx.idempotency_keys" does not exist',
+	'a transaction open across a rename does not write into the renamed table: 42P01');
+quiet_query($w, 'ROLLBACK');
+$w->{stderr} = '';
+quiet_safe($w, 'BEGIN; SELECT 1;');
+sql(q{CREATE TABLE fintx.idempotency_keys (principal text)});
+is(w_transfer('inv-8'), 'table "fintx.idempotency_keys" does not have the columns fintx writes',
+	'nor into the old table once another has the name: the new one is opened (55000)');
+quiet_query($w, 'ROLLBACK');
+$w->{stderr} = '';
+sql(q{DROP TABLE fintx.idempotency_keys; ALTER TABLE fintx.idempotency_keys_moved RENAME TO idempotency_keys});
+sql(q{ALTER TABLE fintx.audit_entries RENAME TO audit_entries_moved});
+# a table of another kind under the name: refused, not written as a plain table
+sql(q{CREATE TABLE fintx.audit_entries (LIKE fintx.audit_entries_moved) PARTITION BY RANGE (entry_id);
+	  CREATE TABLE fintx.audit_entries_p0 PARTITION OF fintx.audit_entries DEFAULT});
+is(w_transfer('inv-9'), 'relation "fintx.audit_entries" is not the kind of table fintx writes',
+	'a partitioned table where fintx writes a plain one: 55000, not a crash');
+sql(q{DROP TABLE fintx.audit_entries; ALTER TABLE fintx.audit_entries_moved RENAME TO audit_entries});
+# an index of another table under the name of one fintx reads through
+sql(q{ALTER INDEX fintx.accounts_code_key RENAME TO accounts_code_key_moved;
+	  CREATE INDEX accounts_code_key ON fintx.transfers (principal)});
+is(w_transfer('inv-10'), 'index "fintx.accounts_code_key" is not an index of table "fintx.accounts"',
+	'an index of another table under the name: 55000');
+sql(q{DROP INDEX fintx.accounts_code_key; ALTER INDEX fintx.accounts_code_key_moved RENAME TO accounts_code_key});
+is(w_transfer('inv-11'), 'ok', 'everything back: written again');
 is(sql(q{SELECT string_agg(idempotency_key, ',' ORDER BY idempotency_key) FROM fintx.idempotency_keys
-		  WHERE idempotency_key LIKE 'inv-%'}), 'inv-1,inv-4,inv-6', 'only the calls that succeeded left a key');
+		  WHERE idempotency_key LIKE 'inv-%'}), 'inv-1,inv-11,inv-4,inv-6', 'only the calls that succeeded left a key');
 is(sql(q{SELECT count(*) FROM fintx.audit_entries e JOIN fintx.idempotency_keys j
-		   ON e.details->>'idempotency_key' = j.idempotency_key WHERE j.idempotency_key LIKE 'inv-%'}), '3',
+		   ON e.details->>'idempotency_key' = j.idempotency_key WHERE j.idempotency_key LIKE 'inv-%'}), '4',
 	'each has its audit entry in fintx.audit_entries');
 is(sql(q{SELECT ok FROM fintx.verify_audit()}), 't', 'the log verifies');
 is(reconcile_rows($node), '', 'reconcile() is clean');

@@ -1288,9 +1288,16 @@ AuditDecision(const char *action, int64 id, ApprovalRow *row, LedgerRequest *req
 {
 	StringInfoData buf;
 	char		idtext[32];
+	Jsonb	   *details;
 
 	initStringInfo(&buf);
-	appendStringInfo(&buf, "{\"transfer_id\": %lld, \"maker_service\": ", (long long) id);
+	appendStringInfo(&buf, "{\"transfer_id\": %lld, \"from_account\": ", (long long) id);
+	escape_json(&buf, row->from_account);
+	appendStringInfoString(&buf, ", \"to_account\": ");
+	escape_json(&buf, row->to_account);
+	appendStringInfo(&buf, ", \"amount\": %lld, \"currency\": ", (long long) row->amount);
+	escape_json(&buf, row->currency);
+	appendStringInfoString(&buf, ", \"maker_service\": ");
 	escape_json(&buf, row->maker_service);
 	appendStringInfoString(&buf, ", \"decided_by_service\": ");
 	if (caller.service)
@@ -1308,8 +1315,10 @@ AuditDecision(const char *action, int64 id, ApprovalRow *row, LedgerRequest *req
 	}
 	appendStringInfoChar(&buf, '}');
 	snprintf(idtext, sizeof(idtext), "%lld", (long long) id);
-	fintx_audit_record(caller.role_name, action, "transfer", pstrdup(idtext),
-					   fintx_jsonb_from_text(buf.data));
+	details = fintx_jsonb_from_text(buf.data);
+	fintx_audit_record(caller.role_name, action, "transfer", pstrdup(idtext), details);
+	/* a change like any other: consumers learn of the decision (the accounts select who sees it) */
+	fintx_outbox_record("transfer", idtext, action, details, fintx_jsonb_from_text("{}"), caller.role_name);
 }
 
 /*

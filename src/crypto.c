@@ -187,7 +187,8 @@ fintx_note_key_id(const char *name, const uint8 *pub, uint8 *id)
  * with either sign of x). Under a small-order key a constant signature (R the
  * identity, S = 0) verifies many messages or every message, and OpenSSL does
  * not refuse such keys: a service could register one and later deny whatever
- * it signed. The same list as libsodium's; test 002_security computes it.
+ * it signed. The y values are those of [L]P for random points P (L the order
+ * of the base point), the list libsodium blocks; pgTAP 006 refuses each.
  */
 static bool
 UnusableKey(const uint8 *pub)

@@ -90,7 +90,6 @@ typedef struct LedgerRequest
 	int64		hold_id;		/* LEDGER_POST/VOID/EXPIRE */
 	uint8		fingerprint[FINTX_FINGERPRINT_LEN];
 	bool		preauthorized;	/* approved transfer: authorization already done */
-	bool		signed_request;	/* part of a signed request (maker-checker refused) */
 	bool		batched;		/* an element of transfer_batch (never awaits approval) */
 
 	/* filled in by the journal */

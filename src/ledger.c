@@ -1788,8 +1788,6 @@ VerifySignature(FintxCaller *c, LedgerRequest **reqs, int n, bool batch, bytea *
 		fintx_authz_deny(FINTX_OP_TRANSFER, first, NULL, reqs[0]->amount, true,
 						 psprintf("the signature does not verify with the public key registered for service \"%s\"",
 								  c->service), "Ed25519 request signature");
-	for (int i = 0; i < n; i++)
-		reqs[i]->signed_request = true;
 }
 
 /* Stores a signed request with its signature once it has produced transfers. */

@@ -11,7 +11,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION fintx;
-SELECT plan(210);
+SELECT plan(220);
 
 CREATE FUNCTION pg_temp.run_as(r text, q text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
@@ -64,6 +64,39 @@ MCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=
 -----END PUBLIC KEY-----')$$, 'a PEM Ed25519 key is accepted');
 SELECT is((SELECT encode(public_key, 'base64') FROM fintx.services WHERE name = 'other'),
           'Gb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=', 'the raw 32-byte key is stored');
+-- whether set_service_key refuses key k as an invalid public key (the change rolled back either way)
+CREATE FUNCTION pg_temp.key_refused(k text) RETURNS boolean LANGUAGE plpgsql AS $f$
+BEGIN
+  PERFORM fintx.set_service_key('other', k);
+  RAISE EXCEPTION 'accepted';
+EXCEPTION WHEN OTHERS THEN
+  RETURN SQLERRM = 'invalid public key';
+END $f$;
+SELECT is(pg_temp.key_refused('Gb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE='), false, 'a sound key is accepted');
+SELECT is(pg_temp.key_refused(E'  Gb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n'), false, 'white space around a key is ignored');
+-- the points of small order (their five y coordinates, either sign of x) and the encodings of y >= p:
+-- under such a key a constant signature (R the identity, S = 0) verifies many or all requests
+SELECT is((SELECT count(*)::int
+             FROM (VALUES ('0000000000000000000000000000000000000000000000000000000000000000'),
+                          ('0100000000000000000000000000000000000000000000000000000000000000'),
+                          ('26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05'),
+                          ('c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a'),
+                          ('ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f'),
+                          ('edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f'),
+                          ('eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f'),
+                          ('ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f')) k(hex),
+                  LATERAL (VALUES (decode(hex, 'hex')),
+                                  (set_byte(decode(hex, 'hex'), 31, get_byte(decode(hex, 'hex'), 31) | 128))) b(key)
+            WHERE pg_temp.key_refused(encode(b.key, 'base64'))), 16,
+          'small-order and non-canonical keys are refused (16 encodings)');
+SELECT is(pg_temp.key_refused(E'-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAAQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n-----END PUBLIC KEY-----\n'),
+          true, 'the identity point as PEM is refused');
+SELECT is(pg_temp.key_refused(E'-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n-----END PUBLIC KEY-----\ngarbage'),
+          true, 'a PEM block followed by other text is refused');
+SELECT is(pg_temp.key_refused(E'-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n-----END PUBLIC KEY-----\n-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n-----END PUBLIC KEY-----'),
+          true, 'two PEM blocks are refused');
+SELECT is(pg_temp.key_refused('Gb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuF='), true,
+          'base64 with stray bits in its last character is refused (one encoding per key)');
 SELECT throws_ok($$SELECT fintx.register_service('payments', 't6_plain')$$, '23505', NULL, 'a service name is unique');
 SELECT throws_ok($$SELECT fintx.register_service('payments2', 't6_pay')$$, '23505', NULL, 'a role is one service');
 SELECT throws_ok($$SELECT fintx.register_service(NULL, 't6_plain')$$, '22023', 'name must not be null', 'NULL name');
@@ -575,5 +608,25 @@ SELECT is(pg_temp.t6_detail(format('SELECT fintx.approve_transfer(%s)',
           'after the maker''s grant is revoked, not even an administrator can approve it');
 SELECT is((SELECT count(*)::int FROM fintx.transfers t JOIN fintx.approvals a ON a.result_transfer_id = t.id WHERE a.amount = 3400), 0,
           'no money moved');
+
+-- every approval decision is a change consumers learn of: one outbox event each
+SELECT is((SELECT count(*)::int FROM fintx.outbox WHERE type IN ('transfer.approved', 'transfer.rejected')),
+          (SELECT count(*)::int FROM fintx.approvals WHERE status IN ('approved', 'rejected')),
+          'one outbox event per approval decision');
+SELECT is((SELECT count(*)::int FROM fintx.outbox o JOIN fintx.approvals a ON o.aggregateid = a.transfer_id::text
+            WHERE o.type = 'transfer.' || a.status AND o.aggregatetype = 'transfer'
+              AND o.payload->>'from_account' = a.from_account AND o.payload->>'to_account' = a.to_account
+              AND (o.payload->>'amount')::bigint = a.amount AND o.payload->>'currency' = a.currency
+              AND o.payload->>'maker_service' = a.maker_service
+              AND o.payload->>'decided_by_role' = a.decided_by_role
+              AND o.payload->>'result_transfer_id' IS NOT DISTINCT FROM a.result_transfer_id::text
+              AND o.payload->>'reason' IS NOT DISTINCT FROM a.reason),
+          (SELECT count(*)::int FROM fintx.approvals WHERE status IN ('approved', 'rejected')),
+          'each names the awaiting transfer, its accounts and amount, the maker, the checker and the outcome');
+SELECT is((SELECT count(*)::int FROM fintx.outbox o JOIN fintx.audit_log l
+             ON l.action = o.type AND l.object_id = o.aggregateid AND l.details = o.payload
+            WHERE o.type IN ('transfer.approved', 'transfer.rejected')),
+          (SELECT count(*)::int FROM fintx.approvals WHERE status IN ('approved', 'rejected')),
+          'its payload is the decision''s audit entry');
 SELECT * FROM finish();
 ROLLBACK;

@@ -1288,7 +1288,8 @@ AuditDecision(const char *action, int64 id, ApprovalRow *row, LedgerRequest *req
 {
 	StringInfoData buf;
 	char		idtext[32];
-	Jsonb	   *details;
+	FintxAuditEntry entry;
+	EState	   *estate;
 
 	initStringInfo(&buf);
 	appendStringInfo(&buf, "{\"transfer_id\": %lld, \"from_account\": ", (long long) id);
@@ -1315,10 +1316,17 @@ AuditDecision(const char *action, int64 id, ApprovalRow *row, LedgerRequest *req
 	}
 	appendStringInfoChar(&buf, '}');
 	snprintf(idtext, sizeof(idtext), "%lld", (long long) id);
-	details = fintx_jsonb_from_text(buf.data);
-	fintx_audit_record(caller.role_name, action, "transfer", pstrdup(idtext), details);
-	/* a change like any other: consumers learn of the decision (the accounts select who sees it) */
-	fintx_outbox_record("transfer", idtext, action, details, fintx_jsonb_from_text("{}"), caller.role_name);
+	fintx_audit_init(&entry, caller.role_name, action, "transfer", pstrdup(idtext),
+					 fintx_jsonb_from_text(buf.data));
+	fintx_audit_insert(&entry, 1);
+	/*
+	 * a change like any other: consumers learn of the decision (its accounts
+	 * decide which services see it), with its audit entry's id as ledger
+	 * events have it
+	 */
+	estate = fintx_direct_begin();
+	fintx_outbox_write_audit(estate, &entry, 1);
+	fintx_direct_end(estate);
 }
 
 /*

@@ -259,8 +259,8 @@ fintx_ed25519_parse_public(const char *text, uint8 *pub, const char **why)
 		bool		ok;
 
 		/* one block and nothing else: no text before or after it, no second block */
-		if (len < strlen(begin) + strlen(end) || strcmp(t + len - strlen(end), end) != 0 ||
-			strstr(t + 1, "-----BEGIN") != NULL)
+		if (len < strlen(begin) + strlen(end) || strstr(t + 1, "-----BEGIN") != NULL ||
+			strstr(t, "-----END") != t + len - strlen(end) || strcmp(t + len - strlen(end), end) != 0)
 			return false;
 		bio = BIO_new_mem_buf(t, (int) len);
 		key = bio ? PEM_read_bio_PUBKEY(bio, NULL, NULL, NULL) : NULL;

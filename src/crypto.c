@@ -53,23 +53,50 @@ fintx_sha256(const unsigned char *data, size_t len, uint8 *out)
 #include "common/base64.h"
 #include "storage/fd.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <openssl/pem.h>
 
 static EVP_PKEY *cached_key = NULL;
 static char *cached_path = NULL;
-static time_t cached_mtime = 0;
+static struct stat cached_stat;
+
+/* The largest key file read: an Ed25519 PEM is about 120 bytes. */
+#define FINTX_KEY_FILE_MAX 65536
+
+/* Whether two stats describe the same file in the same state (same inode, size and times). */
+static bool
+SameFileState(const struct stat *a, const struct stat *b)
+{
+	return a->st_dev == b->st_dev && a->st_ino == b->st_ino && a->st_size == b->st_size &&
+		a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec &&
+		a->st_ctim.tv_sec == b->st_ctim.tv_sec && a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
+}
+
+/* pem_password_cb that gives no passphrase: an encrypted key fails instead of prompting on a terminal */
+static int
+NoPassphrase(char *buf, int size, int rwflag, void *u)
+{
+	return -1;
+}
 
 /*
  * Returns the Ed25519 private key from the PEM file path (cached until the
- * file changes), or NULL if path is empty. Emits 55000 if the file cannot be
- * read or holds no Ed25519 key.
+ * file changes: another inode, size, modification or change time), or NULL
+ * if path is empty. Emits 55000 if the file is not a regular file, cannot be
+ * read, is larger than any key file, or holds no unencrypted Ed25519 key.
+ * The file is opened without blocking (a FIFO would wait for a writer) and
+ * checked on the descriptor it is read from.
  */
 EVP_PKEY *
 fintx_signing_key(const char *path)
 {
 	struct stat st;
-	FILE	   *f;
+	int			fd;
+	char	   *buf;
+	ssize_t		len = 0;
+	BIO		   *bio;
 	EVP_PKEY   *key;
 
 	if (path == NULL || path[0] == '\0')
@@ -78,21 +105,64 @@ fintx_signing_key(const char *path)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("could not read signing key file \"%s\": %m", path)));
-	if (cached_key && cached_path && strcmp(cached_path, path) == 0 && cached_mtime == st.st_mtime)
+	if (cached_key && cached_path && strcmp(cached_path, path) == 0 && SameFileState(&cached_stat, &st))
 		return cached_key;
-	f = AllocateFile(path, "r");
-	if (f == NULL)
+	fd = OpenTransientFile(path, O_RDONLY | O_NONBLOCK | PG_BINARY);
+	if (fd < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("could not open signing key file \"%s\": %m", path)));
-	key = PEM_read_PrivateKey(f, NULL, NULL, NULL);
-	FreeFile(f);
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > FINTX_KEY_FILE_MAX)
+	{
+		bool		regular = S_ISREG(st.st_mode);
+
+		CloseTransientFile(fd);
+		if (regular)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("signing key file \"%s\" is too large to be a key file", path)));
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("signing key file \"%s\" is not a regular file", path)));
+	}
+	buf = palloc(FINTX_KEY_FILE_MAX + 1);
+	for (;;)
+	{
+		ssize_t		n = read(fd, buf + len, FINTX_KEY_FILE_MAX + 1 - len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+		{
+			int			save = errno;
+
+			CloseTransientFile(fd);
+			errno = save;
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("could not read signing key file \"%s\": %m", path)));
+		}
+		if (n == 0 || len + n > FINTX_KEY_FILE_MAX)
+		{
+			len += n;
+			break;
+		}
+		len += n;
+	}
+	CloseTransientFile(fd);
+	bio = len <= FINTX_KEY_FILE_MAX ? BIO_new_mem_buf(buf, (int) len) : NULL;
+	key = bio ? PEM_read_bio_PrivateKey(bio, NULL, NoPassphrase, NULL) : NULL;
+	BIO_free(bio);
+	ERR_clear_error();
+	explicit_bzero(buf, FINTX_KEY_FILE_MAX + 1);
+	pfree(buf);
 	if (key == NULL || EVP_PKEY_id(key) != EVP_PKEY_ED25519)
 	{
 		EVP_PKEY_free(key);
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("signing key file \"%s\" does not hold an Ed25519 private key in PEM format", path),
+				 errdetail("An encrypted key cannot be used: the server has no passphrase for it."),
 				 errhint("Create one with: openssl genpkey -algorithm ed25519 -out key.pem")));
 	}
 	EVP_PKEY_free(cached_key);
@@ -100,7 +170,7 @@ fintx_signing_key(const char *path)
 		free(cached_path);
 	cached_key = key;
 	cached_path = strdup(path);
-	cached_mtime = st.st_mtime;
+	cached_stat = st;
 	return key;
 }
 

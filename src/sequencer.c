@@ -845,6 +845,14 @@ SealLog(void)
 				 errdetail("Checkpoints of the two origins cannot be linked (fintx-verify --previous-checkpoint)."),
 				 errhint("Keep fintx.checkpoint_origin unchanged; after a restore into a new database, set it again with ALTER DATABASE ... SET before the first pass seals.")));
 	key = fintx_signing_key(fintx_signing_key_file);
+	/* a key set to '' by mistake: an unsigned block after signed ones would fail verify_audit() for good */
+	if (key == NULL && prev.exists && prev.signature != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot seal audit block %lld without a signing key: block %lld is signed",
+						(long long) block_id, (long long) prev.block_id),
+				 errdetail("fintx.signing_key_file is not set; a block left unsigned after signed ones would make verify_audit() report it as forged."),
+				 errhint("Set fintx.signing_key_file again; the outbox is still sequenced meanwhile.")));
 	memset(bnulls, ' ', sizeof(bnulls));
 	bargs[0] = Int64GetDatum(block_id);
 	bargs[1] = Int64GetDatum(m);

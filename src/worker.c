@@ -181,6 +181,7 @@ fintx_worker_main(Datum arg)
 		TimestampTz next_rotate = GetCurrentTimestamp();
 		TimestampTz last_seal = 0;
 		TimestampTz next_outbox = 0;	/* 0: not woken */
+		bool		seal_failed = false;	/* the last sealing pass failed */
 
 		while (!ShutdownRequestPending)
 		{
@@ -207,7 +208,14 @@ fintx_worker_main(Datum arg)
 				fintx_worker_seal_end(req, sealed && !fintx_seal_lock_missed);
 				last_seal = GetCurrentTimestamp();
 				next_seal = TimestampTzPlusMilliseconds(last_seal, fintx_seal_interval_ms);
-				next_outbox = 0;	/* the seal sequenced the outbox too */
+				/*
+				 * A seal sequences the outbox too. One that failed (a bad
+				 * signing key, say) rolled that back: sequence the outbox
+				 * alone at once, so delivery goes on at the sealing interval
+				 * (the wake-up it consumed is not lost).
+				 */
+				seal_failed = !sealed;
+				next_outbox = seal_failed ? last_seal : 0;
 			}
 			if (next_outbox != 0 && now >= next_outbox)
 			{
@@ -247,7 +255,7 @@ fintx_worker_main(Datum arg)
 				 */
 				TimestampTz soon = TimestampTzPlusMilliseconds(last_seal, fintx_outbox_wakeup_ms);
 
-				if (next_outbox == 0 && soon < next_seal)
+				if (next_outbox == 0 && (soon < next_seal || seal_failed))
 					next_outbox = soon;
 			}
 			/*

@@ -83,6 +83,24 @@ SELECT fintx.reject('reg-dl', :poison, 'cannot parse again') AS dead;
 SELECT aggregateid FROM fintx.poll('reg-dl', 1);
 SELECT attempts, last_error FROM fintx.outbox_dead_letters WHERE consumer = 'reg-dl';
 SELECT dead_letters FROM fintx.outbox_lag WHERE consumer = 'reg-dl';
+-- the dead letter keeps the event itself (the outbox rotates it away once every consumer is past it)
+SELECT d.aggregatetype, d.aggregateid, d.type, d.payload, d.headers = o.headers AS same_headers
+  FROM fintx.outbox_dead_letters d JOIN fintx.outbox o ON o.id = d.event_id WHERE d.consumer = 'reg-dl';
+-- rejected again: still a dead letter (true), not counted again
+SELECT fintx.reject('reg-dl', :poison, 'third time') AS still_dead;
+SELECT attempts, last_error FROM fintx.outbox_dead_letters WHERE consumer = 'reg-dl';
+-- a read-only transaction: a window with nothing for a filtered consumer leaves its offset
+-- where it is (no write; the next poll() elsewhere moves it)
+SELECT fintx.emit('order', 'ro', 'order.created', '{}') IS NOT NULL AS emitted;
+SELECT fintx.seal() IS NOT NULL AS sealed;
+SELECT committed_position AS none_before FROM fintx.outbox_consumers WHERE name = 'reg-none' \gset
+BEGIN READ ONLY;
+SET LOCAL client_min_messages = warning;  -- (the NOTICE that it cannot seal counts all entries so far)
+SELECT count(*) AS read_only_poll FROM fintx.poll('reg-none');
+COMMIT;
+SELECT committed_position = :none_before AS offset_kept FROM fintx.outbox_consumers WHERE name = 'reg-none';
+SELECT count(*) AS poll FROM fintx.poll('reg-none');
+SELECT committed_position = fintx.outbox_tail() AS moved_now FROM fintx.outbox_consumers WHERE name = 'reg-none';
 -- inbox: true once; a rolled-back accept does not count
 SELECT fintx.inbox_accept('reg', '00000000-0000-7000-8000-000000000001') AS first;
 SELECT fintx.inbox_accept('reg', '00000000-0000-7000-8000-000000000001') AS second;

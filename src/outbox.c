@@ -78,6 +78,10 @@ static SPIPlanPtr seq_next_plan = NULL;
 static SPIPlanPtr batch_plan = NULL;
 static SPIPlanPtr consumer_plan = NULL;
 static SPIPlanPtr consumer_lock_plan = NULL;
+static SPIPlanPtr consumer_share_plan = NULL;
+
+/* ReadConsumer's lock: none (false), FOR UPDATE (true), or FOR KEY SHARE */
+#define CONSUMER_KEY_SHARE 2
 static SPIPlanPtr poll_plan = NULL;
 static SPIPlanPtr window_plan = NULL;
 static SPIPlanPtr advance_plan = NULL;
@@ -635,7 +639,7 @@ Tail(void)
 
 /* Reads a consumer (FOR UPDATE if lock); emits 22023 if it does not exist (SPI connected). */
 static void
-ReadConsumer(const char *name, bool lock, Consumer *c)
+ReadConsumer(const char *name, int lock, Consumer *c)
 {
 	Oid			types[1] = {TEXTOID};
 	Datum		arg = CStringGetTextDatum(name);
@@ -646,11 +650,12 @@ ReadConsumer(const char *name, bool lock, Consumer *c)
 		"SELECT committed_position, group_size, group_member, aggregatetypes, types, max_retries,"
 		"       stream_sequence FROM fintx.outbox_consumers WHERE name OPERATOR(pg_catalog.=) $1";
 
-	if (lock)
-		fintx_keep_plan(&consumer_lock_plan, psprintf("%s FOR UPDATE", sql), 1, types);
-	else
-		fintx_keep_plan(&consumer_plan, sql, 1, types);
-	if (SPI_execute_plan(lock ? consumer_lock_plan : consumer_plan, &arg, NULL, false, 1) != SPI_OK_SELECT)
+	SPIPlanPtr *plan = lock == CONSUMER_KEY_SHARE ? &consumer_share_plan :
+		lock ? &consumer_lock_plan : &consumer_plan;
+
+	fintx_keep_plan(plan, lock == CONSUMER_KEY_SHARE ? psprintf("%s FOR KEY SHARE", sql) :
+					lock ? psprintf("%s FOR UPDATE", sql) : sql, 1, types);
+	if (SPI_execute_plan(*plan, &arg, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "reading outbox consumer failed");	/* LCOV_EXCL_LINE */
 	if (SPI_processed != 1)
 		ereport(ERROR,
@@ -1081,7 +1086,11 @@ Poll(FunctionCallInfo fcinfo)
 		if (SPI_execute_snapshot(window_plan, wargs, NULL, snap, InvalidSnapshot, false, true, 1) != SPI_OK_SELECT)
 			elog(ERROR, "scanning outbox window failed");	/* LCOV_EXCL_LINE */
 		wmax = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-		if (!isnull && MayMoveOffset(&c))
+		/*
+		 * (not in a read-only transaction or on a standby: the next poll()
+		 * elsewhere moves it; this one returns the empty window)
+		 */
+		if (!isnull && MayMoveOffset(&c) && !XactReadOnly)
 		{
 			Oid			atypes[3] = {TEXTOID, INT8OID, INT8OID};
 			Datum		aargs[3];
@@ -1296,6 +1305,16 @@ fintx_reject(PG_FUNCTION_ARGS)
 	CheckMayMoveOffset(name, &c);	/* a dead letter is skipped */
 	args[0] = CStringGetTextDatum(name);
 	args[1] = Int64GetDatum(pos);
+	/* already a dead letter of this consumer: it stays one, not counted again */
+	if (SPI_execute_with_args("SELECT 1 FROM fintx.outbox_dead_letters"
+							  " WHERE consumer OPERATOR(pg_catalog.=) $1 AND position OPERATOR(pg_catalog.=) $2",
+							  2, types, args, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "reading dead letters failed");	/* LCOV_EXCL_LINE */
+	if (SPI_processed == 1)
+	{
+		SPI_finish();
+		PG_RETURN_BOOL(true);
+	}
 	args[2] = PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2);
 	nulls[2] = PG_ARGISNULL(2) ? 'n' : ' ';
 	args[3] = Int32GetDatum(c.max_retries);
@@ -1306,8 +1325,10 @@ fintx_reject(PG_FUNCTION_ARGS)
 		"           ON CONFLICT (consumer, position) DO UPDATE"
 		"             SET attempts = t.attempts OPERATOR(pg_catalog.+) 1, last_error = EXCLUDED.last_error"
 		"           RETURNING attempts, last_error),"
-		"     d AS (INSERT INTO fintx.outbox_dead_letters (consumer, position, event_id, attempts, last_error)"
-		"           SELECT $1, $2, o.id, a.attempts, a.last_error"
+		"     d AS (INSERT INTO fintx.outbox_dead_letters (consumer, position, event_id, attempts, last_error,"
+		"                                                 aggregatetype, aggregateid, type, payload, headers)"
+		"           SELECT $1, $2, o.id, a.attempts, a.last_error,"
+		"                  o.aggregatetype, o.aggregateid, o.type, o.payload, o.headers"
 		"             FROM a, (SELECT first_position, first_event_no, event_count FROM fintx.outbox_position_runs"
 		"                       WHERE first_position OPERATOR(pg_catalog.<=) $2"
 		"                       ORDER BY first_position DESC LIMIT 1) p"
@@ -1345,7 +1366,8 @@ fintx_inbox_accept(PG_FUNCTION_ARGS)
 	if (PG_ARGISNULL(1))
 		NullArg("event_id");
 	fintx_spi_connect();
-	ReadConsumer(name, false, &c);
+	/* locked against a concurrent drop_consumer(): it then does not exist (22023), not a 23503 */
+	ReadConsumer(name, CONSUMER_KEY_SHARE, &c);
 	args[0] = CStringGetTextDatum(name);
 	args[1] = PG_GETARG_DATUM(1);
 	fintx_keep_plan(&inbox_plan,

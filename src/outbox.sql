@@ -118,6 +118,12 @@ CREATE TABLE fintx.outbox_dead_letters (
     attempts    integer     NOT NULL,
     last_error  text,
     dead_at     timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    -- the event itself: the outbox rotates it away once every consumer is past it
+    aggregatetype text      NOT NULL,
+    aggregateid text        NOT NULL,
+    type        text        NOT NULL,
+    payload     jsonb       NOT NULL,
+    headers     jsonb       NOT NULL,
     PRIMARY KEY (consumer, position)
 );
 COMMENT ON TABLE fintx.outbox_dead_letters IS 'events a consumer rejected max_retries times; poll() skips them for that consumer';

@@ -127,4 +127,25 @@ is(sql('SELECT count(*) FROM fintx.inbox WHERE consumer = \'svc\''), $produced, 
 is(sql("SELECT string_agg(position::text, ',' ORDER BY position) = (SELECT string_agg(g::text, ',') FROM generate_series(1, fintx.outbox_tail()) g)
           FROM fintx.outbox_positions"), 't', 'positions are gap-free');
 
+# inbox_accept() waiting on a concurrent drop_consumer(): the consumer is gone, 22023 (not the
+# inbox's foreign key, 23503)
+sql(q{SELECT fintx.create_consumer('dropped')});
+my $dropper = quiet_session($node);
+quiet_safe($dropper, q{BEGIN; SELECT fintx.drop_consumer('dropped');});
+my $acceptor = FintxTest::Client->new($node, 'inbox_vs_drop');
+$acceptor->send(qq{SELECT fintx.inbox_accept('dropped', '00000000-0000-7000-8000-00000000d0d0');\n});
+my $waited = 0;
+for (1 .. 600)
+{
+	$waited = sql(q{SELECT count(*) FROM pg_stat_activity WHERE application_name = 'inbox_vs_drop'
+	                  AND wait_event_type = 'Lock'});
+	last if $waited eq '1';
+	usleep(50_000);
+}
+is($waited, '1', 'inbox_accept() waits for the transaction dropping its consumer');
+quiet_safe($dropper, 'COMMIT');
+my $err = $acceptor->finish;
+is(first_sqlstate($err), '22023', 'then finds the consumer gone: 22023');
+$dropper->quit;
+
 done_testing();

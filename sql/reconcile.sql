@@ -72,4 +72,28 @@ BEGIN;
 UPDATE fintx.accounts SET closed_at = now() WHERE code = 't:a';
 SELECT check_name, object, expected FROM fintx.reconcile() ORDER BY 1, 2;
 ROLLBACK;
+-- a posted transfer deleted behind the API with its journal record, the counters moved back:
+-- the balances add up, the audit log still records it
+BEGIN;
+SELECT t.id AS gone, t.amount AS gone_amount, t.from_account AS gone_from, t.to_account AS gone_to
+  FROM fintx.transfers t JOIN fintx.idempotency_keys j ON j.transfer_id = t.id WHERE j.idempotency_key = 't-1' \gset
+DELETE FROM fintx.idempotency_keys WHERE transfer_id = :gone;
+DELETE FROM fintx.transfers WHERE id = :gone;
+UPDATE fintx.accounts SET debits_posted = debits_posted - :gone_amount WHERE id = :gone_from;
+UPDATE fintx.accounts SET credits_posted = credits_posted - :gone_amount WHERE id = :gone_to;
+SELECT check_name, count(*) FROM fintx.reconcile() GROUP BY 1 ORDER BY 1;
+ROLLBACK;
+-- the same transfer rewritten (a smaller amount), counters and balances to match
+BEGIN;
+UPDATE fintx.transfers SET amount = amount - 1, from_balance = from_balance + 1, to_balance = to_balance - 1 WHERE id = :gone;
+UPDATE fintx.accounts SET debits_posted = debits_posted - 1 WHERE id = :gone_from;
+UPDATE fintx.accounts SET credits_posted = credits_posted - 1 WHERE id = :gone_to;
+SELECT check_name, count(*) FROM fintx.reconcile() GROUP BY 1 ORDER BY 1;
+ROLLBACK;
+-- a void that records less than the hold it released
+BEGIN;
+UPDATE fintx.transfers SET amount = 1 WHERE id = (SELECT max(id) FROM fintx.transfers WHERE status = 'voided');
+SELECT check_name, expected, actual FROM fintx.reconcile() WHERE check_name = 'resolution_mismatch';
+SELECT check_name, count(*) FROM fintx.reconcile() GROUP BY 1 ORDER BY 1;
+ROLLBACK;
 SELECT * FROM fintx.reconcile();

@@ -143,6 +143,67 @@ SELECT 'transfer_without_audit_entry', 'transfer ' OPERATOR(pg_catalog.||) t.id:
                     WHERE e.object_type OPERATOR(pg_catalog.=) 'transfer'
                       AND e.object_id OPERATOR(pg_catalog.=) t.id::text)
 UNION ALL
+-- ... and that entry (the one its entry_hash names) recorded the row as it is: a row deleted
+-- or rewritten behind the API, with counters moved to match, passes the balance checks; the
+-- immutable audit log still holds what happened
+SELECT 'transfer_audit_mismatch', 'transfer ' OPERATOR(pg_catalog.||) t.id::text,
+       CASE WHEN e.entry_id IS NULL THEN 'an audit entry with its entry_hash'
+            ELSE pg_catalog.format('%s %s from %s to %s', e.details OPERATOR(pg_catalog.->>) 'status',
+                                   e.details OPERATOR(pg_catalog.->>) 'amount', e.details OPERATOR(pg_catalog.->>) 'from_account',
+                                   e.details OPERATOR(pg_catalog.->>) 'to_account') END,
+       pg_catalog.format('%s %s from %s to %s', t.status, t.amount, fa.code, ta.code)
+  FROM fintx.transfers t
+  JOIN fintx.accounts fa ON fa.id OPERATOR(pg_catalog.=) t.from_account
+  JOIN fintx.accounts ta ON ta.id OPERATOR(pg_catalog.=) t.to_account
+  LEFT JOIN fintx.audit_entries e ON e.entry_hash OPERATOR(pg_catalog.=) t.entry_hash
+ WHERE (e.entry_id IS NULL
+        -- (no entry at all is transfer_without_audit_entry)
+        AND EXISTS (SELECT FROM fintx.audit_entries x WHERE x.object_type OPERATOR(pg_catalog.=) 'transfer'
+                       AND x.object_id OPERATOR(pg_catalog.=) t.id::text))
+    OR (e.entry_id IS NOT NULL
+        AND (e.object_type OPERATOR(pg_catalog.<>) 'transfer' OR e.object_id OPERATOR(pg_catalog.<>) t.id::text
+             OR e.details OPERATOR(pg_catalog.->>) 'status' IS DISTINCT FROM t.status
+             OR e.details OPERATOR(pg_catalog.->>) 'amount' IS DISTINCT FROM t.amount::text
+             OR e.details OPERATOR(pg_catalog.->>) 'from_account' IS DISTINCT FROM fa.code
+             OR e.details OPERATOR(pg_catalog.->>) 'to_account' IS DISTINCT FROM ta.code))
+UNION ALL
+-- a ledger audit entry whose transfer row is gone (deleted behind the API)
+SELECT 'audit_entry_without_transfer', 'audit entry ' OPERATOR(pg_catalog.||) e.entry_id::text,
+       'transfer ' OPERATOR(pg_catalog.||) e.object_id, 'missing'
+  FROM fintx.audit_entries e
+ WHERE e.object_type OPERATOR(pg_catalog.=) 'transfer'
+   AND e.action OPERATOR(pg_catalog.=) ANY ('{transfer.posted,transfer.pending,transfer.pending_posted,transfer.voided,transfer.expired,transfer.awaiting_approval}'::text[])
+   AND NOT EXISTS (SELECT FROM fintx.transfers t WHERE t.entry_hash OPERATOR(pg_catalog.=) e.entry_hash)
+UNION ALL
+-- maker-checker: an approval decides the request recorded with the transfer that awaits it, and
+-- an approved one moved exactly that money (approve_transfer reads fintx.approvals)
+SELECT 'approval_mismatch', 'transfer ' OPERATOR(pg_catalog.||) COALESCE(t.id, a.transfer_id)::text,
+       CASE WHEN t.id IS NULL THEN 'a transfer awaiting approval'
+            ELSE pg_catalog.format('%s %s from %s to %s', t.amount, fa.currency, fa.code, ta.code) END,
+       CASE WHEN a.transfer_id IS NULL THEN 'no approval request'
+            ELSE pg_catalog.format('%s %s from %s to %s', a.amount, a.currency, a.from_account, a.to_account) END
+  FROM (SELECT * FROM fintx.transfers WHERE status OPERATOR(pg_catalog.=) 'awaiting_approval') t
+  JOIN fintx.accounts fa ON fa.id OPERATOR(pg_catalog.=) t.from_account
+  JOIN fintx.accounts ta ON ta.id OPERATOR(pg_catalog.=) t.to_account
+  FULL JOIN fintx.approvals a ON a.transfer_id OPERATOR(pg_catalog.=) t.id
+ WHERE t.id IS NULL OR a.transfer_id IS NULL
+    OR a.amount OPERATOR(pg_catalog.<>) t.amount OR a.currency OPERATOR(pg_catalog.<>) fa.currency
+    OR a.from_account OPERATOR(pg_catalog.<>) fa.code OR a.to_account OPERATOR(pg_catalog.<>) ta.code
+UNION ALL
+SELECT 'approval_result_mismatch', 'transfer ' OPERATOR(pg_catalog.||) a.transfer_id::text,
+       pg_catalog.format('a %s transfer of %s from %s to %s', CASE WHEN a.pending THEN 'held' ELSE 'posted' END,
+                         a.amount, a.from_account, a.to_account),
+       CASE WHEN r.id IS NULL THEN 'result transfer ' OPERATOR(pg_catalog.||) COALESCE(a.result_transfer_id::text, 'not recorded') OPERATOR(pg_catalog.||) ' missing'
+            ELSE pg_catalog.format('transfer %s: %s %s from %s to %s', r.id, r.status, r.amount, fa.code, ta.code) END
+  FROM fintx.approvals a
+  LEFT JOIN fintx.transfers r ON r.id OPERATOR(pg_catalog.=) a.result_transfer_id
+  LEFT JOIN fintx.accounts fa ON fa.id OPERATOR(pg_catalog.=) r.from_account
+  LEFT JOIN fintx.accounts ta ON ta.id OPERATOR(pg_catalog.=) r.to_account
+ WHERE a.status OPERATOR(pg_catalog.=) 'approved'
+   AND (r.id IS NULL OR r.amount OPERATOR(pg_catalog.<>) a.amount
+        OR fa.code OPERATOR(pg_catalog.<>) a.from_account OR ta.code OPERATOR(pg_catalog.<>) a.to_account
+        OR r.status OPERATOR(pg_catalog.<>) CASE WHEN a.pending THEN 'pending' ELSE 'posted' END)
+UNION ALL
 SELECT 'transfer_unknown_account', 'transfer ' OPERATOR(pg_catalog.||) t.id::text,
        'existing accounts', pg_catalog.format('from %s to %s', t.from_account, t.to_account)
   FROM fintx.transfers t
@@ -158,14 +219,18 @@ UNION ALL
 SELECT 'resolution_mismatch', 'transfer ' OPERATOR(pg_catalog.||) r.id::text,
        'same accounts as hold ' OPERATOR(pg_catalog.||) r.pending_id::text,
        CASE WHEN p.id IS NULL THEN 'hold missing' WHEN p.status OPERATOR(pg_catalog.<>) 'pending' THEN 'not a hold'
-            WHEN r.amount OPERATOR(pg_catalog.>) p.amount THEN 'posted more than held'
+            WHEN r.amount OPERATOR(pg_catalog.>) p.amount AND r.status OPERATOR(pg_catalog.=) 'posted' THEN 'posted more than held'
+            WHEN r.status OPERATOR(pg_catalog.<>) 'posted' AND r.amount OPERATOR(pg_catalog.<>) p.amount
+                 THEN pg_catalog.format('%s %s of a hold of %s', r.status, r.amount, p.amount)
             ELSE 'different accounts' END
   FROM fintx.transfers r
   LEFT JOIN fintx.transfers p ON p.id OPERATOR(pg_catalog.=) r.pending_id
  WHERE r.pending_id IS NOT NULL
    AND (p.id IS NULL OR p.status OPERATOR(pg_catalog.<>) 'pending' OR p.pending_id IS NOT NULL
         OR p.from_account OPERATOR(pg_catalog.<>) r.from_account OR p.to_account OPERATOR(pg_catalog.<>) r.to_account
-        OR r.amount OPERATOR(pg_catalog.>) p.amount)
+        OR r.amount OPERATOR(pg_catalog.>) p.amount
+        -- a void or an expiry releases the whole hold
+        OR (r.status OPERATOR(pg_catalog.<>) 'posted' AND r.amount OPERATOR(pg_catalog.<>) p.amount))
 UNION ALL
 SELECT 'open_hold_tracking', 'transfer ' OPERATOR(pg_catalog.||) p.id::text,
        CASE WHEN h.transfer_id IS NULL THEN 'tracked as open' ELSE 'not tracked (resolved)' END,

@@ -11,7 +11,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION fintx;
-SELECT plan(222);
+SELECT plan(226);
 
 CREATE FUNCTION pg_temp.run_as(r text, q text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
@@ -636,5 +636,24 @@ SELECT is((SELECT count(*)::int FROM fintx.outbox o JOIN fintx.audit_log l
             WHERE o.type IN ('transfer.approved', 'transfer.rejected')),
           (SELECT count(*)::int FROM fintx.approvals WHERE status IN ('approved', 'rejected')),
           'and its audit_entry_id header names that entry, as for the other transfer events');
+
+-- reconcile() checks maker-checker: approve_transfer() moves what fintx.approvals says
+SELECT is((SELECT count(*)::int FROM fintx.reconcile()), 0, 'the ledger with its approvals reconciles');
+SAVEPOINT tamper;
+UPDATE fintx.approvals SET amount = amount + 1
+ WHERE transfer_id = (SELECT min(transfer_id) FROM fintx.approvals WHERE status = 'awaiting_approval');
+SELECT is((SELECT string_agg(check_name, ',' ORDER BY check_name) FROM fintx.reconcile()), 'approval_mismatch',
+          'a request awaiting approval changed behind the API: approval_mismatch');
+ROLLBACK TO tamper;
+UPDATE fintx.approvals SET to_account = 'pay:ops'
+ WHERE transfer_id = (SELECT min(transfer_id) FROM fintx.approvals WHERE status = 'approved');
+SELECT is((SELECT string_agg(check_name, ',' ORDER BY check_name) FROM fintx.reconcile()),
+          'approval_mismatch,approval_result_mismatch',
+          'an approved request changed: it no longer matches its transfer nor the transfer it made');
+ROLLBACK TO tamper;
+DELETE FROM fintx.approvals WHERE transfer_id = (SELECT min(transfer_id) FROM fintx.approvals WHERE status = 'awaiting_approval');
+SELECT is((SELECT string_agg(check_name || ':' || actual, ',') FROM fintx.reconcile()), 'approval_mismatch:no approval request',
+          'a transfer awaiting approval without its request: reported');
+ROLLBACK TO tamper;
 SELECT * FROM finish();
 ROLLBACK;

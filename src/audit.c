@@ -15,6 +15,11 @@
 #include "merkle.h"
 
 #include "access/htup_details.h"
+#include "access/transam.h"
+#include "access/tupdesc.h"
+#include "funcapi.h"
+#include "parser/parse_coerce.h"
+#include "utils/typcache.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "storage/lmgr.h"
@@ -265,15 +270,95 @@ fintx_refuse_change(PG_FUNCTION_ARGS)
 	PG_RETURN_NULL();
 }
 
-/* Returns the row image of tuple as jsonb (SPI connected). */
+/*
+ * Whether to_jsonb() would call a cast to json for a value of type typoid, or
+ * for a value inside it (an array element, an attribute of a composite, the
+ * base type of a domain): it does for a type that is not built in and has
+ * one (jsonb.c, jsonb_categorize_type). Anyone may create such a type (an
+ * enum, a range) and then the cast, long after the table was audited.
+ */
+static bool
+ReachesJsonCast(Oid typoid)
+{
+	Oid			base;
+	Oid			elem;
+	Oid			castfunc;
+
+	check_stack_depth();
+	base = getBaseType(typoid);
+	elem = get_element_type(base);
+	if (OidIsValid(elem))
+		return ReachesJsonCast(elem);
+	if (type_is_rowtype(base))
+	{
+		TupleDesc	td = lookup_rowtype_tupdesc(base, -1);
+		bool		found = false;
+
+		for (int i = 0; i < td->natts && !found; i++)
+			if (!TupleDescAttr(td, i)->attisdropped)
+				found = ReachesJsonCast(TupleDescAttr(td, i)->atttypid);
+		ReleaseTupleDesc(td);
+		return found;
+	}
+	if (base < FirstNormalObjectId)
+		return false;
+	return find_coercion_pathway(JSONOID, base, COERCION_EXPLICIT, &castfunc) == COERCION_PATH_FUNC &&
+		OidIsValid(castfunc);
+}
+
+/*
+ * Returns the row image of tuple as jsonb (SPI connected). A column whose
+ * type reaches a cast to json (ReachesJsonCast) is imaged as its text output
+ * instead: to_jsonb() would run that cast, code of the type's owner, as the
+ * role that changed the row (a superuser, say), and the cast could write any
+ * image it likes. Output functions of types are built in or a superuser's.
+ */
 static Datum
 RowToJsonb(Relation rel, HeapTuple tuple)
 {
-	Datum		row = heap_copy_tuple_as_datum(tuple, RelationGetDescr(rel));
+	TupleDesc	desc = RelationGetDescr(rel);
+	Datum		row;
 	Oid			types[1] = {rel->rd_rel->reltype};
 	int			ret;
 	bool		isnull;
+	bool	   *as_text = palloc0(sizeof(bool) * desc->natts);
+	bool		any = false;
 
+	for (int i = 0; i < desc->natts; i++)
+		if (!TupleDescAttr(desc, i)->attisdropped && ReachesJsonCast(TupleDescAttr(desc, i)->atttypid))
+			as_text[i] = any = true;
+	if (!any)
+		row = heap_copy_tuple_as_datum(tuple, desc);
+	else
+	{
+		TupleDesc	td = CreateTupleDescCopy(desc);
+		Datum	   *values = palloc(sizeof(Datum) * desc->natts);
+		bool	   *nulls = palloc(sizeof(bool) * desc->natts);
+
+		heap_deform_tuple(tuple, desc, values, nulls);
+		for (int i = 0; i < desc->natts; i++)
+		{
+			Form_pg_attribute att = TupleDescAttr(desc, i);
+
+			if (att->attisdropped)
+				nulls[i] = true;
+			else if (as_text[i])
+			{
+				Oid			out;
+				bool		varlena;
+
+				getTypeOutputInfo(att->atttypid, &out, &varlena);
+				if (!nulls[i])
+					values[i] = CStringGetTextDatum(OidOutputFunctionCall(out, values[i]));
+				TupleDescInitEntry(td, i + 1, NameStr(att->attname), TEXTOID, -1, 0);
+			}
+		}
+		td->tdtypeid = RECORDOID;	/* an anonymous row type of its own */
+		td->tdtypmod = -1;
+		td = BlessTupleDesc(td);
+		row = heap_copy_tuple_as_datum(heap_form_tuple(td, values, nulls), td);
+		types[0] = RECORDOID;
+	}
 	ret = SPI_execute_with_args("SELECT pg_catalog.to_jsonb($1)", 1, types, &row, NULL, true, 1);
 	if (ret != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "could not convert a row to jsonb");

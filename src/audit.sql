@@ -213,7 +213,8 @@ SELECT block_id, tree_size, root_hash, block_hash, prev_block_hash, sealed_at, o
 CREATE FUNCTION fintx.audit_row() RETURNS trigger
 AS 'MODULE_PATHNAME', 'fintx_audit_row'
 LANGUAGE C SET search_path = pg_catalog, pg_temp SET extra_float_digits = 1 SET DateStyle = 'ISO, YMD'
-    SET IntervalStyle = 'postgres' SET TimeZone = 'UTC' SET bytea_output = 'hex';
+    SET IntervalStyle = 'postgres' SET TimeZone = 'UTC' SET bytea_output = 'hex'
+    SET quote_all_identifiers = off SET lc_monetary = 'C';
 
 CREATE FUNCTION fintx.audit_table(tbl regclass) RETURNS void
 AS 'MODULE_PATHNAME', 'fintx_audit_table'

@@ -4,7 +4,9 @@
  */
 CREATE FUNCTION fintx.reconcile()
 RETURNS TABLE (check_name text, object text, expected text, actual text)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- jit off: the query's cost estimate (two dozen checks, full scans) crosses the JIT
+-- thresholds on any sizeable ledger, and compiling it took seconds longer than running it
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off
 AS $reconcile$
 WITH effects AS (
     -- posted effect and pending effect of every transfer row, per side

@@ -36,7 +36,7 @@ SELECT is_empty(
          AND p.proconfig IS DISTINCT FROM ARRAY['search_path=pg_catalog, pg_temp']
          -- reconcile() also turns JIT off (compiling its large query cost seconds)
          AND (p.oid <> 'fintx.reconcile()'::regprocedure
-              OR p.proconfig IS DISTINCT FROM ARRAY['search_path=pg_catalog, pg_temp', 'jit=off'])$$,
+              OR p.proconfig IS DISTINCT FROM ARRAY['search_path=pg_catalog, pg_temp', 'jit=off', 'enable_nestloop=off'])$$,
     'every SECURITY DEFINER function in fintx has proconfig exactly {search_path=pg_catalog, pg_temp} (reconcile: and jit=off)');
 SELECT is_empty(
     $$SELECT p.oid::regprocedure::text

@@ -142,12 +142,9 @@ fintx_signing_key(const char *path)
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("could not read signing key file \"%s\": %m", path)));
 		}
-		if (n == 0 || len + n > FINTX_KEY_FILE_MAX)
-		{
-			len += n;
-			break;
-		}
 		len += n;
+		if (n == 0 || len > FINTX_KEY_FILE_MAX)
+			break;
 	}
 	CloseTransientFile(fd);
 	bio = len <= FINTX_KEY_FILE_MAX ? BIO_new_mem_buf(buf, (int) len) : NULL;

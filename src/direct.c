@@ -97,8 +97,9 @@ ForgetRelation(Datum arg, Oid relid)
 	ForgetRelations();
 }
 
-static Oid
-FintxNamespace(void)
+/* Registers (once per backend) the callbacks that keep the cache. */
+static void
+KeepCache(void)
 {
 	if (!callbacks_set)
 	{
@@ -106,6 +107,12 @@ FintxNamespace(void)
 		CacheRegisterRelcacheCallback(ForgetRelation, (Datum) 0);
 		callbacks_set = true;
 	}
+}
+
+static Oid
+FintxNamespace(void)
+{
+	KeepCache();
 	if (!OidIsValid(fintx_namespace))
 		fintx_namespace = get_namespace_oid("fintx", false);
 	return fintx_namespace;
@@ -208,7 +215,7 @@ CheckLayout(Relation rel, const FintxColumn *columns, int ncolumns)
 	CachedRelation *entry;
 	bool		ok;
 
-	FintxNamespace();			/* registers the callbacks that keep the cache */
+	KeepCache();
 	entry = CachedEntry(RelationGetRelid(rel));
 	if (entry != NULL && entry->checked == columns && entry->nchecked == ncolumns)
 		return;

@@ -76,12 +76,19 @@ static SPIPlanPtr last_batch_plan = NULL;
 static SPIPlanPtr seq_first_plan = NULL;
 static SPIPlanPtr seq_next_plan = NULL;
 static SPIPlanPtr batch_plan = NULL;
-static SPIPlanPtr consumer_plan = NULL;
-static SPIPlanPtr consumer_lock_plan = NULL;
-static SPIPlanPtr consumer_share_plan = NULL;
+/* How ReadConsumer locks the consumer's row */
+typedef enum ConsumerLock
+{
+	CONSUMER_NO_LOCK,
+	CONSUMER_FOR_UPDATE,		/* it moves the consumer */
+	CONSUMER_KEY_SHARE			/* it must not be dropped meanwhile */
+} ConsumerLock;
 
-/* ReadConsumer's lock: none (false), FOR UPDATE (true), or FOR KEY SHARE */
-#define CONSUMER_KEY_SHARE 2
+static SPIPlanPtr consumer_plans[3];
+
+#define CONSUMER_SELECT \
+	"SELECT committed_position, group_size, group_member, aggregatetypes, types, max_retries," \
+	"       stream_sequence FROM fintx.outbox_consumers WHERE name OPERATOR(pg_catalog.=) $1"
 static SPIPlanPtr poll_plan = NULL;
 static SPIPlanPtr window_plan = NULL;
 static SPIPlanPtr advance_plan = NULL;
@@ -639,23 +646,19 @@ Tail(void)
 
 /* Reads a consumer (FOR UPDATE if lock); emits 22023 if it does not exist (SPI connected). */
 static void
-ReadConsumer(const char *name, int lock, Consumer *c)
+ReadConsumer(const char *name, ConsumerLock lock, Consumer *c)
 {
+	static const char *const sql[3] = {
+		CONSUMER_SELECT, CONSUMER_SELECT " FOR UPDATE", CONSUMER_SELECT " FOR KEY SHARE"
+	};
 	Oid			types[1] = {TEXTOID};
 	Datum		arg = CStringGetTextDatum(name);
 	HeapTuple	tup;
 	TupleDesc	desc;
 	bool		isnull;
-	const char *sql =
-		"SELECT committed_position, group_size, group_member, aggregatetypes, types, max_retries,"
-		"       stream_sequence FROM fintx.outbox_consumers WHERE name OPERATOR(pg_catalog.=) $1";
 
-	SPIPlanPtr *plan = lock == CONSUMER_KEY_SHARE ? &consumer_share_plan :
-		lock ? &consumer_lock_plan : &consumer_plan;
-
-	fintx_keep_plan(plan, lock == CONSUMER_KEY_SHARE ? psprintf("%s FOR KEY SHARE", sql) :
-					lock ? psprintf("%s FOR UPDATE", sql) : sql, 1, types);
-	if (SPI_execute_plan(*plan, &arg, NULL, false, 1) != SPI_OK_SELECT)
+	fintx_keep_plan(&consumer_plans[lock], sql[lock], 1, types);
+	if (SPI_execute_plan(consumer_plans[lock], &arg, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "reading outbox consumer failed");	/* LCOV_EXCL_LINE */
 	if (SPI_processed != 1)
 		ereport(ERROR,
@@ -998,7 +1001,7 @@ Poll(FunctionCallInfo fcinfo)
 				 errmsg("max_events must be between 0 and %d", OUTBOX_MAX_POLL)));
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
 	fintx_spi_connect();
-	ReadConsumer(name, false, &c);	/* 22023 before sealing */
+	ReadConsumer(name, CONSUMER_NO_LOCK, &c);	/* 22023 before sealing */
 	if (max_events == 0)
 	{
 		SPI_finish();
@@ -1133,7 +1136,7 @@ fintx_ack(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("up_to_position must not be negative")));
 	fintx_spi_connect();
-	ReadConsumer(name, true, &c);
+	ReadConsumer(name, CONSUMER_FOR_UPDATE, &c);
 	CheckAckPosition(name, &c, up_to);
 	if (up_to > c.committed)
 	{
@@ -1188,7 +1191,7 @@ fintx_relay_checkpoint(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("positions and sequences must not be negative")));
 	fintx_spi_connect();
-	ReadConsumer(name, true, &c);
+	ReadConsumer(name, CONSUMER_FOR_UPDATE, &c);
 
 	/*
 	 * A relay publishes what poll() returns and checkpoints past it: events a
@@ -1250,7 +1253,7 @@ fintx_consumer_state(PG_FUNCTION_ARGS)
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");	/* LCOV_EXCL_LINE */
 	fintx_spi_connect();
-	ReadConsumer(name, false, &c);
+	ReadConsumer(name, CONSUMER_NO_LOCK, &c);
 	SealIfNoWorker();
 	values[0] = Int64GetDatum(c.committed);
 	values[1] = Int64GetDatum(c.stream_sequence);
@@ -1297,7 +1300,7 @@ fintx_reject(PG_FUNCTION_ARGS)
 		NullArg("event_position");
 	pos = PG_GETARG_INT64(1);
 	fintx_spi_connect();
-	ReadConsumer(name, true, &c);
+	ReadConsumer(name, CONSUMER_FOR_UPDATE, &c);
 	if (pos <= c.committed || pos > Tail())
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -1407,7 +1410,7 @@ fintx_inbox_prune(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("older_than must not be negative")));
 	fintx_spi_connect();
-	ReadConsumer(name, false, &c);
+	ReadConsumer(name, CONSUMER_NO_LOCK, &c);
 	args[0] = CStringGetTextDatum(name);
 	args[1] = PG_GETARG_DATUM(1);
 	fintx_keep_plan(&prune_plan,

@@ -35,6 +35,7 @@
 #include "utils/json.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 #include "utils/xid8.h"
 
@@ -444,6 +445,17 @@ CheckTableOwner(Oid relid)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("must be owner of table %s", get_rel_name(relid))));
+	/*
+	 * fintx writes its own tables directly, without firing triggers: an
+	 * audit trigger there would record nothing, and an append-only one would
+	 * only break the few changes fintx makes through SQL (close_account).
+	 * Their changes are in the audit log already.
+	 */
+	if (!creating_extension && get_rel_namespace(relid) == get_namespace_oid("fintx", false))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("\"%s\" is a table of fintx", get_rel_name(relid)),
+				 errdetail("fintx writes its own tables without firing triggers; every change it makes is in the audit log already.")));
 	if (get_rel_relkind(relid) == RELKIND_PARTITIONED_TABLE)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
@@ -494,6 +506,11 @@ AttachTriggers(FunctionCallInfo fcinfo, const char *sql_function, const char *na
 	 * be dropped between the check and the triggers.
 	 */
 	LockRelationOid(relid, ShareRowExclusiveLock);
+	/* a superuser passes the owner check for any OID, existing or not */
+	if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(relid)))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("relation with OID %u does not exist", relid)));
 	CheckTableOwner(relid);
 	qname = quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)), get_rel_name(relid));
 	if (SPI_connect() != SPI_OK_CONNECT)

@@ -10,7 +10,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION fintx;
-SELECT plan(262);
+SELECT plan(266);
 
 -- A fingerprint of the whole ledger but the probe's accounts and rows (below): counts, and a
 -- hash over every row of every table.
@@ -444,6 +444,11 @@ SELECT * FROM pg_temp.rejects($$SELECT * FROM fintx.transfer_batch('[{"idempoten
 -- documented in docs/errors.md: an unparsable timeout string is PostgreSQL's 22007
 SELECT * FROM pg_temp.rejects($$SELECT * FROM fintx.transfer_batch('[{"idempotency_key": "h-m", "from_account": "h.alice", "to_account": "h.bob", "amount": 1, "pending": true, "timeout": "soon"}]')$$,
        '22007', 'invalid input syntax for type interval: "soon"', 'batch: unparsable timeout');
+-- and PostgreSQL's 22008 / 22015 for a timeout string beyond the interval type (docs/errors.md)
+SELECT * FROM pg_temp.rejects($$SELECT * FROM fintx.transfer_batch('[{"idempotency_key": "h-m", "from_account": "h.alice", "to_account": "h.bob", "amount": 1, "pending": true, "timeout": "1000000000 years"}]')$$,
+       '22008', 'interval out of range', 'batch: a timeout beyond the interval range');
+SELECT * FROM pg_temp.rejects($$SELECT * FROM fintx.transfer_batch('[{"idempotency_key": "h-m", "from_account": "h.alice", "to_account": "h.bob", "amount": 1, "pending": true, "timeout": "9223372036854775808"}]')$$,
+       '22015', 'interval field value out of range: "9223372036854775808"', 'batch: a timeout field beyond its range');
 SELECT * FROM pg_temp.rejects($$SELECT * FROM fintx.transfer_batch('[{"idempotency_key": "", "from_account": "h.alice", "to_account": "h.bob", "amount": 1}]')$$,
        '22023', 'idempotency key must not be empty', 'batch: empty key');
 SELECT * FROM pg_temp.rejects($$SELECT * FROM fintx.transfer_batch('[{"idempotency_key": "a\nb", "from_account": "h.alice", "to_account": "h.bob", "amount": 1}]')$$,

@@ -24,7 +24,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION fintx;
-SELECT plan(207);
+SELECT plan(213);
 
 -- RFC 6962 tree head over leaf hashes, with sha256() only (no fintx code): the reference.
 CREATE FUNCTION pg_temp.mth_h(h bytea[]) RETURNS bytea LANGUAGE plpgsql IMMUTABLE AS $$
@@ -517,6 +517,21 @@ SELECT throws_ok($$SELECT fintx.append_only('public.t005_parted')$$, '0A000', '"
                  'append_only on a partitioned table: 0A000');
 SELECT lives_ok($$SELECT fintx.append_only('public.t005_part1')$$, 'a partition itself can be made append-only');
 SELECT throws_ok($$TRUNCATE public.t005_part1$$, '42501', NULL, 'and its TRUNCATE is refused');
+-- a relation that does not exist: 42P01 for everyone (a superuser passes the owner check)
+SELECT throws_ok($$SELECT fintx.audit_table(999999999)$$, '42P01', 'relation with OID 999999999 does not exist',
+                 'audit_table on an OID that names no relation: 42P01');
+SELECT throws_ok($$SELECT fintx.append_only(999999999)$$, '42P01', 'relation with OID 999999999 does not exist',
+                 'append_only on an OID that names no relation: 42P01');
+SELECT throws_ok($$SELECT pg_temp.run_as('t005_admin', 'SELECT fintx.audit_table(999999999)')$$, '42P01',
+                 'relation with OID 999999999 does not exist', 'the same for a fintx_admin who is not a superuser');
+-- fintx's own tables: refused (fintx writes them without firing triggers)
+SELECT throws_ok($$SELECT fintx.audit_table('fintx.transfers')$$, '0A000', '"transfers" is a table of fintx',
+                 'audit_table on a table of fintx: 0A000');
+SELECT throws_ok($$SELECT fintx.append_only('fintx.accounts')$$, '0A000', '"accounts" is a table of fintx',
+                 'append_only on a table of fintx: 0A000');
+SELECT is((SELECT count(*)::int FROM pg_catalog.pg_trigger WHERE tgrelid IN ('fintx.transfers'::regclass, 'fintx.accounts'::regclass)
+                                                              AND tgname LIKE 'fintx%'), 0,
+          'and no trigger was attached');
 -- inheritance parents: refused (a change made through the parent to a child's row fires the
 -- child's triggers only)
 CREATE TABLE public.t005_iparent (id int, v text);

@@ -20,7 +20,8 @@
  *	   its size, and an RFC 9162 consistency proof from it to the checkpoint.
  *
  * --print escapes everything it prints from the export (fput_escaped).
- * Exit status: 0 verified, 1 verification failed, 2 usage error.
+ * Exit status: 0 verified, 1 verification failed (or an input could not be
+ * read), 2 usage error.
  * The format is specified in docs/audit-format.md; docs/audit.md has an
  * auditor's walkthrough.
  *-------------------------------------------------------------------------
@@ -462,6 +463,12 @@ utf8_printable(const uint8_t *s, size_t len)
  * ------------------------------------------------------------------------
  */
 
+/*
+ * The key, a checkpoint and a proof are a few hundred bytes; a file beyond
+ * this is refused (EFBIG) instead of read until memory runs out (/dev/zero).
+ */
+#define MAX_SMALL_FILE	(1024 * 1024)
+
 /* Reads a whole file into a NUL-terminated malloc'd buffer; NULL (errno set) on failure. */
 static char *
 read_file(const char *path, size_t *lenp)
@@ -495,6 +502,13 @@ read_file(const char *path, size_t *lenp)
 		len += got;
 		if (got == 0)
 			break;
+		if (len > MAX_SMALL_FILE)
+		{
+			free(buf);
+			fclose(f);
+			errno = EFBIG;
+			return NULL;
+		}
 	}
 	if (ferror(f))
 	{
@@ -623,21 +637,27 @@ parse_verifier_key(const char *s, size_t len, VerifierKey *key, const char **why
 	return 0;
 }
 
-/* --key: a readable file holding the key, or the key itself. */
+/*
+ * --key: the key itself, or a file holding it. An argument that is a key is
+ * used as given and the file system is not consulted: a key is also a valid
+ * relative path, and a file planted under that name in the directory the
+ * auditor runs in must not replace the key typed.
+ */
 static int
 load_key(const char *arg, VerifierKey *key)
 {
 	size_t		len;
-	char	   *text = read_file(arg, &len);
+	char	   *text;
 	const char *why;
 	int			ret;
 
+	if (parse_verifier_key(arg, strlen(arg), key, &why) == 0)
+		return 0;
+	text = read_file(arg, &len);
 	if (text == NULL)
 	{
 		int			saved = errno;
 
-		if (parse_verifier_key(arg, strlen(arg), key, &why) == 0)
-			return 0;
 		if (strchr(arg, '+') != NULL && saved == ENOENT)
 			report("verifier key \"%s\" is malformed: %s", arg, why);
 		else
@@ -1725,7 +1745,8 @@ read_export(const char *path, uint64_t size, int64_t prev_size, int print, Expor
 		n++;
 		errno = 0;
 	}
-	if (ferror(f))
+	/* getline() fails without setting the error flag when memory runs out */
+	if (ferror(f) || !feof(f))
 	{
 		report("could not read export \"%s\": %s", path, strerror(errno ? errno : EIO));
 		goto done;

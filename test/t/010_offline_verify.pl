@@ -5,6 +5,9 @@
 use strict;
 use warnings;
 use Digest::SHA qw(sha256 sha256_hex);
+use Cwd ();
+use File::Basename ();
+use File::Path ();
 use File::Spec;
 use IPC::Run;
 use MIME::Base64 qw(encode_base64 decode_base64);
@@ -350,6 +353,48 @@ verifier_is('wrong verifier key', 1, qr/has no signature by key \Q$signame\E\+[0
 	$bad =~ s/\+([0-9a-f])/'+' . ($1 eq '0' ? '1' : '0')/e;
 	verifier_is('verifier key with a wrong key id', 1, qr/key id does not match/, '--export', $exp,
 		'--checkpoint', $cp, '--key', $bad);
+}
+{
+	# A verifier key is also a relative path. A file planted under the genuine key's name in
+	# the directory the auditor runs in, holding the other key, must not replace the key typed:
+	# the genuine checkpoint verifies, the other key's does not.
+	my ($gid) = $key =~ /\+([0-9a-f]{8})\+/;
+	my $plant = "$dir/plant";
+	File::Path::make_path(File::Basename::dirname("$plant/$key"));
+	write_file("$plant/$key", "$other_vkey\n");
+	my $cwd = Cwd::getcwd();
+	chdir($plant) or die "chdir $plant: $!";
+	verifier_is('a file named like the key typed does not replace it', 0,
+		qr/^OK: .* signed by \Q$signame\E\+$gid$/m, '--export', $exp, '--checkpoint', $cp, '--key', $key);
+	verifier_is('so the other key\'s checkpoint fails there', 1,
+		qr/has no signature by key \Q$signame\E\+$gid/, '--export', $exp, '--checkpoint',
+		"$dir/cp-other-key.txt", '--key', $key);
+	chdir($cwd) or die "chdir $cwd: $!";
+}
+# inputs that never end: refused, not read until memory runs out (under a 400 MB limit here,
+# so that a regression fails instead of eating the machine's memory)
+sub limited_verifier
+{
+	my ($script, @args) = @_;
+	my ($out, $err) = ('', '');
+	IPC::Run::run([ 'sh', '-c', "ulimit -v 400000; $script", 'sh', $verifier, @args ], '>', \$out, '2>', \$err);
+	return ($? >> 8, $out, $err);
+}
+for my $opt ('--checkpoint', '--key')
+{
+	my %a = ('--export' => $exp, '--checkpoint' => $cp, '--key' => $keyf, $opt => '/dev/zero');
+	my ($rc, $out, $err) = limited_verifier('exec "$@"', map { ($_, $a{$_}) } sort keys %a);
+	is($rc, 1, "$opt /dev/zero: exit status 1");
+	like($err, qr{could not read .*"/dev/zero": File too large}, "$opt /dev/zero: refused as too large");
+}
+{
+	# getline() runs out of memory on a huge line: an error, not the end of the export (the
+	# lines after it were never checked and the log passed)
+	my ($rc, $out, $err) = limited_verifier(
+		'v=$1; shift; { cat "$1"; head -c 600000000 /dev/zero; printf "\n9999\tgarbage\n"; } | "$v" --export - --checkpoint "$2" --key "$3"',
+		$exp, $cp, $keyf);
+	is($rc, 1, 'memory running out in the export: exit status 1');
+	like($err, qr/could not read export "-": Cannot allocate memory/, 'memory running out in the export: named');
 }
 verifier_is('missing --key', 2, qr/--key are required/, '--export', $exp, '--checkpoint', $cp);
 verifier_is('unknown option', 2, qr/unknown argument/, '--export', $exp, '--checkpoint', $cp, '--key', $keyf,

@@ -91,7 +91,8 @@ usage(FILE *out)
 			"                              (one line per leaf: leaf_index<TAB>hex(canonical bytes));\n"
 			"                              \"-\" reads standard input\n"
 			"  --checkpoint FILE           output of: psql -Atc \"SELECT fintx.checkpoint()\"\n"
-			"  --key KEY_OR_FILE           verifier key (output of fintx.public_key()), or a file holding it\n"
+			"  --key KEY_OR_FILE           verifier key (output of fintx.public_key()), or a file holding it;\n"
+			"                              a well-formed key is used as given, never read as a file\n"
 			"  --previous-checkpoint FILE  an older checkpoint of the same log, saved earlier: it must be\n"
 			"                              signed by the same key and be a prefix of the export\n"
 			"  --consistency-proof FILE    RFC 9162 consistency proof from the previous checkpoint to\n"
@@ -108,7 +109,8 @@ usage(FILE *out)
 			"                              \\r; the details are JSON text, with backslashes as they are\n"
 			"  --help                      show this help\n"
 			"\n"
-			"Exit status: 0 verified, 1 verification failed, 2 usage error.\n",
+			"Exit status: 0 verified, 1 verification failed or an input could not be read,\n"
+			"2 usage error.\n",
 			progname);
 }
 

@@ -55,6 +55,14 @@ SELECT fintx.grant_permission('bench', 'transfer', 'acct:%', max_amount => 10000
 SQL
 fi
 $PSQL -c CHECKPOINT
+# The worker seals the audit log and sequences the outbox during the runs, as in production.
+# Its first start failed (database bench did not exist yet); the postmaster starts it again
+# 5 s later: wait for it, so that no run is measured without it.
+for i in $(seq 1 60); do
+    [ "$($PSQL -At -c "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE backend_type = 'fintx worker' AND datname = 'bench'")" = 1 ] && break
+    [ "$i" = 60 ] && { echo "run.sh: the fintx worker did not start in database bench" >&2; exit 1; }
+    sleep 1
+done
 
 # The key and account codes are text, as a client binds them: the casts keep the
 # planner from inlining PostgreSQL's SQL-language text || integer (textanycat) four times
@@ -127,6 +135,10 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 echo
+# what the worker sealed while the runs went on (read before anything seals on demand)
+$PSQL -At -c "SELECT 'audit entries ' || (SELECT count(*) FROM fintx.audit_entries) || ', sealed by the worker during the runs '
+              || COALESCE((SELECT max(tree_size) FROM fintx.audit_blocks), 0)
+              || '; fintx workers running: ' || (SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE backend_type = 'fintx worker')"
 $PSQL -c "SELECT count(*) AS transfers, (SELECT count(*) FROM fintx.reconcile()) AS reconcile_rows FROM fintx.transfers"
 # checkpoints make every workload pay full-page images again; say how many fell into the run
 # and who wrote dirty pages out: once the buffer pool is full, backends evict them themselves

@@ -139,7 +139,11 @@ echo
 $PSQL -At -c "SELECT 'audit entries ' || (SELECT count(*) FROM fintx.audit_entries) || ', sealed by the worker during the runs '
               || COALESCE((SELECT max(tree_size) FROM fintx.audit_blocks), 0)
               || '; fintx workers running: ' || (SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE backend_type = 'fintx worker')"
-$PSQL -c "SELECT count(*) AS transfers, (SELECT count(*) FROM fintx.reconcile()) AS reconcile_rows FROM fintx.transfers"
+# (audit_cost.sh's marginal baseline has no audit entries and identical entry hashes: its
+# reconcile() would list every transfer against every entry, so it is skipped there)
+if [ -z "${SKIP_RECONCILE:-}" ]; then
+    $PSQL -c "SELECT count(*) AS transfers, (SELECT count(*) FROM fintx.reconcile()) AS reconcile_rows FROM fintx.transfers"
+fi
 # checkpoints make every workload pay full-page images again; say how many fell into the run
 # and who wrote dirty pages out: once the buffer pool is full, backends evict them themselves
 $PSQL -At -c "SELECT 'checkpoints during the run: ' || checkpoints_timed || ' timed, ' || checkpoints_req

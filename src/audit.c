@@ -441,6 +441,11 @@ fintx_audit_row(PG_FUNCTION_ARGS)
 static void
 CheckTableOwner(Oid relid)
 {
+	/* a superuser passes the owner check for any OID, existing or not */
+	if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(relid)))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("relation with OID %u does not exist", relid)));
 	if (!pg_class_ownercheck(relid, GetOuterUserId()))
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
@@ -451,7 +456,7 @@ CheckTableOwner(Oid relid)
 	 * only break the few changes fintx makes through SQL (close_account).
 	 * Their changes are in the audit log already.
 	 */
-	if (!creating_extension && get_rel_namespace(relid) == get_namespace_oid("fintx", false))
+	if (!creating_extension && get_rel_namespace(relid) == fintx_namespace_oid())
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("\"%s\" is a table of fintx", get_rel_name(relid)),
@@ -506,11 +511,6 @@ AttachTriggers(FunctionCallInfo fcinfo, const char *sql_function, const char *na
 	 * be dropped between the check and the triggers.
 	 */
 	LockRelationOid(relid, ShareRowExclusiveLock);
-	/* a superuser passes the owner check for any OID, existing or not */
-	if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(relid)))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("relation with OID %u does not exist", relid)));
 	CheckTableOwner(relid);
 	qname = quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)), get_rel_name(relid));
 	if (SPI_connect() != SPI_OK_CONNECT)

@@ -231,7 +231,7 @@ static void
 LoadCache(Oid role)
 {
 	uint64		generation = cache_generation;
-	Oid			nsp = get_namespace_oid("fintx", false);
+	Oid			nsp = fintx_namespace_oid();
 	Oid			admin_role = get_role_oid("fintx_admin", true);
 	Oid			auditor_role = get_role_oid("fintx_auditor", true);
 	Datum		arg;
@@ -2200,7 +2200,7 @@ fintx_transfer_visible(PG_FUNCTION_ARGS)
 Datum
 fintx_grants_changed(PG_FUNCTION_ARGS)
 {
-	Oid			nsp = get_namespace_oid("fintx", false);
+	Oid			nsp = fintx_namespace_oid();
 
 	CacheInvalidateRelcacheByRelid(get_relname_relid("services", nsp));
 	CacheInvalidateRelcacheByRelid(get_relname_relid("permissions", nsp));

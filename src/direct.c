@@ -109,8 +109,9 @@ KeepCache(void)
 	}
 }
 
-static Oid
-FintxNamespace(void)
+/* The Oid of schema fintx, kept per backend until the schema changes. */
+Oid
+fintx_namespace_oid(void)
 {
 	KeepCache();
 	if (!OidIsValid(fintx_namespace))
@@ -138,7 +139,7 @@ CachedEntry(Oid relid)
 static Oid
 FintxRelid(const char *name)
 {
-	Oid			nsp = FintxNamespace();
+	Oid			nsp = fintx_namespace_oid();
 	Oid			relid;
 	CachedRelation *entry;
 

@@ -200,6 +200,7 @@ typedef struct FintxTable
 
 extern EState *fintx_direct_begin(void);
 extern void fintx_direct_end(EState *estate);
+extern Oid fintx_namespace_oid(void);
 extern void fintx_direct_open(FintxTable *t, EState *estate, const char *name,
 							  const FintxColumn *columns, int ncolumns);
 extern void fintx_direct_open_partitioned(FintxTable *t, EState *estate, const char *name,

@@ -139,8 +139,9 @@ echo
 $PSQL -At -c "SELECT 'audit entries ' || (SELECT count(*) FROM fintx.audit_entries) || ', sealed by the worker during the runs '
               || COALESCE((SELECT max(tree_size) FROM fintx.audit_blocks), 0)
               || '; fintx workers running: ' || (SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE backend_type = 'fintx worker')"
-# (audit_cost.sh's marginal baseline has no audit entries and identical entry hashes: its
-# reconcile() would list every transfer against every entry, so it is skipped there)
+# (audit_cost.sh measures throughput only and skips it: its marginal baseline has no audit
+# entries and identical entry hashes, and reconcile() would list every transfer against
+# every entry)
 if [ -z "${SKIP_RECONCILE:-}" ]; then
     $PSQL -c "SELECT count(*) AS transfers, (SELECT count(*) FROM fintx.reconcile()) AS reconcile_rows FROM fintx.transfers"
 fi

@@ -48,7 +48,7 @@ use warnings;
 use Exporter 'import';
 use IPC::Run;
 
-our @EXPORT = qw(doc_blocks doc_script doc_split_output doc_normalize doc_rewrite doc_replay);
+our @EXPORT = qw(doc_blocks doc_script doc_split_output doc_normalize doc_rewrite doc_replay doc_find);
 
 my $STMT = qr/^(?:SELECT|WITH|INSERT|UPDATE|DELETE|CREATE|ALTER|DROP|GRANT|REVOKE|BEGIN|START|COMMIT|ROLLBACK|END|SAVEPOINT|RELEASE|SET|RESET|SHOW|DO|CALL|TABLE|VALUES|EXPLAIN|COPY|TRUNCATE|COMMENT|ANALYZE|VACUUM|LOCK|REFRESH|REASSIGN)\b/;
 my $TAG = qr/^[A-Z]+(?: [A-Z]+)*(?: \d+)*$/;
@@ -83,6 +83,16 @@ sub doc_blocks
 		$i = $j;
 	}
 	return @blocks;
+}
+
+# The text of the one code block of $file whose text matches $re (dies
+# unless exactly one does), with a final newline.
+sub doc_find
+{
+	my ($file, $re) = @_;
+	my @hits = grep { join("\n", @{ $_->{lines} }) =~ $re } doc_blocks($file);
+	die "$file: " . scalar(@hits) . " code blocks match $re, not one" unless @hits == 1;
+	return join("\n", @{ $hits[0]{lines} }) . "\n";
 }
 
 # The input lines of a transcript.

@@ -5,7 +5,7 @@ set -euo pipefail
 
 PKGS=(postgresql-15 postgresql-server-dev-15 postgresql-15-pgtap libssl-dev
       libtap-parser-sourcehandler-pgtap-perl libipc-run-perl lcov openssl valgrind
-      libpq-dev libnats-dev nats-server libfaketime)
+      libpq-dev libnats-dev nats-server libfaketime python3)
 missing=()
 for p in "${PKGS[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

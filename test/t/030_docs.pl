@@ -1,8 +1,8 @@
 # Copyright fintx contributors
 #
 # 030_docs.pl — the examples in docs/ are what fintx answers today.
-#   - docs/ledger.md is one psql session: every transcript on the page is
-#     replayed in order on a new database (fintx preloaded, the worker serving
+#   - docs/ledger.md and docs/idempotency.md are one psql session: every
+#     transcript on the two pages is replayed in order on a new database (fintx preloaded, the worker serving
 #     another database, as the page says), and each block's answer must be the
 #     one the page shows: results, errors with their SQLSTATE, DETAIL and HINT,
 #     transfer ids, balances; timestamps, hashes and column widths may differ
@@ -26,10 +26,10 @@ my $root = $ENV{FINTX_ROOT} or plan skip_all => 'FINTX_ROOT is not set';
 my $node = fintx_node('docs');
 $node->safe_psql('postgres', 'CREATE DATABASE docs');
 
-my @pages = ("$root/docs/ledger.md");
+my @pages = ("$root/docs/ledger.md", "$root/docs/idempotency.md");
 my ($blocks, $actual) = doc_replay([ '-d', $node->connstr('docs') ], @pages);
 my @run = grep { $blocks->[$_]{run} } 0 .. $#$blocks;
-cmp_ok(scalar @run, '>=', 30, 'ledger.md: its transcripts are found (' . scalar(@run) . ' blocks)');
+cmp_ok(scalar @run, '>=', 40, 'ledger.md and idempotency.md: their transcripts are found (' . scalar(@run) . ' blocks)');
 
 for my $n (@run)
 {

@@ -6,7 +6,7 @@ EXTVERSION = 0.1.0
 
 MODULE_big = fintx
 OBJS       = src/fintx.o src/crypto.o src/idempotency.o src/ledger.o src/worker.o \
-             src/merkle.o src/audit.o src/sequencer.o src/verify.o src/authz.o src/denials.o src/outbox.o src/direct.o
+             src/merkle.o src/audit.o src/sequencer.o src/verify.o src/authz.o src/denials.o src/outbox.o src/direct.o src/gate.o
 
 # SQL beside each module, assembled in dependency order into the install script.
 SQL_PARTS  = src/schema.sql src/currency.sql src/ledger.sql src/idempotency.sql \

@@ -139,6 +139,8 @@ _PG_init(void)
 								NULL, NULL, NULL);
 		KeepFreedMemory();
 	}
+	/* batch admission (gate.c): the settings; the queue itself needs the preload */
+	fintx_gate_init(process_shared_preload_libraries_in_progress);
 	MarkGUCPrefixReserved("fintx");
 
 	/* the caller-identity hook (authz.c); when not preloaded, from the first use on */

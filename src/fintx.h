@@ -340,6 +340,13 @@ extern bool fintx_authz_hides_balance(const char *code);
 extern void fintx_authz_init(void);
 extern Oid	fintx_calling_user(void);
 
+/* gate.c: admission of batches (fintx.max_active_batches) */
+extern int	fintx_max_active_batches;
+extern int	fintx_batch_queue_timeout_ms;
+extern void fintx_gate_init(bool preloaded);
+extern void fintx_gate_enter(void);
+extern void fintx_gate_leave(void);
+
 /* denials.c: the durable denial queue (shared memory + worker) */
 extern int	fintx_denial_wait_ms;
 extern void fintx_denials_init(void);

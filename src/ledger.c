@@ -1856,14 +1856,25 @@ RunRequests(Jsonb *jb, bool batch, bytea *sig, int *n)
 		FintxCaller *c = fintx_authz_begin();
 		StringInfoData msg;
 
-		if (sig)
+		/* a batch waits its turn (fintx.max_active_batches, src/gate.c) */
+		if (batch)
+			fintx_gate_enter();
+		PG_TRY();
 		{
-			initStringInfo(&msg);
-			VerifySignature(c, reqs, *n, batch, sig, &msg);
+			if (sig)
+			{
+				initStringInfo(&msg);
+				VerifySignature(c, reqs, *n, batch, sig, &msg);
+			}
+			fintx_execute(fintx_principal(), reqs, *n);
+			if (sig)
+				StoreSignedRequest(c, reqs, *n, jb, sig, &msg);
 		}
-		fintx_execute(fintx_principal(), reqs, *n);
-		if (sig)
-			StoreSignedRequest(c, reqs, *n, jb, sig, &msg);
+		PG_FINALLY();
+		{
+			fintx_gate_leave();
+		}
+		PG_END_TRY();
 	}
 	fintx_batch_position = -1;
 	error_context_stack = errcb.previous;

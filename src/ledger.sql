@@ -104,6 +104,15 @@ RETURNS SETOF fintx.transfer_result
 AS 'MODULE_PATHNAME', 'fintx_transfer_batch'
 LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
+-- The batch queue (fintx.max_active_batches, src/gate.c): the limit, batches running and
+-- waiting now, batches admitted and admitted after fintx.batch_queue_timeout since the server
+-- started; NULLs without shared_preload_libraries.
+CREATE FUNCTION fintx.batch_queue(OUT max_active integer, OUT active integer, OUT waiting bigint,
+                                  OUT admitted bigint, OUT timed_out bigint)
+RETURNS record
+AS 'MODULE_PATHNAME', 'fintx_batch_queue'
+LANGUAGE C VOLATILE;
+
 CREATE FUNCTION fintx.expire_pending(max_holds integer DEFAULT 1000)
 RETURNS integer
 AS 'MODULE_PATHNAME', 'fintx_expire_pending'

@@ -143,7 +143,9 @@ GateExit(int code, Datum arg)
 
 /*
  * Waits for this call's turn (see the file header). The caller must call
- * fintx_gate_leave() when the batch is done, also when it fails.
+ * fintx_gate_leave() when the batch is done, also when it fails or the wait
+ * is cancelled (the ticket is taken first thing, so an error out of the wait
+ * leaves one to give back).
  */
 void
 fintx_gate_enter(void)

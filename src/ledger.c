@@ -1856,11 +1856,14 @@ RunRequests(Jsonb *jb, bool batch, bytea *sig, int *n)
 		FintxCaller *c = fintx_authz_begin();
 		StringInfoData msg;
 
-		/* a batch waits its turn (fintx.max_active_batches, src/gate.c) */
-		if (batch)
-			fintx_gate_enter();
 		PG_TRY();
 		{
+			/*
+			 * a batch waits its turn (fintx.max_active_batches, src/gate.c);
+			 * the turn is given back below also when the wait is cancelled
+			 */
+			if (batch)
+				fintx_gate_enter();
 			if (sig)
 			{
 				initStringInfo(&msg);

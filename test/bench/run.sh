@@ -16,6 +16,8 @@
 # the pages it leaves dirty to what the next rounds write)
 #      WORKLOADS ("tpcb transfer transfer-svc batch batch-local")
 #      EXTRA_CONF (one more postgresql.conf line)
+#      BATCH_QUEUE (fintx.max_active_batches: default twice the CPU cores; 0 runs every batch at
+#      once, as all runs before the seventeenth session did; docs/operations.md)
 #      CHECKPOINT_EACH=1: a CHECKPOINT before every run (diagnostic, not the default: every
 #      run then starts with a clean buffer pool and writes none of its new pages within its
 #      window, which flatters append-heavy workloads; docs/benchmarks.md)
@@ -27,6 +29,7 @@ DURATION=${DURATION:-30}
 ROUNDS=${ROUNDS:-2}
 SCALE=${SCALE:-32}
 THREADS=${THREADS:-2}
+BATCH_QUEUE=${BATCH_QUEUE:-$((2 * $(nproc)))}
 OUT=${BENCH_OUT:-$ROOT/results/bench}
 mkdir -p "$OUT"
 WORK=$(mktemp -d /tmp/fintx-bench.XXXXXX)
@@ -35,10 +38,11 @@ trap 'cluster_stop; cp "$WORK/pg/server.log" "$OUT/server.log" 2>/dev/null; rm -
 
 cluster_start "$WORK/pg" "fsync = on" "synchronous_commit = on" "full_page_writes = on" \
     "shared_buffers = '1GB'" "wal_buffers = '16MB'" "max_wal_size = '8GB'" \
-    "checkpoint_timeout = '30min'" "fintx.database = 'bench'" ${EXTRA_CONF:+"$EXTRA_CONF"} >/dev/null
+    "checkpoint_timeout = '30min'" "fintx.database = 'bench'" "fintx.max_active_batches = $BATCH_QUEUE" \
+    ${EXTRA_CONF:+"$EXTRA_CONF"} >/dev/null
 PSQL="$PGBIN/psql -X -q -v ON_ERROR_STOP=1 -d bench"
 "$PGBIN/createdb" bench
-echo "fintx bench: $CLIENTS clients, ${DURATION}s x $ROUNDS rounds, fsync=on, synchronous_commit=on, TPC-B scale $SCALE"
+echo "fintx bench: $CLIENTS clients, ${DURATION}s x $ROUNDS rounds, fsync=on, synchronous_commit=on, TPC-B scale $SCALE, fintx.max_active_batches = $BATCH_QUEUE"
 WORKLOADS=${WORKLOADS:-tpcb transfer transfer-svc batch batch-local}
 if [[ " $WORKLOADS " == *" tpcb "* ]]; then
     "$PGBIN/pgbench" -i -q -s "$SCALE" bench >"$OUT/init.log" 2>&1
@@ -151,6 +155,9 @@ $PSQL -At -c "SELECT 'checkpoints during the run: ' || checkpoints_timed || ' ti
               || ' requested (WAL volume or CHECKPOINT; server log in $OUT/server.log); pages written by'
               || ' backends ' || buffers_backend || ', the background writer ' || buffers_clean
               || ', checkpoints ' || buffers_checkpoint FROM pg_stat_bgwriter"
+# the batch queue: how many batches waited longer than fintx.batch_queue_timeout (ran anyway)
+$PSQL -At -c "SELECT 'batch queue: limit ' || max_active || ', batches admitted ' || admitted
+              || ', of them after the queue timeout ' || timed_out FROM fintx.batch_queue()"
 awk -F'\t' -v fc="${BATCH_CLIENTS:-8}" '
   function mean(w) { return n[w] ? tps[w] / n[w] : 0 }
   { tps[$1] += $3; n[$1]++; if ($4 > p99[$1]) p99[$1] = $4 }

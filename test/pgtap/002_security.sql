@@ -9,7 +9,7 @@
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 CREATE EXTENSION fintx;
-SELECT plan(105);
+SELECT plan(107);
 
 -- Runs q as role r (SET LOCAL ROLE for the duration of q) and returns its first column.
 -- An error propagates, and the subtransaction that catches it also undoes the role switch.
@@ -120,6 +120,10 @@ SELECT function_privs_are('fintx', 'reconcile', ARRAY[]::text[], 'fintx_auditor'
                           'fintx_auditor may execute reconcile');
 SELECT function_privs_are('fintx', 'transfer', ARRAY['text', 'text', 'text', 'bigint', 'jsonb', 'boolean', 'interval'],
                           'fintx_auditor', ARRAY[]::text[], 'fintx_auditor may not execute transfer');
+SELECT function_privs_are('fintx', 'batch_queue', ARRAY[]::text[], 'fintx_admin', ARRAY['EXECUTE'],
+                          'fintx_admin may execute batch_queue');
+SELECT function_privs_are('fintx', 'batch_queue', ARRAY[]::text[], 'fintx_service', ARRAY[]::text[],
+                          'fintx_service may not execute batch_queue');
 SELECT table_privs_are('fintx', 'accounts', 'fintx_service', ARRAY['SELECT'],
                        'fintx_service may only SELECT fintx.accounts (rows limited by RLS)');
 SELECT table_privs_are('fintx', 'account_balances', 'fintx_service', ARRAY['SELECT'],

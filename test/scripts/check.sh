@@ -76,6 +76,9 @@ if [[ " $SUITES " == *" tap "* ]]; then
     mkdir -p "$TAPWORK"
     cp -r test/t "$TAPWORK/t"
     [ -d test/perl ] && cp -r test/perl "$TAPWORK/perl"
+    # the documentation tests (030, 031) read the pages; the source tree may not be
+    # readable by the cluster's OS user (root's clone in CI)
+    cp -r docs "$TAPWORK/docs"
     [ "$(id -u)" -eq 0 ] && chown -R postgres: "$TAPWORK"
     for f in test/t/*.pl; do
         [ -e "$f" ] || continue
@@ -89,7 +92,7 @@ if [[ " $SUITES " == *" tap "* ]]; then
         ( cd "$TAPWORK" && as_pg timeout -k 30 "$T_FILE" env PATH="$PGBIN:$PATH" \
             PERL5LIB="$PGXS_LIB/src/test/perl:$TAPWORK/perl" \
             PG_REGRESS="$PGXS_LIB/src/test/regress/pg_regress" \
-            TESTDIR="$TAPWORK/run-${name%.pl}" FINTX_ROOT="$ROOT" \
+            TESTDIR="$TAPWORK/run-${name%.pl}" FINTX_ROOT="$ROOT" FINTX_DOCS="$TAPWORK/docs" \
             prove -v "t/$name" ) > "$log" 2>&1
         rc=$?
         printf 'tap\t%s\t%s\t%s\t%s\n' "$f" "$rc" "$(( $(now_ms) - start ))" "$log" >> "$INDEX"

@@ -344,7 +344,7 @@ extern Oid	fintx_calling_user(void);
 extern int	fintx_max_active_batches;
 extern int	fintx_batch_queue_timeout_ms;
 extern void fintx_gate_init(bool preloaded);
-extern void fintx_gate_enter(void);
+extern void fintx_gate_enter(bool batch);
 extern void fintx_gate_leave(void);
 
 /* denials.c: the durable denial queue (shared memory + worker) */

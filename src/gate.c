@@ -11,15 +11,21 @@
  * batches admitted at a time each one runs nearly uninterrupted and the
  * others wait in order, so latency is about the same for every batch.
  *
- * Tickets: a call takes the next ticket number and may run once at least
- * (ticket - max_active_batches + 1) tickets have been given back. Every
- * ticket is given back exactly once, when its call ends (returns, fails,
- * is cancelled while waiting, or its backend exits), so no call waits for
- * one that is gone. A call that has waited fintx.batch_queue_timeout runs
- * anyway: a batch admitted before it may be waiting for a row lock of a
+ * The queue is a list of waiting backends in shared memory (linked by
+ * pgprocno, under a spinlock). A batch joins the end of the list; whenever
+ * a running batch ends, the backends at the head are admitted while fewer
+ * than the limit run, and only they are woken (their latches). A backend
+ * leaves the queue exactly once, wherever it is in it, when its call ends
+ * (returns, fails, is cancelled while waiting) or its backend exits, so no
+ * call waits for one that is gone and the limit always holds. A call that
+ * has waited fintx.batch_queue_timeout leaves the list and runs anyway,
+ * uncounted: a batch admitted before it may be waiting for a row lock of a
  * transaction that stays open, and the queue must not stall behind it. The
  * slot is given back when the function returns, before the caller's commit:
- * the WAL flush of one batch overlaps the work of the next.
+ * the WAL flush of one batch overlaps the work of the next. A batch in a
+ * transaction that has already written never waits: it may hold row locks
+ * an admitted batch waits for, and PostgreSQL's deadlock detector cannot
+ * see a wait in this queue. Nor does a batch called inside another one.
  *
  * Only with shared_preload_libraries (shared memory); otherwise, and with
  * fintx.max_active_batches = 0 (the default), batches are not queued.
@@ -30,8 +36,12 @@
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "funcapi.h"
-#include "port/atomics.h"
-#include "storage/condition_variable.h"
+#include "access/twophase.h"
+#include "access/xact.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "storage/spin.h"
+#include "postmaster/postmaster.h"
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
@@ -45,31 +55,62 @@ PG_FUNCTION_INFO_V1(fintx_batch_queue);
 int			fintx_max_active_batches = 0;
 int			fintx_batch_queue_timeout_ms = 1000;
 
+/* what a backend is doing in the queue */
+#define GATE_NONE		0		/* not in the queue */
+#define GATE_WAITING	1		/* in the list, waiting for its turn */
+#define GATE_RUNNING	2		/* admitted: counted in active */
+#define GATE_OVER		3		/* ran after the queue timeout: not counted */
+
+typedef struct GateSlot
+{
+	int			prev;			/* neighbours in the waiting list (pgprocno), -1 none */
+	int			next;
+	int			state;
+} GateSlot;
+
 typedef struct BatchGate
 {
-	pg_atomic_uint64 next_ticket;	/* tickets handed out */
-	pg_atomic_uint64 returned;		/* tickets given back */
-	pg_atomic_uint64 admitted;		/* calls that ran after waiting for their turn (or at once) */
-	pg_atomic_uint64 timed_out;		/* calls that ran after fintx.batch_queue_timeout */
-	pg_atomic_uint32 active;		/* calls running with a ticket now */
-	ConditionVariable turn;			/* broadcast when a ticket is given back */
+	slock_t		mutex;			/* protects everything below */
+	int			limit;			/* the limit last set by a backend that entered */
+	int			active;			/* batches running with a turn */
+	int			waiting;		/* length of the list */
+	int			head;			/* first and last waiting backend, -1 none */
+	int			tail;
+	uint64		admitted;		/* batches admitted since the server started */
+	uint64		timed_out;		/* batches that ran after the queue timeout */
+	int			nslots;
+	GateSlot	slots[FLEXIBLE_ARRAY_MEMBER];	/* by pgprocno */
 } BatchGate;
 
 static BatchGate *gate = NULL;
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
-/* this backend's ticket: held (to give back once), running (counted in active) */
-static bool holding = false;
-static bool running = false;
+/* RunRequests calls that are running in this backend (a batch may call another) */
+static int	depth = 0;
+
+/* whether this backend has a place in the queue (waiting or running) */
+static bool queued = false;
 static bool exit_callback = false;
+
+static int
+GateSlots(void)
+{
+	return MaxBackends + NUM_AUXILIARY_PROCS + max_prepared_xacts;
+}
+
+static Size
+GateSize(void)
+{
+	return add_size(offsetof(BatchGate, slots), mul_size(sizeof(GateSlot), GateSlots()));
+}
 
 static void
 GateShmemRequest(void)
 {
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();	/* LCOV_EXCL_LINE: another module's hook */
-	RequestAddinShmemSpace(MAXALIGN(sizeof(BatchGate)));
+	RequestAddinShmemSpace(MAXALIGN(GateSize()));
 }
 
 static void
@@ -80,15 +121,15 @@ GateShmemStartup(void)
 	if (prev_shmem_startup_hook)
 		prev_shmem_startup_hook();	/* LCOV_EXCL_LINE: another module's hook */
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
-	gate = ShmemInitStruct("fintx batch gate", sizeof(BatchGate), &found);
+	gate = ShmemInitStruct("fintx batch gate", GateSize(), &found);
 	if (!found)
 	{
-		pg_atomic_init_u64(&gate->next_ticket, 0);
-		pg_atomic_init_u64(&gate->returned, 0);
-		pg_atomic_init_u64(&gate->admitted, 0);
-		pg_atomic_init_u64(&gate->timed_out, 0);
-		pg_atomic_init_u32(&gate->active, 0);
-		ConditionVariableInit(&gate->turn);
+		memset(gate, 0, GateSize());
+		SpinLockInit(&gate->mutex);
+		gate->head = gate->tail = -1;
+		gate->nslots = GateSlots();
+		for (int i = 0; i < gate->nslots; i++)
+			gate->slots[i].prev = gate->slots[i].next = -1;
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -99,13 +140,13 @@ fintx_gate_init(bool preloaded)
 {
 	DefineCustomIntVariable("fintx.max_active_batches",
 							"Batches (transfer_batch, transfer_batch_signed) applied at once; the others wait their turn. 0: no limit.",
-							"About the number of CPU cores; needs shared_preload_libraries.",
+							"About twice the number of CPU cores; needs shared_preload_libraries.",
 							&fintx_max_active_batches,
 							0, 0, 1000,
 							PGC_SIGHUP, 0,
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("fintx.batch_queue_timeout",
-							"Longest wait of a batch for its turn; then it runs anyway.",
+							"Longest wait of a batch for its turn; then it runs anyway. 0: never wait.",
 							NULL,
 							&fintx_batch_queue_timeout_ms,
 							1000, 0, 60000,
@@ -119,70 +160,167 @@ fintx_gate_init(bool preloaded)
 	shmem_startup_hook = GateShmemStartup;
 }
 
-/* Gives this backend's ticket back (if it holds one) and wakes the waiters. */
-void
-fintx_gate_leave(void)
+/* Takes backend p out of the waiting list (mutex held). */
+static void
+Unlink(int p)
 {
-	if (!holding)
-		return;
-	holding = false;
-	if (running)
+	GateSlot   *s = &gate->slots[p];
+
+	if (s->prev >= 0)
+		gate->slots[s->prev].next = s->next;
+	else
+		gate->head = s->next;
+	if (s->next >= 0)
+		gate->slots[s->next].prev = s->prev;
+	else
+		gate->tail = s->prev;
+	s->prev = s->next = -1;
+	gate->waiting--;
+}
+
+/*
+ * Admits waiting backends from the head of the list while there is room
+ * (mutex held); their pgprocnos go to woken (room for the limit, at most
+ * 1000), the caller sets their latches after releasing the mutex.
+ */
+static int
+AdmitWaiters(int *woken)
+{
+	int			n = 0;
+
+	while (gate->head >= 0 && gate->active < gate->limit && n < 1000)
 	{
-		running = false;
-		pg_atomic_fetch_sub_u32(&gate->active, 1);
+		int			p = gate->head;
+
+		Unlink(p);
+		gate->slots[p].state = GATE_RUNNING;
+		gate->active++;
+		gate->admitted++;
+		woken[n++] = p;
 	}
-	pg_atomic_fetch_add_u64(&gate->returned, 1);
-	ConditionVariableBroadcast(&gate->turn);
+	return n;
+}
+
+static void
+WakeAll(const int *woken, int n)
+{
+	for (int i = 0; i < n; i++)
+		SetLatch(&GetPGProcByNumber(woken[i])->procLatch);
+}
+
+/* Leaves the queue, wherever this backend is in it, and admits whom that makes room for. */
+static void
+Leave(void)
+{
+	int			woken[1000];
+	int			n;
+	GateSlot   *me;
+
+	if (!queued)
+		return;
+	queued = false;
+	me = &gate->slots[MyProc->pgprocno];
+	SpinLockAcquire(&gate->mutex);
+	if (me->state == GATE_WAITING)
+		Unlink(MyProc->pgprocno);
+	else if (me->state == GATE_RUNNING)
+		gate->active--;
+	me->state = GATE_NONE;
+	n = AdmitWaiters(woken);
+	SpinLockRelease(&gate->mutex);
+	WakeAll(woken, n);
 }
 
 static void
 GateExit(int code, Datum arg)
 {
-	fintx_gate_leave();
+	Leave();
+	depth = 0;
 }
 
 /*
- * Waits for this call's turn (see the file header). The caller must call
- * fintx_gate_leave() when the batch is done, also when it fails or the wait
- * is cancelled (the ticket is taken first thing, so an error out of the wait
- * leaves one to give back).
+ * Called by every RunRequests call when it starts, inside the PG_TRY whose
+ * PG_FINALLY calls fintx_gate_leave(). The outermost call of a batch waits
+ * for its turn (see the file header): not in a transaction that has already
+ * written (it may hold row locks that an admitted batch waits for, a wait
+ * PostgreSQL's deadlock detector would not see), and not when nested in
+ * another call.
  */
 void
-fintx_gate_enter(void)
+fintx_gate_enter(bool batch)
 {
-	int			limit = fintx_max_active_batches;
-	uint64		ticket;
+	int			woken[1000];
+	int			n;
+	int			me;
+	GateSlot   *slot;
 	TimestampTz start;
 
-	if (gate == NULL || limit <= 0 || holding)
+	if (++depth > 1 || !batch || gate == NULL || fintx_max_active_batches <= 0 ||
+		TransactionIdIsValid(GetTopTransactionIdIfAny()) || MyProc == NULL ||
+		MyProc->pgprocno >= gate->nslots)
 		return;
 	if (!exit_callback)
 	{
 		before_shmem_exit(GateExit, (Datum) 0);
 		exit_callback = true;
 	}
-	ticket = pg_atomic_fetch_add_u64(&gate->next_ticket, 1);
-	holding = true;
+	me = MyProc->pgprocno;
+	slot = &gate->slots[me];
+	SpinLockAcquire(&gate->mutex);
+	gate->limit = fintx_max_active_batches;
+	/* join the end of the list, then admit from its head (perhaps this backend) */
+	slot->prev = gate->tail;
+	slot->next = -1;
+	if (gate->tail >= 0)
+		gate->slots[gate->tail].next = me;
+	else
+		gate->head = me;
+	gate->tail = me;
+	gate->waiting++;
+	slot->state = GATE_WAITING;
+	queued = true;
+	n = AdmitWaiters(woken);
+	SpinLockRelease(&gate->mutex);
+	WakeAll(woken, n);
+
 	start = GetCurrentTimestamp();
 	for (;;)
 	{
+		int			state;
 		long		waited;
 
-		if (ticket < pg_atomic_read_u64(&gate->returned) + (uint64) limit)
+		SpinLockAcquire(&gate->mutex);
+		state = slot->state;
+		SpinLockRelease(&gate->mutex);
+		if (state == GATE_RUNNING)
 			break;
 		waited = TimestampDifferenceMilliseconds(start, GetCurrentTimestamp());
 		if (waited >= fintx_batch_queue_timeout_ms)
 		{
-			pg_atomic_fetch_add_u64(&gate->timed_out, 1);
+			SpinLockAcquire(&gate->mutex);
+			if (slot->state == GATE_WAITING)
+			{
+				Unlink(me);
+				slot->state = GATE_OVER;
+				gate->timed_out++;
+			}
+			SpinLockRelease(&gate->mutex);
 			break;
 		}
-		(void) ConditionVariableTimedSleep(&gate->turn, fintx_batch_queue_timeout_ms - waited,
-										   PG_WAIT_EXTENSION);
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 fintx_batch_queue_timeout_ms - waited, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
 	}
-	ConditionVariableCancelSleep();
-	pg_atomic_fetch_add_u64(&gate->admitted, 1);
-	pg_atomic_fetch_add_u32(&gate->active, 1);
-	running = true;
+}
+
+/* Called by every RunRequests call when it ends, also when it fails. */
+void
+fintx_gate_leave(void)
+{
+	if (depth > 0 && --depth > 0)
+		return;
+	Leave();
 }
 
 /*
@@ -202,15 +340,12 @@ fintx_batch_queue(PG_FUNCTION_ARGS)
 	v[0] = Int32GetDatum(gate ? fintx_max_active_batches : 0);
 	if (gate)
 	{
-		uint64		issued = pg_atomic_read_u64(&gate->next_ticket);
-		uint64		back = pg_atomic_read_u64(&gate->returned);
-		uint32		active = pg_atomic_read_u32(&gate->active);
-		int64		waiting = (int64) (issued - back) - (int64) active;
-
-		v[1] = Int32GetDatum((int32) active);
-		v[2] = Int64GetDatum(Max(waiting, 0));
-		v[3] = Int64GetDatum((int64) pg_atomic_read_u64(&gate->admitted));
-		v[4] = Int64GetDatum((int64) pg_atomic_read_u64(&gate->timed_out));
+		SpinLockAcquire(&gate->mutex);
+		v[1] = Int32GetDatum(gate->active);
+		v[2] = Int64GetDatum((int64) gate->waiting);
+		v[3] = Int64GetDatum((int64) gate->admitted);
+		v[4] = Int64GetDatum((int64) gate->timed_out);
+		SpinLockRelease(&gate->mutex);
 	}
 	else
 		nulls[1] = nulls[2] = nulls[3] = nulls[4] = true;

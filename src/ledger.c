@@ -1862,8 +1862,7 @@ RunRequests(Jsonb *jb, bool batch, bytea *sig, int *n)
 			 * a batch waits its turn (fintx.max_active_batches, src/gate.c);
 			 * the turn is given back below also when the wait is cancelled
 			 */
-			if (batch)
-				fintx_gate_enter();
+			fintx_gate_enter(batch);
 			if (sig)
 			{
 				initStringInfo(&msg);

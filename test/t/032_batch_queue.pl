@@ -5,9 +5,12 @@
 #   - the next batches wait (wait event Extension; fintx.batch_queue() counts
 #     them), single transfers do not; they are admitted one at a time, first
 #     come first served, each when the one before it is done;
-#   - a waiting batch that is cancelled gives its turn back at once (its
-#     session goes on): the batch behind it runs as soon as the slot is free,
-#     not after the queue timeout;
+#   - a waiting batch in the middle of the queue that is cancelled leaves it
+#     at once (its session goes on), no batch is admitted past the limit, and
+#     the others run as soon as the slot is free, not after the queue timeout;
+#     a registered service's batch queues like the others;
+#   - a batch in a transaction that has already written does not queue (it may
+#     hold the row locks the admitted batch waits for);
 #   - a backend terminated while it holds the slot gives it back;
 #   - a batch that fails gives its slot back (its session goes on);
 #   - a batch that has waited fintx.batch_queue_timeout runs anyway (counted);
@@ -32,6 +35,7 @@ sql(q{
 	SELECT fintx.open_account('q:d' || i, 'EUR') FROM generate_series(0, 9) i;
 });
 my $ctl = quiet_session($node, on_error_stop => 0);
+my $start;
 my $mon = quiet_session($node);
 
 # a batch of two transfers from q:s<src> (one to $to), then the time it ended
@@ -98,30 +102,53 @@ for my $i (1 .. 3)
 }
 is(queue(), '1|0|0|0', 'the queue is empty again');
 
-# --- 2. a waiting batch is cancelled: its session goes on, and the batch behind
-# it does not wait for its turn
+# --- 2. a waiting batch in the middle of the queue is cancelled: its session goes
+# on, nobody is admitted past the limit, and the batches around it run in turn. The
+# last one is a registered service's (its grant check writes nothing before it queues).
+sql(q{CREATE ROLE q_svc LOGIN;
+      SELECT fintx.register_service('qsvc', 'q_svc');
+      SELECT fintx.grant_permission('qsvc', 'transfer', 'q:%');});
 hold_a();
 $a = psql_start($node, 'q-a2', batch_script(0, 'q:a'));
 ok(wait_event('q-a2', 'Lock'), 'the admitted batch waits for the row lock');
+my $c = psql_start($node, 'q-c', batch_script(1, 'q:d1'));
+ok(wait_event('q-c', 'Extension'), 'a second batch waits its turn');
 my $cw = quiet_session($node, on_error_stop => 0);
 my $cpid = quiet_safe($cw, 'SELECT pg_backend_pid()');
-$cw->query_until(qr/started/, "\\echo started\n" . batch_script(1, 'q:d1') . "\n");
+$cw->query_until(qr/started/, "\\echo started\n" . batch_script(5, 'q:d5') . "\n");
 my ($waits) = poll_until($mon, "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $cpid", 'Extension', 30);
-ok($waits, 'a second batch waits its turn');
-my $d = psql_start($node, 'q-d', batch_script(2, 'q:d2'));
-ok(wait_event('q-d', 'Extension'), 'a third batch waits behind it');
+ok($waits, 'a third batch waits behind it');
+my $d = psql_start($node, 'q-d', "SET ROLE q_svc;\n" . batch_script(2, 'q:d2'));
+ok(wait_event('q-d', 'Extension'), "a service's batch waits behind them");
+is(queue(), '1|1|3|0', 'one running, three waiting');
 quiet_safe($mon, "SELECT pg_cancel_backend($cpid)");
 is(quiet_query($cw, q{SELECT 'alive'}), 'alive', 'the cancelled session goes on');
 like($cw->{stderr}, qr/canceling statement due to user request/, 'its batch was cancelled');
-is(queue(), '1|1|1|0', 'the cancelled batch gave its turn back at once');
+is(queue(), '1|1|2|0', 'the cancelled batch left the queue; nobody was admitted past the limit');
 my $released = time;
 release_a();
 ended_ok(psql_finish($a), 'the admitted batch');
-ended_ok(psql_finish($d), 'the batch behind the cancelled one');
-cmp_ok(time - $released, '<', 20, 'it ran when the slot was free, not after the 60 s timeout');
+ended_ok(psql_finish($c), 'the batch before the cancelled one');
+ended_ok(psql_finish($d), "the service's batch after it");
+cmp_ok(time - $released, '<', 20, 'they ran when the slot was free, not after the 60 s timeout');
 is(sql(q{SELECT count(*) FROM fintx.idempotency_keys WHERE idempotency_key LIKE 'q-' || } . ($seq - 1) . q{ || '-%'}), '0',
 	'the cancelled batch applied nothing');
 $cw->quit;
+
+# --- 2b. a transaction that has already written does not queue: its row locks may be
+# what the admitted batch waits for (a wait PostgreSQL's deadlock detector cannot see)
+my $tx = quiet_session($node);
+quiet_safe($tx, 'BEGIN;');
+like(quiet_safe($tx, batch_script(7, 'q:d7')), qr/^R\|2$/m, 'a transaction runs a batch and keeps its row locks');
+$a = psql_start($node, 'q-a2b', batch_script(8, 'q:d7'));
+ok(wait_event('q-a2b', 'Lock'), 'the next batch is admitted and waits for those locks');
+$start = time;
+like(quiet_safe($tx, batch_script(7, 'q:d7')), qr/^R\|2$/m, 'the same transaction runs a second batch without waiting for a turn');
+cmp_ok(time - $start, '<', 20, '... at once, not after the 60 s timeout');
+quiet_safe($tx, 'COMMIT;');
+ended_ok(psql_finish($a), 'the admitted batch');
+is(queue(), '1|0|0|0', 'the queue is empty again');
+$tx->quit;
 
 # --- 3. the backend holding the slot is terminated
 hold_a();
@@ -150,7 +177,7 @@ poll_until($mon, 'SHOW fintx.batch_queue_timeout', '300ms', 30);
 hold_a();
 $a = psql_start($node, 'q-a5', batch_script(0, 'q:a'));
 ok(wait_event('q-a5', 'Lock'), 'the admitted batch waits for the row lock');
-my $start = time;
+$start = time;
 like(sql(batch_script(5, 'q:d5')), qr/^R\|2$/m, 'a batch behind it runs after the timeout');
 cmp_ok(time - $start, '>=', 0.29, '... having waited the timeout');
 is(queue(), '1|1|0|1', 'it is counted as timed out; the admitted batch still runs');
@@ -169,8 +196,10 @@ is(queue(), '0|0|0|1', 'nothing is queued or counted');
 release_a();
 ended_ok(psql_finish($a), 'the batch held by the row lock');
 is(reconcile_rows($node), '', 'reconcile() is clean');
-# admitted: 4 (1.), 2 (2.: not the cancelled one), 2 (3.), 2 (4.), 2 (5.), none with the limit 0
-is(sql(q{SELECT admitted FROM fintx.batch_queue()}), '12', 'every batch that ran under the limit was admitted once, the cancelled one not');
+# admitted: 4 (1.), 3 (2.: not the cancelled one), 2 (2b.: the transaction's first batch,
+# before it had written, and the other; not its second), 2 (3.), 2 (4.), 1 (5.: not the one
+# that timed out), none with the limit 0
+is(sql(q{SELECT admitted FROM fintx.batch_queue()}), '14', 'every batch that ran under the limit was admitted once, the cancelled one not');
 
 # --- 7. without shared_preload_libraries
 my $plain = PostgreSQL::Test::Cluster->new('plain');

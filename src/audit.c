@@ -177,7 +177,8 @@ static const FintxColumn entry_columns[] = {
 	{"object_type", TEXTOID},
 	{"object_id", TEXTOID},
 	{"details", JSONBOID},
-	{"entry_hash", BYTEAOID}
+	{"entry_hash", BYTEAOID},
+	{"run_length", INT4OID}
 };
 
 /*
@@ -208,6 +209,24 @@ fintx_audit_write(EState *estate, FintxAuditEntry *entries, int n)
 		v[7] = CStringGetTextDatum(e->object_id);
 		v[8] = JsonbPGetDatum(e->details);
 		v[9] = fintx_hash_datum(e->hash);
+		/*
+		 * The first entry of each run of consecutive ids carries the run's
+		 * length (sealing finds it by txid, the others by entry id). Every
+		 * row of this call is inserted in the current subtransaction, so a
+		 * run is visible, or not, as a whole.
+		 */
+		if (i > 0 && e->entry_id == entries[i - 1].entry_id + 1)
+			nulls[10] = true;
+		else
+		{
+			int			len = 1;
+
+			while (i + len < n && len < PG_INT32_MAX &&
+				   entries[i + len].entry_id == entries[i + len - 1].entry_id + 1)
+				len++;
+			nulls[10] = false;
+			v[10] = Int32GetDatum(len);
+		}
 		fintx_direct_insert(&t, v, nulls);
 	}
 	fintx_direct_close(&t);

@@ -12,9 +12,12 @@
  * All four tables are insert-only: UPDATE, DELETE and TRUNCATE are refused by triggers for every
  * role; fintx.verify_audit() catches whoever disables the triggers.
  */
--- CACHE: each session takes ids 32 at a time (no sequence lock per entry); ids stay unique,
--- their order across sessions is not commit order (leaf indexes are).
-CREATE SEQUENCE fintx.audit_entry_id_seq AS bigint CACHE 32;
+-- CACHE: each session takes ids 256 at a time (no sequence lock per entry); ids stay unique,
+-- their order across sessions is not commit order (leaf indexes are). A session's ids are
+-- consecutive within its cached block, so a batch's entries form one or two runs (one
+-- audit_leaf_runs row and one txid index entry per run, below); a session that ends leaves
+-- the rest of its block unused (gaps in entry ids are harmless).
+CREATE SEQUENCE fintx.audit_entry_id_seq AS bigint CACHE 256;
 
 CREATE TABLE fintx.audit_entries (
     entry_id     bigint      PRIMARY KEY,
@@ -26,9 +29,16 @@ CREATE TABLE fintx.audit_entries (
     object_type  text        NOT NULL,
     object_id    text        NOT NULL,
     details      jsonb       NOT NULL,
-    entry_hash   bytea       NOT NULL
+    entry_hash   bytea       NOT NULL,
+    -- Not a fact of the entry (not in its canonical bytes): how sealing finds it. Set on the
+    -- first entry of each run of consecutive entry ids that one fintx call wrote in one
+    -- (sub)transaction, to the run's length; NULL on the others. A sealing pass finds the
+    -- runs' first entries of newly committed transactions through the partial txid index
+    -- below and reads the rest of each run by entry id: a batch of 100 transfers adds a few
+    -- txid index entries, not 100.
+    run_length   integer     DEFAULT 1
 );
-CREATE INDEX audit_entries_txid ON fintx.audit_entries (txid);
+CREATE INDEX audit_entries_txid ON fintx.audit_entries (txid) WHERE run_length IS NOT NULL;
 COMMENT ON TABLE fintx.audit_entries IS 'audit entries, one per state change; insert-only';
 -- No planner statistics for columns nothing filters on (hashes, JSON bodies): autovacuum's
 -- ANALYZE of these fast-growing tables then skips sorting and detoasting them.

@@ -671,10 +671,15 @@ SealLog(void)
 		fintx_keep_plan_opts(prev.exists ? &next_scan_plan : &first_scan_plan,
 							 prev.exists ?
 							 SCAN_SNAPSHOT_CTE
-							 "     e AS (SELECT entry_id, entry_hash FROM fintx.audit_entries"
-							 "            WHERE txid >= pg_catalog.pg_snapshot_xmin($1)"
+							 "     r AS (SELECT entry_id, run_length, txid FROM fintx.audit_entries"
+							 "            WHERE run_length IS NOT NULL"
+							 "              AND txid >= pg_catalog.pg_snapshot_xmin($1)"
 							 "              AND NOT pg_catalog.pg_visible_in_snapshot(txid, $1)"
-							 "              AND txid IS DISTINCT FROM $2)"
+							 "              AND txid IS DISTINCT FROM $2),"
+							 "     e AS (SELECT DISTINCT a.entry_id, a.entry_hash FROM r"
+							 "            JOIN fintx.audit_entries a"
+							 "              ON a.entry_id >= r.entry_id AND a.entry_id < r.entry_id + r.run_length"
+							 "             AND a.txid = r.txid)"
 							 SCAN_SELECT
 							 :
 							 SCAN_SNAPSHOT_CTE

@@ -215,16 +215,13 @@ fintx_audit_write(EState *estate, FintxAuditEntry *entries, int n)
 		 * row of this call is inserted in the current subtransaction, so a
 		 * run is visible, or not, as a whole.
 		 */
-		if (i > 0 && e->entry_id == entries[i - 1].entry_id + 1)
-			nulls[10] = true;
-		else
+		nulls[10] = i > 0 && e->entry_id == entries[i - 1].entry_id + 1;
+		if (!nulls[10])
 		{
 			int			len = 1;
 
-			while (i + len < n && len < PG_INT32_MAX &&
-				   entries[i + len].entry_id == entries[i + len - 1].entry_id + 1)
+			while (i + len < n && entries[i + len].entry_id == e->entry_id + len)
 				len++;
-			nulls[10] = false;
 			v[10] = Int32GetDatum(len);
 		}
 		fintx_direct_insert(&t, v, nulls);

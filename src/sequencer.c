@@ -680,14 +680,13 @@ SealLog(void)
 							 "              AND txid >= pg_catalog.pg_snapshot_xmin($1)"
 							 "              AND NOT pg_catalog.pg_visible_in_snapshot(txid, $1)"
 							 "              AND txid IS DISTINCT FROM $2),"
-							 "     e AS (SELECT DISTINCT entry_id, entry_hash FROM"
-							 "            (SELECT entry_id, entry_hash FROM r"
-							 "             UNION ALL"
-							 "             SELECT a.entry_id, a.entry_hash FROM r CROSS JOIN LATERAL"
-							 "              (SELECT entry_id, entry_hash FROM fintx.audit_entries"
-							 "                WHERE entry_id > r.entry_id AND entry_id < r.entry_id + r.run_length"
-							 "                  AND txid = r.txid OFFSET 0) a"
-							 "             WHERE r.run_length > 1) q)"
+							 "     e AS (SELECT entry_id, entry_hash FROM r"
+							 "            UNION ALL"
+							 "            SELECT a.entry_id, a.entry_hash FROM r CROSS JOIN LATERAL"
+							 "             (SELECT entry_id, entry_hash FROM fintx.audit_entries"
+							 "               WHERE entry_id > r.entry_id AND entry_id < r.entry_id + r.run_length"
+							 "                 AND txid = r.txid OFFSET 0) a"
+							 "            WHERE r.run_length > 1)"
 							 SCAN_SELECT
 							 :
 							 SCAN_SNAPSHOT_CTE
